@@ -1,0 +1,33 @@
+"""rose_jax: robust selective fine-tuning (ROSE, EMNLP 2022) for JAX and optax."""
+
+from rose_jax import selection
+from rose_jax.alias import rose
+from rose_jax.masking import ensemble_mask, kept_fraction, quantile_mask
+from rose_jax.quantile import sorted_quantile, tree_quantile
+from rose_jax.risks import first_order_risk, second_order_risk
+from rose_jax.transform import (
+    ScaleByMaskedAdamState,
+    ScaleByRoseState,
+    masked_adam_update,
+    scale_by_masked_adam,
+    scale_by_rose,
+)
+
+__version__ = '0.1.0'
+
+__all__ = [
+    'ScaleByMaskedAdamState',
+    'ScaleByRoseState',
+    'ensemble_mask',
+    'first_order_risk',
+    'kept_fraction',
+    'masked_adam_update',
+    'quantile_mask',
+    'rose',
+    'scale_by_masked_adam',
+    'scale_by_rose',
+    'second_order_risk',
+    'selection',
+    'sorted_quantile',
+    'tree_quantile',
+]

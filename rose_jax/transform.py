@@ -1,0 +1,365 @@
+"""ROSE as optax gradient transformations.
+
+* :func:`scale_by_masked_adam`: Adam that feeds masked-out parameters their old
+  momentum and masks the step, given a mask as an extra argument (Algorithm 1,
+  lines 8-13, without the learning rate).
+* :func:`scale_by_rose`: computes the first- and/or second-order risks, turns
+  them into a mask and applies :func:`scale_by_masked_adam`'s rule. Its state
+  exposes the moments and the last mask.
+
+The alias :func:`rose_jax.rose` adds the learning rate and the masked,
+decoupled weight decay.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from rose_jax import masking, risks
+from rose_jax.risks import GRANULARITIES, Granularity
+
+Variant = Literal['first', 'second', 'ensemble']
+VARIANTS = ('first', 'second', 'ensemble')
+
+
+class ScaleByMaskedAdamState(NamedTuple):
+  """State of :func:`scale_by_masked_adam`."""
+  count: chex.Array  # int32 number of updates applied so far
+  mu: optax.Updates
+  nu: optax.Updates
+
+
+class ScaleByRoseState(NamedTuple):
+  """State of :func:`scale_by_rose` and :func:`rose_jax.rose`.
+
+  Attributes:
+    count: number of updates applied so far (int32).
+    mu: Adam's first moment, one leaf per parameter.
+    nu: Adam's second moment.
+    mask: the mask of the last update, one float32 scalar per ranked tensor
+      (``granularity="tensor"``) or an array per ranked tensor
+      (``"element"``); ``optax.MaskedNode`` for tensors that are never ranked.
+      :func:`rose_jax.kept_fraction` summarises it for logging.
+  """
+  count: chex.Array
+  mu: optax.Updates
+  nu: optax.Updates
+  mask: optax.Updates
+
+
+def _concrete(value) -> float | None:
+  """The Python value of a hyperparameter, or None while it is traced."""
+  try:
+    return float(value)
+  except (TypeError, jax.errors.ConcretizationTypeError):
+    return None
+
+
+def check_adam_hyperparams(*, b1, b2, eps) -> None:
+  """Raises ValueError for Adam hyperparameters outside their domain."""
+  for name, value in (('b1', b1), ('b2', b2)):
+    v = _concrete(value)
+    if v is not None and not 0.0 <= v < 1.0:
+      raise ValueError(f'{name} must be in [0, 1), got {v}.')
+  v = _concrete(eps)
+  if v is not None and v < 0:
+    raise ValueError(f'eps must be >= 0, got {v}.')
+
+
+def check_rose_hyperparams(*, variant, granularity, upper, lower, gamma,
+                           warmup_steps) -> None:
+  """Raises ValueError, naming the fix, for invalid ROSE hyperparameters.
+
+  Traced values (under ``optax.inject_hyperparams`` inside ``jit``) are not
+  checked; concrete ones always are, so errors surface at construction.
+  """
+  if variant not in VARIANTS:
+    raise ValueError(f'Unknown variant {variant!r}; choose one of {VARIANTS}.')
+  if granularity not in GRANULARITIES:
+    raise ValueError(
+        f'Unknown granularity {granularity!r}; choose one of {GRANULARITIES} '
+        '("tensor" ranks whole tensors like the authors\' code, "element" '
+        'ranks every scalar like the paper\'s text).')
+  lo, hi = _concrete(lower), _concrete(upper)
+  for name, v in (('lower', lo), ('upper', hi)):
+    if v is not None and not 0.0 <= v <= 1.0:
+      raise ValueError(
+          f'{name} is a quantile and must be a fraction in [0, 1], got {v} '
+          '(write 0.6 for the paper\'s "60%").')
+  if lo is not None and hi is not None and lo > hi:
+    raise ValueError(f'lower ({lo}) must not exceed upper ({hi}).')
+  g = _concrete(gamma)
+  if g is not None and not 0.0 < g < 1.0:
+    raise ValueError(
+        f'gamma must be in the open interval (0, 1), got {g}; for one mask '
+        'alone use variant="first" or variant="second".')
+  w = _concrete(warmup_steps)
+  if w is not None and (w < 0 or w != int(w)):
+    raise ValueError(f'warmup_steps must be a nonnegative integer, got {warmup_steps}.')
+
+
+def _moment_dtype(param, moment_dtype):
+  if moment_dtype is not None:
+    return jnp.dtype(moment_dtype)
+  return jnp.promote_types(jnp.result_type(param), jnp.float32)
+
+
+def init_moments(params, moment_dtype=None):
+  """Zero first and second moments, at least float32 unless told otherwise."""
+  zeros = lambda p: jnp.zeros(jnp.shape(p), _moment_dtype(p, moment_dtype))
+  return jax.tree.map(zeros, params), jax.tree.map(zeros, params)
+
+
+def masked_adam_update(grads, mask, mu, nu, count, *, b1, b2, eps):
+  """One step of the masked Adam rule of the authors' SparseAdamW.
+
+  ``g' = M g + (1 - M) m``; the moments absorb ``g'``; the returned direction
+  is ``M * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)`` (Hugging Face's
+  bias correction, eps outside the corrected root).
+
+  Args:
+    grads: the update gradient ``g_t``.
+    mask: a tree like ``grads`` whose leaves broadcast against it (scalars for
+      tensor masks), values in [0, 1].
+    mu, nu: moments before this step.
+    count: number of steps taken before this one.
+    b1, b2, eps: Adam's hyperparameters.
+
+  Returns:
+    ``(direction, mu, nu)``.
+  """
+  t = optax.safe_increment(count)
+  b1 = jnp.asarray(b1, jnp.float32)
+  b2 = jnp.asarray(b2, jnp.float32)
+  step_factor = jnp.sqrt(1 - b2**t) / (1 - b1**t)
+
+  def moments(g, m_, mu_, nu_):
+    g = g.astype(mu_.dtype)
+    g_eff = m_ * g + (1 - m_) * mu_
+    return (b1 * mu_ + (1 - b1) * g_eff).astype(mu_.dtype), \
+           (b2 * nu_ + (1 - b2) * jnp.square(g_eff)).astype(nu_.dtype)
+
+  pairs = jax.tree.map(moments, grads, mask, mu, nu)
+  outer = jax.tree.structure(grads)
+  mu, nu = jax.tree.transpose(outer, jax.tree.structure((0, 0)), pairs)
+  direction = jax.tree.map(
+      lambda m_, mu_, nu_: m_ * step_factor * mu_ / (jnp.sqrt(nu_) + eps),
+      mask, mu, nu)
+  return direction, mu, nu
+
+
+def check_like(reference, tree, name: str) -> None:
+  """Raises ValueError unless ``tree`` has the structure and shapes of ``reference``."""
+  ref_struct, struct = jax.tree.structure(reference), jax.tree.structure(tree)
+  if ref_struct != struct:
+    raise ValueError(
+        f'{name} must be a pytree shaped like the gradients; its structure '
+        f'differs:\n  gradients: {ref_struct}\n  {name}: {struct}')
+  leaves_with_paths = jax.tree_util.tree_flatten_with_path(reference)[0]
+  for (path, a), b in zip(leaves_with_paths, jax.tree.leaves(tree), strict=True):
+    if jnp.shape(a) != jnp.shape(b):
+      raise ValueError(
+          f'{name}{jax.tree_util.keystr(path)} has shape {jnp.shape(b)}, but '
+          f'the gradient there has shape {jnp.shape(a)}.')
+
+
+def scale_by_masked_adam(
+    *,
+    b1: float = 0.9,
+    b2: float = 0.98,
+    eps: float = 1e-8,
+    moment_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+  """Masked Adam without the learning rate (Algorithm 1, lines 8-13).
+
+  The mask arrives as the keyword extra argument ``mask``: a tree like the
+  gradients whose leaves broadcast against them (a scalar per tensor, or an
+  array per element), with values in [0, 1]. Without it every parameter is
+  updated and the rule is Adam with Hugging Face's bias correction.
+
+  Args:
+    b1: first-moment decay (the paper's beta_1).
+    b2: second-moment decay (beta_2; the paper's runs use 0.98).
+    eps: added to ``sqrt(v)`` before the bias correction is applied (the
+      Hugging Face form, as in the authors' code).
+    moment_dtype: dtype of both moments; by default the parameter's dtype
+      promoted to at least float32, so bf16 parameters get float32 moments.
+  """
+  check_adam_hyperparams(b1=b1, b2=b2, eps=eps)
+
+  def init_fn(params):
+    mu, nu = init_moments(params, moment_dtype)
+    return ScaleByMaskedAdamState(jnp.zeros([], jnp.int32), mu, nu)
+
+  def update_fn(updates, state, params=None, *, mask=None, **extra_args):
+    del params, extra_args
+    if mask is None:
+      mask = jax.tree.map(lambda _: jnp.ones((), jnp.float32), updates)
+    else:
+      check_like(updates, jax.tree.map(lambda m, g: jnp.broadcast_to(m, jnp.shape(g)),
+                                       mask, updates), 'mask')
+    direction, mu, nu = masked_adam_update(
+        updates, mask, state.mu, state.nu, state.count, b1=b1, b2=b2, eps=eps)
+    return direction, ScaleByMaskedAdamState(optax.safe_increment(state.count), mu, nu)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def resolve_tree_of_bools(spec, params, name: str):
+  """Turns ``spec`` (None, a tree of bools, or callable(params)) into a tree
+  of Python bools shaped like ``params``; None means all True."""
+  if spec is None:
+    return jax.tree.map(lambda _: True, params)
+  tree = spec(params) if callable(spec) else spec
+  try:
+    return jax.tree.map(lambda _, s: _to_bool(s, name), params, tree)
+  except ValueError as error:
+    if 'must be a Python bool' in str(error):
+      raise
+    raise ValueError(
+        f'{name} must be a pytree of bools with the structure of params '
+        f'(or a callable returning one): {error}') from None
+
+
+def _to_bool(value, name: str) -> bool:
+  if isinstance(value, bool) or (hasattr(value, 'dtype') and jnp.shape(value) == ()
+                                 and jnp.dtype(value.dtype) == jnp.bool_):
+    try:
+      return bool(value)
+    except jax.errors.ConcretizationTypeError:
+      pass
+  raise ValueError(f'{name} leaves must be a Python bool, got {value!r}.')
+
+
+def _is_masked(x) -> bool:
+  return isinstance(x, optax.MaskedNode)
+
+
+def scale_by_rose(
+    *,
+    variant: Variant = 'ensemble',
+    upper: float,
+    lower: float = 0.0,
+    gamma: float = 0.5,
+    granularity: Granularity = 'tensor',
+    selectable: Any = None,
+    warmup_steps: int = 0,
+    b1: float = 0.9,
+    b2: float = 0.98,
+    eps: float = 1e-8,
+    moment_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+  """ROSE's risk ranking and masked Adam, without learning rate or decay.
+
+  At step ``t`` (1-based) the mask ``M`` is, for ranked tensors:
+
+  * first-order: 1 where ``lo <= ||grad L_KL|| <= hi`` (Eq. 2-3);
+  * second-order: 1 where ``lo <= |(1 - b1) ||g|| / ||m_{t-1}|| - 1| <= hi``
+    (Eq. 4), all ones at ``t = 1`` when no momentum exists yet;
+  * ensemble: ``gamma * M_first + (1 - gamma) * M_second`` (Eq. 5);
+
+  with ``lo, hi = quantile(risks, [lower, upper])``, and all ones while
+  ``t <= warmup_steps``. Unranked tensors always have ``M = 1``. The update is
+  then :func:`masked_adam_update`.
+
+  Extra arguments of ``update``:
+    kl_grads: gradient of the symmetric KL loss between two dropout passes,
+      shaped like the gradients. Required for ``"first"`` and ``"ensemble"``,
+      ignored for ``"second"``.
+    ce_grads: optional gradient of the classification loss alone. When the
+      update gradient is something else (R-Drop + ROSE, paper section 3.5:
+      ``grads`` of ``CE + alpha * KL``), pass the cross-entropy gradient here
+      and the second-order risk uses it; by default it uses ``grads``.
+
+  Args:
+    variant: ``"first"``, ``"second"`` or ``"ensemble"``.
+    upper: upper quantile threshold ``c_h`` as a fraction in [0, 1].
+    lower: lower quantile threshold (the authors' code has one; default 0).
+    gamma: weight of the first-order mask in the ensemble, in (0, 1).
+    granularity: ``"tensor"`` (one risk per tensor, Frobenius norms: the
+      authors' code) or ``"element"`` (one risk per scalar: the paper's text).
+    selectable: which tensors are ranked: a pytree of bools like the params,
+      a callable ``params -> tree of bools``, or None for all of them. See
+      :func:`rose_jax.selection.authors_selectable` for the authors' rule.
+    warmup_steps: no masking while the step count ``t <= warmup_steps``.
+    b1, b2, eps: Adam's hyperparameters (beta_1, beta_2, epsilon).
+    moment_dtype: as in :func:`scale_by_masked_adam`.
+
+  NaN or inf gradients make the thresholds NaN and the step meaningless; wrap
+  the transformation in ``optax.apply_if_finite`` to skip such steps.
+  """
+  check_rose_hyperparams(variant=variant, granularity=granularity, upper=upper,
+                         lower=lower, gamma=gamma, warmup_steps=warmup_steps)
+  check_adam_hyperparams(b1=b1, b2=b2, eps=eps)
+  uses_first = variant in ('first', 'ensemble')
+  uses_second = variant in ('second', 'ensemble')
+
+  def init_fn(params):
+    ranked = resolve_tree_of_bools(selectable, params, 'selectable')
+    if not any(jax.tree.leaves(ranked)):
+      raise ValueError(
+          'selectable marks no parameter tensor, so ROSE would never mask '
+          'anything; check the selection rule against your parameter names, '
+          'or use optax.adamw.')
+    mu, nu = init_moments(params, moment_dtype)
+
+    def initial_mask(p, s):
+      if not s:
+        return optax.MaskedNode()
+      shape = jnp.shape(p) if granularity == 'element' else ()
+      return jnp.ones(shape, jnp.float32)
+
+    mask = jax.tree.map(initial_mask, params, ranked)
+    return ScaleByRoseState(jnp.zeros([], jnp.int32), mu, nu, mask)
+
+  def update_fn(updates, state, params=None, *, kl_grads=None, ce_grads=None,
+                **extra_args):
+    del params, extra_args
+    if uses_first:
+      if kl_grads is None:
+        raise ValueError(
+            f'variant={variant!r} ranks parameters by the KL gradient: call '
+            'update(grads, state, params, kl_grads=...) with the gradient of '
+            'the symmetric KL loss between two dropout passes, or use '
+            'variant="second".')
+      check_like(updates, kl_grads, 'kl_grads')
+    if ce_grads is not None:
+      check_like(updates, ce_grads, 'ce_grads')
+    ranked = jax.tree.map(lambda m: not _is_masked(m), state.mask, is_leaf=_is_masked)
+    thresholds = dict(lower=lower, upper=upper, granularity=granularity)
+
+    masks = []
+    if uses_first:
+      risk = risks.first_order_risk(masking.select(kl_grads, ranked),
+                                    granularity=granularity)
+      masks.append(masking.quantile_mask(risk, **thresholds))
+    if uses_second:
+      source = updates if ce_grads is None else ce_grads
+      risk = risks.second_order_risk(
+          masking.select(source, ranked), masking.select(state.mu, ranked),
+          b1=b1, granularity=granularity)
+      has_momentum = state.count > 0
+      masks.append(jax.tree.map(lambda m: jnp.where(has_momentum, m, 1.0),
+                                masking.quantile_mask(risk, **thresholds)))
+    mask = masks[0] if len(masks) == 1 else masking.ensemble_mask(*masks, gamma=gamma)
+
+    masking_on = optax.safe_increment(state.count) > warmup_steps
+    mask = jax.tree.map(lambda m: jnp.where(masking_on, m, 1.0), mask)
+    direction, mu, nu = masked_adam_update(
+        updates, masking.fill_mask(mask, updates), state.mu, state.nu,
+        state.count, b1=b1, b2=b2, eps=eps)
+    new_state = ScaleByRoseState(optax.safe_increment(state.count), mu, nu, mask)
+    return direction, new_state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+__all__ = [
+    'ScaleByMaskedAdamState', 'ScaleByRoseState', 'masked_adam_update',
+    'scale_by_masked_adam', 'scale_by_rose',
+]
