@@ -52,6 +52,12 @@ def thresholds(risks, *, lower, upper, granularity: Granularity):
   if not needed:
     values = []
   elif granularity == 'tensor':
+    shapes = {jnp.shape(leaf) for leaf in leaves} - {()}
+    if shapes:
+      raise ValueError(
+          'granularity="tensor" ranks one scalar risk per tensor, got risk leaves '
+          f'of shapes {sorted(shapes)}; reduce them first (risks.first_order_risk '
+          'does) or use granularity="element".')
     stacked = jnp.stack([jnp.asarray(leaf, jnp.float32).reshape(()) for leaf in leaves])
     values = [quantile.sorted_quantile(stacked, q) for q in needed]
   else:

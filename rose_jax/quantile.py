@@ -20,7 +20,8 @@ differ from it in the last bit.
 
 Determinism: ``-0.0`` is treated as ``+0.0`` and ties need no tie-breaking,
 because only values are returned. Any NaN in the input makes the result NaN,
-as with ``jnp.quantile``.
+as with ``jnp.quantile``. XLA on the CPU flushes subnormal floats to zero, so
+an interpolated value below ~1.2e-38 may come back as 0 there.
 """
 
 from __future__ import annotations
@@ -134,8 +135,8 @@ def tree_quantile(tree, qs: Sequence[jax.Array] | jax.Array) -> list[jax.Array]:
   if n >= 2**31:
     raise ValueError(f'tree_quantile counts in int32 and supports < 2**31 '
                      f'elements, got {n}.')
-  single = jnp.ndim(qs) == 0 and not isinstance(qs, (list, tuple))
-  qs = [qs] if single else list(qs)
+  if not isinstance(qs, (list, tuple)):
+    qs = list(qs) if jnp.ndim(qs) else [qs]
   keys = [_sortable_key(leaf) for leaf in leaves]
   high_cumulative = jnp.cumsum(sum(_histogram(key >> _DIGIT_BITS) for key in keys))
   has_nan = jnp.stack([jnp.isnan(leaf).any() for leaf in leaves]).any()

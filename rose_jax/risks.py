@@ -57,7 +57,7 @@ def second_order_risk(grads, mu, *, b1: float, granularity: Granularity = 'tenso
   ``||m|| = 0 < ||g||`` the risk is the largest finite float32, so the tensor
   ranks last. The caller decides what to do before any momentum exists.
   """
-  alpha = 1.0 - jnp.asarray(b1, jnp.float32)
+  alpha = 1.0 - b1 if isinstance(b1, (int, float)) else 1.0 - jnp.asarray(b1, jnp.float32)
 
   def risk(g, m):
     g_norm = _magnitude(g, granularity)

@@ -60,6 +60,15 @@ def _concrete(value) -> float | None:
     return None
 
 
+def one_minus(b):
+  """``1 - b``, in Python's double precision when ``b`` is a Python number.
+
+  PyTorch computes ``1 - beta`` in double before scaling by it; subtracting
+  in float32 instead rounds 1 - 0.9 to 0.100000024 rather than 0.1.
+  """
+  return 1.0 - b if isinstance(b, (int, float)) else 1.0 - jnp.asarray(b, jnp.float32)
+
+
 def check_adam_hyperparams(*, b1, b2, eps) -> None:
   """Raises ValueError for Adam hyperparameters outside their domain."""
   for name, value in (('b1', b1), ('b2', b2)):
@@ -133,16 +142,18 @@ def masked_adam_update(grads, mask, mu, nu, count, *, b1, b2, eps):
   Returns:
     ``(direction, mu, nu)``.
   """
-  t = optax.safe_increment(count)
-  b1 = jnp.asarray(b1, jnp.float32)
-  b2 = jnp.asarray(b2, jnp.float32)
-  step_factor = jnp.sqrt(1 - b2**t) / (1 - b1**t)
+  t = optax.safe_increment(count).astype(jnp.float32)
+  one_minus_b1, one_minus_b2 = one_minus(b1), one_minus(b2)
+  # 1 - b^t as -expm1(t log(b)): exact to float32 rounding even where b^t ~ 1.
+  correction1 = -jnp.expm1(t * jnp.log1p(-one_minus_b1))
+  correction2 = -jnp.expm1(t * jnp.log1p(-one_minus_b2))
+  step_factor = jnp.sqrt(correction2) / correction1
 
   def moments(g, m_, mu_, nu_):
     g = g.astype(mu_.dtype)
     g_eff = m_ * g + (1 - m_) * mu_
-    return (b1 * mu_ + (1 - b1) * g_eff).astype(mu_.dtype), \
-           (b2 * nu_ + (1 - b2) * jnp.square(g_eff)).astype(nu_.dtype)
+    return (b1 * mu_ + one_minus_b1 * g_eff).astype(mu_.dtype), \
+           (b2 * nu_ + one_minus_b2 * jnp.square(g_eff)).astype(nu_.dtype)
 
   pairs = jax.tree.map(moments, grads, mask, mu, nu)
   outer = jax.tree.structure(grads)

@@ -1,0 +1,228 @@
+"""scale_by_masked_adam and scale_by_rose: properties, errors, jit, pmap, shard_map."""
+
+import functools
+
+import chex
+import hypothesis
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import strategies as st
+from jax.sharding import PartitionSpec as P
+
+import rose_jax
+from rose_jax import transform
+
+
+def _random_tree(rng, shapes=None):
+  shapes = shapes or {'w1': (5, 3), 'b1': (3,), 'nested': {'w2': (3, 4), 'ln': (4,)}, 's': ()}
+  return jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s), jnp.float32), shapes,
+                      is_leaf=lambda x: isinstance(x, tuple))
+
+
+@hypothesis.settings(max_examples=15, deadline=None)
+@hypothesis.given(st.integers(0, 2**16))
+def test_masked_adam_without_mask_is_adam_in_hugging_face_form(seed):
+  rng = np.random.default_rng(seed)
+  params = _random_tree(rng)
+  ours = transform.scale_by_masked_adam(eps=0.0)
+  theirs = optax.scale_by_adam(b1=0.9, b2=0.98, eps=0.0)
+  s1, s2 = ours.init(params), theirs.init(params)
+  for _ in range(5):
+    grads = _random_tree(rng)
+    u1, s1 = ours.update(grads, s1)
+    u2, s2 = theirs.update(grads, s2)
+    chex.assert_trees_all_close(u1, u2, rtol=1e-5, atol=1e-7)
+  chex.assert_trees_all_close(s1.mu, s2.mu)
+
+
+@hypothesis.settings(max_examples=15, deadline=None)
+@hypothesis.given(st.integers(0, 2**16))
+def test_zero_mask_leaves_parameter_and_first_moment_unchanged(seed):
+  rng = np.random.default_rng(seed)
+  params = _random_tree(rng)
+  tx = transform.scale_by_masked_adam()
+  state = tx.init(params)
+  _, state = tx.update(_random_tree(rng), state)  # build some momentum
+  mask = jax.tree.map(lambda _: jnp.float32(0.0), params)
+  updates, new_state = tx.update(_random_tree(rng), state, mask=mask)
+  chex.assert_trees_all_equal(updates, jax.tree.map(jnp.zeros_like, params))
+  chex.assert_trees_all_close(new_state.mu, state.mu, rtol=1e-6)
+
+
+def test_element_mask_in_masked_adam_freezes_single_scalars():
+  rng = np.random.default_rng(0)
+  params = {'w': jnp.asarray(rng.normal(size=(4, 4)), jnp.float32)}
+  tx = transform.scale_by_masked_adam()
+  state = tx.init(params)
+  mask = {'w': jnp.asarray(rng.integers(0, 2, size=(4, 4)), jnp.float32)}
+  updates, _ = tx.update(_random_tree(rng, {'w': (4, 4)}), state, mask=mask)
+  assert bool(jnp.all(jnp.where(mask['w'] == 0, updates['w'] == 0, updates['w'] != 0)))
+
+
+def test_warmup_and_first_step_masks():
+  rng = np.random.default_rng(1)
+  params = _random_tree(rng)
+  tx = rose_jax.scale_by_rose(variant='second', upper=0.3, warmup_steps=2)
+  state = tx.init(params)
+  for step in range(1, 5):
+    _, state = tx.update(_random_tree(rng), state)
+    kept = float(rose_jax.kept_fraction(state.mask))
+    if step <= 2:
+      assert kept == 1.0, step
+    else:
+      assert kept < 1.0, step
+  # No warm-up: the second-order mask is still all ones before momentum exists.
+  tx = rose_jax.scale_by_rose(variant='second', upper=0.3)
+  state = tx.init(params)
+  _, state = tx.update(_random_tree(rng), state)
+  assert float(rose_jax.kept_fraction(state.mask)) == 1.0
+
+
+def test_element_granularity_runs_end_to_end():
+  rng = np.random.default_rng(2)
+  params = _random_tree(rng)
+  tx = rose_jax.rose(1e-2, upper=0.5, granularity='element',
+                     selectable={'w1': True, 'b1': False, 's': False,
+                                 'nested': {'w2': True, 'ln': True}})
+  state = tx.init(params)
+  assert state.mask['w1'].shape == (5, 3) and isinstance(state.mask['b1'], optax.MaskedNode)
+  update = jax.jit(tx.update)
+  for _ in range(3):
+    updates, state = update(_random_tree(rng), state, params, kl_grads=_random_tree(rng))
+    params = optax.apply_updates(params, updates)
+  kept = float(rose_jax.kept_fraction(state.mask))
+  assert 0.4 < kept < 0.9  # ensemble of two ~50% masks over 31 scalars
+
+
+def test_single_selectable_tensor_is_always_updated():
+  rng = np.random.default_rng(3)
+  params = _random_tree(rng)
+  selectable = jax.tree.map(lambda _: False, params)
+  selectable['w1'] = True
+  tx = rose_jax.rose(1e-2, upper=0.1, selectable=selectable)
+  state = tx.init(params)
+  for _ in range(3):
+    _, state = tx.update(_random_tree(rng), state, params, kl_grads=_random_tree(rng))
+    assert float(state.mask['w1']) == 1.0
+
+
+def test_no_retrace_across_steps():
+  rng = np.random.default_rng(4)
+  params = _random_tree(rng)
+  tx = rose_jax.rose(optax.linear_schedule(1e-3, 0.0, 10), upper=0.6, warmup_steps=2)
+  state = tx.init(params)
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def step(params, state, grads, kl_grads):
+    updates, state = tx.update(grads, state, params, kl_grads=kl_grads)
+    return optax.apply_updates(params, updates), state
+
+  for _ in range(5):
+    params, state = step(params, state, _random_tree(rng), _random_tree(rng))
+  assert int(state.count) == 5
+
+
+def _replicated_inputs(rng, n):
+  params, grads, kl = _random_tree(rng), _random_tree(rng), _random_tree(rng)
+  return params, grads, kl, lambda t: jax.tree.map(lambda x: jnp.stack([x] * n), t)
+
+
+def test_works_under_pmap():
+  n = jax.local_device_count()
+  assert n == 8, 'conftest.py should give 8 CPU devices'
+  rng = np.random.default_rng(5)
+  params, grads, kl, stack = _replicated_inputs(rng, n)
+  tx = rose_jax.rose(1e-2, upper=0.5)
+  state = tx.init(params)
+  single, _ = tx.update(grads, state, params, kl_grads=kl)
+
+  @functools.partial(jax.pmap, axis_name='data')
+  def step(params, state, grads, kl):
+    grads = jax.lax.pmean(grads, 'data')
+    return tx.update(grads, state, params, kl_grads=kl)
+
+  updates, new_state = step(stack(params), stack(state), stack(grads), stack(kl))
+  for i in range(n):
+    chex.assert_trees_all_close(jax.tree.map(lambda x, i=i: x[i], updates), single, rtol=1e-6)
+  assert new_state.count.shape == (n,)
+
+
+def test_works_under_shard_map_with_named_axis():
+  n = jax.device_count()
+  mesh = jax.make_mesh((n,), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
+  rng = np.random.default_rng(6)
+  params, grads, kl, _stack = _replicated_inputs(rng, n)
+  tx = rose_jax.rose(1e-2, upper=0.5, granularity='element')
+  state = tx.init(params)
+  single, _ = tx.update(grads, state, params, kl_grads=kl)
+  # Each device holds a different per-shard gradient whose mean is `grads`.
+  noise = jax.tree.map(lambda g: jnp.asarray(rng.normal(size=(n, *g.shape)), jnp.float32), grads)
+  noise = jax.tree.map(lambda z: z - z.mean(0, keepdims=True), noise)
+  per_device = jax.tree.map(lambda g, z: g[None] + z, grads, noise)
+
+  @jax.jit
+  @functools.partial(jax.shard_map, mesh=mesh, in_specs=(P(), P(), P('data'), P()),
+                     out_specs=(P(), P()))
+  def step(params, state, local_grads, kl):
+    grads = jax.lax.pmean(jax.tree.map(lambda g: g[0], local_grads), 'data')
+    return tx.update(grads, state, params, kl_grads=kl)
+
+  updates, _ = step(params, state, per_device, kl)
+  chex.assert_trees_all_close(updates, single, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(upper=1.5), r'upper .* \[0, 1\]'),
+    (dict(upper=60), r'0.6 for the paper'),
+    (dict(upper=0.5, lower=-0.1), r'lower .* \[0, 1\]'),
+    (dict(upper=0.3, lower=0.5), 'must not exceed upper'),
+    (dict(upper=0.5, gamma=0.0), r'gamma .* \(0, 1\)'),
+    (dict(upper=0.5, gamma=1.0), r'gamma .* \(0, 1\)'),
+    (dict(upper=0.5, variant='third'), 'Unknown variant'),
+    (dict(upper=0.5, granularity='row'), 'Unknown granularity'),
+    (dict(upper=0.5, warmup_steps=-1), 'warmup_steps'),
+    (dict(upper=0.5, warmup_steps=1.5), 'warmup_steps'),
+    (dict(upper=0.5, b1=1.0), 'b1'),
+    (dict(upper=0.5, eps=-1.0), 'eps'),
+])
+def test_bad_hyperparameters_fail_at_construction(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    rose_jax.rose(1e-3, **kwargs)
+  with pytest.raises(ValueError, match=match):
+    rose_jax.scale_by_rose(**kwargs)
+
+
+def test_selectable_must_match_params():
+  params = {'a': jnp.ones(2), 'b': jnp.ones(3)}
+  with pytest.raises(ValueError, match='structure of params'):
+    rose_jax.rose(1e-3, upper=0.5, selectable={'a': True}).init(params)
+  with pytest.raises(ValueError, match='Python bool'):
+    rose_jax.rose(1e-3, upper=0.5, selectable={'a': True, 'b': 'yes'}).init(params)
+  with pytest.raises(ValueError, match='marks no parameter'):
+    rose_jax.rose(1e-3, upper=0.5, selectable=lambda p: {'a': False, 'b': False}).init(params)
+
+
+def test_update_errors_name_the_problem():
+  rng = np.random.default_rng(7)
+  params = _random_tree(rng)
+  tx = rose_jax.rose(1e-3, upper=0.5)
+  state = tx.init(params)
+  grads = _random_tree(rng)
+  with pytest.raises(ValueError, match=r'kl_grads=.*symmetric KL'):
+    tx.update(grads, state, params)
+  bad = dict(grads)
+  bad.pop('s')
+  with pytest.raises(ValueError, match='kl_grads must be a pytree shaped like'):
+    tx.update(grads, state, params, kl_grads=bad)
+  bad = dict(grads, w1=jnp.ones((3, 5)))
+  with pytest.raises(ValueError, match=r"kl_grads\['w1'\] has shape \(3, 5\)"):
+    tx.update(grads, state, params, kl_grads=bad)
+  with pytest.raises(ValueError, match='ce_grads'):
+    tx.update(grads, state, params, kl_grads=grads, ce_grads={'x': 1})
+  # "second" needs no KL gradient.
+  second = rose_jax.rose(1e-3, upper=0.5, variant='second')
+  second.update(grads, second.init(params), params)
