@@ -1,0 +1,21 @@
+"""The Flax RoBERTa/BERT encoder and its Hugging Face checkpoint loading."""
+
+from rose_jax.models.config import EncoderConfig
+from rose_jax.models.encoder import EncoderForSequenceClassification
+from rose_jax.models.loading import (
+    CheckpointError,
+    check_tokenizer,
+    load_pretrained,
+    load_tokenizer,
+    resolve_checkpoint,
+)
+
+__all__ = [
+    'CheckpointError',
+    'EncoderConfig',
+    'EncoderForSequenceClassification',
+    'check_tokenizer',
+    'load_pretrained',
+    'load_tokenizer',
+    'resolve_checkpoint',
+]

