@@ -158,14 +158,10 @@ def load_pretrained(
   return model
 
 
-def _to_flax(name: str, leaf: str, value: np.ndarray) -> np.ndarray:
-  return value.T if leaf == 'kernel' else value
-
-
 def assign_weights(model: EncoderForSequenceClassification,
                    state: dict[str, np.ndarray]) -> None:
   """Copies Hugging Face tensors into ``model`` in place, checking shapes."""
-  graphdef, params = nnx.split(model, nnx.Param)
+  params = nnx.state(model, nnx.Param)
   pure = nnx.to_pure_dict(params)
   fresh, missing = [], []
 
@@ -177,7 +173,8 @@ def assign_weights(model: EncoderForSequenceClassification,
         return current
       missing.append(name)
       return current
-    value = _to_flax(name, leaf, state[name])
+    # PyTorch's Linear stores [out, in]; Flax's kernel is [in, out].
+    value = state[name].T if leaf == 'kernel' else state[name]
     if value.shape != current.shape:
       raise CheckpointError(f'{name} has shape {value.shape} in the checkpoint, '
                             f'expected {current.shape} from config.json.')
