@@ -1,0 +1,29 @@
+"""The losses of ROSE and R-Drop, as the authors' code defines them."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Softmax cross-entropy, averaged over the batch."""
+  return optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), labels).mean()
+
+
+def symmetric_kl(logits_p: jax.Array, logits_q: jax.Array) -> jax.Array:
+  """``(KL(p||q) + KL(q||p))``, summed over batch and classes, divided by 4.
+
+  This is the scale of the authors' code (R-Drop's ``compute_kl_loss``
+  halved once more), not a batch mean: the KL term grows with the batch.
+  """
+  log_p = jax.nn.log_softmax(logits_p.astype(jnp.float32), axis=-1)
+  log_q = jax.nn.log_softmax(logits_q.astype(jnp.float32), axis=-1)
+  p, q = jnp.exp(log_p), jnp.exp(log_q)
+  return (jnp.sum(p * (log_p - log_q)) + jnp.sum(q * (log_q - log_p))) / 4.0
+
+
+def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  return jnp.mean(jnp.argmax(logits, axis=-1) == labels)

@@ -1,0 +1,257 @@
+"""One train step for every method, on one device or data-parallel.
+
+The step runs the model once or twice (two dropout passes over the batch,
+concatenated into one forward), takes the gradients the method asks for from
+a single ``jax.vjp`` (``vmap`` over the cotangents when it needs several),
+averages them over devices and hands them to the optimizer:
+data -> step -> optimizer.
+
+Data parallelism (``parallel=``):
+
+* ``"none"``: ``jit`` on one device.
+* ``"shard_map"``: ``jit(shard_map(...))`` over a mesh axis; the batch is a
+  global array sharded along that axis (see :func:`shard_batch`, which also
+  serves multi-host runs under ``jax.distributed.initialize()``).
+* ``"pmap"``: ``jax.pmap`` over the local devices; params and optimizer state
+  carry a leading device axis (:func:`replicate`), the batch is split by
+  :func:`split_for_pmap`.
+
+Every device draws its own dropout randomness (the step key folded with the
+device index). The KL loss is a sum over the batch, so each device's KL is
+scaled by the device count before averaging: the averaged gradients are
+those of the global batch's loss.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from rose_jax.masking import kept_fraction
+from rose_jax.training import losses
+from rose_jax.training.methods import Method
+from rose_jax.transform import ScaleByRoseState
+
+Batch = Mapping[str, jax.Array]
+Parallel = Literal['none', 'pmap', 'shard_map']
+INPUT_KEYS = ('input_ids', 'attention_mask', 'token_type_ids')
+
+
+def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, dict]:
+  """The model's static graph and its parameters as a plain nested dict."""
+  graphdef, state = nnx.split(model)
+  return graphdef, nnx.to_pure_dict(state)
+
+
+def apply_model(graphdef: nnx.GraphDef, params, batch: Batch, dropout_key=None) -> jax.Array:
+  """Logits for ``batch``; dropout is on iff ``dropout_key`` is given."""
+  model = nnx.merge(graphdef, params)
+  rngs = None if dropout_key is None else nnx.Rngs(dropout=dropout_key)
+  return model(*(batch.get(k) for k in INPUT_KEYS), rngs=rngs)
+
+
+def find_rose_state(opt_state) -> ScaleByRoseState | None:
+  """The ROSE state inside an optimizer state (chain, inject_hyperparams...)."""
+  is_rose = lambda x: isinstance(x, ScaleByRoseState)
+  found = [s for s in jax.tree.leaves(opt_state, is_leaf=is_rose) if is_rose(s)]
+  return found[0] if found else None
+
+
+def _gradient_rows(method: Method) -> list[tuple[str, tuple[float, float]]]:
+  """Which (CE, KL) cotangent weights give each gradient the method needs."""
+  rows = [('update', (1.0, method.kl_weight))]
+  if method.kl_grads:
+    rows.append(('kl_grads', (0.0, 1.0)))
+  if method.ce_grads and method.kl_weight:
+    rows.append(('ce_grads', (1.0, 0.0)))
+  return rows
+
+
+def _varying_axes(x: jax.Array) -> tuple[str, ...]:
+  """Mesh axes over which ``x`` differs between devices, as ``shard_map``
+  tracks them (always empty under ``pmap``, which does not)."""
+  manual = getattr(jax.typeof(x), 'manual_axis_type', None)
+  return tuple(sorted(getattr(manual, 'varying', ())))
+
+
+def _typed_like(output: jax.Array, value: jax.Array) -> jax.Array:
+  """``value`` as a cotangent for ``output``: under ``shard_map`` a loss that
+  varies over devices needs a cotangent marked as varying over the same axes."""
+  axes = _varying_axes(output)
+  return jax.lax.pcast(value, axes, to='varying') if axes else value
+
+
+def _mean_over_devices(grad: jax.Array, axis_name: str, devices, shard_mapped: bool):
+  """The mean of the devices' gradients.
+
+  Under ``shard_map`` (which tracks what varies over devices) the gradient of
+  a replicated parameter comes out of the vjp already summed over devices, the
+  transpose of its implicit broadcast, and no longer varies: dividing gives
+  the mean. Under ``pmap`` each device holds its own gradient: ``pmean``.
+  """
+  if shard_mapped and axis_name not in _varying_axes(grad):
+    return grad / devices
+  return jax.lax.pmean(grad, axis_name)
+
+
+def local_step(params, opt_state, batch: Batch, key: jax.Array, *, graphdef: nnx.GraphDef,
+               tx: optax.GradientTransformation, method: Method, axis_name: str | None,
+               shard_mapped: bool = False):
+  """The per-device step.
+
+  ``axis_name`` names the data-parallel axis, if any; ``shard_mapped`` says
+  the step runs under ``shard_map`` rather than ``pmap``.
+  """
+  devices = 1
+  if axis_name is not None:
+    key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+    devices = jax.lax.psum(1, axis_name)
+  labels = batch['labels']
+  inputs = {k: batch[k] for k in INPUT_KEYS if k in batch}
+  if method.passes == 2:
+    inputs = {k: jnp.concatenate([v, v]) for k, v in inputs.items()}
+
+  def loss_terms(p):
+    logits = apply_model(graphdef, p, inputs, key)
+    if method.passes == 1:
+      return (losses.cross_entropy(logits, labels), jnp.zeros((), jnp.float32)), logits
+    first, second = jnp.split(logits, 2)
+    ce = (losses.cross_entropy(first, labels) + losses.cross_entropy(second, labels)) / 2
+    return (ce, devices * losses.symmetric_kl(first, second)), first
+
+  (ce, kl), pullback, logits = jax.vjp(loss_terms, params, has_aux=True)
+  cotangent = lambda w: (_typed_like(ce, w[0]), _typed_like(kl, w[1]))
+  rows = _gradient_rows(method)
+  if len(rows) == 1:
+    grads = {'update': pullback(cotangent(jnp.asarray(rows[0][1], jnp.float32)))[0]}
+  else:
+    weights = jnp.asarray([w for _, w in rows], jnp.float32)
+    stacked = jax.vmap(lambda w: pullback(cotangent(w))[0])(weights)
+    grads = {name: jax.tree.map(lambda g, i=i: g[i], stacked) for i, (name, _) in enumerate(rows)}
+  if method.ce_grads and 'ce_grads' not in grads:
+    grads['ce_grads'] = grads['update']
+  if axis_name is not None:
+    grads = jax.tree.map(
+        lambda g: _mean_over_devices(g, axis_name, devices, shard_mapped), grads)
+  extra = {k: v for k, v in grads.items() if k != 'update'}
+  updates, opt_state = tx.update(grads['update'], opt_state, params, **extra)
+  params = optax.apply_updates(params, updates)
+
+  rose_state = find_rose_state(opt_state)
+  metrics = {
+      'loss': ce + method.kl_weight * kl,
+      'ce': ce,
+      'kl': kl,
+      'accuracy': losses.accuracy(logits, labels),
+      'kept_fraction': (jnp.ones((), jnp.float32) if rose_state is None
+                        else kept_fraction(rose_state.mask)),
+  }
+  if axis_name is not None:
+    metrics = jax.lax.pmean(metrics, axis_name)
+  return params, opt_state, metrics
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    method: Method,
+    *,
+    parallel: Parallel = 'none',
+    mesh: jax.sharding.Mesh | None = None,
+    axis_name: str = 'data',
+    donate: bool = True,
+) -> Callable[[Any, Any, Batch, jax.Array], tuple[Any, Any, dict]]:
+  """``step(params, opt_state, batch, key) -> (params, opt_state, metrics)``.
+
+  Args:
+    graphdef: the model's graph, from :func:`split_model`.
+    tx: the optimizer; for ROSE methods an optimizer built by
+      :func:`rose_jax.rose` with the method's variant.
+    method: what to compute (:func:`rose_jax.training.methods.get_method`).
+    parallel: ``"none"``, ``"shard_map"`` or ``"pmap"`` (see module doc).
+    mesh: for ``"shard_map"``, a mesh with axis ``axis_name``; by default
+      all devices, ``AxisType.Auto``.
+    axis_name: the data-parallel axis name.
+    donate: donate params and optimizer state buffers to the step.
+  """
+  donate_argnums = (0, 1) if donate else ()
+  if parallel == 'none':
+    body = functools.partial(local_step, graphdef=graphdef, tx=tx, method=method,
+                             axis_name=None)
+    return jax.jit(body, donate_argnums=donate_argnums)
+  body = functools.partial(local_step, graphdef=graphdef, tx=tx, method=method,
+                           axis_name=axis_name)
+  if parallel == 'pmap':
+    return jax.pmap(body, axis_name=axis_name, in_axes=(0, 0, 0, None),
+                    donate_argnums=donate_argnums)
+  if parallel == 'shard_map':
+    mesh = mesh or data_mesh(axis_name)
+    body = functools.partial(body, shard_mapped=True)
+    sharded = jax.shard_map(body, mesh=mesh, in_specs=(P(), P(), P(axis_name), P()),
+                            out_specs=(P(), P(), P()))
+    return jax.jit(sharded, donate_argnums=donate_argnums)
+  raise ValueError(f'Unknown parallel={parallel!r}; choose "none", "shard_map" or "pmap".')
+
+
+def make_eval_step(graphdef: nnx.GraphDef) -> Callable[[Any, Batch], jax.Array]:
+  """``eval_step(params, batch) -> logits`` without dropout, jitted."""
+  return jax.jit(lambda params, batch: apply_model(graphdef, params, batch))
+
+
+def data_mesh(axis_name: str = 'data') -> jax.sharding.Mesh:
+  """A 1-D mesh over all devices of all processes, for data parallelism."""
+  return jax.make_mesh((jax.device_count(),), (axis_name,),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def _check_divisible(batch: Mapping[str, Any], devices: int) -> int:
+  sizes = {np.shape(v)[0] for v in batch.values()}
+  if len(sizes) != 1:
+    raise ValueError(f'Batch entries have different leading sizes {sorted(sizes)}.')
+  size = sizes.pop()
+  if size % devices:
+    raise ValueError(
+        f'The batch of {size} examples does not divide over {devices} devices; '
+        f'use a batch size that is a multiple of {devices} (per process).')
+  return size
+
+
+def shard_batch(batch: Mapping[str, Any], mesh: jax.sharding.Mesh,
+                axis_name: str = 'data') -> dict[str, jax.Array]:
+  """Global arrays sharded along ``axis_name`` from this process's examples.
+
+  Each process passes its own share of the global batch; with one process
+  that is the whole batch.
+  """
+  _check_divisible(batch, len(mesh.local_devices))
+  sharding = NamedSharding(mesh, P(axis_name))
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in batch.items()}
+
+
+def split_for_pmap(batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """Reshapes ``[batch, ...]`` to ``[local_devices, batch / devices, ...]``."""
+  devices = jax.local_device_count()
+  _check_divisible(batch, devices)
+  return {k: np.asarray(v).reshape(devices, -1, *np.shape(v)[1:]) for k, v in batch.items()}
+
+
+def replicate(tree):
+  """Adds a leading local-device axis for ``pmap``."""
+  devices = jax.local_device_count()
+  # A host-side broadcast (no copy); pmap sends each device its slice.
+  return jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (devices, *np.shape(x))), tree)
+
+
+def unreplicate(tree):
+  """The first device's copy of a ``pmap``-replicated tree."""
+  return jax.tree.map(lambda x: x[0], tree)

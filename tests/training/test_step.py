@@ -1,0 +1,210 @@
+"""The train step: gradients per method, and data parallelism on 8 CPU devices."""
+
+from typing import NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import rose_jax
+from rose_jax import selection
+from rose_jax.models import EncoderConfig, EncoderForSequenceClassification
+from rose_jax.training import losses, methods, step as step_lib
+
+
+def tiny_model(dropout=0.1, model_type='roberta', seed=0):
+  config = EncoderConfig(model_type=model_type, vocab_size=50, hidden_size=16,
+                         num_hidden_layers=2, num_attention_heads=2, intermediate_size=20,
+                         max_position_embeddings=20, type_vocab_size=1, pad_token_id=1,
+                         hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+  return EncoderForSequenceClassification(config, rngs=nnx.Rngs(seed))
+
+
+def tiny_batch(seed=0, size=16, length=8):
+  rng = np.random.default_rng(seed)
+  ids = rng.integers(3, 50, size=(size, length)).astype(np.int32)
+  mask = np.ones_like(ids)
+  mask[: size // 2, length // 2:] = 0
+  ids[mask == 0] = 1
+  return {'input_ids': ids, 'attention_mask': mask,
+          'labels': rng.integers(0, 2, size=size).astype(np.int32)}
+
+
+class Recorded(NamedTuple):
+  grads: optax.Updates
+  kl_grads: optax.Updates
+  ce_grads: optax.Updates
+
+
+def recording_optimizer():
+  """Applies no update and keeps the gradients it was given."""
+  def init(params):
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    return Recorded(zeros, zeros, zeros)
+
+  def update(grads, state, params=None, *, kl_grads=None, ce_grads=None, **_):
+    del state, params
+    zeros = jax.tree.map(jnp.zeros_like, grads)
+    return zeros, Recorded(grads, zeros if kl_grads is None else kl_grads,
+                           zeros if ce_grads is None else ce_grads)
+
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
+@pytest.mark.parametrize('name', methods.METHOD_NAMES)
+def test_each_method_gets_the_gradients_it_asks_for(name):
+  method = methods.get_method(name, rdrop_alpha=0.7)
+  graphdef, params = step_lib.split_model(tiny_model())
+  batch = tiny_batch()
+  key = jax.random.key(3)
+  tx = recording_optimizer()
+  step = step_lib.make_train_step(graphdef, tx, method, donate=False)
+  _, state, metrics = step(params, tx.init(params), batch, key)
+
+  def terms(p):
+    inputs = {k: batch[k] for k in ('input_ids', 'attention_mask')}
+    if method.passes == 2:
+      inputs = {k: np.concatenate([v, v]) for k, v in inputs.items()}
+    logits = step_lib.apply_model(graphdef, p, inputs, key)
+    if method.passes == 1:
+      return losses.cross_entropy(logits, batch['labels']), jnp.float32(0)
+    a, b = jnp.split(logits, 2)
+    ce = (losses.cross_entropy(a, batch['labels']) + losses.cross_entropy(b, batch['labels'])) / 2
+    return ce, losses.symmetric_kl(a, b)
+
+  ce_grad = jax.grad(lambda p: terms(p)[0])(params)
+  kl_grad = jax.grad(lambda p: terms(p)[1])(params)
+  combined = jax.tree.map(lambda c, k: c + method.kl_weight * k, ce_grad, kl_grad)
+  chex.assert_trees_all_close(state.grads, combined, rtol=1e-4, atol=1e-6)
+  if method.kl_grads:
+    chex.assert_trees_all_close(state.kl_grads, kl_grad, rtol=1e-4, atol=1e-6)
+  if method.ce_grads:
+    chex.assert_trees_all_close(state.ce_grads, ce_grad, rtol=1e-4, atol=1e-6)
+  ce, kl = terms(params)
+  np.testing.assert_allclose(metrics['loss'], ce + method.kl_weight * kl, rtol=1e-5)
+  assert (float(metrics['kl']) > 0) == (method.passes == 2)
+
+
+def _rose(variant='ensemble'):
+  return optax.chain(optax.clip_by_global_norm(1.0), rose_jax.rose(
+      1e-3, variant=variant, upper=0.5, selectable=selection.authors_selectable,
+      weight_decay_mask=selection.authors_decay_mask))
+
+
+@pytest.mark.parametrize('name', ['rose-first', 'rose-second', 'rose-ensemble',
+                                  'rdrop-rose-ensemble'])
+def test_rose_methods_train_and_report_the_kept_fraction(name):
+  method = methods.get_method(name)
+  graphdef, params = step_lib.split_model(tiny_model())
+  tx = _rose(method.rose_variant)
+  step = step_lib.make_train_step(graphdef, tx, method)
+  opt_state = tx.init(params)
+  before = jax.tree.map(np.array, params)
+  kept = []
+  for i in range(3):
+    params, opt_state, metrics = step(params, opt_state, tiny_batch(i), jax.random.key(i))
+    kept.append(float(metrics['kept_fraction']))
+  assert all(np.isfinite(float(v)) for v in metrics.values())
+  assert kept[-1] < 1.0
+  changed = jax.tree.map(lambda a, b: not np.array_equal(a, np.asarray(b)), before, params)
+  assert any(jax.tree.leaves(changed))
+
+
+def _run(parallel, params, tx, graphdef, method, batches, seed=0):
+  step = step_lib.make_train_step(graphdef, tx, method, parallel=parallel)
+  params = jax.tree.map(jnp.array, params)  # the step donates its inputs
+  opt_state = tx.init(params)
+  if parallel == 'pmap':
+    params, opt_state = step_lib.replicate(params), step_lib.replicate(opt_state)
+  mesh = step_lib.data_mesh()
+  history = []
+  for i, batch in enumerate(batches):
+    if parallel == 'pmap':
+      batch = step_lib.split_for_pmap(batch)
+    elif parallel == 'shard_map':
+      batch = step_lib.shard_batch(batch, mesh)
+    params, opt_state, metrics = step(params, opt_state, batch, jax.random.key(seed + i))
+    history.append(jax.tree.map(lambda m: float(np.asarray(m).reshape(-1)[0]), metrics))
+  if parallel == 'pmap':
+    params = step_lib.unreplicate(params)
+  return jax.tree.map(np.asarray, params), history
+
+
+@pytest.mark.parametrize('parallel', ['shard_map', 'pmap'])
+def test_eight_devices_equal_one_device_without_dropout(parallel):
+  assert jax.device_count() == 8
+  method = methods.get_method('rose-ensemble')
+  graphdef, params = step_lib.split_model(tiny_model(dropout=0.0))
+  batches = [tiny_batch(i) for i in range(3)]
+  tx = _rose()
+  one, one_metrics = _run('none', params, tx, graphdef, method, batches)
+  eight, eight_metrics = _run(parallel, params, tx, graphdef, method, batches)
+  chex.assert_trees_all_close(eight, one, rtol=1e-4, atol=1e-6)
+  for a, b in zip(one_metrics, eight_metrics, strict=True):
+    for k in ('loss', 'ce', 'accuracy', 'kept_fraction'):
+      np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('parallel', ['shard_map', 'pmap'])
+def test_dropout_runs_repeat_from_the_same_seed(parallel):
+  method = methods.get_method('rdrop-rose-ensemble')
+  graphdef, params = step_lib.split_model(tiny_model(dropout=0.2))
+  batches = [tiny_batch(i) for i in range(2)]
+  first, m1 = _run(parallel, params, _rose(), graphdef, method, batches)
+  second, m2 = _run(parallel, params, _rose(), graphdef, method, batches)
+  chex.assert_trees_all_equal(first, second)
+  assert m1 == m2 and m1[0]['kl'] > 0
+  other, _ = _run(parallel, params, _rose(), graphdef, method, batches, seed=7)
+  assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, first, other)))
+
+
+def test_global_kl_is_the_sum_over_devices():
+  # Per-device KL is scaled by the device count, so averaged metrics report
+  # the global batch's KL, as one device would with the same dropout masks.
+  method = methods.get_method('rdrop')
+  graphdef, params = step_lib.split_model(tiny_model(dropout=0.2))
+  tx = optax.sgd(0.0)
+  batch = tiny_batch()
+  _, history = _run('shard_map', params, tx, graphdef, method, [batch])
+  n = jax.device_count()
+  per_device = []
+  for d in range(n):
+    rows = slice(d * 2, d * 2 + 2)
+    inputs = {k: np.concatenate([batch[k][rows]] * 2) for k in ('input_ids', 'attention_mask')}
+    logits = step_lib.apply_model(graphdef, params, inputs,
+                                  jax.random.fold_in(jax.random.key(0), d))
+    per_device.append(float(losses.symmetric_kl(*jnp.split(logits, 2))))
+  np.testing.assert_allclose(history[0]['kl'], sum(per_device), rtol=1e-5)
+
+
+def test_batch_that_does_not_divide_is_rejected():
+  with pytest.raises(ValueError, match='does not divide over 8 devices'):
+    step_lib.split_for_pmap(tiny_batch(size=12))
+  with pytest.raises(ValueError, match='does not divide over 8 devices'):
+    step_lib.shard_batch(tiny_batch(size=12), step_lib.data_mesh())
+
+
+def test_method_without_second_pass_cannot_rank_by_kl():
+  with pytest.raises(ValueError, match='second dropout pass'):
+    methods.Method('rose-first', passes=1, kl_grads=True, rose_variant='first')
+  with pytest.raises(ValueError, match='Unknown method'):
+    methods.get_method('rose-third')
+  with pytest.raises(ValueError, match='Unknown parallel'):
+    step_lib.make_train_step(None, optax.sgd(0.1), methods.get_method('vanilla'),
+                             parallel='tpu')
+
+
+def test_bf16_compute_step():
+  config = tiny_model().config
+  model = EncoderForSequenceClassification(config, rngs=nnx.Rngs(0), dtype=jnp.bfloat16)
+  graphdef, params = step_lib.split_model(model)
+  tx = _rose()
+  step = step_lib.make_train_step(graphdef, tx, methods.get_method('rose-ensemble'))
+  opt_state = tx.init(params)
+  params, opt_state, metrics = step(params, opt_state, tiny_batch(), jax.random.key(0))
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+  assert np.isfinite(float(metrics['loss']))
