@@ -1,5 +1,6 @@
 """The train step: gradients per method, and data parallelism on 8 CPU devices."""
 
+import functools
 from typing import NamedTuple
 
 import chex
@@ -13,7 +14,8 @@ from flax import nnx
 import rose_jax
 from rose_jax import selection
 from rose_jax.models import EncoderConfig, EncoderForSequenceClassification
-from rose_jax.training import losses, methods, step as step_lib
+from rose_jax.training import losses, methods
+from rose_jax.training import step as step_lib
 
 
 def tiny_model(dropout=0.1, model_type='roberta', seed=0):
@@ -55,36 +57,41 @@ def recording_optimizer():
   return optax.GradientTransformationExtraArgs(init, update)
 
 
-@pytest.mark.parametrize('name', methods.METHOD_NAMES)
-def test_each_method_gets_the_gradients_it_asks_for(name):
-  method = methods.get_method(name, rdrop_alpha=0.7)
+@functools.cache
+def _reference(passes):
+  """Model, batch, key and the CE and KL gradients, by plain jax.grad."""
   graphdef, params = step_lib.split_model(tiny_model())
-  batch = tiny_batch()
-  key = jax.random.key(3)
-  tx = recording_optimizer()
-  step = step_lib.make_train_step(graphdef, tx, method, donate=False)
-  _, state, metrics = step(params, tx.init(params), batch, key)
+  batch, key = tiny_batch(), jax.random.key(3)
 
   def terms(p):
     inputs = {k: batch[k] for k in ('input_ids', 'attention_mask')}
-    if method.passes == 2:
+    if passes == 2:
       inputs = {k: np.concatenate([v, v]) for k, v in inputs.items()}
     logits = step_lib.apply_model(graphdef, p, inputs, key)
-    if method.passes == 1:
+    if passes == 1:
       return losses.cross_entropy(logits, batch['labels']), jnp.float32(0)
     a, b = jnp.split(logits, 2)
     ce = (losses.cross_entropy(a, batch['labels']) + losses.cross_entropy(b, batch['labels'])) / 2
     return ce, losses.symmetric_kl(a, b)
 
-  ce_grad = jax.grad(lambda p: terms(p)[0])(params)
-  kl_grad = jax.grad(lambda p: terms(p)[1])(params)
+  ce_grad = jax.jit(jax.grad(lambda p: terms(p)[0]))(params)
+  kl_grad = jax.jit(jax.grad(lambda p: terms(p)[1]))(params)
+  return graphdef, params, batch, key, ce_grad, kl_grad, jax.jit(terms)(params)
+
+
+@pytest.mark.parametrize('name', methods.METHOD_NAMES)
+def test_each_method_gets_the_gradients_it_asks_for(name):
+  method = methods.get_method(name, rdrop_alpha=0.7)
+  graphdef, params, batch, key, ce_grad, kl_grad, (ce, kl) = _reference(method.passes)
+  tx = recording_optimizer()
+  step = step_lib.make_train_step(graphdef, tx, method, donate=False)
+  _, state, metrics = step(params, tx.init(params), batch, key)
   combined = jax.tree.map(lambda c, k: c + method.kl_weight * k, ce_grad, kl_grad)
   chex.assert_trees_all_close(state.grads, combined, rtol=1e-4, atol=1e-6)
   if method.kl_grads:
     chex.assert_trees_all_close(state.kl_grads, kl_grad, rtol=1e-4, atol=1e-6)
   if method.ce_grads:
     chex.assert_trees_all_close(state.ce_grads, ce_grad, rtol=1e-4, atol=1e-6)
-  ce, kl = terms(params)
   np.testing.assert_allclose(metrics['loss'], ce + method.kl_weight * kl, rtol=1e-5)
   assert (float(metrics['kl']) > 0) == (method.passes == 2)
 
@@ -114,24 +121,29 @@ def test_rose_methods_train_and_report_the_kept_fraction(name):
   assert any(jax.tree.leaves(changed))
 
 
-def _run(parallel, params, tx, graphdef, method, batches, seed=0):
+def _runner(parallel, tx, graphdef, method):
+  """Runs steps from given params; compiles once for all runs."""
   step = step_lib.make_train_step(graphdef, tx, method, parallel=parallel)
-  params = jax.tree.map(jnp.array, params)  # the step donates its inputs
-  opt_state = tx.init(params)
-  if parallel == 'pmap':
-    params, opt_state = step_lib.replicate(params), step_lib.replicate(opt_state)
   mesh = step_lib.data_mesh()
-  history = []
-  for i, batch in enumerate(batches):
+
+  def run(params, batches, seed=0):
+    params = jax.tree.map(jnp.array, params)  # the step donates its inputs
+    opt_state = tx.init(params)
     if parallel == 'pmap':
-      batch = step_lib.split_for_pmap(batch)
-    elif parallel == 'shard_map':
-      batch = step_lib.shard_batch(batch, mesh)
-    params, opt_state, metrics = step(params, opt_state, batch, jax.random.key(seed + i))
-    history.append(jax.tree.map(lambda m: float(np.asarray(m).reshape(-1)[0]), metrics))
-  if parallel == 'pmap':
-    params = step_lib.unreplicate(params)
-  return jax.tree.map(np.asarray, params), history
+      params, opt_state = step_lib.replicate(params), step_lib.replicate(opt_state)
+    history = []
+    for i, batch in enumerate(batches):
+      if parallel == 'pmap':
+        batch = step_lib.split_for_pmap(batch)
+      elif parallel == 'shard_map':
+        batch = step_lib.shard_batch(batch, mesh)
+      params, opt_state, metrics = step(params, opt_state, batch, jax.random.key(seed + i))
+      history.append(jax.tree.map(lambda m: float(np.asarray(m).reshape(-1)[0]), metrics))
+    if parallel == 'pmap':
+      params = step_lib.unreplicate(params)
+    return jax.tree.map(np.asarray, params), history
+
+  return run
 
 
 @pytest.mark.parametrize('parallel', ['shard_map', 'pmap'])
@@ -141,8 +153,8 @@ def test_eight_devices_equal_one_device_without_dropout(parallel):
   graphdef, params = step_lib.split_model(tiny_model(dropout=0.0))
   batches = [tiny_batch(i) for i in range(3)]
   tx = _rose()
-  one, one_metrics = _run('none', params, tx, graphdef, method, batches)
-  eight, eight_metrics = _run(parallel, params, tx, graphdef, method, batches)
+  one, one_metrics = _runner('none', tx, graphdef, method)(params, batches)
+  eight, eight_metrics = _runner(parallel, tx, graphdef, method)(params, batches)
   chex.assert_trees_all_close(eight, one, rtol=1e-4, atol=1e-6)
   for a, b in zip(one_metrics, eight_metrics, strict=True):
     for k in ('loss', 'ce', 'accuracy', 'kept_fraction'):
@@ -154,11 +166,12 @@ def test_dropout_runs_repeat_from_the_same_seed(parallel):
   method = methods.get_method('rdrop-rose-ensemble')
   graphdef, params = step_lib.split_model(tiny_model(dropout=0.2))
   batches = [tiny_batch(i) for i in range(2)]
-  first, m1 = _run(parallel, params, _rose(), graphdef, method, batches)
-  second, m2 = _run(parallel, params, _rose(), graphdef, method, batches)
+  run = _runner(parallel, _rose(), graphdef, method)
+  first, m1 = run(params, batches)
+  second, m2 = run(params, batches)
   chex.assert_trees_all_equal(first, second)
   assert m1 == m2 and m1[0]['kl'] > 0
-  other, _ = _run(parallel, params, _rose(), graphdef, method, batches, seed=7)
+  other, _ = run(params, batches, seed=7)
   assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, first, other)))
 
 
@@ -169,7 +182,7 @@ def test_global_kl_is_the_sum_over_devices():
   graphdef, params = step_lib.split_model(tiny_model(dropout=0.2))
   tx = optax.sgd(0.0)
   batch = tiny_batch()
-  _, history = _run('shard_map', params, tx, graphdef, method, [batch])
+  _, history = _runner('shard_map', tx, graphdef, method)(params, [batch])
   n = jax.device_count()
   per_device = []
   for d in range(n):
