@@ -8,6 +8,7 @@ from rose_jax.models.loading import (
     load_pretrained,
     load_tokenizer,
     resolve_checkpoint,
+    save_pretrained,
 )
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     'load_pretrained',
     'load_tokenizer',
     'resolve_checkpoint',
+    'save_pretrained',
 ]

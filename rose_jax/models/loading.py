@@ -8,6 +8,7 @@ torch is installed. ``transformers`` supplies configs and tokenizers.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -211,3 +212,43 @@ def check_tokenizer(tokenizer, config: EncoderConfig) -> None:
     raise CheckpointError(
         f'The tokenizer pads with id {tokenizer.pad_token_id} but the model expects '
         f'{config.pad_token_id}: load the tokenizer from the model\'s checkpoint.')
+
+
+def save_pretrained(model: EncoderForSequenceClassification, directory: str | os.PathLike) -> Path:
+  """Writes ``config.json`` and ``model.safetensors`` in the Hugging Face layout.
+
+  The result loads with :func:`load_pretrained` and with ``transformers``'
+  PyTorch classes. Each file is written to a temporary name and renamed, so
+  an interruption leaves the old file or the new one, never half of one.
+  """
+  from safetensors.numpy import save_file
+  directory = Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  config = model.config
+  pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  tensors = {}
+  for path, value in jax.tree_util.tree_flatten_with_path(pure)[0]:
+    leaf = str(getattr(path[-1], 'key', path[-1]))
+    array = np.asarray(value, np.float32)
+    tensors[hf_name(path)] = np.ascontiguousarray(array.T if leaf == 'kernel' else array)
+  architecture = ('RobertaForSequenceClassification' if config.model_type == 'roberta'
+                  else 'BertForSequenceClassification')
+  hf_config = {**dataclasses.asdict(config), 'architectures': [architecture],
+               'id2label': {str(i): f'LABEL_{i}' for i in range(config.num_labels)},
+               'label2id': {f'LABEL_{i}': i for i in range(config.num_labels)}}
+  write_atomically(directory / 'config.json', json.dumps(hf_config, indent=2).encode())
+  tmp = directory / 'model.safetensors.tmp'
+  save_file(tensors, str(tmp), metadata={'format': 'pt'})
+  os.replace(tmp, directory / 'model.safetensors')
+  return directory
+
+
+def write_atomically(path: str | os.PathLike, data: bytes) -> None:
+  """Writes ``data`` to ``path`` through a temporary file and a rename."""
+  path = Path(path)
+  tmp = path.with_name(path.name + '.tmp')
+  with open(tmp, 'wb') as f:
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)

@@ -1,0 +1,32 @@
+"""Summarise fine-tuning runs in the paper's Table 1 layout.
+
+  python examples/report.py runs/ --output-dir report/
+
+Writes table.md, table.csv and accuracy.png, and prints the Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rose_jax.training import report
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__)
+  p.add_argument('runs', nargs='+', help='run directories, or folders holding them')
+  p.add_argument('--output-dir', default='report')
+  args = p.parse_args(argv)
+  try:
+    files = report.write_report(args.runs, args.output_dir)
+  except ValueError as error:
+    print(f'error: {error}', file=sys.stderr)
+    return 2
+  print(files['markdown'].read_text(), end='')
+  print(f'\nwrote {", ".join(str(f) for f in files.values())}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,130 @@
+"""Gathers runs' ``results.json`` into the paper's Table 1 layout.
+
+For each method and task: GLUE and AdvGLUE dev accuracy of the best epoch
+(by GLUE dev accuracy), mean +- std over seeds; then the macro average over
+all GLUE and AdvGLUE columns and the average drop GLUE - AdvGLUE. Written as
+Markdown and CSV, with a bar plot of GLUE vs AdvGLUE per method.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from rose_jax.models.loading import write_atomically
+from rose_jax.training.data import TASKS
+from rose_jax.training.methods import METHOD_NAMES
+
+TASK_ORDER = ('sst2', 'rte', 'qnli', 'qqp', 'mnli')
+
+
+def collect(paths) -> list[dict]:
+  """Finished runs' results under ``paths`` (files or directories)."""
+  runs = []
+  for path in map(Path, paths):
+    files = [path] if path.is_file() else sorted(path.rglob('results.json'))
+    for file in files:
+      result = json.loads(file.read_text())
+      if result.get('finished'):
+        runs.append(result)
+  if not runs:
+    raise ValueError(f'No finished run (results.json with "finished": true) under {paths}.')
+  return runs
+
+
+def summarise(runs: list[dict]) -> dict:
+  """``{method: {task: {'glue': [..], 'adv': [..]}}}`` over seeds, percent."""
+  table: dict = defaultdict(lambda: defaultdict(lambda: {'glue': [], 'adv': []}))
+  for run in runs:
+    cell = table[run['config']['method']][run['config']['task']]
+    cell['glue'].append(100 * run['glue_dev_accuracy'])
+    if 'adv_dev_accuracy' in run:
+      cell['adv'].append(100 * run['adv_dev_accuracy'])
+  return table
+
+
+def _fmt(values: list[float]) -> str:
+  if not values:
+    return '-'
+  return f'{np.mean(values):.2f} ± {np.std(values):.2f}' if len(values) > 1 else \
+      f'{values[0]:.2f}'
+
+
+def rows(table: dict) -> tuple[list[str], list[list[str]]]:
+  """The header and one row per method, in the paper's column order."""
+  tasks = [t for t in TASK_ORDER if any(t in by_task for by_task in table.values())]
+  header = ['Method']
+  for task in tasks:
+    header += [f'{TASKS[task].name.upper()} GLUE', f'{TASKS[task].name.upper()} AdvGLUE']
+  header += ['Avg GLUE+AdvGLUE', 'Avg Δ↓']
+  order = [m for m in METHOD_NAMES if m in table] + sorted(set(table) - set(METHOD_NAMES))
+  body = []
+  for method in order:
+    row, columns, drops = [method], [], []
+    for task in tasks:
+      cell = table[method].get(task, {'glue': [], 'adv': []})
+      row += [_fmt(cell['glue']), _fmt(cell['adv'])]
+      for key in ('glue', 'adv'):
+        if cell[key]:
+          columns.append(np.mean(cell[key]))
+      if cell['glue'] and cell['adv']:
+        drops.append(np.mean(cell['glue']) - np.mean(cell['adv']))
+    row += [f'{np.mean(columns):.2f}' if columns else '-',
+            f'{np.mean(drops):.2f}' if drops else '-']
+    body.append(row)
+  return header, body
+
+
+def markdown(header: list[str], body: list[list[str]]) -> str:
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  lines += ['| ' + ' | '.join(row) + ' |' for row in body]
+  return '\n'.join(lines) + '\n'
+
+
+def to_csv(header: list[str], body: list[list[str]]) -> str:
+  buffer = io.StringIO()
+  writer = csv.writer(buffer)
+  writer.writerow(header)
+  writer.writerows(body)
+  return buffer.getvalue()
+
+
+def bar_plot(table: dict, path: Path) -> None:
+  """Mean GLUE and AdvGLUE accuracy (over tasks and seeds) per method."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  methods = [m for m in METHOD_NAMES if m in table] + sorted(set(table) - set(METHOD_NAMES))
+  glue = [np.mean([np.mean(c['glue']) for c in table[m].values() if c['glue']]) for m in methods]
+  adv = [np.mean([np.mean(c['adv']) for c in table[m].values() if c['adv']] or [np.nan])
+         for m in methods]
+  x = np.arange(len(methods))
+  fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(methods)), 4))
+  ax.bar(x - 0.2, glue, 0.4, label='GLUE dev')
+  ax.bar(x + 0.2, adv, 0.4, label='AdvGLUE dev')
+  ax.set_xticks(x, methods, rotation=30, ha='right')
+  ax.set_ylabel('accuracy (%)')
+  ax.legend()
+  fig.tight_layout()
+  tmp = path.with_name(path.stem + '.tmp' + path.suffix)
+  fig.savefig(tmp)
+  plt.close(fig)
+  tmp.replace(path)
+
+
+def write_report(paths, output_dir: str | Path) -> dict[str, Path]:
+  """Writes ``table.md``, ``table.csv`` and ``accuracy.png``; returns their paths."""
+  table = summarise(collect(paths))
+  header, body = rows(table)
+  out = Path(output_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  files = {'markdown': out / 'table.md', 'csv': out / 'table.csv', 'plot': out / 'accuracy.png'}
+  write_atomically(files['markdown'], markdown(header, body).encode())
+  write_atomically(files['csv'], to_csv(header, body).encode())
+  bar_plot(table, files['plot'])
+  return files

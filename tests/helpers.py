@@ -1,0 +1,50 @@
+"""Tiny checkpoints and GLUE-shaped files that tests write for themselves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from flax import nnx
+
+from rose_jax.models import EncoderConfig, EncoderForSequenceClassification, save_pretrained
+
+WORDS = ['good', 'great', 'fine', 'bad', 'awful', 'poor', 'movie', 'film', 'plot', 'story', 'acting', 'the', 'a', 'is', 'was', 'very', 'not', 'really', 'quite', 'what', 'who', 'why', 'does', 'did', 'it', 'this', 'that', 'question', 'answer']
+SPECIAL = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]']
+
+
+def tiny_checkpoint(directory: Path, *, layers: int = 1, hidden: int = 16,
+                    num_labels: int = 2, seed: int = 0) -> Path:
+  """A random tiny BERT with a word-level vocabulary, in Hugging Face layout."""
+  from transformers import BertTokenizer
+  directory.mkdir(parents=True, exist_ok=True)
+  vocab = SPECIAL + list(WORDS)
+  (directory / 'vocab.txt').write_text('\n'.join(vocab) + '\n')
+  tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
+  tokenizer.save_pretrained(str(directory))
+  config = EncoderConfig(model_type='bert', vocab_size=len(vocab), hidden_size=hidden,
+                         num_hidden_layers=layers, num_attention_heads=2,
+                         intermediate_size=2 * hidden, max_position_embeddings=64,
+                         type_vocab_size=2, pad_token_id=0, num_labels=num_labels)
+  save_pretrained(EncoderForSequenceClassification(config, rngs=nnx.Rngs(seed)), directory)
+  return directory
+
+
+def _sentence(rng, n=6):
+  return ' '.join(rng.choice(WORDS, size=n))
+
+
+def write_sst2(directory: Path, *, train: int = 48, dev: int = 20, seed: int = 0) -> dict:
+  """GLUE-release SST-2 TSVs and an AdvGLUE-shaped dev.json."""
+  rng = np.random.default_rng(seed)
+  directory.mkdir(parents=True, exist_ok=True)
+  for name, n in (('train', train), ('dev', dev)):
+    rows = ['sentence\tlabel'] + [f'{_sentence(rng)} \t{rng.integers(0, 2)}' for _ in range(n)]
+    (directory / f'{name}.tsv').write_text('\n'.join(rows) + '\n')
+  adv = {'sst2': [{'idx': i, 'sentence': _sentence(rng), 'label': int(rng.integers(0, 2))}
+                  for i in range(12)],
+         'rte': [{'idx': 0, 'sentence1': 'a', 'sentence2': 'b', 'label': 0}]}
+  (directory / 'adv_dev.json').write_text(json.dumps(adv))
+  return {'train_file': str(directory / 'train.tsv'), 'dev_file': str(directory / 'dev.tsv'),
+          'adv_file': str(directory / 'adv_dev.json')}

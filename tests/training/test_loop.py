@@ -1,0 +1,162 @@
+"""End to end: every method, resume, bad input and the report, on tiny data."""
+
+import json
+from pathlib import Path
+
+import chex
+import numpy as np
+import pytest
+
+from examples import finetune
+from examples import report as report_cli
+from rose_jax.models import CheckpointError
+from rose_jax.training import data as data_lib
+from rose_jax.training import loop, report
+from rose_jax.training.methods import METHOD_NAMES
+from tests import helpers
+
+
+@pytest.fixture(scope='module')
+def files(tmp_path_factory):
+  root = tmp_path_factory.mktemp('e2e')
+  return {'model': str(helpers.tiny_checkpoint(root / 'model')),
+          **helpers.write_sst2(root / 'data'), 'root': root}
+
+
+def _config(files, out, **overrides):
+  settings = dict(task='sst2', method='rose-ensemble', model=files['model'],
+                  train_file=files['train_file'], dev_file=files['dev_file'],
+                  adv_file=files['adv_file'], output_dir=str(out), epochs=1, batch_size=8,
+                  max_length=12, log_every=2, progress=False, parallel='none')
+  settings.update(overrides)
+  return loop.TrainConfig(**settings)
+
+
+@pytest.mark.parametrize('method', METHOD_NAMES)
+def test_each_method_trains_and_writes_a_run(files, tmp_path, method):
+  results = loop.run(_config(files, tmp_path / method, method=method,
+                             max_train_samples=24))
+  assert results['finished'] and results['best_epoch'] == 1
+  written = json.loads((tmp_path / method / 'results.json').read_text())
+  assert written['finished'] and written['config']['method'] == method
+  lines = [json.loads(x) for x in (tmp_path / method / 'metrics.jsonl').read_text().splitlines()]
+  assert [x['step'] for x in lines if 'type' not in x] == [2]
+  epoch = next(x for x in lines if x.get('type') == 'epoch')
+  assert np.isfinite(epoch['train_loss'])
+  if 'rose' in method:
+    assert epoch['train_kept_fraction'] < 1.0
+  else:
+    assert epoch['train_kept_fraction'] == 1.0
+  assert (epoch['train_kl'] > 0) == (method not in ('vanilla', 'rose-second'))
+
+
+def test_resume_reaches_the_same_parameters(files, tmp_path, monkeypatch):
+  whole = loop.run(_config(files, tmp_path / 'whole', epochs=3))
+  real_batches = data_lib.train_batches
+
+  def killed_in_epoch_three(arrays, batch_size, seed, epoch):
+    for i, batch in enumerate(real_batches(arrays, batch_size, seed, epoch)):
+      if epoch == 2 and i == 2:
+        raise KeyboardInterrupt('killed')
+      yield batch
+
+  monkeypatch.setattr(data_lib, 'train_batches', killed_in_epoch_three)
+  with pytest.raises(KeyboardInterrupt):
+    loop.run(_config(files, tmp_path / 'killed', epochs=3))
+  assert not json.loads((tmp_path / 'killed' / 'results.json').read_text())['finished']
+  monkeypatch.setattr(data_lib, 'train_batches', real_batches)
+  with pytest.raises(FileExistsError, match='--resume'):
+    loop.run(_config(files, tmp_path / 'killed', epochs=3))
+  resumed = loop.run(_config(files, tmp_path / 'killed', epochs=3, resume=True))
+  chex.assert_trees_all_equal(resumed['final_params'], whole['final_params'])
+  assert [e['glue_dev_accuracy'] for e in resumed['epochs']] == \
+      [e['glue_dev_accuracy'] for e in whole['epochs']]
+  with pytest.raises(FileExistsError, match='finished run'):
+    loop.run(_config(files, tmp_path / 'killed', epochs=3))
+
+
+def test_report_follows_from_the_predictions(files, tmp_path):
+  for method in ('vanilla', 'rose-second'):
+    for seed in (1, 2):
+      loop.run(_config(files, tmp_path / 'runs' / f'{method}-{seed}', method=method, seed=seed,
+                       epochs=2, max_train_samples=16))
+  assert report_cli.main([str(tmp_path / 'runs'), '--output-dir', str(tmp_path / 'out')]) == 0
+  table = (tmp_path / 'out' / 'table.csv').read_text().splitlines()
+  header, rows = table[0].split(','), [r.split(',') for r in table[1:]]
+  assert header == ['Method', 'SST2 GLUE', 'SST2 AdvGLUE', 'Avg GLUE+AdvGLUE', 'Avg Δ↓']
+  assert [r[0] for r in rows] == ['vanilla', 'rose-second']
+  assert (tmp_path / 'out' / 'accuracy.png').stat().st_size > 1000
+  for row, method in zip(rows, ('vanilla', 'rose-second'), strict=True):
+    accuracies = {'glue_dev': [], 'adv_dev': []}
+    for seed in (1, 2):
+      run_dir = tmp_path / 'runs' / f'{method}-{seed}'
+      best = json.loads((run_dir / 'results.json').read_text())['best_epoch']
+      for split in accuracies:
+        lines = (run_dir / 'predictions' / f'epoch{best}-{split}.jsonl').read_text().splitlines()
+        records = [json.loads(x) for x in lines]
+        accuracies[split].append(100 * np.mean([r['prediction'] == r['label'] for r in records]))
+    glue, adv = accuracies['glue_dev'], accuracies['adv_dev']
+    assert row[1] == f'{np.mean(glue):.2f} ± {np.std(glue):.2f}'
+    assert row[2] == f'{np.mean(adv):.2f} ± {np.std(adv):.2f}'
+    assert row[3] == f'{np.mean([np.mean(glue), np.mean(adv)]):.2f}'
+    assert row[4] == f'{np.mean(glue) - np.mean(adv):.2f}'
+  assert '| Method |' in (tmp_path / 'out' / 'table.md').read_text()
+
+
+def _write(path: Path, text: str) -> str:
+  path.write_text(text)
+  return str(path)
+
+
+def test_bad_input_fails_before_training(files, tmp_path, capsys):
+  base = ['--model', files['model'], '--train-file', files['train_file'], '--dev-file',
+          files['dev_file'], '--adv-file', files['adv_file'], '--output-root', str(tmp_path),
+          '--epochs', '1', '--batch-size', '8', '--max-length', '12', '--no-progress']
+  with pytest.raises(SystemExit):
+    finetune.parse_args(['--task', 'cola'])
+  assert finetune.main([*base, '--upper', '60', '--seeds', '1', '2']) == 2
+  assert 'write 0.6' in capsys.readouterr().err
+  assert not any(tmp_path.iterdir())
+  with pytest.raises(ValueError, match='Unknown task'):
+    loop.TrainConfig(task='cola').resolved()
+  with pytest.raises(ValueError, match='Unknown method'):
+    loop.TrainConfig(method='rose-third').resolved()
+  with pytest.raises(ValueError, match=r'upper .* \[0, 1\]'):
+    loop.TrainConfig(upper=60).resolved()
+  cases = {
+      'columns': ('text\tlabel\nfine film\t1\n', 'lacks the column'),
+      'labels': ('sentence\tlabel\ngood\t1\nbad\t7\n', 'outside the sst2 label range'),
+      'names': ('sentence\tlabel\ngood\tmaybe\n', "label 'maybe' is not in"),
+      'empty': ('sentence\tlabel\n', 'is empty'),
+  }
+  for name, (text, match) in cases.items():
+    bad = _write(tmp_path / f'{name}.tsv', text)
+    with pytest.raises(data_lib.DataError, match=match):
+      loop.run(_config(files, tmp_path / f'run-{name}', train_file=bad))
+    assert not (tmp_path / f'run-{name}' / 'checkpoints').exists() or not any(
+        (tmp_path / f'run-{name}' / 'checkpoints').iterdir())
+  adv = _write(tmp_path / 'adv.json', json.dumps({'qqp': []}))
+  with pytest.raises(data_lib.DataError, match="no 'sst2' entry"):
+    loop.run(_config(files, tmp_path / 'run-adv', adv_file=adv))
+
+
+def test_tokenizer_must_match_the_model(files, tmp_path):
+  other = helpers.tiny_checkpoint(tmp_path / 'other')
+  big_vocab = [*helpers.SPECIAL, *helpers.WORDS, *(f'extra{i}' for i in range(100))]
+  (other / 'vocab.txt').write_text('\n'.join(big_vocab) + '\n')
+  from transformers import BertTokenizer
+  BertTokenizer(vocab={w: i for i, w in enumerate(big_vocab)}).save_pretrained(str(other))
+  with pytest.raises(CheckpointError, match='do not belong together'):
+    loop.run(_config(files, tmp_path / 'run', model=str(other)))
+
+
+def test_hub_data_without_network_names_the_local_options(monkeypatch):
+  monkeypatch.setenv('HF_DATASETS_OFFLINE', '1')
+  monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+  with pytest.raises(data_lib.DataError, match='--train-file'):
+    data_lib.load_hub(data_lib.get_task('sst2'), 'train')
+
+
+def test_report_needs_finished_runs(tmp_path):
+  with pytest.raises(ValueError, match='No finished run'):
+    report.collect([tmp_path])
