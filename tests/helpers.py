@@ -10,7 +10,11 @@ from flax import nnx
 
 from rose_jax.models import EncoderConfig, EncoderForSequenceClassification, save_pretrained
 
-WORDS = ['good', 'great', 'fine', 'bad', 'awful', 'poor', 'movie', 'film', 'plot', 'story', 'acting', 'the', 'a', 'is', 'was', 'very', 'not', 'really', 'quite', 'what', 'who', 'why', 'does', 'did', 'it', 'this', 'that', 'question', 'answer']
+WORDS = (
+    'good', 'great', 'fine', 'bad', 'awful', 'poor', 'movie', 'film', 'plot', 'story',
+    'acting', 'the', 'a', 'is', 'was', 'very', 'not', 'really', 'quite', 'what', 'who', 'why',
+    'does', 'did', 'it', 'this', 'that', 'question', 'answer',
+)
 SPECIAL = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]']
 
 
