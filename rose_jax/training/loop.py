@@ -15,6 +15,7 @@ Everything a run writes lives in its output directory:
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import time
@@ -247,14 +248,17 @@ def run(config: TrainConfig) -> dict[str, Any]:
   step = step_lib.make_train_step(graphdef, tx, method, parallel=config.parallel)
   eval_step = step_lib.make_eval_step(graphdef)
   mesh = step_lib.data_mesh() if config.parallel == 'shard_map' else None
-  prepare = {'none': lambda b: b, 'pmap': step_lib.split_for_pmap,
-             'shard_map': lambda b: step_lib.shard_batch(b, mesh)}[config.parallel]
+  place = {'none': lambda b: b, 'pmap': step_lib.split_for_pmap,
+           'shard_map': lambda b: step_lib.shard_batch(b, mesh)}[config.parallel]
+  prepare = lambda b: place(process_share(b))
   if config.parallel == 'pmap':
     params, opt_state = step_lib.replicate(params), step_lib.replicate(opt_state)
   host = (lambda t: jax.device_get(step_lib.unreplicate(t))) if config.parallel == 'pmap' \
       else jax.device_get
   base_key = jax.random.key(config.seed)
-  metrics_file = (out / 'metrics.jsonl').open('a')
+  # One process writes the run's files; every process computes.
+  is_main = jax.process_index() == 0
+  metrics_file = (out / 'metrics.jsonl').open('a') if is_main else io.StringIO()
   bar = _progress(total_steps, global_step, config.progress)
   try:
     for epoch in range(start_epoch, config.epochs):
@@ -286,15 +290,17 @@ def run(config: TrainConfig) -> dict[str, Any]:
         lines = ''.join(json.dumps({'idx': i, 'prediction': int(p), 'label': int(y)}) + '\n'
                         for i, (p, y) in enumerate(zip(predictions, arrays['labels'],
                                                        strict=True)))
-        write_atomically(out / 'predictions' / f'epoch{epoch + 1}-{split}.jsonl',
-                         lines.encode())
+        if is_main:
+          write_atomically(out / 'predictions' / f'epoch{epoch + 1}-{split}.jsonl',
+                           lines.encode())
       metrics_file.write(json.dumps({'type': 'epoch', **record}) + '\n')
       metrics_file.flush()
       results['epochs'].append(record)
       results.update(_best(results['epochs']))
       # Results first, then the checkpoint: a resume redoes an epoch whose
       # checkpoint is missing and trims the results to the checkpoint.
-      _write_json(out / 'results.json', results)
+      if is_main:
+        _write_json(out / 'results.json', results)
       manager.save(epoch + 1, args=ocp.args.StandardSave(
           {'params': eval_params,
            'opt_state': step_lib.unreplicate(opt_state) if config.parallel == 'pmap'
@@ -302,7 +308,8 @@ def run(config: TrainConfig) -> dict[str, Any]:
            'step': global_step}))
       manager.wait_until_finished()
     results['finished'] = True
-    _write_json(out / 'results.json', results)
+    if is_main:
+      _write_json(out / 'results.json', results)
   finally:
     bar.close()
     metrics_file.close()
@@ -310,6 +317,18 @@ def run(config: TrainConfig) -> dict[str, Any]:
   results['final_params'] = (step_lib.unreplicate(params) if config.parallel == 'pmap'
                              else params)
   return results
+
+
+def process_share(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """This process's contiguous share of a global batch (all of it on one host)."""
+  count, index = jax.process_count(), jax.process_index()
+  if count == 1:
+    return batch
+  size = len(batch['labels'])
+  if size % count:
+    raise ValueError(f'The batch of {size} does not divide over {count} processes.')
+  share = size // count
+  return {k: v[index * share:(index + 1) * share] for k, v in batch.items()}
 
 
 def _best(epochs: list[dict]) -> dict:

@@ -1,0 +1,295 @@
+"""Times the real train step of every method, side by side, and the ROSE mask.
+
+  python benchmarks/step_benchmark.py --config small       # ~1-2 minutes on 2 CPU cores
+  python benchmarks/step_benchmark.py --config base        # roberta-base, batch 8, length 128
+  python benchmarks/step_benchmark.py --config base --torch  # adds the authors' recipe in PyTorch
+
+Prints Markdown tables and writes a JSON file with the machine, the JAX
+version and the device kind. Step time is the median over repeated steps
+after compilation (``block_until_ready``); memory is XLA's compiled estimate
+(arguments + outputs + temporaries, less donated aliases) and, on GPUs, the
+device's peak. Each ratio is to vanilla measured in the same run, next to
+its floor from counting FLOPs (forward = 1, backward = 2 per cotangent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+import rose_jax
+from rose_jax import masking, selection
+from rose_jax.models import EncoderConfig, EncoderForSequenceClassification
+from rose_jax.training import methods
+from rose_jax.training import step as step_lib
+
+CONFIGS = {
+    # name: (layers, hidden, heads, intermediate, vocab, batch, length)
+    'tiny': (1, 32, 2, 64, 1000, 4, 16),
+    'small': (4, 256, 4, 1024, 8000, 8, 64),
+    'base': (12, 768, 12, 3072, 50265, 8, 128),
+}
+# Forward passes' worth of FLOPs per step: a backward costs two forwards per
+# cotangent; two dropout passes double the forward and the backward.
+FLOOR = {'vanilla': 3.0, 'rdrop': 6.0, 'rose-second': 3.0, 'rose-first': 10.0,
+         'rose-ensemble': 10.0}
+ROWS = [('vanilla', 'vanilla', 'tensor'), ('rdrop', 'rdrop', 'tensor'),
+        ('rose-second', 'rose-second', 'tensor'), ('rose-first', 'rose-first', 'tensor'),
+        ('rose-ensemble', 'rose-ensemble', 'tensor'),
+        ('rose-ensemble (element)', 'rose-ensemble', 'element')]
+# Dense bf16 peak FLOP/s per device kind, for model FLOP utilisation.
+PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'TPU v4': 275e12,
+              'TPU v5e': 197e12, 'TPU v5p': 459e12}
+
+
+def encoder_config(name: str) -> tuple[EncoderConfig, int, int]:
+  layers, hidden, heads, inter, vocab, batch, length = CONFIGS[name]
+  config = EncoderConfig(model_type='roberta', vocab_size=vocab, hidden_size=hidden,
+                         num_hidden_layers=layers, num_attention_heads=heads,
+                         intermediate_size=inter, max_position_embeddings=length + 2,
+                         type_vocab_size=1, pad_token_id=1)
+  return config, batch, length
+
+
+def make_batch(config: EncoderConfig, batch: int, length: int, seed: int = 0):
+  rng = np.random.default_rng(seed)
+  return {'input_ids': rng.integers(3, config.vocab_size, (batch, length)).astype(np.int32),
+          'attention_mask': np.ones((batch, length), np.int32),
+          'labels': rng.integers(0, 2, batch).astype(np.int32)}
+
+
+def optimizer(method: methods.Method, granularity: str):
+  if method.uses_rose:
+    return rose_jax.rose(1e-5, variant=method.rose_variant, upper=0.6,
+                         granularity=granularity, selectable=selection.authors_selectable,
+                         weight_decay_mask=selection.authors_decay_mask)
+  return optax.adamw(1e-5, b2=0.98, weight_decay=0.01, mask=selection.authors_decay_mask)
+
+
+def time_calls(fn, steps: int, warmup: int) -> list[float]:
+  for _ in range(warmup):
+    jax.block_until_ready(fn())
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return times
+
+
+def compiled_bytes(compiled) -> int | None:
+  try:
+    m = compiled.memory_analysis()
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+               - m.alias_size_in_bytes)
+  except Exception:  # not every backend reports it
+    return None
+
+
+def time_method(graphdef, params, batch, method_name: str, granularity: str, steps: int,
+                warmup: int) -> dict:
+  """One method's compiled step: median time, memory and XLA's FLOP count."""
+  method = methods.get_method(method_name)
+  tx = optimizer(method, granularity)
+  step = step_lib.make_train_step(graphdef, tx, method)
+  params = jax.tree.map(jnp.array, params)  # the step donates its inputs
+  carry = [params, tx.init(params)]
+  key = jax.random.key(0)
+  compiled = step.lower(carry[0], carry[1], batch, key).compile()
+  cost = compiled.cost_analysis()
+  flops = (cost[0] if isinstance(cost, list) else cost or {}).get('flops')
+
+  def run():
+    carry[0], carry[1], metrics = step(carry[0], carry[1], batch, key)
+    return metrics
+
+  times = time_calls(run, steps, warmup)
+  device = jax.devices()[0]
+  stats = device.memory_stats() if hasattr(device, 'memory_stats') else None
+  return {'median_s': statistics.median(times), 'times_s': times,
+          'compiled_bytes': compiled_bytes(compiled), 'xla_flops': flops,
+          'peak_bytes': (stats or {}).get('peak_bytes_in_use')}
+
+
+def bench_steps(name: str, steps: int, warmup: int) -> list[dict]:
+  config, batch_size, length = encoder_config(name)
+  model = EncoderForSequenceClassification(config, rngs=nnx.Rngs(0))
+  graphdef, params = step_lib.split_model(model)
+  del model
+  batch = make_batch(config, batch_size, length)
+  rows = [{'method': label, **time_method(graphdef, params, batch, method_name, granularity,
+                                           steps, warmup)}
+          for label, method_name, granularity in ROWS]
+  for row in rows:
+    row['tokens_per_s'] = batch_size * length / row['median_s']
+  base = rows[0]
+  for row, (_, method_name, _) in zip(rows, ROWS, strict=True):
+    row['ratio'] = row['median_s'] / base['median_s']
+    row['floor'] = FLOOR[method_name] / FLOOR['vanilla']
+    if row['compiled_bytes'] and base['compiled_bytes']:
+      row['memory_ratio'] = row['compiled_bytes'] / base['compiled_bytes']
+    peak = next((v for k, v in PEAK_FLOPS.items() if k in jax.devices()[0].device_kind), None)
+    if peak and row['xla_flops']:
+      row['mfu'] = row['xla_flops'] / row['median_s'] / peak
+  return rows
+
+
+def bench_masks(name: str, steps: int, warmup: int) -> list[dict]:
+  """The mask alone over the ranked tensors of a model of this config's shape."""
+  config, _, _ = encoder_config(name)
+  abstract = nnx.eval_shape(lambda: EncoderForSequenceClassification(config, rngs=nnx.Rngs(0)))
+  shapes = nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
+  ranked = selection.authors_selectable(shapes)
+  keys = iter(jax.random.split(jax.random.key(0), len(jax.tree.leaves(shapes))))
+  risks = jax.tree.map(lambda s, r: jax.random.uniform(next(keys), s.shape) if r
+                       else optax.MaskedNode(), shapes, ranked)
+  count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(risks))
+  tensor_risks = jax.tree.map(lambda x: jnp.sqrt(jnp.sum(x * x)), risks)
+  tensor = jax.jit(lambda r: masking.quantile_mask(r, upper=0.6, granularity='tensor'))
+  element = jax.jit(lambda r: masking.quantile_mask(r, upper=0.6, granularity='element'))
+  reference = jax.jit(lambda r: jnp.quantile(
+      jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(r)]), 0.6))
+  rows = []
+  for label, fn, arg in (('tensor (norms -> quantile -> mask)', tensor, tensor_risks),
+                         ('element, radix select', element, risks),
+                         ('element, jnp.quantile (sort)', reference, risks)):
+    times = time_calls(lambda fn=fn, arg=arg: fn(arg), steps, warmup)
+    rows.append({'mask': label, 'elements': count, 'median_s': statistics.median(times)})
+  return rows
+
+
+def bench_torch(name: str, steps: int, warmup: int) -> dict | None:
+  """The authors' recipe in PyTorch: two forwards, KL backward with a retained
+  graph, per-tensor norms and torch.quantile, CE backward, masked AdamW."""
+  try:
+    import torch
+    import transformers
+  except ImportError:
+    return None
+  torch.manual_seed(0)
+  layers, hidden, heads, inter, vocab, batch, length = CONFIGS[name]
+  config = transformers.RobertaConfig(
+      vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+      intermediate_size=inter, max_position_embeddings=length + 2, type_vocab_size=1,
+      pad_token_id=1, num_labels=2)
+  model = transformers.RobertaForSequenceClassification(config).train()
+  data = make_batch(encoder_config(name)[0], batch, length)
+  ids, mask = torch.tensor(data['input_ids']).long(), torch.tensor(data['attention_mask'])
+  labels = torch.tensor(data['labels']).long()
+  named = [(n, p) for n, p in model.named_parameters()]
+  ranked = [p for n, p in named if 'layer' in n and 'weight' in n]
+  m = {p: torch.zeros_like(p) for _, p in named}
+  v = {p: torch.zeros_like(p) for _, p in named}
+  t = [0]
+
+  def one_step():
+    t[0] += 1
+    logits1 = model(input_ids=ids, attention_mask=mask).logits
+    logits2 = model(input_ids=ids, attention_mask=mask).logits
+    lp, lq = torch.log_softmax(logits1, -1), torch.log_softmax(logits2, -1)
+    kl = ((lp.exp() * (lp - lq)).sum() + (lq.exp() * (lq - lp)).sum()) / 4
+    ce = (torch.nn.functional.cross_entropy(logits1, labels)
+          + torch.nn.functional.cross_entropy(logits2, labels)) / 2
+    model.zero_grad()
+    kl.backward(retain_graph=True)
+    risk_f = torch.stack([p.grad.norm() for p in ranked])
+    model.zero_grad()
+    ce.backward()
+    with torch.no_grad():
+      risk_s = torch.stack([(0.1 * p.grad.norm() / (m[p].norm() + 1e-30) - 1).abs()
+                            for p in ranked])
+      masks = []
+      for risk in (risk_f, risk_s):
+        lo, hi = torch.quantile(risk, torch.tensor([0.0, 0.6]))
+        masks.append(((risk >= lo) & (risk <= hi)).float())
+      keep = dict(zip(ranked, (0.5 * masks[0] + 0.5 * masks[1]).tolist(), strict=True))
+      for _, p in named:
+        k = keep.get(p, 1.0)
+        g = k * p.grad + (1 - k) * m[p]
+        m[p].mul_(0.9).add_(g, alpha=0.1)
+        v[p].mul_(0.98).addcmul_(g, g, value=0.02)
+        step = 1e-5 * (1 - 0.98 ** t[0]) ** 0.5 / (1 - 0.9 ** t[0])
+        p.addcdiv_(m[p] * k, v[p].sqrt().add_(1e-8), value=-step)
+        p.mul_(1 - 1e-5 * 0.01 * k)
+
+  times = time_calls(one_step, steps, warmup)
+  return {'median_s': statistics.median(times), 'times_s': times,
+          'torch_version': torch.__version__, 'threads': torch.get_num_threads()}
+
+
+def markdown(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+  lines = ['| ' + ' | '.join(c[1] for c in columns) + ' |', '|' + '---|' * len(columns)]
+  for row in rows:
+    cells = []
+    for key, _, fmt in columns:
+      value = row.get(key)
+      cells.append('-' if value is None else format(value, fmt))
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument('--config', choices=sorted(CONFIGS), default='small')
+  p.add_argument('--steps', type=int, default=5)
+  p.add_argument('--warmup', type=int, default=1)
+  p.add_argument('--torch', action='store_true', help="also time the authors' PyTorch recipe")
+  p.add_argument('--skip-masks', action='store_true')
+  p.add_argument('--output', default='benchmarks/results')
+  args = p.parse_args(argv)
+
+  device = jax.devices()[0]
+  meta = {'config': args.config, 'shape': dict(zip(
+      ('layers', 'hidden', 'heads', 'intermediate', 'vocab', 'batch', 'length'),
+      CONFIGS[args.config], strict=True)),
+      'jax': jax.__version__, 'backend': jax.default_backend(), 'device_kind': device.device_kind,
+      'devices': jax.device_count(), 'cpu_count': os.cpu_count(), 'machine': platform.platform(),
+      'processor': platform.processor() or platform.machine(), 'steps': args.steps}
+  print(f'# rose_jax step benchmark: {args.config} on {meta["device_kind"]} '
+        f'({meta["backend"]}), JAX {meta["jax"]}\n')
+  rows = bench_steps(args.config, args.steps, args.warmup)
+  print(markdown(rows, [('method', 'method', 's'), ('median_s', 'step (s)', '.3f'),
+                        ('ratio', 'x vanilla', '.2f'), ('floor', 'FLOP floor', '.2f'),
+                        ('memory_ratio', 'memory x vanilla', '.2f'),
+                        ('tokens_per_s', 'tokens/s', '.0f'), ('mfu', 'MFU', '.1%')]))
+  result = {'meta': meta, 'steps': rows}
+  if not args.skip_masks:
+    masks = bench_masks(args.config, args.steps, args.warmup)
+    print('\n' + markdown(masks, [('mask', 'mask', 's'), ('elements', 'ranked elements', 'd'),
+                                  ('median_s', 'time (s)', '.3f')]))
+    result['masks'] = masks
+  if args.torch:
+    torch_row = bench_torch(args.config, args.steps, args.warmup)
+    if torch_row is None:
+      print('\n(torch is not installed: no PyTorch comparison)')
+    else:
+      jax_row = next(r for r in rows if r['method'] == 'rose-ensemble')
+      torch_row['jax_over_torch'] = jax_row['median_s'] / torch_row['median_s']
+      print(f'\nPyTorch {torch_row["torch_version"]} recipe (ROSE-Ensemble): '
+            f'{torch_row["median_s"]:.3f} s/step; JAX/PyTorch = '
+            f'{torch_row["jax_over_torch"]:.2f}')
+      result['torch'] = torch_row
+  out = Path(args.output)
+  out.mkdir(parents=True, exist_ok=True)
+  file = out / f'step-{args.config}-{meta["backend"]}.json'
+  tmp = file.with_suffix('.tmp')
+  tmp.write_text(json.dumps(result, indent=2))
+  tmp.replace(file)
+  print(f'\nwrote {file}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
