@@ -71,7 +71,8 @@ def configs(args: argparse.Namespace) -> list[loop.TrainConfig]:
 
 
 def main(argv=None) -> int:
-  logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')
+  logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(message)s')
+  logging.getLogger('rose_jax').setLevel(logging.INFO)
   args = parse_args(argv)
   runs = configs(args)
   try:
