@@ -9,7 +9,9 @@ Everything a run writes lives in its output directory:
   state, step), written atomically by orbax; ``resume=True`` continues from
   the last one and reaches the same final parameters as an uninterrupted run;
 * ``results.json``: per-epoch accuracies, the best epoch, ``finished``;
-  rewritten atomically after each epoch.
+  rewritten atomically after each epoch;
+* ``best_model/``: the best epoch's model and tokenizer in the Hugging Face
+  layout (``config.json``, ``model.safetensors``).
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 
 import rose_jax
 from rose_jax import selection
-from rose_jax.models import load_pretrained, load_tokenizer
+from rose_jax.models import load_pretrained, load_tokenizer, save_pretrained
 from rose_jax.models.loading import write_atomically
 from rose_jax.training import data as data_lib
 from rose_jax.training import step as step_lib
@@ -297,6 +300,10 @@ def run(config: TrainConfig) -> dict[str, Any]:
       metrics_file.flush()
       results['epochs'].append(record)
       results.update(_best(results['epochs']))
+      if is_main and results['best_epoch'] == epoch + 1:
+        # The best epoch's model, loadable by load_pretrained and transformers.
+        save_pretrained(nnx.merge(graphdef, eval_params), out / 'best_model')
+        tokenizer.save_pretrained(str(out / 'best_model'))
       # Results first, then the checkpoint: a resume redoes an epoch whose
       # checkpoint is missing and trims the results to the checkpoint.
       if is_main:

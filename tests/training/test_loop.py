@@ -7,6 +7,7 @@ import chex
 import numpy as np
 import pytest
 
+from examples import evaluate as evaluate_cli
 from examples import finetune
 from examples import report as report_cli
 from rose_jax.models import CheckpointError
@@ -101,6 +102,19 @@ def test_report_follows_from_the_predictions(files, tmp_path):
     assert row[3] == f'{np.mean([np.mean(glue), np.mean(adv)]):.2f}'
     assert row[4] == f'{np.mean(glue) - np.mean(adv):.2f}'
   assert '| Method |' in (tmp_path / 'out' / 'table.md').read_text()
+
+
+def test_best_model_is_saved_and_evaluates_to_the_same_accuracy(files, tmp_path, capsys):
+  results = loop.run(_config(files, tmp_path / 'run', epochs=2, max_train_samples=16))
+  best = tmp_path / 'run' / 'best_model'
+  assert (best / 'model.safetensors').exists() and (best / 'vocab.txt').exists()
+  output = tmp_path / 'eval.json'
+  assert evaluate_cli.main([str(best), '--task', 'sst2', '--dev-file', files['dev_file'],
+                            '--adv-file', files['adv_file'], '--max-length', '12',
+                            '--output', str(output)]) == 0
+  measured = json.loads(output.read_text())
+  assert measured['glue_dev_accuracy'] == results['glue_dev_accuracy']
+  assert measured['adv_dev_accuracy'] == results['adv_dev_accuracy']
 
 
 def _write(path: Path, text: str) -> str:

@@ -1,0 +1,62 @@
+"""Evaluate a fine-tuned checkpoint on a GLUE dev set and its AdvGLUE dev set.
+
+  python examples/evaluate.py runs/sst2-rose-ensemble-seed1/best_model --task sst2
+
+The checkpoint is any directory in the Hugging Face layout (a run's
+``best_model/``, or a hub name). Prints accuracies and, with --output,
+writes them as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import jax.numpy as jnp
+
+from rose_jax.models import load_pretrained, load_tokenizer
+from rose_jax.models.loading import write_atomically
+from rose_jax.training import data as data_lib
+from rose_jax.training import loop
+from rose_jax.training import step as step_lib
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument('model', help='checkpoint directory or hub name')
+  p.add_argument('--task', choices=sorted(data_lib.TASKS), required=True)
+  p.add_argument('--dev-file', help='GLUE dev file (default: hub)')
+  p.add_argument('--adv-file', help='AdvGLUE dev.json (default: hub)')
+  p.add_argument('--no-adv', action='store_true')
+  p.add_argument('--max-length', type=int, default=128)
+  p.add_argument('--batch-size', type=int, default=64)
+  p.add_argument('--dtype', choices=['float32', 'bfloat16'], default='float32')
+  p.add_argument('--output', help='write the accuracies to this JSON file')
+  args = p.parse_args(argv)
+  task = data_lib.get_task(args.task)
+  try:
+    splits = {'glue_dev': data_lib.load_local(task, args.dev_file) if args.dev_file
+              else data_lib.load_hub(task, task.hub_validation_split)}
+    if not args.no_adv:
+      splits['adv_dev'] = (data_lib.load_adv_glue_file(task, args.adv_file) if args.adv_file
+                           else data_lib.load_hub(task, 'validation', adversarial=True))
+    model = load_pretrained(args.model, num_labels=task.num_labels, dtype=jnp.dtype(args.dtype))
+  except ValueError as error:
+    print(f'error: {error}', file=sys.stderr)
+    return 2
+  tokenizer = load_tokenizer(args.model, model.config)
+  graphdef, params = step_lib.split_model(model)
+  eval_step = step_lib.make_eval_step(graphdef)
+  accuracies = {}
+  for name, split in splits.items():
+    arrays = data_lib.tokenize(tokenizer, split, args.max_length)
+    _, accuracies[f'{name}_accuracy'] = loop.evaluate(eval_step, params, arrays, args.batch_size)
+    print(f'{name}: {100 * accuracies[f"{name}_accuracy"]:.2f}% of {len(split)}')
+  if args.output:
+    write_atomically(args.output, json.dumps(accuracies, indent=2).encode())
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
