@@ -107,7 +107,7 @@ def test_report_follows_from_the_predictions(files, tmp_path):
 def test_best_model_is_saved_and_evaluates_to_the_same_accuracy(files, tmp_path, capsys):
   results = loop.run(_config(files, tmp_path / 'run', epochs=2, max_train_samples=16))
   best = tmp_path / 'run' / 'best_model'
-  assert (best / 'model.safetensors').exists() and (best / 'vocab.txt').exists()
+  assert (best / 'model.safetensors').exists() and (best / 'tokenizer_config.json').exists()
   output = tmp_path / 'eval.json'
   assert evaluate_cli.main([str(best), '--task', 'sst2', '--dev-file', files['dev_file'],
                             '--adv-file', files['adv_file'], '--max-length', '12',
