@@ -160,9 +160,16 @@ def preflight(config: TrainConfig) -> TrainConfig:
   return config
 
 
+def _sync_processes(name: str) -> None:
+  """A barrier across processes (nothing to wait for on one host)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
 def _prepare_output_dir(config: TrainConfig) -> Path:
   out = Path(config.output_dir)
-  if config.overwrite and out.exists():
+  if config.overwrite and out.exists() and jax.process_index() == 0:
     import shutil
     shutil.rmtree(out)
   out.mkdir(parents=True, exist_ok=True)
@@ -219,7 +226,9 @@ def run(config: TrainConfig) -> dict[str, Any]:
   """Fine-tunes, evaluates and writes one run; returns its results."""
   config = preflight(config)
   method = get_method(config.method, rdrop_alpha=config.rdrop_alpha)
+  _sync_processes('rose_jax: output directory checked')
   out = _prepare_output_dir(config)
+  _sync_processes('rose_jax: output directory ready')
   model = load_pretrained(config.model, num_labels=data_lib.get_task(config.task).num_labels,
                           hidden_dropout=config.dropout, attention_dropout=config.dropout,
                           dtype=jnp.dtype(config.dtype), seed=config.seed,
