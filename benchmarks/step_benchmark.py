@@ -48,6 +48,7 @@ FLOOR = {'vanilla': 3.0, 'rdrop': 6.0, 'rose-second': 3.0, 'rose-first': 10.0,
 ROWS = [('vanilla', 'vanilla', 'tensor'), ('rdrop', 'rdrop', 'tensor'),
         ('rose-second', 'rose-second', 'tensor'), ('rose-first', 'rose-first', 'tensor'),
         ('rose-ensemble', 'rose-ensemble', 'tensor'),
+        ('rose-ensemble (vmap cotangents)', 'rose-ensemble', 'tensor'),
         ('rose-ensemble (element)', 'rose-ensemble', 'element')]
 # Dense bf16 peak FLOP/s per device kind, for model FLOP utilisation.
 PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'TPU v4': 275e12,
@@ -99,11 +100,11 @@ def compiled_bytes(compiled) -> int | None:
 
 
 def time_method(graphdef, params, batch, method_name: str, granularity: str, steps: int,
-                warmup: int) -> dict:
+                warmup: int, cotangents: str) -> dict:
   """One method's compiled step: median time, memory and XLA's FLOP count."""
   method = methods.get_method(method_name)
   tx = optimizer(method, granularity)
-  step = step_lib.make_train_step(graphdef, tx, method)
+  step = step_lib.make_train_step(graphdef, tx, method, cotangents=cotangents)
   params = jax.tree.map(jnp.array, params)  # the step donates its inputs
   carry = [params, tx.init(params)]
   key = jax.random.key(0)
@@ -130,7 +131,8 @@ def bench_steps(name: str, steps: int, warmup: int) -> list[dict]:
   del model
   batch = make_batch(config, batch_size, length)
   rows = [{'method': label, **time_method(graphdef, params, batch, method_name, granularity,
-                                           steps, warmup)}
+                                           steps, warmup, 'vmap' if 'vmap' in label
+                                           else 'sequential')}
           for label, method_name, granularity in ROWS]
   for row in rows:
     row['tokens_per_s'] = batch_size * length / row['median_s']

@@ -77,6 +77,7 @@ class TrainConfig:
   rdrop_alpha: float = 1.0
   dtype: str = 'float32'
   parallel: str | None = None  # none | shard_map | pmap; default by device count
+  cotangents: str = 'sequential'  # or 'vmap': how ROSE's two gradients are taken
   log_every: int = 50
   eval_batch_size: int = 64
   progress: bool = True
@@ -257,7 +258,8 @@ def run(config: TrainConfig) -> dict[str, Any]:
       results['epochs'] = previous['epochs'][:start_epoch]
     log.info('Resuming after epoch %d (step %d).', start_epoch, global_step)
 
-  step = step_lib.make_train_step(graphdef, tx, method, parallel=config.parallel)
+  step = step_lib.make_train_step(graphdef, tx, method, parallel=config.parallel,
+                                  cotangents=config.cotangents)
   eval_step = step_lib.make_eval_step(graphdef)
   mesh = step_lib.data_mesh() if config.parallel == 'shard_map' else None
   place = {'none': lambda b: b, 'pmap': step_lib.split_for_pmap,

@@ -2,7 +2,8 @@
 
 The step runs the model once or twice (two dropout passes over the batch,
 concatenated into one forward), takes the gradients the method asks for from
-a single ``jax.vjp`` (``vmap`` over the cotangents when it needs several),
+a single ``jax.vjp`` (one backward per gradient, or ``vmap`` over the
+cotangents),
 averages them over devices and hands them to the optimizer:
 data -> step -> optimizer.
 
@@ -43,6 +44,7 @@ from rose_jax.transform import ScaleByRoseState
 
 Batch = Mapping[str, jax.Array]
 Parallel = Literal['none', 'pmap', 'shard_map']
+Cotangents = Literal['sequential', 'vmap']
 INPUT_KEYS = ('input_ids', 'attention_mask', 'token_type_ids')
 
 
@@ -105,11 +107,12 @@ def _mean_over_devices(grad: jax.Array, axis_name: str, devices, shard_mapped: b
 
 def local_step(params, opt_state, batch: Batch, key: jax.Array, *, graphdef: nnx.GraphDef,
                tx: optax.GradientTransformation, method: Method, axis_name: str | None,
-               shard_mapped: bool = False):
+               shard_mapped: bool = False, cotangents: Cotangents = 'sequential'):
   """The per-device step.
 
   ``axis_name`` names the data-parallel axis, if any; ``shard_mapped`` says
-  the step runs under ``shard_map`` rather than ``pmap``.
+  the step runs under ``shard_map`` rather than ``pmap``; ``cotangents`` is
+  how several gradients leave the one forward (see :func:`make_train_step`).
   """
   devices = 1
   if axis_name is not None:
@@ -131,12 +134,12 @@ def local_step(params, opt_state, batch: Batch, key: jax.Array, *, graphdef: nnx
   (ce, kl), pullback, logits = jax.vjp(loss_terms, params, has_aux=True)
   cotangent = lambda w: (_typed_like(ce, w[0]), _typed_like(kl, w[1]))
   rows = _gradient_rows(method)
-  if len(rows) == 1:
-    grads = {'update': pullback(cotangent(jnp.asarray(rows[0][1], jnp.float32)))[0]}
-  else:
+  if len(rows) > 1 and cotangents == 'vmap':
     weights = jnp.asarray([w for _, w in rows], jnp.float32)
     stacked = jax.vmap(lambda w: pullback(cotangent(w))[0])(weights)
     grads = {name: jax.tree.map(lambda g, i=i: g[i], stacked) for i, (name, _) in enumerate(rows)}
+  else:  # one backward per gradient, all through the same forward
+    grads = {name: pullback(cotangent(jnp.asarray(w, jnp.float32)))[0] for name, w in rows}
   if method.ce_grads and 'ce_grads' not in grads:
     grads['ce_grads'] = grads['update']
   if axis_name is not None:
@@ -169,6 +172,7 @@ def make_train_step(
     mesh: jax.sharding.Mesh | None = None,
     axis_name: str = 'data',
     donate: bool = True,
+    cotangents: Cotangents = 'sequential',
 ) -> Callable[[Any, Any, Batch, jax.Array], tuple[Any, Any, dict]]:
   """``step(params, opt_state, batch, key) -> (params, opt_state, metrics)``.
 
@@ -182,14 +186,21 @@ def make_train_step(
       all devices, ``AxisType.Auto``.
     axis_name: the data-parallel axis name.
     donate: donate params and optimizer state buffers to the step.
+    cotangents: for methods that need several gradients (ROSE-First and
+      -Ensemble, R-Drop + ROSE), ``"sequential"`` runs one backward pass per
+      gradient through the shared forward, ``"vmap"`` one batched backward.
+      On the 2-core CPU of our benchmarks sequential was faster (11.4 s
+      against 13.2 s at RoBERTa-base, batch 8); measure on your hardware
+      with ``benchmarks/step_benchmark.py``.
   """
+  if cotangents not in ('sequential', 'vmap'):
+    raise ValueError(f'cotangents must be "sequential" or "vmap", got {cotangents!r}.')
   donate_argnums = (0, 1) if donate else ()
+  common = dict(graphdef=graphdef, tx=tx, method=method, cotangents=cotangents)
   if parallel == 'none':
-    body = functools.partial(local_step, graphdef=graphdef, tx=tx, method=method,
-                             axis_name=None)
+    body = functools.partial(local_step, axis_name=None, **common)
     return jax.jit(body, donate_argnums=donate_argnums)
-  body = functools.partial(local_step, graphdef=graphdef, tx=tx, method=method,
-                           axis_name=axis_name)
+  body = functools.partial(local_step, axis_name=axis_name, **common)
   if parallel == 'pmap':
     return jax.pmap(body, axis_name=axis_name, in_axes=(0, 0, 0, None),
                     donate_argnums=donate_argnums)
