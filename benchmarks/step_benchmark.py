@@ -48,7 +48,7 @@ FLOOR = {'vanilla': 3.0, 'rdrop': 6.0, 'rose-second': 3.0, 'rose-first': 10.0,
 ROWS = [('vanilla', 'vanilla', 'tensor'), ('rdrop', 'rdrop', 'tensor'),
         ('rose-second', 'rose-second', 'tensor'), ('rose-first', 'rose-first', 'tensor'),
         ('rose-ensemble', 'rose-ensemble', 'tensor'),
-        ('rose-ensemble (vmap cotangents)', 'rose-ensemble', 'tensor'),
+        ('rose-ensemble (sequential cotangents)', 'rose-ensemble', 'tensor'),
         ('rose-ensemble (element)', 'rose-ensemble', 'element')]
 # Dense bf16 peak FLOP/s per device kind, for model FLOP utilisation.
 PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'TPU v4': 275e12,
@@ -131,8 +131,8 @@ def bench_steps(name: str, steps: int, warmup: int) -> list[dict]:
   del model
   batch = make_batch(config, batch_size, length)
   rows = [{'method': label, **time_method(graphdef, params, batch, method_name, granularity,
-                                           steps, warmup, 'vmap' if 'vmap' in label
-                                           else 'sequential')}
+                                           steps, warmup, 'sequential' if 'sequential' in label
+                                           else 'vmap')}
           for label, method_name, granularity in ROWS]
   for row in rows:
     row['tokens_per_s'] = batch_size * length / row['median_s']

@@ -54,8 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--rdrop-alpha', type=float, default=defaults.rdrop_alpha)
   p.add_argument('--dtype', choices=['float32', 'bfloat16'], default=defaults.dtype)
   p.add_argument('--parallel', choices=['none', 'shard_map', 'pmap'])
-  p.add_argument('--cotangents', choices=['sequential', 'vmap'], default=defaults.cotangents,
-                 help='one backward per gradient, or one vmapped backward')
+  p.add_argument('--cotangents', choices=['vmap', 'sequential'], default=defaults.cotangents,
+                 help='one vmapped backward, or one backward per gradient')
   p.add_argument('--log-every', type=int, default=defaults.log_every)
   p.add_argument('--no-progress', action='store_true')
   p.add_argument('--resume', action='store_true', help='continue killed runs')

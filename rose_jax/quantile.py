@@ -30,6 +30,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 _DIGIT_BITS = 16
@@ -116,6 +117,18 @@ def _next_key(keys: Sequence[jax.Array], key: jax.Array) -> jax.Array:
   return jnp.where(nearest == jnp.uint32(0xFFFFFFFF), key, nearest)
 
 
+def _lands_on_an_element(q, n: int) -> bool:
+  """Whether a concrete ``q``'s rank is a whole number, known before tracing.
+
+  NumPy's float32 product is the same IEEE operation as ``_rank``'s.
+  """
+  try:
+    position = np.float32(q) * np.float32(n - 1)
+  except (TypeError, jax.errors.ConcretizationTypeError):
+    return False
+  return bool(np.floor(position) == position)
+
+
 def tree_quantile(tree, qs: Sequence[jax.Array] | jax.Array) -> list[jax.Array]:
   """Exact linear quantiles of all elements of all leaves of ``tree``.
 
@@ -144,7 +157,10 @@ def tree_quantile(tree, qs: Sequence[jax.Array] | jax.Array) -> list[jax.Array]:
   for q in qs:
     low, high, weight = _rank(q, n)
     low_key, count_le = _kth_key(keys, high_cumulative, low)
-    high_key = jnp.where(count_le > high, low_key, _next_key(keys, low_key))
+    if _lands_on_an_element(q, n):
+      high_key = low_key  # weight 0: no second order statistic to find
+    else:
+      high_key = jnp.where(count_le > high, low_key, _next_key(keys, low_key))
     value = lerp(_key_to_float(low_key), _key_to_float(high_key), weight)
     results.append(jnp.where(has_nan, jnp.nan, value))
   return results

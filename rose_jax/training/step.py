@@ -107,7 +107,7 @@ def _mean_over_devices(grad: jax.Array, axis_name: str, devices, shard_mapped: b
 
 def local_step(params, opt_state, batch: Batch, key: jax.Array, *, graphdef: nnx.GraphDef,
                tx: optax.GradientTransformation, method: Method, axis_name: str | None,
-               shard_mapped: bool = False, cotangents: Cotangents = 'sequential'):
+               shard_mapped: bool = False, cotangents: Cotangents = 'vmap'):
   """The per-device step.
 
   ``axis_name`` names the data-parallel axis, if any; ``shard_mapped`` says
@@ -172,7 +172,7 @@ def make_train_step(
     mesh: jax.sharding.Mesh | None = None,
     axis_name: str = 'data',
     donate: bool = True,
-    cotangents: Cotangents = 'sequential',
+    cotangents: Cotangents = 'vmap',
 ) -> Callable[[Any, Any, Batch, jax.Array], tuple[Any, Any, dict]]:
   """``step(params, opt_state, batch, key) -> (params, opt_state, metrics)``.
 
@@ -187,11 +187,13 @@ def make_train_step(
     axis_name: the data-parallel axis name.
     donate: donate params and optimizer state buffers to the step.
     cotangents: for methods that need several gradients (ROSE-First and
-      -Ensemble, R-Drop + ROSE), ``"sequential"`` runs one backward pass per
-      gradient through the shared forward, ``"vmap"`` one batched backward.
-      On the 2-core CPU of our benchmarks sequential was faster (11.4 s
-      against 13.2 s at RoBERTa-base, batch 8); measure on your hardware
-      with ``benchmarks/step_benchmark.py``.
+      -Ensemble, R-Drop + ROSE), ``"vmap"`` runs one batched backward over
+      the cotangents, ``"sequential"`` one backward per gradient, both
+      through the shared forward. On our 2-core CPU (RoBERTa-base, batch 8)
+      the gradients alone took 13.2 s vmapped and 11.4 s sequential, yet
+      whole steps were within run-to-run noise (13.0 s and 12.9 s); vmap
+      batches the backward's matmuls, which accelerators favour. Measure
+      both with ``benchmarks/step_benchmark.py``.
   """
   if cotangents not in ('sequential', 'vmap'):
     raise ValueError(f'cotangents must be "sequential" or "vmap", got {cotangents!r}.')
