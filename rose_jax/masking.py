@@ -15,7 +15,8 @@ from rose_jax import quantile
 from rose_jax.risks import Granularity
 
 
-def _is_masked(x) -> bool:
+def is_masked(x) -> bool:
+  """Whether ``x`` is a mask tree's placeholder for a tensor that is never ranked."""
   return isinstance(x, optax.MaskedNode)
 
 
@@ -27,8 +28,8 @@ def select(tree, selectable):
 def fill_mask(mask, params):
   """A mask shaped for ``params``: ranked leaves as given, others 1."""
   return jax.tree.map(
-      lambda m, p: jnp.ones((), jnp.float32) if _is_masked(m) else m,
-      mask, params, is_leaf=_is_masked)
+      lambda m, p: jnp.ones((), jnp.float32) if is_masked(m) else m,
+      mask, params, is_leaf=is_masked)
 
 
 def thresholds(risks, *, lower, upper, granularity: Granularity):

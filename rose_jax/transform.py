@@ -247,10 +247,6 @@ def _to_bool(value, name: str) -> bool:
   raise ValueError(f'{name} leaves must be a Python bool, got {value!r}.')
 
 
-def _is_masked(x) -> bool:
-  return isinstance(x, optax.MaskedNode)
-
-
 def scale_by_rose(
     *,
     variant: Variant = 'ensemble',
@@ -341,7 +337,8 @@ def scale_by_rose(
       check_like(updates, kl_grads, 'kl_grads')
     if ce_grads is not None:
       check_like(updates, ce_grads, 'ce_grads')
-    ranked = jax.tree.map(lambda m: not _is_masked(m), state.mask, is_leaf=_is_masked)
+    ranked = jax.tree.map(lambda m: not masking.is_masked(m), state.mask,
+                          is_leaf=masking.is_masked)
     thresholds = dict(lower=lower, upper=upper, granularity=granularity)
 
     masks = []
