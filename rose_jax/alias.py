@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import optax
 
 from rose_jax import masking
+from rose_jax._hparams import concrete_float
 from rose_jax.risks import Granularity
 from rose_jax.transform import (
     ScaleByRoseState,
     Variant,
-    _concrete,
     resolve_tree_of_bools,
     scale_by_rose,
 )
@@ -85,7 +85,7 @@ def rose(
   With ``optax.inject_hyperparams``, pass callables such as ``selectable``
   through ``static_args``, which would otherwise be taken for schedules.
   """
-  decay = _concrete(weight_decay)
+  decay = concrete_float(weight_decay)
   if decay is not None and decay < 0:
     raise ValueError(f'weight_decay must be >= 0, got {decay}.')
   inner = scale_by_rose(

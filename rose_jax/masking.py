@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from rose_jax import quantile
+from rose_jax._hparams import concrete_float
 from rose_jax.risks import Granularity
 
 
@@ -48,7 +49,8 @@ def thresholds(risks, *, lower, upper, granularity: Granularity):
   leaves = jax.tree.leaves(risks)
   if not leaves:
     raise ValueError('No parameter is ranked: the selectable set is empty.')
-  skip_lower, skip_upper = _is_concrete(lower, 0.0), _is_concrete(upper, 1.0)
+  # A lower 0 or an upper 1 is the min or max, which every risk passes.
+  skip_lower, skip_upper = concrete_float(lower) == 0.0, concrete_float(upper) == 1.0
   needed = [q for q, skip in ((lower, skip_lower), (upper, skip_upper)) if not skip]
   if not needed:
     values = []
@@ -67,16 +69,6 @@ def thresholds(risks, *, lower, upper, granularity: Granularity):
   lo = -jnp.inf if skip_lower else next(values)
   hi = jnp.inf if skip_upper else next(values)
   return jnp.asarray(lo, jnp.float32), jnp.asarray(hi, jnp.float32)
-
-
-def _is_concrete(q, value: float) -> bool:
-  """Whether ``q`` is known now to equal ``value`` (a lower 0 or an upper 1
-
-  is the min or max, which every risk passes)."""
-  try:
-    return float(q) == value
-  except (TypeError, jax.errors.ConcretizationTypeError):
-    return False
 
 
 def quantile_mask(risks, *, lower=0.0, upper, granularity: Granularity = 'tensor'):

@@ -33,6 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from rose_jax._hparams import concrete_float
+
 _DIGIT_BITS = 16
 _NUM_BINS = 1 << _DIGIT_BITS
 _DIGIT_MASK = _NUM_BINS - 1
@@ -122,10 +124,10 @@ def _lands_on_an_element(q, n: int) -> bool:
 
   NumPy's float32 product is the same IEEE operation as ``_rank``'s.
   """
-  try:
-    position = np.float32(q) * np.float32(n - 1)
-  except (TypeError, jax.errors.ConcretizationTypeError):
+  value = concrete_float(q)
+  if value is None:
     return False
+  position = np.float32(value) * np.float32(n - 1)
   return bool(np.floor(position) == position)
 
 

@@ -12,6 +12,8 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
+from rose_jax._hparams import one_minus
+
 Granularity = Literal['tensor', 'element']
 GRANULARITIES = ('tensor', 'element')
 
@@ -57,7 +59,7 @@ def second_order_risk(grads, mu, *, b1: float, granularity: Granularity = 'tenso
   ``||m|| = 0 < ||g||`` the risk is the largest finite float32, so the tensor
   ranks last. The caller decides what to do before any momentum exists.
   """
-  alpha = 1.0 - b1 if isinstance(b1, (int, float)) else 1.0 - jnp.asarray(b1, jnp.float32)
+  alpha = one_minus(b1)
 
   def risk(g, m):
     g_norm = _magnitude(g, granularity)

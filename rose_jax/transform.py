@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from rose_jax import masking, risks
+from rose_jax._hparams import concrete_float, one_minus
 from rose_jax.risks import GRANULARITIES, Granularity
 
 Variant = Literal['first', 'second', 'ensemble']
@@ -52,30 +53,13 @@ class ScaleByRoseState(NamedTuple):
   mask: optax.Updates
 
 
-def _concrete(value) -> float | None:
-  """The Python value of a hyperparameter, or None while it is traced."""
-  try:
-    return float(value)
-  except (TypeError, jax.errors.ConcretizationTypeError):
-    return None
-
-
-def one_minus(b):
-  """``1 - b``, in Python's double precision when ``b`` is a Python number.
-
-  PyTorch computes ``1 - beta`` in double before scaling by it; subtracting
-  in float32 instead rounds 1 - 0.9 to 0.100000024 rather than 0.1.
-  """
-  return 1.0 - b if isinstance(b, (int, float)) else 1.0 - jnp.asarray(b, jnp.float32)
-
-
 def check_adam_hyperparams(*, b1, b2, eps) -> None:
   """Raises ValueError for Adam hyperparameters outside their domain."""
   for name, value in (('b1', b1), ('b2', b2)):
-    v = _concrete(value)
+    v = concrete_float(value)
     if v is not None and not 0.0 <= v < 1.0:
       raise ValueError(f'{name} must be in [0, 1), got {v}.')
-  v = _concrete(eps)
+  v = concrete_float(eps)
   if v is not None and v < 0:
     raise ValueError(f'eps must be >= 0, got {v}.')
 
@@ -94,7 +78,7 @@ def check_rose_hyperparams(*, variant, granularity, upper, lower, gamma,
         f'Unknown granularity {granularity!r}; choose one of {GRANULARITIES} '
         '("tensor" ranks whole tensors like the authors\' code, "element" '
         'ranks every scalar like the paper\'s text).')
-  lo, hi = _concrete(lower), _concrete(upper)
+  lo, hi = concrete_float(lower), concrete_float(upper)
   for name, v in (('lower', lo), ('upper', hi)):
     if v is not None and not 0.0 <= v <= 1.0:
       raise ValueError(
@@ -102,12 +86,12 @@ def check_rose_hyperparams(*, variant, granularity, upper, lower, gamma,
           '(write 0.6 for the paper\'s "60%").')
   if lo is not None and hi is not None and lo > hi:
     raise ValueError(f'lower ({lo}) must not exceed upper ({hi}).')
-  g = _concrete(gamma)
+  g = concrete_float(gamma)
   if g is not None and not 0.0 < g < 1.0:
     raise ValueError(
         f'gamma must be in the open interval (0, 1), got {g}; for one mask '
         'alone use variant="first" or variant="second".')
-  w = _concrete(warmup_steps)
+  w = concrete_float(warmup_steps)
   if w is not None and (w < 0 or w != int(w)):
     raise ValueError(f'warmup_steps must be a nonnegative integer, got {warmup_steps}.')
 
