@@ -267,8 +267,9 @@ def run(config: TrainConfig) -> dict[str, Any]:
   prepare = lambda b: place(process_share(b))
   if config.parallel == 'pmap':
     params, opt_state = step_lib.replicate(params), step_lib.replicate(opt_state)
-  host = (lambda t: jax.device_get(step_lib.unreplicate(t))) if config.parallel == 'pmap' \
-      else jax.device_get
+  # One copy of a replicated tree: pmap's carry a leading device axis.
+  single = step_lib.unreplicate if config.parallel == 'pmap' else (lambda t: t)
+  mean_of = lambda fetched: {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
   base_key = jax.random.key(config.seed)
   # One process writes the run's files; every process computes.
   is_main = jax.process_index() == 0
@@ -284,18 +285,17 @@ def run(config: TrainConfig) -> dict[str, Any]:
         running.append(metrics)
         bar.update(1)
         if global_step % config.log_every == 0:
-          averaged = {k: float(np.mean([host(m)[k] for m in running[-config.log_every:]]))
-                      for k in metrics}
+          averaged = mean_of(jax.device_get([single(m) for m in running[-config.log_every:]]))
           bar.set_postfix(loss=f'{averaged["loss"]:.4f}', kl=f'{averaged["kl"]:.4f}',
                           kept=f'{averaged["kept_fraction"]:.2f}')
           metrics_file.write(json.dumps({'step': global_step, 'epoch': epoch + 1,
                                          **averaged}) + '\n')
           metrics_file.flush()
-      eval_params = step_lib.unreplicate(params) if config.parallel == 'pmap' else params
+      eval_params = single(params)
       record = {'epoch': epoch + 1, 'step': global_step,
                 'seconds': round(time.time() - started, 2)}
-      for k in running[0]:
-        record[f'train_{k}'] = float(np.mean([host(m)[k] for m in running]))
+      epoch_means = mean_of(jax.device_get([single(m) for m in running]))
+      record.update({f'train_{k}': v for k, v in epoch_means.items()})
       (out / 'predictions').mkdir(exist_ok=True)
       for split, arrays in data.eval.items():
         predictions, accuracy = evaluate(eval_step, eval_params, arrays,
@@ -321,8 +321,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
         _write_json(out / 'results.json', results)
       manager.save(epoch + 1, args=ocp.args.StandardSave(
           {'params': eval_params,
-           'opt_state': step_lib.unreplicate(opt_state) if config.parallel == 'pmap'
-           else opt_state,
+           'opt_state': single(opt_state),
            'step': global_step}))
       manager.wait_until_finished()
     results['finished'] = True
@@ -332,8 +331,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
     bar.close()
     metrics_file.close()
     manager.close()
-  results['final_params'] = (step_lib.unreplicate(params) if config.parallel == 'pmap'
-                             else params)
+  results['final_params'] = single(params)
   return results
 
 
