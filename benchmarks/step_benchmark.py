@@ -3,6 +3,7 @@
   python benchmarks/step_benchmark.py --config small       # ~1-2 minutes on 2 CPU cores
   python benchmarks/step_benchmark.py --config base        # roberta-base, batch 8, length 128
   python benchmarks/step_benchmark.py --config base --torch  # adds the authors' recipe in PyTorch
+  python benchmarks/step_benchmark.py --config base --profile rose-ensemble  # where time goes
 
 Prints Markdown tables and writes a JSON file with the machine, the JAX
 version and the device kind. Step time is the median over repeated steps
@@ -10,6 +11,13 @@ after compilation (``block_until_ready``); memory is XLA's compiled estimate
 (arguments + outputs + temporaries, less donated aliases) and, on GPUs, the
 device's peak. Each ratio is to vanilla measured in the same run, next to
 its floor from counting FLOPs (forward = 1, backward = 2 per cotangent).
+
+On CPUs, page faults are counted per step: XLA:CPU allocates each step's
+temporaries afresh, and glibc's malloc maps and unmaps any block over 32 MiB,
+so every step faults its working set in again (1.6 GB for vanilla at base
+shapes, 3.6 GB for ROSE). A caching allocator keeps those pages, e.g.
+``LD_PRELOAD=libtcmalloc_minimal.so.4`` (Debian: ``libtcmalloc-minimal4``);
+the allocator in use is recorded with the results.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -34,6 +43,10 @@ from rose_jax import masking, selection
 from rose_jax.models import EncoderConfig, EncoderForSequenceClassification
 from rose_jax.training import methods
 from rose_jax.training import step as step_lib
+
+if not __package__:  # run as a script: its sibling module is found from the repository root
+  sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import hlo_profile
 
 CONFIGS = {
     # name: (layers, hidden, heads, intermediate, vocab, batch, length)
@@ -79,15 +92,28 @@ def optimizer(method: methods.Method, granularity: str):
   return optax.adamw(1e-5, b2=0.98, weight_decay=0.01, mask=selection.authors_decay_mask)
 
 
-def time_calls(fn, steps: int, warmup: int) -> list[float]:
+def time_calls(fn, steps: int, warmup: int) -> tuple[list[float], list[int]]:
+  """Seconds and minor page faults of each call after ``warmup`` calls."""
   for _ in range(warmup):
     jax.block_until_ready(fn())
-  times = []
+  times, faults = [], []
   for _ in range(steps):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     start = time.perf_counter()
     jax.block_until_ready(fn())
     times.append(time.perf_counter() - start)
-  return times
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+  return times, faults
+
+
+def allocator() -> str:
+  """The malloc that XLA:CPU's buffers come from: a preloaded one, or libc's."""
+  preloaded = [Path(p).name for p in os.environ.get('LD_PRELOAD', '').replace(':', ' ').split()
+               if 'malloc' in Path(p).name]
+  if preloaded:
+    return ', '.join(preloaded)
+  libc, version = platform.libc_ver()
+  return f'{libc} {version} malloc'.strip() if libc else 'system malloc'
 
 
 def compiled_bytes(compiled) -> int | None:
@@ -99,9 +125,9 @@ def compiled_bytes(compiled) -> int | None:
     return None
 
 
-def time_method(graphdef, params, batch, method_name: str, granularity: str, steps: int,
-                warmup: int, cotangents: str) -> dict:
-  """One method's compiled step: median time, memory and XLA's FLOP count."""
+def compile_method(graphdef, params, batch, method_name: str, granularity: str,
+                   cotangents: str):
+  """One method's compiled step, and a function that runs it once on fresh carry."""
   method = methods.get_method(method_name)
   tx = optimizer(method, granularity)
   step = step_lib.make_train_step(graphdef, tx, method, cotangents=cotangents)
@@ -109,19 +135,51 @@ def time_method(graphdef, params, batch, method_name: str, granularity: str, ste
   carry = [params, tx.init(params)]
   key = jax.random.key(0)
   compiled = step.lower(carry[0], carry[1], batch, key).compile()
-  cost = compiled.cost_analysis()
-  flops = (cost[0] if isinstance(cost, list) else cost or {}).get('flops')
 
   def run():
-    carry[0], carry[1], metrics = step(carry[0], carry[1], batch, key)
+    carry[0], carry[1], metrics = compiled(carry[0], carry[1], batch, key)
     return metrics
 
-  times = time_calls(run, steps, warmup)
+  return compiled, run
+
+
+def time_method(graphdef, params, batch, method_name: str, granularity: str, steps: int,
+                warmup: int, cotangents: str) -> dict:
+  """One method's compiled step: median time, page faults, memory, XLA's FLOPs."""
+  compiled, run = compile_method(graphdef, params, batch, method_name, granularity, cotangents)
+  cost = compiled.cost_analysis()
+  flops = (cost[0] if isinstance(cost, list) else cost or {}).get('flops')
+  times, faults = time_calls(run, steps, warmup)
   device = jax.devices()[0]
   stats = device.memory_stats() if hasattr(device, 'memory_stats') else None
   return {'median_s': statistics.median(times), 'times_s': times,
+          'page_faults': statistics.median(faults),
           'compiled_bytes': compiled_bytes(compiled), 'xla_flops': flops,
           'peak_bytes': (stats or {}).get('peak_bytes_in_use')}
+
+
+def profile_method(name: str, label: str, log_dir: Path, warmup: int) -> dict:
+  """One step of the row ``label`` under jax.profiler, summed by kind of op."""
+  _, method_name, granularity = next(r for r in ROWS if r[0] == label)
+  config, batch_size, length = encoder_config(name)
+  model = EncoderForSequenceClassification(config, rngs=nnx.Rngs(0))
+  graphdef, params = step_lib.split_model(model)
+  del model
+  cotangents = 'sequential' if 'sequential' in label else 'vmap'
+  compiled, run = compile_method(graphdef, params, make_batch(config, batch_size, length),
+                                 method_name, granularity, cotangents)
+  for _ in range(max(warmup, 1)):
+    jax.block_until_ready(run())
+  with jax.profiler.trace(log_dir, create_perfetto_trace=True):
+    start = time.perf_counter()
+    jax.block_until_ready(run())
+    wall = time.perf_counter() - start
+  trace = hlo_profile.newest_trace(log_dir)
+  seconds = hlo_profile.time_by_kind(trace, hlo_profile.op_kinds(compiled.as_text()))
+  total = sum(seconds.values())
+  rows = [{'kind': kind, 'op_s': seconds[kind], 'share': seconds[kind] / total}
+          for kind in hlo_profile.KINDS if kind in seconds]
+  return {'method': label, 'wall_s': wall, 'op_s': total, 'trace': str(trace), 'kinds': rows}
 
 
 def bench_steps(name: str, steps: int, warmup: int) -> list[dict]:
@@ -167,7 +225,7 @@ def bench_masks(name: str, steps: int, warmup: int) -> list[dict]:
   for label, fn, arg in (('tensor (norms -> quantile -> mask)', tensor, tensor_risks),
                          ('element, radix select', element, risks),
                          ('element, jnp.quantile (sort)', reference, risks)):
-    times = time_calls(lambda fn=fn, arg=arg: fn(arg), steps, warmup)
+    times, _ = time_calls(lambda fn=fn, arg=arg: fn(arg), steps, warmup)
     rows.append({'mask': label, 'elements': count, 'median_s': statistics.median(times)})
   return rows
 
@@ -226,9 +284,10 @@ def bench_torch(name: str, steps: int, warmup: int) -> dict | None:
         p.addcdiv_(m[p] * k, v[p].sqrt().add_(1e-8), value=-step)
         p.mul_(1 - 1e-5 * 0.01 * k)
 
-  times = time_calls(one_step, steps, warmup)
+  times, faults = time_calls(one_step, steps, warmup)
   return {'median_s': statistics.median(times), 'times_s': times,
-          'torch_version': torch.__version__, 'threads': torch.get_num_threads()}
+          'page_faults': statistics.median(faults), 'torch_version': torch.__version__,
+          'threads': torch.get_num_threads()}
 
 
 def markdown(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
@@ -249,6 +308,9 @@ def main(argv=None) -> int:
   p.add_argument('--warmup', type=int, default=1)
   p.add_argument('--torch', action='store_true', help="also time the authors' PyTorch recipe")
   p.add_argument('--skip-masks', action='store_true')
+  p.add_argument('--profile', choices=[r[0] for r in ROWS], metavar='METHOD',
+                 help='trace one step of METHOD (a row of the table) with jax.profiler and '
+                      'sum its op time by kind; the trace is kept beside the results')
   p.add_argument('--output', default='benchmarks/results')
   args = p.parse_args(argv)
 
@@ -258,13 +320,15 @@ def main(argv=None) -> int:
       CONFIGS[args.config], strict=True)),
       'jax': jax.__version__, 'backend': jax.default_backend(), 'device_kind': device.device_kind,
       'devices': jax.device_count(), 'cpu_count': os.cpu_count(), 'machine': platform.platform(),
-      'processor': platform.processor() or platform.machine(), 'steps': args.steps}
+      'processor': platform.processor() or platform.machine(), 'allocator': allocator(),
+      'steps': args.steps}
   print(f'# rose_jax step benchmark: {args.config} on {meta["device_kind"]} '
-        f'({meta["backend"]}), JAX {meta["jax"]}\n')
+        f'({meta["backend"]}), JAX {meta["jax"]}, {meta["allocator"]}\n')
   rows = bench_steps(args.config, args.steps, args.warmup)
   print(markdown(rows, [('method', 'method', 's'), ('median_s', 'step (s)', '.3f'),
                         ('ratio', 'x vanilla', '.2f'), ('floor', 'FLOP floor', '.2f'),
                         ('memory_ratio', 'memory x vanilla', '.2f'),
+                        ('page_faults', 'page faults', '.0f'),
                         ('tokens_per_s', 'tokens/s', '.0f'), ('mfu', 'MFU', '.1%')]))
   result = {'meta': meta, 'steps': rows}
   if not args.skip_masks:
@@ -285,6 +349,15 @@ def main(argv=None) -> int:
       result['torch'] = torch_row
   out = Path(args.output)
   out.mkdir(parents=True, exist_ok=True)
+  if args.profile:
+    profile = profile_method(args.config, args.profile,
+                             out / f'profile-{args.config}-{meta["backend"]}', args.warmup)
+    print(f'\nOne {profile["method"]} step under jax.profiler: {profile["wall_s"]:.3f} s wall, '
+          f'{profile["op_s"]:.3f} s of op time (ops that overlap count in full)\n')
+    print(markdown(profile['kinds'], [('kind', 'kind of op', 's'), ('op_s', 'op time (s)', '.3f'),
+                                      ('share', 'share', '.1%')]))
+    print(f'trace: {profile["trace"]}')
+    result['profile'] = profile
   file = out / f'step-{args.config}-{meta["backend"]}.json'
   tmp = file.with_suffix('.tmp')
   tmp.write_text(json.dumps(result, indent=2))
