@@ -153,7 +153,7 @@ def time_method(graphdef, params, batch, method_name: str, granularity: str, ste
   device = jax.devices()[0]
   stats = device.memory_stats() if hasattr(device, 'memory_stats') else None
   return {'median_s': statistics.median(times), 'times_s': times,
-          'page_faults': statistics.median(faults),
+          'page_faults': statistics.median(faults), 'page_faults_per_step': faults,
           'compiled_bytes': compiled_bytes(compiled), 'xla_flops': flops,
           'peak_bytes': (stats or {}).get('peak_bytes_in_use')}
 
