@@ -7,6 +7,13 @@ the same tensors as the authors' code.
 
 Dropout draws from ``rngs.dropout`` when ``rngs`` is given and is off
 otherwise, so a training step passes a fresh ``nnx.Rngs(dropout=key)``.
+
+Between the embeddings and the output, hidden states are kept as one
+``[batch * length, hidden]`` matrix. With a ``[batch, length, hidden]``
+input each weight gradient contracts two axes, and XLA:CPU copied a
+transpose of its operand before every such matmul: a base-sized
+feed-forward block's forward and backward took 175 ms that way against
+104 ms flat.
 """
 
 from __future__ import annotations
@@ -88,15 +95,16 @@ class SelfAttention(nnx.Module):
     self.value = make.linear(c.hidden_size, c.hidden_size)
 
   def __call__(self, x, attention_mask, rngs: Rngs):
+    """``x`` is ``[batch * length, hidden]``; ``attention_mask`` is ``[batch, length]``."""
     c = self.config
     heads, size = c.num_attention_heads, c.hidden_size // c.num_attention_heads
-    split = lambda t: t.reshape(*t.shape[:2], heads, size)
+    split = lambda t: t.reshape(*attention_mask.shape, heads, size)
     q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
     scores = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32) / jnp.sqrt(size)
     scores = jnp.where(attention_mask[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
     probs = _dropout(c.attention_probs_dropout_prob, jax.nn.softmax(scores, axis=-1), rngs)
     context = jnp.einsum('bhqk,bkhd->bqhd', probs.astype(v.dtype), v)
-    return context.reshape(*x.shape[:2], c.hidden_size)
+    return context.reshape(x.shape)
 
 
 class SelfOutput(nnx.Module):
@@ -173,7 +181,8 @@ class Backbone(nnx.Module):
 
   def __call__(self, input_ids, token_type_ids, attention_mask, rngs: Rngs):
     x = self.embeddings(input_ids, token_type_ids, attention_mask, rngs)
-    return self.encoder(x, attention_mask.astype(bool), rngs)
+    flat = self.encoder(x.reshape(-1, x.shape[-1]), attention_mask.astype(bool), rngs)
+    return flat.reshape(x.shape)
 
 
 class RobertaClassificationHead(nnx.Module):
