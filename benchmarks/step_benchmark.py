@@ -61,11 +61,15 @@ FLOOR = {'vanilla': 3.0, 'rdrop': 6.0, 'rose-second': 3.0, 'rose-first': 10.0,
 ROWS = [('vanilla', 'vanilla', 'tensor'), ('rdrop', 'rdrop', 'tensor'),
         ('rose-second', 'rose-second', 'tensor'), ('rose-first', 'rose-first', 'tensor'),
         ('rose-ensemble', 'rose-ensemble', 'tensor'),
-        ('rose-ensemble (sequential cotangents)', 'rose-ensemble', 'tensor'),
+        ('rose-ensemble (vmap cotangents)', 'rose-ensemble', 'tensor'),
         ('rose-ensemble (element)', 'rose-ensemble', 'element')]
 # Dense bf16 peak FLOP/s per device kind, for model FLOP utilisation.
 PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'TPU v4': 275e12,
               'TPU v5e': 197e12, 'TPU v5p': 459e12}
+
+
+def cotangents_of(label: str) -> str:
+  return 'vmap' if 'vmap' in label else 'sequential'
 
 
 def encoder_config(name: str) -> tuple[EncoderConfig, int, int]:
@@ -165,9 +169,8 @@ def profile_method(name: str, label: str, log_dir: Path, warmup: int) -> dict:
   model = EncoderForSequenceClassification(config, rngs=nnx.Rngs(0))
   graphdef, params = step_lib.split_model(model)
   del model
-  cotangents = 'sequential' if 'sequential' in label else 'vmap'
   compiled, run = compile_method(graphdef, params, make_batch(config, batch_size, length),
-                                 method_name, granularity, cotangents)
+                                 method_name, granularity, cotangents_of(label))
   for _ in range(max(warmup, 1)):
     jax.block_until_ready(run())
   with jax.profiler.trace(log_dir, create_perfetto_trace=True):
@@ -189,8 +192,7 @@ def bench_steps(name: str, steps: int, warmup: int) -> list[dict]:
   del model
   batch = make_batch(config, batch_size, length)
   rows = [{'method': label, **time_method(graphdef, params, batch, method_name, granularity,
-                                           steps, warmup, 'sequential' if 'sequential' in label
-                                           else 'vmap')}
+                                           steps, warmup, cotangents_of(label))}
           for label, method_name, granularity in ROWS]
   for row in rows:
     row['tokens_per_s'] = batch_size * length / row['median_s']

@@ -77,7 +77,7 @@ class TrainConfig:
   rdrop_alpha: float = 1.0
   dtype: str = 'float32'
   parallel: str | None = None  # none | shard_map | pmap; default by device count
-  cotangents: str = 'vmap'  # or 'sequential': how ROSE's two gradients are taken
+  cotangents: str = 'sequential'  # or 'vmap': how ROSE's two gradients are taken
   log_every: int = 50
   eval_batch_size: int = 64
   progress: bool = True

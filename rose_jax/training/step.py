@@ -107,7 +107,7 @@ def _mean_over_devices(grad: jax.Array, axis_name: str, devices, shard_mapped: b
 
 def local_step(params, opt_state, batch: Batch, key: jax.Array, *, graphdef: nnx.GraphDef,
                tx: optax.GradientTransformation, method: Method, axis_name: str | None,
-               shard_mapped: bool = False, cotangents: Cotangents = 'vmap'):
+               shard_mapped: bool = False, cotangents: Cotangents = 'sequential'):
   """The per-device step.
 
   ``axis_name`` names the data-parallel axis, if any; ``shard_mapped`` says
@@ -172,7 +172,7 @@ def make_train_step(
     mesh: jax.sharding.Mesh | None = None,
     axis_name: str = 'data',
     donate: bool = True,
-    cotangents: Cotangents = 'vmap',
+    cotangents: Cotangents = 'sequential',
 ) -> Callable[[Any, Any, Batch, jax.Array], tuple[Any, Any, dict]]:
   """``step(params, opt_state, batch, key) -> (params, opt_state, metrics)``.
 
@@ -187,13 +187,14 @@ def make_train_step(
     axis_name: the data-parallel axis name.
     donate: donate params and optimizer state buffers to the step.
     cotangents: for methods that need several gradients (ROSE-First and
-      -Ensemble, R-Drop + ROSE), ``"vmap"`` runs one batched backward over
-      the cotangents, ``"sequential"`` one backward per gradient, both
-      through the shared forward. On our 2-core CPU (RoBERTa-base, batch 8)
-      the gradients alone took 13.2 s vmapped and 11.4 s sequential, yet
-      whole steps were within run-to-run noise (13.0 s and 12.9 s); vmap
-      batches the backward's matmuls, which accelerators favour. Measure
-      both with ``benchmarks/step_benchmark.py``.
+      -Ensemble, R-Drop + ROSE), ``"sequential"`` runs one backward per
+      gradient, ``"vmap"`` one batched backward over the stacked
+      cotangents, both through the shared forward. Under ``vmap`` each
+      weight gradient contracts the middle axis of a ``[2, tokens,
+      features]`` cotangent, and XLA:CPU transposes it into a fresh buffer
+      first; on our 2-core CPU (RoBERTa-base, batch 8) ROSE-Ensemble steps
+      took 8.2 s sequential and 10.2 s vmapped. Measure both on your
+      hardware with ``benchmarks/step_benchmark.py``.
   """
   if cotangents not in ('sequential', 'vmap'):
     raise ValueError(f'cotangents must be "sequential" or "vmap", got {cotangents!r}.')

@@ -38,7 +38,11 @@ def test_two_processes_equal_one_process(tmp_path):
   flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(expected)[0]}
   got = dict(np.load(out))
   assert got.keys() == flat.keys()
-  chex.assert_trees_all_close(got, flat, rtol=1e-4, atol=1e-6)
+  # Gradients are summed in another order across processes, and Adam's
+  # normalisation magnifies the rounding of near-zero entries: one element in
+  # 800 of the word embeddings has differed by 2.2e-6 after three steps of
+  # lr 1e-3. 1e-5 is still 1% of one step.
+  chex.assert_trees_all_close(got, flat, rtol=1e-4, atol=1e-5)
 
 
 def test_fine_tuning_loop_across_two_processes(tmp_path):
