@@ -17,15 +17,17 @@ import json
 import re
 from pathlib import Path
 
-# First match wins: a fusion that transposes a dropout mask is a layout copy.
 KINDS = ('matmul', 'layout copy', 'random bits', 'gather/scatter', 'reduction',
          'elementwise', 'other')
 _COMPUTATION = re.compile(r'^(?:ENTRY )?%(\S+) .*\{$')
 _INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%(\S+) = .*?\s([a-z][\w-]*)\(')
 _CALLS = re.compile(r'(?:calls|to_apply|body|condition)=%([\w.-]+)')
+_ELEMENTWISE = {'add', 'subtract', 'multiply', 'divide', 'select', 'compare', 'exponential',
+                'tanh', 'maximum', 'minimum', 'convert', 'negate', 'sqrt', 'rsqrt', 'log'}
 
 
 def _kind(opcode: str, body: str) -> str:
+  # First match wins: a fusion that transposes a dropout mask is a layout copy.
   if opcode in ('dot', 'convolution') or ' dot(' in body or ' convolution(' in body:
     return 'matmul'
   if opcode in ('copy', 'transpose', 'slice', 'concatenate', 'dynamic-slice',
@@ -41,10 +43,6 @@ def _kind(opcode: str, body: str) -> str:
   if opcode in ('fusion', 'broadcast', 'custom-call') or opcode in _ELEMENTWISE:
     return 'elementwise'
   return 'other'
-
-
-_ELEMENTWISE = {'add', 'subtract', 'multiply', 'divide', 'select', 'compare', 'exponential',
-                'tanh', 'maximum', 'minimum', 'convert', 'negate', 'sqrt', 'rsqrt', 'log'}
 
 
 def op_kinds(hlo_text: str) -> dict[str, str]:

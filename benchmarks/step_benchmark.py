@@ -110,6 +110,12 @@ def time_calls(fn, steps: int, warmup: int) -> tuple[list[float], list[int]]:
   return times, faults
 
 
+def timing(times: list[float], faults: list[int]) -> dict:
+  """The result fields of repeated calls: median and every call's time and faults."""
+  return {'median_s': statistics.median(times), 'times_s': times,
+          'page_faults': statistics.median(faults), 'page_faults_per_step': faults}
+
+
 def allocator() -> str:
   """The malloc that XLA:CPU's buffers come from: a preloaded one, or libc's."""
   preloaded = [Path(p).name for p in os.environ.get('LD_PRELOAD', '').replace(':', ' ').split()
@@ -153,24 +159,26 @@ def time_method(graphdef, params, batch, method_name: str, granularity: str, ste
   compiled, run = compile_method(graphdef, params, batch, method_name, granularity, cotangents)
   cost = compiled.cost_analysis()
   flops = (cost[0] if isinstance(cost, list) else cost or {}).get('flops')
-  times, faults = time_calls(run, steps, warmup)
   device = jax.devices()[0]
   stats = device.memory_stats() if hasattr(device, 'memory_stats') else None
-  return {'median_s': statistics.median(times), 'times_s': times,
-          'page_faults': statistics.median(faults), 'page_faults_per_step': faults,
+  return {**timing(*time_calls(run, steps, warmup)),
           'compiled_bytes': compiled_bytes(compiled), 'xla_flops': flops,
           'peak_bytes': (stats or {}).get('peak_bytes_in_use')}
+
+
+def model_and_batch(name: str):
+  """The config's freshly initialised model, split, and its synthetic batch."""
+  config, batch_size, length = encoder_config(name)
+  graphdef, params = step_lib.split_model(
+      EncoderForSequenceClassification(config, rngs=nnx.Rngs(0)))
+  return graphdef, params, make_batch(config, batch_size, length)
 
 
 def profile_method(name: str, label: str, log_dir: Path, warmup: int) -> dict:
   """One step of the row ``label`` under jax.profiler, summed by kind of op."""
   _, method_name, granularity = next(r for r in ROWS if r[0] == label)
-  config, batch_size, length = encoder_config(name)
-  model = EncoderForSequenceClassification(config, rngs=nnx.Rngs(0))
-  graphdef, params = step_lib.split_model(model)
-  del model
-  compiled, run = compile_method(graphdef, params, make_batch(config, batch_size, length),
-                                 method_name, granularity, cotangents_of(label))
+  compiled, run = compile_method(*model_and_batch(name), method_name, granularity,
+                                 cotangents_of(label))
   # Two warm-up steps at least: a caching allocator grows its heap in the first.
   for _ in range(max(warmup, 2)):
     jax.block_until_ready(run())
@@ -186,11 +194,8 @@ def profile_method(name: str, label: str, log_dir: Path, warmup: int) -> dict:
 
 
 def bench_steps(name: str, steps: int, warmup: int) -> list[dict]:
-  config, batch_size, length = encoder_config(name)
-  model = EncoderForSequenceClassification(config, rngs=nnx.Rngs(0))
-  graphdef, params = step_lib.split_model(model)
-  del model
-  batch = make_batch(config, batch_size, length)
+  _, batch_size, length = encoder_config(name)
+  graphdef, params, batch = model_and_batch(name)
   rows = [{'method': label, **time_method(graphdef, params, batch, method_name, granularity,
                                            steps, warmup, cotangents_of(label))}
           for label, method_name, granularity in ROWS]
@@ -286,9 +291,7 @@ def bench_torch(name: str, steps: int, warmup: int) -> dict | None:
         p.addcdiv_(m[p] * k, v[p].sqrt().add_(1e-8), value=-step)
         p.mul_(1 - 1e-5 * 0.01 * k)
 
-  times, faults = time_calls(one_step, steps, warmup)
-  return {'median_s': statistics.median(times), 'times_s': times,
-          'page_faults': statistics.median(faults), 'torch_version': torch.__version__,
+  return {**timing(*time_calls(one_step, steps, warmup)), 'torch_version': torch.__version__,
           'threads': torch.get_num_threads()}
 
 
