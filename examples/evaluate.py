@@ -4,25 +4,27 @@
 
 The checkpoint is any directory in the Hugging Face layout (a run's
 ``best_model/``, or a hub name). Prints accuracies and, with --output,
-writes them as JSON.
+writes them as JSON. Batches are split over all local devices.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
+import jax
 import jax.numpy as jnp
 
+from rose_jax import atomic
+from rose_jax.glue import config as config_lib
+from rose_jax.glue import data as data_lib
+from rose_jax.glue.cli import one_line_errors
+from rose_jax.glue.evaluation import Evaluator
 from rose_jax.models import load_pretrained, load_tokenizer
-from rose_jax.models.loading import write_atomically
-from rose_jax.training import data as data_lib
-from rose_jax.training import loop
 from rose_jax.training import step as step_lib
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument('model', help='checkpoint directory or hub name')
   p.add_argument('--task', choices=sorted(data_lib.TASKS), required=True)
@@ -34,27 +36,32 @@ def main(argv=None) -> int:
   p.add_argument('--dtype', choices=['float32', 'bfloat16'], default='float32')
   p.add_argument('--output', help='write the accuracies to this JSON file')
   args = p.parse_args(argv)
+  config_lib.at_least_one('batch_size', args.batch_size)
+  config_lib.at_least_one('max_length', args.max_length)
+  return args
+
+
+@one_line_errors
+def main(argv=None) -> int:
+  args = parse_args(argv)
   task = data_lib.get_task(args.task)
-  try:
-    splits = {'glue_dev': data_lib.load_local(task, args.dev_file) if args.dev_file
-              else data_lib.load_hub(task, task.hub_validation_split)}
-    if not args.no_adv:
-      splits['adv_dev'] = (data_lib.load_adv_glue_file(task, args.adv_file) if args.adv_file
-                           else data_lib.load_hub(task, 'validation', adversarial=True))
-    model = load_pretrained(args.model, num_labels=task.num_labels, dtype=jnp.dtype(args.dtype))
-  except ValueError as error:
-    print(f'error: {error}', file=sys.stderr)
-    return 2
+  splits = {'glue_dev': data_lib.load_local(task, args.dev_file) if args.dev_file
+            else data_lib.load_hub(task, task.hub_validation_split)}
+  if not args.no_adv:
+    splits['adv_dev'] = (data_lib.load_adv_glue_file(task, args.adv_file) if args.adv_file
+                         else data_lib.load_hub(task, 'validation', adversarial=True))
+  model = load_pretrained(args.model, num_labels=task.num_labels, dtype=jnp.dtype(args.dtype))
   tokenizer = load_tokenizer(args.model, model.config)
   graphdef, params = step_lib.split_model(model)
-  eval_step = step_lib.make_eval_step(graphdef)
+  evaluator = Evaluator(graphdef, args.batch_size, sharded=jax.device_count() > 1)
+  params = evaluator.place_params(params)
   accuracies = {}
   for name, split in splits.items():
     arrays = data_lib.tokenize(tokenizer, split, args.max_length)
-    _, accuracies[f'{name}_accuracy'] = loop.evaluate(eval_step, params, arrays, args.batch_size)
+    _, accuracies[f'{name}_accuracy'] = evaluator(params, arrays)
     print(f'{name}: {100 * accuracies[f"{name}_accuracy"]:.2f}% of {len(split)}')
   if args.output:
-    write_atomically(args.output, json.dumps(accuracies, indent=2).encode())
+    atomic.write_json(args.output, accuracies)
   return 0
 
 

@@ -10,19 +10,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rose_jax.training import report
+from rose_jax.glue import report
+from rose_jax.glue.cli import one_line_errors
 
 
+@one_line_errors
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__)
   p.add_argument('runs', nargs='+', help='run directories, or folders holding them')
   p.add_argument('--output-dir', default='report')
   args = p.parse_args(argv)
-  try:
-    files = report.write_report(args.runs, args.output_dir)
-  except ValueError as error:
-    print(f'error: {error}', file=sys.stderr)
-    return 2
+  files = report.write_report(args.runs, args.output_dir)
   print(files['markdown'].read_text(), end='')
   print(f'\nwrote {", ".join(str(f) for f in files.values())}')
   return 0

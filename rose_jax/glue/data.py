@@ -176,29 +176,48 @@ def tokenize(tokenizer, split: Split, max_length: int) -> dict[str, np.ndarray]:
   return arrays
 
 
-def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
-  """The shuffled order of an epoch: a function of (seed, epoch) alone, so a
-  resumed run sees the same batches as an uninterrupted one."""
-  return np.random.default_rng([seed, epoch]).permutation(num_examples)
+def epoch_order(num_examples: int, data_seed: int, epoch: int) -> np.ndarray:
+  """The shuffled order of an epoch: a function of (data seed, epoch) alone,
+  so a resumed run sees the same batches as an uninterrupted one.
+  ``data_seed`` is the run's ``data`` stream (:mod:`rose_jax.glue.seeds`)."""
+  return np.random.default_rng([data_seed, epoch]).permutation(num_examples)
 
 
-def train_batches(arrays: dict[str, np.ndarray], batch_size: int, seed: int,
-                  epoch: int) -> Iterator[dict[str, np.ndarray]]:
-  """Shuffled full batches (the last partial batch is dropped)."""
-  order = epoch_order(len(arrays['labels']), seed, epoch)
-  for start in range(0, len(order) - batch_size + 1, batch_size):
-    rows = order[start:start + batch_size]
+def batches_per_epoch(num_examples: int, batch_size: int) -> int:
+  """Full batches in an epoch (the last partial batch is dropped)."""
+  return num_examples // batch_size
+
+
+def process_rows(rows: np.ndarray, process_index: int = 0, process_count: int = 1) -> np.ndarray:
+  """This process's contiguous share of a global batch's row indices."""
+  if len(rows) % process_count:
+    raise ValueError(f'The batch of {len(rows)} does not divide over {process_count} '
+                     'processes; use a batch size that is a multiple of the process count.')
+  share = len(rows) // process_count
+  return rows[process_index * share:(process_index + 1) * share]
+
+
+def train_batches(arrays: dict[str, np.ndarray], batch_size: int, data_seed: int, epoch: int,
+                  *, start: int = 0, process_index: int = 0,
+                  process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+  """Shuffled full batches from batch ``start`` of the epoch on.
+
+  Each process gathers only its own rows of every global batch.
+  """
+  order = epoch_order(len(arrays['labels']), data_seed, epoch)
+  for index in range(start, batches_per_epoch(len(order), batch_size)):
+    rows = process_rows(order[index * batch_size:(index + 1) * batch_size], process_index,
+                        process_count)
     yield {k: v[rows] for k, v in arrays.items()}
 
 
-def eval_batches(arrays: dict[str, np.ndarray],
-                 batch_size: int) -> Iterator[tuple[dict[str, np.ndarray], int]]:
-  """In-order batches padded to ``batch_size``, with the count of real rows."""
+def eval_batches(arrays: dict[str, np.ndarray], batch_size: int, *, process_index: int = 0,
+                 process_count: int = 1) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+  """In-order global batches padded to ``batch_size`` (this process's share of
+  each), with the count of real rows in the global batch."""
   n = len(arrays['labels'])
   for start in range(0, n, batch_size):
-    batch = {k: v[start:start + batch_size] for k, v in arrays.items()}
-    real = len(batch['labels'])
-    if real < batch_size:
-      batch = {k: np.concatenate([v, np.repeat(v[-1:], batch_size - real, axis=0)])
-               for k, v in batch.items()}
-    yield batch, real
+    rows = np.arange(start, start + batch_size)
+    real = int(np.sum(rows < n))
+    rows = process_rows(np.minimum(rows, n - 1), process_index, process_count)
+    yield {k: v[rows] for k, v in arrays.items()}, real

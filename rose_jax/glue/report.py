@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rose_jax.models.loading import write_atomically
-from rose_jax.training.data import TASKS
+from rose_jax import atomic
+from rose_jax.glue.data import TASKS
 from rose_jax.training.methods import METHOD_NAMES
 
 TASK_ORDER = ('sst2', 'rte', 'qnli', 'qqp', 'mnli')
@@ -111,10 +111,10 @@ def bar_plot(table: dict, path: Path) -> None:
   ax.set_ylabel('accuracy (%)')
   ax.legend()
   fig.tight_layout()
-  tmp = path.with_name(path.stem + '.tmp' + path.suffix)
-  fig.savefig(tmp)
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format=path.suffix[1:])
   plt.close(fig)
-  tmp.replace(path)
+  atomic.write_bytes(path, buffer.getvalue())
 
 
 def write_report(paths, output_dir: str | Path) -> dict[str, Path]:
@@ -124,7 +124,7 @@ def write_report(paths, output_dir: str | Path) -> dict[str, Path]:
   out = Path(output_dir)
   out.mkdir(parents=True, exist_ok=True)
   files = {'markdown': out / 'table.md', 'csv': out / 'table.csv', 'plot': out / 'accuracy.png'}
-  write_atomically(files['markdown'], markdown(header, body).encode())
-  write_atomically(files['csv'], to_csv(header, body).encode())
+  atomic.write_bytes(files['markdown'], markdown(header, body).encode())
+  atomic.write_bytes(files['csv'], to_csv(header, body).encode())
   bar_plot(table, files['plot'])
   return files

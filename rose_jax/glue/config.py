@@ -1,0 +1,221 @@
+"""One fine-tuning run's settings, their checks, and the command line built from them.
+
+Every field of :class:`TrainConfig` is one command-line option
+(``learning_rate`` is ``--learning-rate``; a boolean that defaults to true is
+``--no-...``): :func:`add_arguments` reads the fields, their types and their
+metadata, so the options and the config cannot drift apart. Each field's
+check runs in :meth:`TrainConfig.resolved` and names the option it checks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from rose_jax.glue import data as data_lib
+from rose_jax.glue.presets import PRESETS, preset_values
+from rose_jax.training.methods import METHOD_NAMES, get_method
+
+
+class ConfigError(ValueError):
+  """A setting that cannot be used, named by its command-line option."""
+
+
+def flag(name: str) -> str:
+  return '--' + name.replace('_', '-')
+
+
+def _check(predicate: Callable[[Any], bool], requirement: str):
+  def check(name: str, value) -> None:
+    if value is None:
+      return
+    if (isinstance(value, float) and not math.isfinite(value)) or not predicate(value):
+      raise ConfigError(f'{flag(name)} must be {requirement}, got {value!r}.')
+  return check
+
+
+positive = _check(lambda v: v > 0, 'positive')
+at_least_one = _check(lambda v: v >= 1, 'at least 1')
+non_negative = _check(lambda v: v >= 0, '0 or more')
+fraction = _check(lambda v: 0 <= v <= 1, 'a fraction in [0, 1] (write 0.6, not 60)')
+below_one = _check(lambda v: 0 <= v < 1, 'in [0, 1)')
+
+
+def option(default, help: str, *, check=None, choices: Iterable[str] | None = None,
+           resume: bool = True, cli: bool = True):
+  """A :class:`TrainConfig` field.
+
+  Args:
+    default: the default value.
+    help: the option's help text.
+    check: ``check(name, value)`` raising :class:`ConfigError`.
+    choices: the allowed values, for the parser.
+    resume: whether a resumed run must keep this value (it shapes training).
+    cli: whether the command line sets it.
+  """
+  metadata = {'help': help, 'check': check, 'choices': choices and tuple(choices),
+              'resume': resume, 'cli': cli}
+  return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+  """One fine-tuning run. Defaults follow the paper (section 3.3)."""
+  task: str = option('sst2', 'GLUE task', choices=sorted(data_lib.TASKS))
+  method: str = option('rose-ensemble', 'fine-tuning method', choices=METHOD_NAMES)
+  model: str = option('roberta-base', 'hub name or local checkpoint directory '
+                      '(config.json, model.safetensors, tokenizer files)')
+  output_dir: str = option('runs/sst2-rose-ensemble-seed1', 'the run directory',
+                           cli=False)
+  seed: int = option(1, 'seed of every random stream (see rose_jax.glue.seeds)',
+                     check=non_negative, cli=False)
+  # Data: None reads the dataset hub.
+  train_file: str | None = option(None, 'GLUE TSV, CSV, JSON lines or parquet (default: hub)')
+  dev_file: str | None = option(None, 'GLUE dev set file (default: hub)')
+  adv_file: str | None = option(None, "AdvGLUE dev.json (default: hub 'adv_glue')")
+  no_adv: bool = option(False, 'skip AdvGLUE evaluation')
+  max_train_samples: int | None = option(None, 'use the first N training examples',
+                                         check=at_least_one)
+  max_eval_samples: int | None = option(None, 'use the first N examples of each dev set',
+                                        check=at_least_one)
+  max_length: int = option(128, 'tokens per example, longer ones are truncated',
+                           check=_check(lambda v: v >= 2, 'at least 2'))
+  # Optimisation.
+  preset: str | None = option('paper-base', "per-task learning rate and upper threshold "
+                              "('none': 2e-5 and 0.6)", choices=[*sorted(PRESETS), 'none'])
+  learning_rate: float | None = option(None, 'peak learning rate (default: the preset)',
+                                       check=positive)
+  upper: float | None = option(None, 'upper quantile threshold, a fraction (default: the '
+                               'preset)', check=fraction)
+  lower: float = option(0.0, 'lower quantile threshold, a fraction', check=fraction)
+  gamma: float = option(0.5, "the ensemble's weight of the first-order mask", check=fraction)
+  granularity: str = option('tensor', "ROSE's risk unit: one per tensor (the authors' "
+                            'code) or per scalar (the paper)', choices=('tensor', 'element'))
+  epochs: int = option(10, 'training epochs', check=at_least_one)
+  batch_size: int | None = option(None, 'global batch size (default: 32, 16 for RTE)',
+                                  check=at_least_one)
+  warmup_ratio: float = option(0.0, 'share of steps with a rising learning rate (and no '
+                               'masking)', check=below_one)
+  weight_decay: float = option(0.01, 'decoupled weight decay', check=non_negative)
+  b1: float = option(0.9, "Adam's beta1", check=below_one)
+  b2: float = option(0.98, "Adam's beta2", check=below_one)
+  eps: float = option(1e-8, "Adam's eps (added outside the root, as Hugging Face does)",
+                      check=positive)
+  max_grad_norm: float = option(1.0, 'clip the update gradient to this global norm (0: no '
+                                'clipping)', check=non_negative)
+  dropout: float = option(0.1, 'hidden and attention dropout', check=below_one)
+  rdrop_alpha: float = option(1.0, "R-Drop's KL weight", check=non_negative)
+  dtype: str = option('float32', 'computation dtype (parameters stay float32)',
+                      choices=('float32', 'bfloat16'))
+  parallel: str | None = option(None, 'data parallelism (default: shard_map on several '
+                                'devices)', choices=('none', 'shard_map', 'pmap'))
+  cotangents: str = option('sequential', "how ROSE's two gradients are taken: one backward "
+                           'each, or one vmapped backward', choices=('sequential', 'vmap'))
+  log_every: int = option(50, 'steps between metric lines', check=at_least_one,
+                          resume=False)
+  save_every: int = option(1000, 'steps between checkpoints within an epoch (0: at epoch '
+                           'ends only; one is always written at each epoch end)',
+                           check=non_negative, resume=False)
+  eval_batch_size: int = option(64, 'evaluation batch size', check=at_least_one,
+                                resume=False)
+  tensorboard: bool = option(False, 'also write the metrics as TensorBoard events '
+                             '(OUTPUT_DIR/tensorboard)', resume=False)
+  progress: bool = option(True, 'show a progress bar', resume=False)
+  resume: bool = option(False, 'continue a killed run from its last checkpoint',
+                        resume=False)
+  overwrite: bool = option(False, 'replace an existing run (moved aside until the new '
+                           'one has started)', resume=False)
+
+  def resolved(self, device_count: int = 1) -> TrainConfig:
+    """Checks every field and fills in the defaults that depend on others.
+
+    ``device_count`` is the number of devices the step runs over (local
+    devices under ``pmap``); it picks the default parallelism and must
+    divide the batch.
+    """
+    import rose_jax
+    for field in dataclasses.fields(self):
+      if field.metadata['check'] is not None:
+        field.metadata['check'](field.name, getattr(self, field.name))
+      choices = field.metadata['choices']
+      value = getattr(self, field.name)
+      if choices and value is not None and value not in choices:
+        raise ConfigError(f'{flag(field.name)} must be one of {list(choices)}, got {value!r}.')
+    if self.resume and self.overwrite:
+      raise ConfigError('--resume and --overwrite contradict each other: --resume continues '
+                        'the run in the directory, --overwrite replaces it. Pass one.')
+    task = data_lib.get_task(self.task)
+    method = get_method(self.method, rdrop_alpha=self.rdrop_alpha)
+    preset = None if self.preset == 'none' else self.preset
+    lr, upper = preset_values(preset, method.rose_variant, task.name)
+    parallel = self.parallel or ('shard_map' if device_count > 1 else 'none')
+    out = dataclasses.replace(
+        self, task=task.name,
+        learning_rate=lr if self.learning_rate is None else self.learning_rate,
+        upper=upper if self.upper is None else self.upper,
+        batch_size=self.batch_size or (16 if task.name == 'rte' else 32), parallel=parallel)
+    if out.lower > out.upper:
+      raise ConfigError(f'--lower ({out.lower}) must not exceed --upper ({out.upper}).')
+    devices = device_count if parallel != 'none' else 1
+    if out.batch_size % devices:
+      raise ConfigError(f'--batch-size {out.batch_size} does not divide over {devices} '
+                        f'devices; use a multiple of {devices}.')
+    if out.max_train_samples is not None and out.max_train_samples < out.batch_size:
+      raise ConfigError(f'--max-train-samples {out.max_train_samples} makes no batch of '
+                        f'{out.batch_size}; raise it to at least --batch-size.')
+    if method.uses_rose:  # builds the optimizer once to check its settings early
+      rose_jax.rose(out.learning_rate, variant=method.rose_variant, upper=out.upper,
+                    lower=out.lower, gamma=out.gamma, granularity=out.granularity)
+    return out
+
+  def differences(self, other: dict) -> list[str]:
+    """The settings that shape training and differ from ``other`` (a saved config)."""
+    found = []
+    for field in dataclasses.fields(self):
+      if not field.metadata['resume'] or field.name == 'output_dir':
+        continue
+      saved, now = other.get(field.name), getattr(self, field.name)
+      if saved != now:
+        found.append(f'{flag(field.name)}: {saved!r} when started, {now!r} now')
+    return found
+
+
+def _base_type(annotation) -> type:
+  """``int`` for ``int | None`` and the like."""
+  args = [a for a in typing.get_args(annotation) if a is not type(None)]
+  if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+    return args[0]
+  return annotation
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls=TrainConfig) -> None:
+  """One option per command-line field of ``cls``, with its default and help."""
+  hints = typing.get_type_hints(cls)
+  for field in dataclasses.fields(cls):
+    meta = field.metadata
+    if not meta['cli']:
+      continue
+    kind = _base_type(hints[field.name])
+    if kind is bool:
+      name = f'--no-{field.name.replace("_", "-")}' if field.default and \
+          not field.name.startswith('no_') else flag(field.name)
+      parser.add_argument(name, dest=field.name, help=meta['help'], default=field.default,
+                          action='store_false' if field.default else 'store_true')
+      continue
+    default = field.default
+    shown = '' if default is None else f' [{default}]'
+    parser.add_argument(flag(field.name), dest=field.name, type=kind, default=default,
+                        choices=meta['choices'], help=meta['help'] + shown,
+                        metavar=None if meta['choices'] else field.name.upper())
+
+
+def from_arguments(args: argparse.Namespace, **fixed) -> TrainConfig:
+  """A :class:`TrainConfig` from parsed options, with ``fixed`` fields set."""
+  values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+            if f.metadata['cli']}
+  return TrainConfig(**values, **fixed)

@@ -1,0 +1,64 @@
+"""Accuracy on a dev set, sharded over every device of every process."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from rose_jax.glue import data as data_lib
+from rose_jax.training import step as step_lib
+
+
+class Evaluator:
+  """Predicts labels for whole splits.
+
+  With ``sharded=True`` each global evaluation batch is split over the data
+  mesh of all devices (each process feeds its own rows) and the parameters
+  are replicated on it; otherwise one device evaluates.
+
+  Args:
+    graphdef: the model's graph (:func:`rose_jax.training.split_model`).
+    batch_size: examples per global batch; rounded up to a multiple of the
+      device count when sharded.
+    sharded: split batches over all devices.
+  """
+
+  def __init__(self, graphdef: nnx.GraphDef, batch_size: int, *, sharded: bool = False):
+    self._predict = jax.jit(
+        lambda params, batch: jnp.argmax(step_lib.apply_model(graphdef, params, batch), -1))
+    self.mesh = step_lib.data_mesh() if sharded else None
+    devices = jax.device_count() if sharded else 1
+    self.batch_size = -(-batch_size // devices) * devices
+
+  def place_params(self, params) -> Any:
+    """``params`` where the evaluation step wants them (replicated over the mesh)."""
+    if self.mesh is None:
+      return params
+    return jax.device_put(jax.device_get(params), NamedSharding(self.mesh, P()))
+
+  def _gather(self, predictions: jax.Array) -> np.ndarray:
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      return np.asarray(multihost_utils.process_allgather(predictions, tiled=True))
+    return np.asarray(predictions)
+
+  def __call__(self, params, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
+    """Predictions for every row of ``arrays`` and their accuracy; ``params``
+    from :meth:`place_params`."""
+    process = (jax.process_index(), jax.process_count()) if self.mesh is not None else (0, 1)
+    place: Callable = (lambda b: b) if self.mesh is None else \
+        (lambda b: step_lib.shard_batch(b, self.mesh))
+    predictions = []
+    for batch, real in data_lib.eval_batches(arrays, self.batch_size, process_index=process[0],
+                                             process_count=process[1]):
+      inputs = place({k: v for k, v in batch.items() if k != 'labels'})
+      predictions.append(self._gather(self._predict(params, inputs))[:real])
+    predictions = np.concatenate(predictions)
+    return predictions, float(np.mean(predictions == arrays['labels']))

@@ -1,0 +1,69 @@
+"""The fine-tuning command across two processes (4 CPU devices each, gloo
+collectives, jax.distributed started by --distributed): killed mid-epoch and
+resumed, it ends where one process of 8 devices ends uninterrupted."""
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import chex
+import numpy as np
+
+from rose_jax.glue import loop
+from tests import helpers
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def _launch(args: list[str], kill_at: int = 0) -> list[tuple[int, str]]:
+  port = _free_port()
+  workers = [subprocess.Popen(
+      [sys.executable, '-m', 'tests.training.multihost_worker', 'finetune', str(kill_at), '--',
+       *args, '--distributed', '--coordinator-address', f'localhost:{port}',
+       '--num-processes', '2', '--process-id', str(i)],
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  return [(w.wait(timeout=300), w.communicate()[0]) for w in workers]
+
+
+def test_killed_two_process_run_resumes_to_the_one_process_result(tmp_path):
+  from safetensors.numpy import load_file
+  model = helpers.tiny_checkpoint(tmp_path / 'model')
+  data = helpers.write_sst2(tmp_path / 'data')
+  settings = dict(task='sst2', method='rose-ensemble', model=str(model), epochs=2,
+                  batch_size=16, max_length=12, log_every=1, save_every=2, **data)
+  args = ['--no-progress', '--output-root', str(tmp_path / 'two'), '--parallel', 'shard_map']
+  for name, value in settings.items():
+    args += [f'--{name.replace("_", "-")}', str(value)]
+
+  # 48 rows in global batches of 16: 3 steps an epoch; checkpoints at steps
+  # 2, 3 (epoch end) and 4. Both processes die at step 6.
+  killed = _launch(args, kill_at=6)
+  assert all(code == 137 for code, _ in killed), '\n'.join(log for _, log in killed)
+  run_dir = tmp_path / 'two' / 'sst2-rose-ensemble-seed1'
+  assert not json.loads((run_dir / 'results.json').read_text())['finished']
+  resumed = _launch([*args, '--resume'])
+  assert all(code == 0 for code, _ in resumed), '\n'.join(log for _, log in resumed)
+
+  loop.run(loop.TrainConfig(**settings, output_dir=str(tmp_path / 'one'), progress=False,
+                            parallel='shard_map'))
+  two = json.loads((run_dir / 'results.json').read_text())
+  one = json.loads((tmp_path / 'one' / 'results.json').read_text())
+  assert two['finished'] and one['finished']
+  for key in ('glue_dev_accuracy', 'adv_dev_accuracy', 'best_epoch'):
+    assert two[key] == one[key]
+  np.testing.assert_allclose([e['train_loss'] for e in two['epochs']],
+                             [e['train_loss'] for e in one['epochs']], rtol=1e-5)
+  steps = [json.loads(x).get('step') for x in (run_dir / 'metrics.jsonl').read_text().splitlines()
+           if '"type"' not in x]
+  assert steps == list(range(1, 7))  # each step logged once despite the kill
+  chex.assert_trees_all_close(load_file(run_dir / 'best_model' / 'model.safetensors'),
+                              load_file(tmp_path / 'one' / 'best_model' / 'model.safetensors'),
+                              rtol=1e-4, atol=1e-6)

@@ -1,0 +1,230 @@
+"""Runs killed anywhere resume to the same parameters, logs and files."""
+
+import json
+import shutil
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from rose_jax.glue import checkpoints, loop, seeds
+from rose_jax.glue.config import ConfigError
+from rose_jax.training import step as step_lib
+from tests import helpers
+
+# 48 training rows in batches of 8: 6 steps an epoch. With save_every=4 the
+# checkpoints are at steps 4, 6 (epoch end), 8 (epoch 2, batch 2), 12, ...
+STEPS_PER_EPOCH = 6
+
+
+class Killed(Exception):
+  """Stands for SIGKILL: nothing after the raise runs."""
+
+
+@pytest.fixture(scope='module')
+def files(tmp_path_factory):
+  root = tmp_path_factory.mktemp('resume')
+  return {'model': str(helpers.tiny_checkpoint(root / 'model')),
+          **helpers.write_sst2(root / 'data')}
+
+
+def _config(files, out, **overrides):
+  settings = dict(task='sst2', method='rose-ensemble', model=files['model'],
+                  train_file=files['train_file'], dev_file=files['dev_file'],
+                  adv_file=files['adv_file'], output_dir=str(out), epochs=2, batch_size=8,
+                  max_length=12, log_every=2, save_every=4, progress=False, parallel='none')
+  settings.update(overrides)
+  return loop.TrainConfig(**settings)
+
+
+def _kill_at_step(monkeypatch, kill_at: int):
+  """Makes the train step raise when it is called for step ``kill_at`` (1-based)."""
+  real = step_lib.make_train_step
+  calls = {'n': 0}
+
+  def make(*args, **kwargs):
+    step = real(*args, **kwargs)
+
+    def counted(*a):
+      calls['n'] += 1
+      if calls['n'] == kill_at:
+        raise Killed(f'killed at step {kill_at}')
+      return step(*a)
+    return counted
+
+  monkeypatch.setattr(step_lib, 'make_train_step', make)
+  return lambda: monkeypatch.setattr(step_lib, 'make_train_step', real)
+
+
+def _without_timing(lines: list[dict]) -> list[dict]:
+  return [{k: v for k, v in x.items() if k != 'seconds'} for x in lines]
+
+
+def _read_run(out):
+  metrics = [json.loads(x) for x in (out / 'metrics.jsonl').read_text().splitlines()]
+  predictions = {p.name: p.read_text() for p in sorted((out / 'predictions').iterdir())}
+  results = json.loads((out / 'results.json').read_text())
+  results['epochs'] = _without_timing(results['epochs'])
+  for name in ('output_dir', 'resume'):  # the only settings a resume may change here
+    del results['config'][name]
+  return _without_timing(metrics), predictions, results
+
+
+@pytest.fixture(scope='module')
+def whole(files, tmp_path_factory):
+  """Uninterrupted runs, one per parallel mode."""
+  out = tmp_path_factory.mktemp('whole')
+  return {mode: (loop.run(_config(files, out / mode, parallel=mode)), out / mode)
+          for mode in ('none', 'shard_map')}
+
+
+@pytest.mark.parametrize('parallel', ['none', 'shard_map'])
+def test_killed_mid_epoch_resumes_bit_identical(files, tmp_path, monkeypatch, whole, parallel):
+  assert jax.device_count() == 8
+  expected, whole_dir = whole[parallel]
+  out = tmp_path / 'run'
+  # Killed at step 11: the newest checkpoint is step 8 (epoch 2, batch 2); the
+  # metric line of step 10 was written after it and must not appear twice.
+  restore = _kill_at_step(monkeypatch, 11)
+  with pytest.raises(Killed):
+    loop.run(_config(files, out, parallel=parallel))
+  restore()
+  lines = (out / 'metrics.jsonl').read_text().splitlines()
+  assert [json.loads(x).get('step') for x in lines][-1] == 10
+  assert checkpoints.Checkpoints(out / 'checkpoints').steps()[-1] == 8
+  with pytest.raises(ConfigError, match='--resume'):
+    loop.run(_config(files, out, parallel=parallel))
+
+  resumed = loop.run(_config(files, out, parallel=parallel, resume=True))
+  chex.assert_trees_all_equal(resumed['final_params'], expected['final_params'])
+  assert _read_run(out) == _read_run(whole_dir)
+  steps = [x['step'] for x in _read_run(out)[0] if 'type' not in x]
+  assert steps == list(range(2, 2 * STEPS_PER_EPOCH + 1, 2))
+  with pytest.raises(ConfigError, match='finished run'):
+    loop.run(_config(files, out, parallel=parallel, resume=True))
+
+
+def test_killed_during_evaluation_redoes_the_epoch(files, tmp_path, monkeypatch, whole):
+  expected, whole_dir = whole['none']
+  out = tmp_path / 'run'
+  real = loop.Evaluator.__call__
+  calls = {'n': 0}
+
+  def dies_in_second_epoch(self, params, arrays):
+    calls['n'] += 1
+    if calls['n'] == 4:  # the AdvGLUE split of epoch 2, after its GLUE predictions
+      raise Killed('killed during evaluation')
+    return real(self, params, arrays)
+
+  monkeypatch.setattr(loop.Evaluator, '__call__', dies_in_second_epoch)
+  with pytest.raises(Killed):
+    loop.run(_config(files, out))
+  monkeypatch.setattr(loop.Evaluator, '__call__', real)
+  assert (out / 'predictions' / 'epoch2-glue_dev.jsonl').exists()
+  resumed = loop.run(_config(files, out, resume=True))
+  chex.assert_trees_all_equal(resumed['final_params'], expected['final_params'])
+  assert _read_run(out) == _read_run(whole_dir)
+
+
+def test_resume_refuses_other_settings_and_names_each(files, tmp_path, monkeypatch):
+  out = tmp_path / 'run'
+  restore = _kill_at_step(monkeypatch, 5)
+  with pytest.raises(Killed):
+    loop.run(_config(files, out))
+  restore()
+  before = {p: p.read_bytes() for p in out.rglob('*') if p.is_file()}
+  changed = tmp_path / 'train.tsv'
+  shutil.copy(files['train_file'], changed)
+  with changed.open('a') as f:
+    f.write('good film \t1\n')
+  with pytest.raises(ConfigError) as error:
+    loop.run(_config(files, out, resume=True, learning_rate=3e-5, upper=0.5, seed=2,
+                     max_length=10, train_file=str(changed)))
+  message = str(error.value)
+  for option in ('--learning-rate', '--upper', '--seed', '--max-length', '--train-file',
+                 '--overwrite', '--output-root'):
+    assert option in message
+  assert {p: p.read_bytes() for p in out.rglob('*') if p.is_file()} == before
+
+
+def test_a_changed_data_file_at_the_same_path_is_refused(files, tmp_path, monkeypatch):
+  train = tmp_path / 'train.tsv'
+  shutil.copy(files['train_file'], train)
+  out = tmp_path / 'run'
+  restore = _kill_at_step(monkeypatch, 5)
+  with pytest.raises(Killed):
+    loop.run(_config(files, out, train_file=str(train)))
+  restore()
+  with train.open('a') as f:
+    f.write('good film \t1\n')
+  with pytest.raises(ConfigError, match=r'--train-file: .* has changed'):
+    loop.run(_config(files, out, train_file=str(train), resume=True))
+
+
+def test_a_damaged_checkpoint_falls_back_to_the_one_before(files, tmp_path, monkeypatch, whole,
+                                                          caplog):
+  expected, _ = whole['none']
+  out = tmp_path / 'run'
+  restore = _kill_at_step(monkeypatch, 11)
+  with pytest.raises(Killed):
+    loop.run(_config(files, out))
+  restore()
+  steps = checkpoints.Checkpoints(out / 'checkpoints').steps()
+  assert steps == [6, 8]
+  for file in (out / 'checkpoints' / '8').rglob('*'):
+    if file.is_file() and file.stat().st_size > 100:
+      file.write_bytes(file.read_bytes()[:50])  # truncated
+  resumed = loop.run(_config(files, out, resume=True))
+  assert 'cannot be restored' in caplog.text
+  chex.assert_trees_all_equal(resumed['final_params'], expected['final_params'])
+
+
+def test_no_restorable_checkpoint_names_the_directory(files, tmp_path, monkeypatch):
+  out = tmp_path / 'run'
+  restore = _kill_at_step(monkeypatch, 11)
+  with pytest.raises(Killed):
+    loop.run(_config(files, out))
+  restore()
+  for file in (out / 'checkpoints').rglob('*'):
+    if file.is_file() and file.stat().st_size > 100:
+      file.write_bytes(b'')
+  with pytest.raises(checkpoints.CheckpointError, match=str(out / 'checkpoints')):
+    loop.run(_config(files, out, resume=True))
+
+
+def test_random_streams_are_separate_and_documented():
+  values = {(seed, stream): seeds.stream_seed(seed, stream)
+            for seed in range(4) for stream in seeds.STREAM_IDS}
+  assert len(set(values.values())) == len(values)
+  assert seeds.stream_seed(1, 'data') == int(
+      np.random.SeedSequence((1, seeds.STREAM_IDS['data'])).generate_state(1)[0])
+  with pytest.raises(ValueError, match='Unknown random stream'):
+    seeds.stream_seed(1, 'dropuot')
+
+
+def test_data_order_and_dropout_use_their_own_streams(files, tmp_path, monkeypatch):
+  """The loop draws the data order from the data stream and dropout keys from
+  the dropout stream, not from the seed itself."""
+  from rose_jax.glue import data as data_lib
+  orders, keys = [], []
+  real_order, real_make = data_lib.epoch_order, step_lib.make_train_step
+
+  def order(n, data_seed, epoch):
+    orders.append(data_seed)
+    return real_order(n, data_seed, epoch)
+
+  def make(*args, **kwargs):
+    step = real_make(*args, **kwargs)
+
+    def recorded(params, opt_state, batch, key):
+      keys.append(np.asarray(jax.random.key_data(key)))
+      return step(params, opt_state, batch, key)
+    return recorded
+
+  monkeypatch.setattr(data_lib, 'epoch_order', order)
+  monkeypatch.setattr(step_lib, 'make_train_step', make)
+  loop.run(_config(files, tmp_path / 'run', epochs=1, seed=3))
+  assert set(orders) == {seeds.stream_seed(3, 'data')}
+  base = seeds.stream_key(3, 'dropout')
+  np.testing.assert_array_equal(keys[1], jax.random.key_data(jax.random.fold_in(base, 1)))
