@@ -148,3 +148,44 @@ def test_hub_data_without_network_names_the_local_options(monkeypatch):
 def test_report_needs_finished_runs(tmp_path):
   with pytest.raises(ValueError, match='No finished run'):
     report.collect([tmp_path])
+
+
+def _tensorboard_scalars(directory: Path) -> dict[str, dict[int, float]]:
+  """Scalars of every event file under ``directory`` (TFRecord framing read by hand)."""
+  import struct
+
+  from tensorboardX.proto import event_pb2
+  scalars: dict = {}
+  for file in sorted(directory.glob('events.out.tfevents.*')):
+    data = file.read_bytes()
+    offset = 0
+    while offset < len(data):
+      (length,) = struct.unpack('<Q', data[offset:offset + 8])
+      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+      offset += 12 + length + 4
+      for value in event.summary.value:
+        scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+  return scalars
+
+
+def test_tensorboard_has_the_metrics_of_metrics_jsonl(files, tmp_path):
+  out = tmp_path / 'run'
+  loop.run(_config(files, out, epochs=2, max_train_samples=16, log_every=1, tensorboard=True))
+  scalars = _tensorboard_scalars(out / 'tensorboard')
+  lines = [json.loads(x) for x in (out / 'metrics.jsonl').read_text().splitlines()]
+  steps = [x for x in lines if 'type' not in x]
+  epochs = [x for x in lines if x.get('type') == 'epoch']
+  assert len(steps) == 4 and len(epochs) == 2
+  for name in ('loss', 'kl', 'kept_fraction'):
+    assert scalars[f'train/{name}'] == pytest.approx({x['step']: x[name] for x in steps})
+  assert scalars['epoch/glue_dev_accuracy'] == pytest.approx(
+      {x['step']: x['glue_dev_accuracy'] for x in epochs})
+
+
+def test_progress_bar_shows_elapsed_and_remaining_time():
+  bar = loop._progress(total=10, initial=4, enabled=True)
+  try:
+    text = str(bar)
+  finally:
+    bar.close()
+  assert '4/10' in text and '<' in text.split('[')[1]  # [elapsed<remaining, rate]
