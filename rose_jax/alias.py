@@ -111,6 +111,10 @@ def rose(
       # Hugging Face's AdamW decays the parameter *after* the Adam step.
       return s - lr * weight_decay * m * (jnp.asarray(p, s.dtype) + s)
 
-    return jax.tree.map(decayed, step, params, mask, decays), new_state
+    step = jax.tree.map(decayed, step, params, mask, decays)
+    # scale_by_rose skips a step with non-finite extra gradients, leaving its
+    # count as it was; the decay must not move the parameters either.
+    taken = new_state.count != state.count
+    return jax.tree.map(lambda s: jnp.where(taken, s, 0), step), new_state
 
   return optax.GradientTransformationExtraArgs(inner.init, update_fn)

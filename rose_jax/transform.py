@@ -163,6 +163,21 @@ def check_like(reference, tree, name: str) -> None:
           f'the gradient there has shape {jnp.shape(a)}.')
 
 
+def check_like_params(moments, updates) -> None:
+  """Raises ValueError unless ``updates`` has the structure of the parameters
+  the optimizer state was built for (``moments``, one leaf per parameter)."""
+  expected, got = jax.tree.structure(moments), jax.tree.structure(updates)
+  if expected != got:
+    raise ValueError(
+        'The gradients must have the structure of the params the optimizer was '
+        'initialised with (tx.init(params)); they differ:\n'
+        f'  params: {expected}\n  gradients: {got}')
+
+
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 def scale_by_masked_adam(
     *,
     b1: float = 0.9,
@@ -193,6 +208,7 @@ def scale_by_masked_adam(
 
   def update_fn(updates, state, params=None, *, mask=None, **extra_args):
     del params, extra_args
+    check_like_params(state.mu, updates)
     if mask is None:
       mask = jax.tree.map(lambda _: jnp.ones((), jnp.float32), updates)
     else:
@@ -281,8 +297,13 @@ def scale_by_rose(
     b1, b2, eps: Adam's hyperparameters (beta_1, beta_2, epsilon).
     moment_dtype: as in :func:`scale_by_masked_adam`.
 
-  NaN or inf gradients make the thresholds NaN and the step meaningless; wrap
-  the transformation in ``optax.apply_if_finite`` to skip such steps.
+  Non-finite values: a step whose ``kl_grads`` (or ``ce_grads``, where the
+  second-order risk uses it) holds a NaN or inf is skipped: the update is
+  zero and the state stays as it was, which is what ``optax.apply_if_finite``
+  does for a non-finite update gradient. That wrapper checks only the update
+  gradient, so without this rule a NaN KL gradient would make every
+  threshold NaN and freeze training behind an all-zero mask. Wrap the
+  transformation in ``optax.apply_if_finite`` for the update gradient.
   """
   check_rose_hyperparams(variant=variant, granularity=granularity, upper=upper,
                          lower=lower, gamma=gamma, warmup_steps=warmup_steps)
@@ -311,6 +332,7 @@ def scale_by_rose(
   def update_fn(updates, state, params=None, *, kl_grads=None, ce_grads=None,
                 **extra_args):
     del params, extra_args
+    check_like_params(state.mu, updates)
     if uses_first:
       if kl_grads is None:
         raise ValueError(
@@ -325,13 +347,16 @@ def scale_by_rose(
                           is_leaf=masking.is_masked)
     thresholds = dict(lower=lower, upper=upper, granularity=granularity)
 
-    masks = []
+    masks, extra_finite = [], []
     if uses_first:
+      extra_finite.append(_all_finite(kl_grads))
       risk = risks.first_order_risk(masking.select(kl_grads, ranked),
                                     granularity=granularity)
       masks.append(masking.quantile_mask(risk, **thresholds))
     if uses_second:
       source = updates if ce_grads is None else ce_grads
+      if ce_grads is not None:
+        extra_finite.append(_all_finite(ce_grads))
       risk = risks.second_order_risk(
           masking.select(source, ranked), masking.select(state.mu, ranked),
           b1=b1, granularity=granularity)
@@ -346,6 +371,10 @@ def scale_by_rose(
         updates, masking.fill_mask(mask, updates), state.mu, state.nu,
         state.count, b1=b1, b2=b2, eps=eps)
     new_state = ScaleByRoseState(optax.safe_increment(state.count), mu, nu, mask)
+    if extra_finite:  # see "Non-finite values" above
+      finite = jnp.all(jnp.asarray(extra_finite))
+      direction = jax.tree.map(lambda d: jnp.where(finite, d, 0), direction)
+      new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
     return direction, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

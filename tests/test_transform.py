@@ -226,3 +226,54 @@ def test_update_errors_name_the_problem():
   # "second" needs no KL gradient.
   second = rose_jax.rose(1e-3, upper=0.5, variant='second')
   second.update(grads, second.init(params), params)
+
+
+@pytest.mark.parametrize(('variant', 'argument'), [
+    ('first', 'kl_grads'), ('ensemble', 'kl_grads'), ('second', 'ce_grads'),
+    ('ensemble', 'ce_grads')])
+@pytest.mark.parametrize('bad', [np.nan, np.inf])
+def test_a_step_with_non_finite_extra_gradients_is_skipped(variant, argument, bad):
+  rng = np.random.default_rng(0)
+  params = _random_tree(rng)
+  tx = rose_jax.rose(1e-2, variant=variant, upper=0.5)
+  state = tx.init(params)
+  extra = {'kl_grads': _random_tree(rng)} if variant != 'second' else {}
+  updates, state = tx.update(_random_tree(rng), state, params, **extra)
+  params = optax.apply_updates(params, updates)
+  poisoned = _random_tree(rng)
+  poisoned['nested']['ln'] = poisoned['nested']['ln'].at[2].set(bad)  # one scalar
+  grads = _random_tree(rng)
+  updates, skipped = tx.update(grads, state, params, **{**extra, argument: poisoned})
+  chex.assert_trees_all_equal(updates, jax.tree.map(jnp.zeros_like, params))
+  chex.assert_trees_all_equal(skipped, state)
+  # The next finite step is the one that would have come without the bad step.
+  clean = {**extra, argument: _random_tree(rng)}
+  chex.assert_trees_all_equal(tx.update(grads, skipped, params, **clean),
+                              tx.update(grads, state, params, **clean))
+  assert not all(bool(jnp.all(u == 0)) for u in jax.tree.leaves(
+      tx.update(grads, skipped, params, **clean)[0]))
+
+
+def test_unused_ce_grads_do_not_poison_the_first_order_update():
+  rng = np.random.default_rng(1)
+  params = _random_tree(rng)
+  tx = rose_jax.rose(1e-2, variant='first', upper=0.5)
+  state = tx.init(params)
+  poisoned = jax.tree.map(lambda x: x * np.nan, params)
+  updates, _ = tx.update(_random_tree(rng), state, params, kl_grads=_random_tree(rng),
+                         ce_grads=poisoned)
+  assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
+
+
+@pytest.mark.parametrize('make', [
+    lambda: rose_jax.rose(1e-3, variant='second', upper=0.5),
+    lambda: transform.scale_by_masked_adam()])
+def test_gradients_shaped_unlike_the_params_are_named(make):
+  rng = np.random.default_rng(2)
+  params = _random_tree(rng)
+  tx = make()
+  state = tx.init(params)
+  grads = _random_tree(rng)
+  del grads['nested']
+  with pytest.raises(ValueError, match='structure of the params the optimizer was initialised'):
+    tx.update(grads, state, params)
