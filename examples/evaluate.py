@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from rose_jax import atomic
+from rose_jax.glue import batching
 from rose_jax.glue import config as config_lib
 from rose_jax.glue import data as data_lib
 from rose_jax.glue.cli import one_line_errors
@@ -53,12 +54,13 @@ def main(argv=None) -> int:
   model = load_pretrained(args.model, num_labels=task.num_labels, dtype=jnp.dtype(args.dtype))
   tokenizer = load_tokenizer(args.model, model.config)
   graphdef, params = step_lib.split_model(model)
-  evaluator = Evaluator(graphdef, args.batch_size, sharded=jax.device_count() > 1)
+  evaluator = Evaluator(graphdef, args.batch_size, sharded=jax.device_count() > 1,
+                        buckets=batching.default_buckets(args.max_length))
   params = evaluator.place_params(params)
   accuracies = {}
   for name, split in splits.items():
-    arrays = data_lib.tokenize(tokenizer, split, args.max_length)
-    _, accuracies[f'{name}_accuracy'] = evaluator(params, arrays)
+    encoded = batching.tokenize(tokenizer, split, args.max_length)
+    _, accuracies[f'{name}_accuracy'] = evaluator(params, encoded)
     print(f'{name}: {100 * accuracies[f"{name}_accuracy"]:.2f}% of {len(split)}')
   if args.output:
     atomic.write_json(args.output, accuracies)

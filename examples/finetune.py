@@ -36,6 +36,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def configs(args: argparse.Namespace) -> list[config_lib.TrainConfig]:
+  repeated = sorted({seed for seed in args.seeds if args.seeds.count(seed) > 1})
+  if repeated:
+    raise config_lib.ConfigError(f'--seeds lists {repeated} more than once; each seed is one '
+                                 'run directory.')
   root = Path(args.output_root)
   return [config_lib.from_arguments(args, seed=seed,
                                     output_dir=str(root / f'{args.task}-{args.method}-seed{seed}'))

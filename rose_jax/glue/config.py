@@ -17,6 +17,7 @@ import typing
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from rose_jax.glue import batching
 from rose_jax.glue import data as data_lib
 from rose_jax.glue.presets import PRESETS, preset_values
 from rose_jax.training.methods import METHOD_NAMES, get_method
@@ -85,6 +86,13 @@ class TrainConfig:
                                         check=at_least_one)
   max_length: int = option(128, 'tokens per example, longer ones are truncated',
                            check=_check(lambda v: v >= 2, 'at least 2'))
+  buckets: tuple[int, ...] | None = option(
+      None, 'pad each batch to the smallest of these lengths that holds its longest example '
+      '(default: multiples of 16 up to --max-length; --buckets MAX_LENGTH pads every batch '
+      'to --max-length)')
+  group_by_length: bool = option(False, 'draw batches from length-sorted chunks of 50 '
+                                 'batches and shuffle their order (less padding; batches '
+                                 'hold examples of similar length)')
   # Optimisation.
   preset: str | None = option('paper-base', "per-task learning rate and upper threshold "
                               "('none': 2e-5 and 0.6)", choices=[*sorted(PRESETS), 'none'])
@@ -159,6 +167,12 @@ class TrainConfig:
         learning_rate=lr if self.learning_rate is None else self.learning_rate,
         upper=upper if self.upper is None else self.upper,
         batch_size=self.batch_size or (16 if task.name == 'rte' else 32), parallel=parallel)
+    try:
+      buckets = batching.check_buckets(
+          out.buckets or batching.default_buckets(out.max_length), out.max_length)
+    except ValueError as error:
+      raise ConfigError(str(error)) from None
+    out = dataclasses.replace(out, buckets=buckets)
     if out.lower > out.upper:
       raise ConfigError(f'--lower ({out.lower}) must not exceed --upper ({out.upper}).')
     devices = device_count if parallel != 'none' else 1
@@ -180,6 +194,8 @@ class TrainConfig:
       if not field.metadata['resume'] or field.name == 'output_dir':
         continue
       saved, now = other.get(field.name), getattr(self, field.name)
+      if isinstance(now, tuple):  # as JSON stores it
+        now = list(now)
       if saved != now:
         found.append(f'{flag(field.name)}: {saved!r} when started, {now!r} now')
     return found
@@ -209,8 +225,11 @@ def add_arguments(parser: argparse.ArgumentParser, cls=TrainConfig) -> None:
       continue
     default = field.default
     shown = '' if default is None else f' [{default}]'
-    parser.add_argument(flag(field.name), dest=field.name, type=kind, default=default,
-                        choices=meta['choices'], help=meta['help'] + shown,
+    many = typing.get_origin(kind) is tuple
+    parser.add_argument(flag(field.name), dest=field.name,
+                        type=typing.get_args(kind)[0] if many else kind, default=default,
+                        nargs='+' if many else None, choices=meta['choices'],
+                        help=meta['help'] + shown,
                         metavar=None if meta['choices'] else field.name.upper())
 
 
@@ -218,4 +237,5 @@ def from_arguments(args: argparse.Namespace, **fixed) -> TrainConfig:
   """A :class:`TrainConfig` from parsed options, with ``fixed`` fields set."""
   values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
             if f.metadata['cli']}
+  values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
   return TrainConfig(**values, **fixed)

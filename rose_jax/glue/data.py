@@ -1,4 +1,4 @@
-"""GLUE and AdvGLUE data: loading, validation, tokenisation and batching.
+"""GLUE and AdvGLUE data: tasks, loading and validation.
 
 Sources: the dataset hub (``glue`` / ``adv_glue`` through ``datasets``), or
 local files: GLUE TSV as released, CSV, JSON lines, parquet, and AdvGLUE's
@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -76,15 +76,22 @@ class Split:
 
 
 def _label_to_int(task: Task, value, where: str) -> int:
+  if value is None:
+    raise DataError(f'{where}: the label is missing.')
   if isinstance(value, str):
     text = value.strip()
     if text in task.label_names:
       return task.label_names.index(text)
     try:
-      value = int(text)
+      value = float(text)
     except ValueError:
-      raise DataError(f'{where}: label {value!r} is not in the {task.name} label set '
+      raise DataError(f'{where}: label {text!r} is not in the {task.name} label set '
                       f'{task.label_names} (or their indices).') from None
+  if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+    raise DataError(f'{where}: label {value!r} is not a class index or name of {task.name}.')
+  if not float(value).is_integer():
+    raise DataError(f'{where}: label {value!r} is not a whole number; {task.name} labels are '
+                    f'class indices 0..{task.num_labels - 1} (or the names {task.label_names}).')
   value = int(value)
   if not 0 <= value < task.num_labels:
     raise DataError(f'{where}: label {value} is outside the {task.name} label range '
@@ -92,60 +99,134 @@ def _label_to_int(task: Task, value, where: str) -> int:
   return value
 
 
-def from_records(task: Task, records: Sequence[dict], where: str) -> Split:
-  """A validated :class:`Split` from dict rows."""
+def from_records(task: Task, records: Sequence[dict], where: str,
+                 locations: Sequence[str] | None = None) -> Split:
+  """A validated :class:`Split` from dict rows.
+
+  ``locations`` names each row in messages (a file's line numbers, say);
+  by default ``row i``, counting from 1.
+  """
   if not records:
     raise DataError(f'{where} is empty: a split needs at least one example.')
+  locations = locations or [f'row {i + 1}' for i in range(len(records))]
   aliases = dict(task.tsv_aliases)
+  if not isinstance(records[0], dict):
+    raise DataError(f'{where}, {locations[0]}: expected a record with named fields, got '
+                    f'{type(records[0]).__name__}.')
   columns = {aliases.get(k, k) for k in records[0]}
   missing = [c for c in (*task.text_columns, 'label') if c not in columns]
   if missing:
     raise DataError(f'{where} lacks the column(s) {missing} that {task.name} needs '
                     f'(it has {sorted(columns)}).')
   texts, labels = [], []
-  for i, row in enumerate(records):
+  for row, location in zip(records, locations, strict=True):
+    at = f'{where}, {location}'
+    if not isinstance(row, dict):
+      raise DataError(f'{at}: expected a record with named fields, got {type(row).__name__}.')
     row = {aliases.get(k, k): v for k, v in row.items()}
+    absent = [c for c in task.text_columns if row.get(c) is None]
+    if absent:
+      raise DataError(f'{at}: the field(s) {absent} are missing.')
     texts.append(tuple(str(row[c]) for c in task.text_columns))
-    labels.append(_label_to_int(task, row['label'], f'{where}, row {i}'))
+    labels.append(_label_to_int(task, row.get('label'), at))
   return Split(texts, np.asarray(labels, np.int32))
 
 
-def read_table(path: str | Path) -> list[dict]:
-  """Rows of a TSV, CSV, JSON lines or parquet file."""
+def _read_delimited(path: Path, delimiter: str) -> tuple[list[dict], list[str]]:
+  # utf-8-sig: a byte-order mark (as spreadsheet programs write) is not part
+  # of the first column's name.
+  with path.open(newline='', encoding='utf-8-sig') as f:
+    # GLUE's TSVs contain unbalanced quotes: read them verbatim.
+    reader = csv.reader(f, delimiter=delimiter,
+                        quoting=csv.QUOTE_NONE if delimiter == '\t' else csv.QUOTE_MINIMAL)
+    header = next(reader, None)
+    if header is None:
+      return [], []
+    rows, locations = [], []
+    for fields in reader:
+      if not fields:
+        continue  # a blank line
+      if len(fields) != len(header):
+        raise DataError(
+            f'{path}, line {reader.line_num}: {len(fields)} fields, but the header has '
+            f'{len(header)} ({", ".join(header)}); check for a stray or missing '
+            f'{"tab" if delimiter == chr(9) else "comma"}.')
+      rows.append(dict(zip(header, fields, strict=True)))
+      locations.append(f'line {reader.line_num}')
+  return rows, locations
+
+
+def _read_json_lines(path: Path) -> tuple[list[dict], list[str]]:
+  rows, locations = [], []
+  with path.open(encoding='utf-8-sig') as f:
+    for number, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError as error:
+        raise DataError(f'{path}, line {number}: not JSON ({error.msg}); a JSON lines file '
+                        'holds one JSON object per line.') from None
+      locations.append(f'line {number}')
+  return rows, locations
+
+
+def read_table(path: str | Path) -> tuple[list[dict], list[str]]:
+  """Rows of a TSV, CSV, JSON lines or parquet file, and where each row is."""
   path = Path(path)
   if not path.exists():
     raise DataError(f'{path} does not exist.')
+  if not path.is_file():
+    raise DataError(f'{path} is not a file.')
   suffix = path.suffix.lower()
-  if suffix in ('.tsv', '.csv'):
-    with path.open(newline='', encoding='utf-8') as f:
-      # GLUE's TSVs contain unbalanced quotes: read them verbatim.
-      reader = csv.DictReader(f, delimiter='\t' if suffix == '.tsv' else ',',
-                              quoting=csv.QUOTE_NONE if suffix == '.tsv' else csv.QUOTE_MINIMAL)
-      return list(reader)
-  if suffix in ('.jsonl', '.json'):
-    with path.open(encoding='utf-8') as f:
-      return [json.loads(line) for line in f if line.strip()]
-  if suffix == '.parquet':
-    import datasets
-    return datasets.Dataset.from_parquet(str(path)).to_list()
+  try:
+    if suffix in ('.tsv', '.csv'):
+      return _read_delimited(path, '\t' if suffix == '.tsv' else ',')
+    if suffix in ('.jsonl', '.json'):
+      return _read_json_lines(path)
+    if suffix == '.parquet':
+      import pyarrow.parquet  # datasets' own reader, without its error logging
+      try:
+        rows = pyarrow.parquet.read_table(path).to_pylist()
+      except Exception as error:  # pyarrow raises several kinds for a bad file
+        raise DataError(f'{path} is not a readable parquet file ({type(error).__name__}: '
+                        f'{str(error)[:200]}).') from None
+      return rows, [f'row {i + 1}' for i in range(len(rows))]
+  except UnicodeDecodeError as error:
+    raise DataError(f'{path} is not UTF-8 text (byte {error.start}); is it the right '
+                    'file?') from None
+  except csv.Error as error:
+    raise DataError(f'{path}: {error}.') from None
   raise DataError(f'{path}: unknown file type {suffix!r}; use .tsv, .csv, .jsonl or .parquet.')
 
 
 def load_local(task: Task, path: str | Path) -> Split:
-  return from_records(task, read_table(path), str(path))
+  rows, locations = read_table(path)
+  return from_records(task, rows, str(path), locations)
 
 
 def load_adv_glue_file(task: Task, path: str | Path) -> Split:
   """The task's records from AdvGLUE's ``dev.json``."""
   path = Path(path)
-  if not path.exists():
-    raise DataError(f'{path} does not exist.')
-  data = json.loads(path.read_text(encoding='utf-8'))
+  if not path.is_file():
+    raise DataError(f'{path} does not exist or is not a file.')
+  try:
+    data = json.loads(path.read_text(encoding='utf-8-sig'))
+  except UnicodeDecodeError as error:
+    raise DataError(f'{path} is not UTF-8 text (byte {error.start}).') from None
+  except json.JSONDecodeError as error:
+    raise DataError(f'{path}, line {error.lineno}: not JSON ({error.msg}); AdvGLUE\'s '
+                    'dev.json is one JSON object keyed by task.') from None
   if not isinstance(data, dict) or task.adv_key not in data:
     keys = sorted(data) if isinstance(data, dict) else type(data).__name__
     raise DataError(f'{path} has no {task.adv_key!r} entry (found {keys}); AdvGLUE\'s '
                     'dev.json is an object keyed by task.')
-  return from_records(task, data[task.adv_key], f'{path}[{task.adv_key!r}]')
+  records = data[task.adv_key]
+  if not isinstance(records, list):
+    raise DataError(f'{path}[{task.adv_key!r}] is a {type(records).__name__}; expected a '
+                    'list of records.')
+  return from_records(task, records, f'{path}[{task.adv_key!r}]',
+                      [f'record {i + 1}' for i in range(len(records))])
 
 
 def load_hub(task: Task, split: str, adversarial: bool = False) -> Split:
@@ -161,63 +242,3 @@ def load_hub(task: Task, split: str, adversarial: bool = False) -> Split:
         '--train-file and --dev-file (GLUE TSV, CSV, JSON lines or parquet) and '
         '--adv-file (AdvGLUE dev.json).') from None
   return from_records(task, dataset.to_list(), f'{name}/{config} {split}')
-
-
-def tokenize(tokenizer, split: Split, max_length: int) -> dict[str, np.ndarray]:
-  """Fixed-length arrays (one compiled step for all batches)."""
-  columns = list(zip(*split.texts, strict=True))
-  encoded = tokenizer(*columns, truncation=True, max_length=max_length,
-                      padding='max_length', return_tensors='np')
-  arrays = {'input_ids': encoded['input_ids'].astype(np.int32),
-            'attention_mask': encoded['attention_mask'].astype(np.int32),
-            'labels': split.labels}
-  if 'token_type_ids' in encoded:
-    arrays['token_type_ids'] = encoded['token_type_ids'].astype(np.int32)
-  return arrays
-
-
-def epoch_order(num_examples: int, data_seed: int, epoch: int) -> np.ndarray:
-  """The shuffled order of an epoch: a function of (data seed, epoch) alone,
-  so a resumed run sees the same batches as an uninterrupted one.
-  ``data_seed`` is the run's ``data`` stream (:mod:`rose_jax.glue.seeds`)."""
-  return np.random.default_rng([data_seed, epoch]).permutation(num_examples)
-
-
-def batches_per_epoch(num_examples: int, batch_size: int) -> int:
-  """Full batches in an epoch (the last partial batch is dropped)."""
-  return num_examples // batch_size
-
-
-def process_rows(rows: np.ndarray, process_index: int = 0, process_count: int = 1) -> np.ndarray:
-  """This process's contiguous share of a global batch's row indices."""
-  if len(rows) % process_count:
-    raise ValueError(f'The batch of {len(rows)} does not divide over {process_count} '
-                     'processes; use a batch size that is a multiple of the process count.')
-  share = len(rows) // process_count
-  return rows[process_index * share:(process_index + 1) * share]
-
-
-def train_batches(arrays: dict[str, np.ndarray], batch_size: int, data_seed: int, epoch: int,
-                  *, start: int = 0, process_index: int = 0,
-                  process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
-  """Shuffled full batches from batch ``start`` of the epoch on.
-
-  Each process gathers only its own rows of every global batch.
-  """
-  order = epoch_order(len(arrays['labels']), data_seed, epoch)
-  for index in range(start, batches_per_epoch(len(order), batch_size)):
-    rows = process_rows(order[index * batch_size:(index + 1) * batch_size], process_index,
-                        process_count)
-    yield {k: v[rows] for k, v in arrays.items()}
-
-
-def eval_batches(arrays: dict[str, np.ndarray], batch_size: int, *, process_index: int = 0,
-                 process_count: int = 1) -> Iterator[tuple[dict[str, np.ndarray], int]]:
-  """In-order global batches padded to ``batch_size`` (this process's share of
-  each), with the count of real rows in the global batch."""
-  n = len(arrays['labels'])
-  for start in range(0, n, batch_size):
-    rows = np.arange(start, start + batch_size)
-    real = int(np.sum(rows < n))
-    rows = process_rows(np.minimum(rows, n - 1), process_index, process_count)
-    yield {k: v[rows] for k, v in arrays.items()}, real

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -12,7 +12,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from rose_jax.glue import data as data_lib
+from rose_jax.glue import batching
 from rose_jax.training import step as step_lib
 
 
@@ -28,9 +28,13 @@ class Evaluator:
     batch_size: examples per global batch; rounded up to a multiple of the
       device count when sharded.
     sharded: split batches over all devices.
+    buckets: pad each batch to the smallest of these lengths that holds it;
+      by default to its longest example.
   """
 
-  def __init__(self, graphdef: nnx.GraphDef, batch_size: int, *, sharded: bool = False):
+  def __init__(self, graphdef: nnx.GraphDef, batch_size: int, *, sharded: bool = False,
+               buckets: Sequence[int] | None = None):
+    self.buckets = buckets
     self._predict = jax.jit(
         lambda params, batch: jnp.argmax(step_lib.apply_model(graphdef, params, batch), -1))
     self.mesh = step_lib.data_mesh() if sharded else None
@@ -49,16 +53,18 @@ class Evaluator:
       return np.asarray(multihost_utils.process_allgather(predictions, tiled=True))
     return np.asarray(predictions)
 
-  def __call__(self, params, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
-    """Predictions for every row of ``arrays`` and their accuracy; ``params``
+  def __call__(self, params, data: batching.Encoded) -> tuple[np.ndarray, float]:
+    """Predictions for every example of ``data`` and their accuracy; ``params``
     from :meth:`place_params`."""
+    buckets = self.buckets or (int(data.lengths.max()),)
     process = (jax.process_index(), jax.process_count()) if self.mesh is not None else (0, 1)
     place: Callable = (lambda b: b) if self.mesh is None else \
         (lambda b: step_lib.shard_batch(b, self.mesh))
     predictions = []
-    for batch, real in data_lib.eval_batches(arrays, self.batch_size, process_index=process[0],
+    for batch, real in batching.eval_batches(data, self.batch_size, buckets=buckets,
+                                             process_index=process[0],
                                              process_count=process[1]):
       inputs = place({k: v for k, v in batch.items() if k != 'labels'})
       predictions.append(self._gather(self._predict(params, inputs))[:real])
     predictions = np.concatenate(predictions)
-    return predictions, float(np.mean(predictions == arrays['labels']))
+    return predictions, float(np.mean(predictions == data.labels))

@@ -44,19 +44,24 @@ from jax.sharding import PartitionSpec as P
 
 import rose_jax
 from rose_jax import atomic, selection
+from rose_jax.glue import batching, seeds
 from rose_jax.glue import data as data_lib
-from rose_jax.glue import seeds
 from rose_jax.glue.checkpoints import Checkpoints
 from rose_jax.glue.config import ConfigError, TrainConfig
 from rose_jax.glue.evaluation import Evaluator
 from rose_jax.glue.metrics_log import MetricsLog, trim_lines
 from rose_jax.models import load_pretrained, load_tokenizer, save_pretrained
+from rose_jax.models.loading import looks_like_a_path, read_config, resolve_checkpoint
 from rose_jax.training import step as step_lib
 from rose_jax.training.methods import Method, get_method
 
 log = logging.getLogger(__name__)
 
 METRICS = ('loss', 'ce', 'kl', 'accuracy', 'kept_fraction')
+
+
+class TrainingDiverged(ValueError):
+  """A loss became NaN or infinite."""
 
 
 def build_optimizer(config: TrainConfig, method: Method, total_steps: int):
@@ -169,10 +174,18 @@ def check_output_dir(config: TrainConfig) -> None:
                       'over, or choose a new --output-root.')
 
 
+def check_model(config: TrainConfig) -> None:
+  """A local model directory exists and holds a usable config.json (hub names
+  are checked when they are fetched)."""
+  if Path(config.model).expanduser().exists() or looks_like_a_path(config.model):
+    read_config(resolve_checkpoint(config.model))
+
+
 def preflight(config: TrainConfig) -> TrainConfig:
-  """All checks that need no model or data: call before anything is written."""
+  """All checks that need no model weights or data: call before anything is written."""
   config = config.resolved(jax.device_count())
   check_paths(config)
+  check_model(config)
   check_output_dir(config)
   return config
 
@@ -202,13 +215,23 @@ class Data:
     if len(train) < config.batch_size:
       raise data_lib.DataError(f'{len(train)} training examples make no batch of '
                                f'{config.batch_size}; lower --batch-size.')
-    make = lambda s: data_lib.tokenize(tokenizer, s.take(config.max_eval_samples),
-                                       config.max_length)
-    self.train = data_lib.tokenize(tokenizer, train, config.max_length)
-    self.eval = {'glue_dev': make(dev)}
+    self.train = self._tokenize(tokenizer, train, 'train', config.max_length)
+    self.eval = {'glue_dev': self._tokenize(tokenizer, dev.take(config.max_eval_samples),
+                                            'glue_dev', config.max_length)}
     if adv is not None:
-      self.eval['adv_dev'] = make(adv)
-    self.steps_per_epoch = data_lib.batches_per_epoch(len(train), config.batch_size)
+      self.eval['adv_dev'] = self._tokenize(tokenizer, adv.take(config.max_eval_samples),
+                                            'adv_dev', config.max_length)
+    self.steps_per_epoch = len(train) // config.batch_size
+
+  @staticmethod
+  def _tokenize(tokenizer, split: data_lib.Split, name: str,
+                max_length: int) -> batching.Encoded:
+    encoded = batching.tokenize(tokenizer, split, max_length)
+    if encoded.truncated:
+      log.warning('%d of %d %s examples (%.1f%%) are longer than --max-length %d and were '
+                  'truncated.', encoded.truncated, len(encoded), name,
+                  100 * encoded.truncated / len(encoded), max_length)
+    return encoded
 
 
 # ---------------------------------------------------------------------------
@@ -263,7 +286,8 @@ def _output_dir(config: TrainConfig, is_main: bool) -> Iterator[tuple[Path, Call
 
 
 def _zero_sums() -> dict[str, np.ndarray]:
-  return {name: np.zeros((), np.float64) for name in (*METRICS, 'count')}
+  return {name: np.zeros((), np.float64)
+          for name in (*METRICS, 'count', 'real_tokens', 'padded_tokens')}
 
 
 def _add(sums: dict[str, np.ndarray], metrics: dict) -> None:
@@ -376,7 +400,8 @@ def _train(config: TrainConfig, method: Method, data: Data, tx, graphdef, tokeni
 
   step = step_lib.make_train_step(graphdef, tx, method, parallel=config.parallel,
                                   cotangents=config.cotangents)
-  evaluator = Evaluator(graphdef, config.eval_batch_size, sharded=config.parallel != 'none')
+  evaluator = Evaluator(graphdef, config.eval_batch_size, sharded=config.parallel != 'none',
+                        buckets=config.buckets)
   mesh = step_lib.data_mesh() if config.parallel == 'shard_map' else None
   place = {'none': lambda b: b, 'pmap': step_lib.split_for_pmap,
            'shard_map': lambda b: step_lib.shard_batch(b, mesh)}[config.parallel]
@@ -388,7 +413,14 @@ def _train(config: TrainConfig, method: Method, data: Data, tx, graphdef, tokeni
   has_started = False
 
   def fold_pending() -> None:
-    for metrics in jax.device_get([single(m) for m in pending]):
+    for offset, metrics in enumerate(jax.device_get([single(m) for m in pending])):
+      bad = [k for k in ('loss', 'ce', 'kl') if not np.isfinite(metrics[k])]
+      if bad:
+        at = global_step - len(pending) + offset + 1
+        raise TrainingDiverged(
+            f'Training diverged at step {at}: {", ".join(bad)} is {metrics[bad[0]]}. Lower '
+            '--learning-rate or check the data; the checkpoints written before it remain '
+            f'in {out / "checkpoints"}.')
       _add(epoch_sums, metrics)
       _add(window_sums, metrics)
     pending.clear()
@@ -410,13 +442,18 @@ def _train(config: TrainConfig, method: Method, data: Data, tx, graphdef, tokeni
     for epoch in range(start_epoch, config.epochs):
       began = time.time()
       first = start_batch if epoch == start_epoch else 0
-      batches = data_lib.train_batches(data.train, config.batch_size, data_seed, epoch,
-                                       start=first, process_index=jax.process_index(),
-                                       process_count=jax.process_count())
+      batches = batching.train_batches(
+          data.train, config.batch_size, data_seed, epoch, buckets=config.buckets,
+          group_by_length=config.group_by_length, start=first,
+          process_index=jax.process_index(), process_count=jax.process_count())
+      timed_tokens = 0
       for index, batch in enumerate(batches, start=first):
         key = jax.random.fold_in(dropout_key, global_step)
-        params, opt_state, metrics = step(params, opt_state, place(batch), key)
+        params, opt_state, metrics = step(params, opt_state, place(batch.arrays), key)
         global_step += 1
+        timed_tokens += batch.real_tokens
+        epoch_sums['real_tokens'] += batch.real_tokens
+        epoch_sums['padded_tokens'] += batch.padded_tokens
         pending.append(metrics)
         if not has_started:  # the first step ran: the new run has started
           jax.block_until_ready(metrics)
@@ -435,21 +472,25 @@ def _train(config: TrainConfig, method: Method, data: Data, tx, graphdef, tokeni
             index + 1 < data.steps_per_epoch:
           save(epoch, index + 1)
       fold_pending()
-      record = {'epoch': epoch + 1, 'step': global_step,
-                'seconds': round(time.time() - began, 2)}
+      seconds = time.time() - began
+      record = {'epoch': epoch + 1, 'step': global_step, 'seconds': round(seconds, 2),
+                # Timed from this process's start of the epoch (or of the resume).
+                'tokens_per_second': round(timed_tokens / seconds, 1),
+                'padding_efficiency': float(epoch_sums['real_tokens']
+                                            / epoch_sums['padded_tokens'])}
       record.update({f'train_{k}': v for k, v in _means(epoch_sums).items()})
       epoch_sums.update(_zero_sums())
       window_sums.update(_zero_sums())
       eval_params = evaluator.place_params(single(params))
       if is_main:
         (out / 'predictions').mkdir(exist_ok=True)
-      for split, arrays in data.eval.items():
-        predictions, accuracy = evaluator(eval_params, arrays)
+      for split, encoded in data.eval.items():
+        predictions, accuracy = evaluator(eval_params, encoded)
         record[f'{split}_accuracy'] = accuracy
         if is_main:
           atomic.write_text(out / 'predictions' / f'epoch{epoch + 1}-{split}.jsonl', ''.join(
               json.dumps({'idx': i, 'prediction': int(p), 'label': int(y)}) + '\n'
-              for i, (p, y) in enumerate(zip(predictions, arrays['labels'], strict=True))))
+              for i, (p, y) in enumerate(zip(predictions, encoded.labels, strict=True))))
       metrics_log.write({'type': 'epoch', **record}, step=global_step, prefix='epoch')
       results['epochs'].append(record)
       results.update(_best(results['epochs']))

@@ -9,6 +9,7 @@ Markdown and CSV, with a bar plot of GLUE vs AdvGLUE per method.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 from collections import defaultdict
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from rose_jax import atomic
+from rose_jax.glue.config import TrainConfig
 from rose_jax.glue.data import TASKS
 from rose_jax.training.methods import METHOD_NAMES
 
@@ -24,21 +26,64 @@ TASK_ORDER = ('sst2', 'rte', 'qnli', 'qqp', 'mnli')
 
 
 def collect(paths) -> list[dict]:
-  """Finished runs' results under ``paths`` (files or directories)."""
+  """Finished runs' results under ``paths`` (files or directories); each
+  carries the file it came from as ``"path"``."""
   runs = []
   for path in map(Path, paths):
+    if not path.exists():
+      raise ValueError(f'{path} does not exist.')
     files = [path] if path.is_file() else sorted(path.rglob('results.json'))
     for file in files:
-      result = json.loads(file.read_text())
-      if result.get('finished'):
-        runs.append(result)
+      try:
+        result = json.loads(file.read_text(encoding='utf-8'))
+        finished = result.get('finished') and 'config' in result
+      except (ValueError, AttributeError, UnicodeDecodeError) as error:
+        raise ValueError(f'{file} is not a rose_jax results file ({error}).') from None
+      if finished:
+        runs.append({**result, 'path': str(file)})
   if not runs:
     raise ValueError(f'No finished run (results.json with "finished": true) under {paths}.')
   return runs
 
 
+# Settings that may differ between runs pooled into one row: the seed, and
+# those that do not shape training (logging, checkpoints, progress).
+_POOLED_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig)
+                       if f.metadata['resume'] and f.name not in ('seed', 'output_dir'))
+
+
+def check_poolable(runs: list[dict]) -> None:
+  """Raises ValueError for runs of one row whose settings differ other than by
+  seed, or for one seed twice."""
+  first: dict = {}
+  seen: dict = {}
+  for run in runs:
+    config = run['config']
+    row = (config['method'], config['task'])
+    seed = (*row, config['seed'])
+    if seed in seen:
+      raise ValueError(f'{seen[seed]} and {run["path"]} are both {row[0]} on {row[1]} with '
+                       f'seed {config["seed"]}: the same run twice would count as two seeds. '
+                       'Leave one of them out.')
+    seen[seed] = run['path']
+    if row not in first:
+      first[row] = run
+      continue
+    reference = first[row]
+    differing = [f'{name} ({reference["config"].get(name)!r} against {config.get(name)!r})'
+                 for name in _POOLED_FIELDS
+                 if reference['config'].get(name) != config.get(name)]
+    if reference.get('data_digests') != run.get('data_digests'):
+      differing.append('the contents of the data files')
+    if differing:
+      raise ValueError(f'{reference["path"]} and {run["path"]} would be pooled as seeds of '
+                       f'{row[0]} on {row[1]}, but differ in {"; ".join(differing)}. Report '
+                       'runs of one configuration together.')
+
+
 def summarise(runs: list[dict]) -> dict:
   """``{method: {task: {'glue': [..], 'adv': [..]}}}`` over seeds, percent."""
+  check_poolable(runs)
   table: dict = defaultdict(lambda: defaultdict(lambda: {'glue': [], 'adv': []}))
   for run in runs:
     cell = table[run['config']['method']][run['config']['task']]

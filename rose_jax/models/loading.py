@@ -42,7 +42,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
   if path.exists():
     raise CheckpointError(f'{path} is a file; pass the checkpoint directory that holds '
                           'config.json and model.safetensors.')
-  if _looks_like_a_path(str(name_or_path)):
+  if looks_like_a_path(str(name_or_path)):
     raise CheckpointError(f'The model directory {path} does not exist; check the path, or '
                           'give a hub name such as roberta-base.')
   from huggingface_hub import snapshot_download
@@ -57,7 +57,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
         'print(m.get_model_path())"` prints.') from None
 
 
-def _looks_like_a_path(name: str) -> bool:
+def looks_like_a_path(name: str) -> bool:
   """Hub ids are ``name`` or ``owner/name``; anything else is meant as a path."""
   return (name.startswith(('/', '.', '~')) or name.count('/') > 1 or (os.sep != '/' and os.sep
           in name))
@@ -205,14 +205,31 @@ def load_tokenizer(name_or_path: str | os.PathLike, config: EncoderConfig | None
   """The checkpoint's tokenizer, checked against the model's vocabulary."""
   from transformers import AutoTokenizer
   directory = resolve_checkpoint(name_or_path)
+  if not any(any(directory.glob(pattern)) for pattern in _VOCABULARY_FILES):
+    raise CheckpointError(
+        f'{directory} has no tokenizer files (one of {", ".join(_VOCABULARY_FILES)}); '
+        'copy them from the checkpoint the model came from (tokenizer.save_pretrained).')
   tokenizer = AutoTokenizer.from_pretrained(str(directory))
   if config is not None:
     check_tokenizer(tokenizer, config)
   return tokenizer
 
 
+# Files that define a tokenizer's vocabulary, as transformers saves them.
+_VOCABULARY_FILES = ('tokenizer.json', 'vocab.txt', 'vocab.json', '*.model')
+# Models pad their embedding table past the tokenizer (to a multiple of 8 or
+# 64, say), but a tokenizer that reaches less than this share of it has lost
+# its vocabulary.
+MIN_VOCABULARY_COVERAGE = 0.9
+
+
 def check_tokenizer(tokenizer, config: EncoderConfig) -> None:
   """Raises CheckpointError if the tokenizer cannot feed this model."""
+  if len(tokenizer) < MIN_VOCABULARY_COVERAGE * config.vocab_size:
+    raise CheckpointError(
+        f'The tokenizer has {len(tokenizer)} tokens but the model\'s vocabulary holds '
+        f'{config.vocab_size}: most words would become unknown tokens. Load the tokenizer '
+        'from the checkpoint the model came from.')
   if len(tokenizer) > config.vocab_size:
     raise CheckpointError(
         f'The tokenizer has {len(tokenizer)} tokens but the model\'s vocabulary '

@@ -22,7 +22,7 @@ import jax
 def steps(process_id: int, num_processes: int, port: int, out_file: str) -> None:
   import numpy as np
 
-  from rose_jax.glue import data as data_lib
+  from rose_jax.glue import batching
   from rose_jax.training import step as step_lib
   from rose_jax.training.methods import get_method
   from tests.training.test_step import _rose, tiny_batch, tiny_model
@@ -39,7 +39,7 @@ def steps(process_id: int, num_processes: int, port: int, out_file: str) -> None
   opt_state = tx.init(params)
   for i in range(3):
     batch = tiny_batch(i)
-    rows = data_lib.process_rows(np.arange(len(batch['labels'])), process_id, num_processes)
+    rows = batching.process_rows(np.arange(len(batch['labels'])), process_id, num_processes)
     batch = step_lib.shard_batch({k: v[rows] for k, v in batch.items()}, mesh)
     params, opt_state, _ = step(params, opt_state, batch, jax.random.key(i))
   host = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), params)
