@@ -13,11 +13,13 @@ device's peak. Each ratio is to vanilla measured in the same run, next to
 its floor from counting FLOPs (forward = 1, backward = 2 per cotangent).
 
 On CPUs, page faults are counted per step: XLA:CPU allocates each step's
-temporaries afresh, and glibc's malloc maps and unmaps any block over 32 MiB,
-so every step faults its working set in again (1.6 GB for vanilla at base
-shapes, 3.6 GB for ROSE). A caching allocator keeps those pages, e.g.
-``LD_PRELOAD=libtcmalloc_minimal.so.4`` (Debian: ``libtcmalloc-minimal4``);
-the allocator in use is recorded with the results.
+temporaries afresh, and glibc's default malloc gives large blocks back to
+the system, so every step would fault its working set in again (1.6 GB for
+vanilla at base shapes, 3.6 GB for ROSE). The script first sets glibc's
+malloc to keep freed memory (:mod:`rose_jax.glue.cpu_malloc`), as the
+fine-tuning command does; ``ROSE_JAX_SYSTEM_MALLOC=1`` leaves it as it is,
+and a preloaded allocator (``LD_PRELOAD=libtcmalloc_minimal.so.4``) is
+used as it is. The allocator in use is recorded with the results.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from flax import nnx
 
 import rose_jax
 from rose_jax import masking, selection
+from rose_jax.glue import cpu_malloc
 from rose_jax.models import EncoderConfig, EncoderForSequenceClassification
 from rose_jax.training import methods
 from rose_jax.training import step as step_lib
@@ -116,14 +119,17 @@ def timing(times: list[float], faults: list[int]) -> dict:
           'page_faults': statistics.median(faults), 'page_faults_per_step': faults}
 
 
-def allocator() -> str:
-  """The malloc that XLA:CPU's buffers come from: a preloaded one, or libc's."""
+def allocator(malloc_setting: str = '') -> str:
+  """The malloc that XLA:CPU's buffers come from: a preloaded one, or libc's
+  with what :func:`cpu_malloc.keep_freed_memory` did to it."""
   preloaded = [Path(p).name for p in os.environ.get('LD_PRELOAD', '').replace(':', ' ').split()
                if 'malloc' in Path(p).name]
   if preloaded:
     return ', '.join(preloaded)
   libc, version = platform.libc_ver()
-  return f'{libc} {version} malloc'.strip() if libc else 'system malloc'
+  settings = '' if malloc_setting.startswith('left') or not malloc_setting else \
+      f' ({malloc_setting})'
+  return (f'{libc} {version} malloc'.strip() if libc else 'system malloc') + settings
 
 
 def compiled_bytes(compiled) -> int | None:
@@ -237,31 +243,18 @@ def bench_masks(name: str, steps: int, warmup: int) -> list[dict]:
   return rows
 
 
-def bench_torch(name: str, steps: int, warmup: int) -> dict | None:
-  """The authors' recipe in PyTorch: two forwards, KL backward with a retained
-  graph, per-tensor norms and torch.quantile, CE backward, masked AdamW."""
-  try:
-    import torch
-    import transformers
-  except ImportError:
-    return None
-  torch.manual_seed(0)
-  layers, hidden, heads, inter, vocab, batch, length = CONFIGS[name]
-  config = transformers.RobertaConfig(
-      vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-      intermediate_size=inter, max_position_embeddings=length + 2, type_vocab_size=1,
-      pad_token_id=1, num_labels=2)
-  model = transformers.RobertaForSequenceClassification(config).train()
-  data = make_batch(encoder_config(name)[0], batch, length)
-  ids, mask = torch.tensor(data['input_ids']).long(), torch.tensor(data['attention_mask'])
-  labels = torch.tensor(data['labels']).long()
+def torch_rose_ensemble_step(model, *, lr: float = 1e-5, upper: float = 0.6):
+  """The authors' recipe in PyTorch, ``step(input_ids, attention_mask, labels)``:
+  two forwards, KL backward with a retained graph, per-tensor norms and
+  torch.quantile, CE backward, masked AdamW (Hugging Face form)."""
+  import torch
   named = [(n, p) for n, p in model.named_parameters()]
   ranked = [p for n, p in named if 'layer' in n and 'weight' in n]
   m = {p: torch.zeros_like(p) for _, p in named}
   v = {p: torch.zeros_like(p) for _, p in named}
   t = [0]
 
-  def one_step():
+  def one_step(ids, mask, labels):
     t[0] += 1
     logits1 = model(input_ids=ids, attention_mask=mask).logits
     logits2 = model(input_ids=ids, attention_mask=mask).logits
@@ -279,7 +272,7 @@ def bench_torch(name: str, steps: int, warmup: int) -> dict | None:
                             for p in ranked])
       masks = []
       for risk in (risk_f, risk_s):
-        lo, hi = torch.quantile(risk, torch.tensor([0.0, 0.6]))
+        lo, hi = torch.quantile(risk, torch.tensor([0.0, upper]))
         masks.append(((risk >= lo) & (risk <= hi)).float())
       keep = dict(zip(ranked, (0.5 * masks[0] + 0.5 * masks[1]).tolist(), strict=True))
       for _, p in named:
@@ -287,12 +280,33 @@ def bench_torch(name: str, steps: int, warmup: int) -> dict | None:
         g = k * p.grad + (1 - k) * m[p]
         m[p].mul_(0.9).add_(g, alpha=0.1)
         v[p].mul_(0.98).addcmul_(g, g, value=0.02)
-        step = 1e-5 * (1 - 0.98 ** t[0]) ** 0.5 / (1 - 0.9 ** t[0])
+        step = lr * (1 - 0.98 ** t[0]) ** 0.5 / (1 - 0.9 ** t[0])
         p.addcdiv_(m[p] * k, v[p].sqrt().add_(1e-8), value=-step)
-        p.mul_(1 - 1e-5 * 0.01 * k)
+        p.mul_(1 - lr * 0.01 * k)
 
-  return {**timing(*time_calls(one_step, steps, warmup)), 'torch_version': torch.__version__,
-          'threads': torch.get_num_threads()}
+  return one_step
+
+
+def bench_torch(name: str, steps: int, warmup: int) -> dict | None:
+  """The authors' recipe (:func:`torch_rose_ensemble_step`) on the config's shapes."""
+  try:
+    import torch
+    import transformers
+  except ImportError:
+    return None
+  torch.manual_seed(0)
+  layers, hidden, heads, inter, vocab, batch, length = CONFIGS[name]
+  config = transformers.RobertaConfig(
+      vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+      intermediate_size=inter, max_position_embeddings=length + 2, type_vocab_size=1,
+      pad_token_id=1, num_labels=2)
+  model = transformers.RobertaForSequenceClassification(config).train()
+  data = make_batch(encoder_config(name)[0], batch, length)
+  ids, mask = torch.tensor(data['input_ids']).long(), torch.tensor(data['attention_mask'])
+  labels = torch.tensor(data['labels']).long()
+  one_step = torch_rose_ensemble_step(model)
+  return {**timing(*time_calls(lambda: one_step(ids, mask, labels), steps, warmup)),
+          'torch_version': torch.__version__, 'threads': torch.get_num_threads()}
 
 
 def markdown(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
@@ -307,6 +321,7 @@ def markdown(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
 
 
 def main(argv=None) -> int:
+  malloc_setting = cpu_malloc.keep_freed_memory()  # before JAX starts its CPU threads
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument('--config', choices=sorted(CONFIGS), default='small')
   p.add_argument('--steps', type=int, default=5)
@@ -325,7 +340,8 @@ def main(argv=None) -> int:
       CONFIGS[args.config], strict=True)),
       'jax': jax.__version__, 'backend': jax.default_backend(), 'device_kind': device.device_kind,
       'devices': jax.device_count(), 'cpu_count': os.cpu_count(), 'machine': platform.platform(),
-      'processor': platform.processor() or platform.machine(), 'allocator': allocator(),
+      'processor': platform.processor() or platform.machine(),
+      'allocator': allocator(malloc_setting),
       'steps': args.steps}
   print(f'# rose_jax step benchmark: {args.config} on {meta["device_kind"]} '
         f'({meta["backend"]}), JAX {meta["jax"]}, {meta["allocator"]}\n')

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from rose_jax import atomic
-from rose_jax.glue import batching
+from rose_jax.glue import batching, cpu_malloc
 from rose_jax.glue import config as config_lib
 from rose_jax.glue import data as data_lib
 from rose_jax.glue.cli import one_line_errors
@@ -44,6 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 @one_line_errors
 def main(argv=None) -> int:
+  cpu_malloc.keep_freed_memory()  # before JAX starts its CPU threads
   args = parse_args(argv)
   task = data_lib.get_task(args.task)
   splits = {'glue_dev': data_lib.load_local(task, args.dev_file) if args.dev_file

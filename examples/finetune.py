@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from rose_jax.glue import config as config_lib
-from rose_jax.glue import distributed, loop
+from rose_jax.glue import cpu_malloc, distributed, loop
 from rose_jax.glue.cli import one_line_errors
 
 
@@ -48,6 +48,7 @@ def configs(args: argparse.Namespace) -> list[config_lib.TrainConfig]:
 
 @one_line_errors
 def main(argv=None) -> int:
+  cpu_malloc.keep_freed_memory()  # before JAX starts its CPU threads
   logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(message)s')
   logging.getLogger('rose_jax').setLevel(logging.INFO)
   args = parse_args(argv)

@@ -1,0 +1,45 @@
+"""glibc malloc settings that keep XLA:CPU from faulting its memory in every step.
+
+XLA:CPU allocates a step's temporaries afresh each step. glibc's malloc
+serves blocks over 32 MiB with mmap, and gives a thread arena's heap back
+to the system once it is wholly free, so every step touches new pages: on
+our 2-core machine a MiniLM ROSE-Ensemble step (batch 32, length 64)
+faulted about 500k pages and took 4.0 s. With one arena, no mmap and no
+trimming, freed memory is reused: 0 faults and 3.6 s, as fast as tcmalloc
+(3.7 s), without a preloaded library or a restart.
+
+The price is that the process keeps its peak heap until it exits. GPUs and
+TPUs are unaffected (XLA pools device memory itself), and the host side of
+a run is small there.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import sys
+
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX, M_ARENA_MAX = -1, -2, -4, -8
+_SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1),
+             (M_TOP_PAD, 64 << 20))
+OPT_OUT = 'ROSE_JAX_SYSTEM_MALLOC'
+
+
+def keep_freed_memory() -> str:
+  """Sets glibc malloc to reuse freed memory, if this process uses glibc's
+  malloc; returns what was done. Call it first in a command, before JAX
+  starts its backend (its threads take their arenas then).
+
+  Set ``ROSE_JAX_SYSTEM_MALLOC=1`` to leave malloc as it is.
+  """
+  if os.environ.get(OPT_OUT):
+    return f'left as it is ({OPT_OUT} is set)'
+  if 'malloc' in os.environ.get('LD_PRELOAD', ''):
+    return 'left as it is (a preloaded allocator is in use)'
+  if sys.platform != 'linux' or platform.libc_ver()[0] != 'glibc':
+    return 'left as it is (not glibc)'
+  libc = ctypes.CDLL(None)
+  if not all(libc.mallopt(option, value) == 1 for option, value in _SETTINGS):
+    return 'left as it is (mallopt refused a setting)'
+  return 'glibc malloc: one arena, no mmap, no trimming'

@@ -1,0 +1,54 @@
+"""The commands' malloc setting: freed memory is reused instead of faulted in again."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from rose_jax.glue import cpu_malloc
+
+# Blocks allocated and freed in a worker thread, as XLA:CPU's executor threads do.
+PROGRAM = '''
+import resource, sys, threading
+import numpy as np
+from rose_jax.glue import cpu_malloc
+if sys.argv[1] == 'keep':
+  cpu_malloc.keep_freed_memory()
+faults = []
+def work():
+  for _ in range(4):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    blocks = [np.ones(1 << 20) for _ in range(6)]  # 8 MiB each, in this thread's arena
+    blocks.append(np.ones(5 << 20))  # 40 MiB, over glibc's mmap threshold
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    del blocks
+thread = threading.Thread(target=work)
+thread.start()
+thread.join()
+print(min(faults[1:]), max(faults[1:]))
+'''
+
+
+def _faults(mode: str, **env) -> tuple[int, int]:
+  done = subprocess.run([sys.executable, '-c', PROGRAM, mode], capture_output=True, text=True,
+                        env={**os.environ, **env}, check=True)
+  low, high = done.stdout.split()
+  return int(low), int(high)
+
+
+@pytest.mark.skipif(sys.platform != 'linux', reason='glibc only')
+def test_freed_blocks_are_reused_without_page_faults():
+  # Page counts depend on transparent huge pages; the ratio does not.
+  system = _faults('system')[0]
+  assert system > 100  # glibc gives the memory back and faults it in again
+  assert _faults('keep')[1] < system / 20
+  assert _faults('keep', ROSE_JAX_SYSTEM_MALLOC='1')[0] > system / 2
+
+
+def test_opting_out_and_preloaded_allocators_are_respected(monkeypatch):
+  monkeypatch.setenv('ROSE_JAX_SYSTEM_MALLOC', '1')
+  assert 'left as it is' in cpu_malloc.keep_freed_memory()
+  monkeypatch.delenv('ROSE_JAX_SYSTEM_MALLOC')
+  monkeypatch.setenv('LD_PRELOAD', 'libtcmalloc_minimal.so.4')
+  assert 'preloaded' in cpu_malloc.keep_freed_memory()
