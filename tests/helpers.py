@@ -52,3 +52,17 @@ def write_sst2(directory: Path, *, train: int = 48, dev: int = 20, seed: int = 0
   (directory / 'adv_dev.json').write_text(json.dumps(adv))
   return {'train_file': str(directory / 'train.tsv'), 'dev_file': str(directory / 'dev.tsv'),
           'adv_file': str(directory / 'adv_dev.json')}
+
+
+def run_files(root: Path) -> dict:
+  """A tiny checkpoint and SST-2-shaped files for fine-tuning runs."""
+  return {'model': str(tiny_checkpoint(root / 'model')), **write_sst2(root / 'data'),
+          'root': root}
+
+
+def run_settings(files: dict, out: Path, **overrides) -> dict:
+  """TrainConfig settings for a small, fast run on ``run_files``."""
+  return {'task': 'sst2', 'method': 'rose-ensemble', 'model': files['model'],
+          'train_file': files['train_file'], 'dev_file': files['dev_file'],
+          'adv_file': files['adv_file'], 'output_dir': str(out), 'epochs': 1, 'batch_size': 8,
+          'max_length': 12, 'log_every': 2, 'progress': False, 'parallel': 'none', **overrides}

@@ -18,18 +18,11 @@ from tests import helpers
 
 @pytest.fixture(scope='module')
 def files(tmp_path_factory):
-  root = tmp_path_factory.mktemp('e2e')
-  return {'model': str(helpers.tiny_checkpoint(root / 'model')),
-          **helpers.write_sst2(root / 'data'), 'root': root}
+  return helpers.run_files(tmp_path_factory.mktemp('e2e'))
 
 
 def _config(files, out, **overrides):
-  settings = dict(task='sst2', method='rose-ensemble', model=files['model'],
-                  train_file=files['train_file'], dev_file=files['dev_file'],
-                  adv_file=files['adv_file'], output_dir=str(out), epochs=1, batch_size=8,
-                  max_length=12, log_every=2, progress=False, parallel='none')
-  settings.update(overrides)
-  return loop.TrainConfig(**settings)
+  return loop.TrainConfig(**helpers.run_settings(files, out, **overrides))
 
 
 @pytest.mark.parametrize('method', METHOD_NAMES)

@@ -24,18 +24,12 @@ class Killed(Exception):
 
 @pytest.fixture(scope='module')
 def files(tmp_path_factory):
-  root = tmp_path_factory.mktemp('resume')
-  return {'model': str(helpers.tiny_checkpoint(root / 'model')),
-          **helpers.write_sst2(root / 'data')}
+  return helpers.run_files(tmp_path_factory.mktemp('resume'))
 
 
 def _config(files, out, **overrides):
-  settings = dict(task='sst2', method='rose-ensemble', model=files['model'],
-                  train_file=files['train_file'], dev_file=files['dev_file'],
-                  adv_file=files['adv_file'], output_dir=str(out), epochs=2, batch_size=8,
-                  max_length=12, log_every=2, save_every=4, progress=False, parallel='none')
-  settings.update(overrides)
-  return loop.TrainConfig(**settings)
+  return loop.TrainConfig(**helpers.run_settings(files, out,
+                                                 **{'epochs': 2, 'save_every': 4, **overrides}))
 
 
 def _kill_at_step(monkeypatch, kill_at: int):
@@ -55,6 +49,14 @@ def _kill_at_step(monkeypatch, kill_at: int):
 
   monkeypatch.setattr(step_lib, 'make_train_step', make)
   return lambda: monkeypatch.setattr(step_lib, 'make_train_step', real)
+
+
+def _run_killed_at(monkeypatch, kill_at: int, config) -> None:
+  """Runs ``config`` until the train step is called for step ``kill_at``."""
+  restore = _kill_at_step(monkeypatch, kill_at)
+  with pytest.raises(Killed):
+    loop.run(config)
+  restore()
 
 
 def _without_timing(lines: list[dict]) -> list[dict]:
@@ -87,10 +89,7 @@ def test_killed_mid_epoch_resumes_bit_identical(files, tmp_path, monkeypatch, wh
   out = tmp_path / 'run'
   # Killed at step 11: the newest checkpoint is step 8 (epoch 2, batch 2); the
   # metric line of step 10 was written after it and must not appear twice.
-  restore = _kill_at_step(monkeypatch, 11)
-  with pytest.raises(Killed):
-    loop.run(_config(files, out, parallel=parallel))
-  restore()
+  _run_killed_at(monkeypatch, 11, _config(files, out, parallel=parallel))
   lines = (out / 'metrics.jsonl').read_text().splitlines()
   assert [json.loads(x).get('step') for x in lines][-1] == 10
   assert checkpoints.Checkpoints(out / 'checkpoints').steps()[-1] == 8
@@ -130,10 +129,7 @@ def test_killed_during_evaluation_redoes_the_epoch(files, tmp_path, monkeypatch,
 
 def test_resume_refuses_other_settings_and_names_each(files, tmp_path, monkeypatch):
   out = tmp_path / 'run'
-  restore = _kill_at_step(monkeypatch, 5)
-  with pytest.raises(Killed):
-    loop.run(_config(files, out))
-  restore()
+  _run_killed_at(monkeypatch, 5, _config(files, out))
   before = {p: p.read_bytes() for p in out.rglob('*') if p.is_file()}
   changed = tmp_path / 'train.tsv'
   shutil.copy(files['train_file'], changed)
@@ -153,10 +149,7 @@ def test_a_changed_data_file_at_the_same_path_is_refused(files, tmp_path, monkey
   train = tmp_path / 'train.tsv'
   shutil.copy(files['train_file'], train)
   out = tmp_path / 'run'
-  restore = _kill_at_step(monkeypatch, 5)
-  with pytest.raises(Killed):
-    loop.run(_config(files, out, train_file=str(train)))
-  restore()
+  _run_killed_at(monkeypatch, 5, _config(files, out, train_file=str(train)))
   with train.open('a') as f:
     f.write('good film \t1\n')
   with pytest.raises(ConfigError, match=r'--train-file: .* has changed'):
@@ -167,10 +160,7 @@ def test_a_damaged_checkpoint_falls_back_to_the_one_before(files, tmp_path, monk
                                                           caplog):
   expected, _ = whole['none']
   out = tmp_path / 'run'
-  restore = _kill_at_step(monkeypatch, 11)
-  with pytest.raises(Killed):
-    loop.run(_config(files, out))
-  restore()
+  _run_killed_at(monkeypatch, 11, _config(files, out))
   steps = checkpoints.Checkpoints(out / 'checkpoints').steps()
   assert steps == [6, 8]
   for file in (out / 'checkpoints' / '8').rglob('*'):
@@ -183,10 +173,7 @@ def test_a_damaged_checkpoint_falls_back_to_the_one_before(files, tmp_path, monk
 
 def test_no_restorable_checkpoint_names_the_directory(files, tmp_path, monkeypatch):
   out = tmp_path / 'run'
-  restore = _kill_at_step(monkeypatch, 11)
-  with pytest.raises(Killed):
-    loop.run(_config(files, out))
-  restore()
+  _run_killed_at(monkeypatch, 11, _config(files, out))
   for file in (out / 'checkpoints').rglob('*'):
     if file.is_file() and file.stat().st_size > 100:
       file.write_bytes(b'')
