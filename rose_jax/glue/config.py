@@ -218,7 +218,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls=TrainConfig) -> None:
       continue
     kind = _base_type(hints[field.name])
     if kind is bool:
-      name = f'--no-{field.name.replace("_", "-")}' if field.default and \
+      name = f'--no-{flag(field.name)[2:]}' if field.default and \
           not field.name.startswith('no_') else flag(field.name)
       parser.add_argument(name, dest=field.name, help=meta['help'], default=field.default,
                           action='store_false' if field.default else 'store_true')

@@ -47,7 +47,7 @@ from rose_jax import atomic, selection
 from rose_jax.glue import batching, seeds
 from rose_jax.glue import data as data_lib
 from rose_jax.glue.checkpoints import Checkpoints
-from rose_jax.glue.config import ConfigError, TrainConfig
+from rose_jax.glue.config import ConfigError, TrainConfig, flag
 from rose_jax.glue.evaluation import Evaluator
 from rose_jax.glue.metrics_log import MetricsLog, trim_lines
 from rose_jax.models import load_pretrained, load_tokenizer, save_pretrained
@@ -111,11 +111,11 @@ def check_paths(config: TrainConfig) -> None:
   for name, value in data_files(config).items():
     path = Path(value)
     if not path.exists():
-      raise ConfigError(f'--{name.replace("_", "-")} {value} does not exist.')
+      raise ConfigError(f'{flag(name)} {value} does not exist.')
     if not path.is_file():
-      raise ConfigError(f'--{name.replace("_", "-")} {value} is a directory; give a file.')
+      raise ConfigError(f'{flag(name)} {value} is a directory; give a file.')
     if not os.access(path, os.R_OK):
-      raise ConfigError(f'--{name.replace("_", "-")} {value} is not readable.')
+      raise ConfigError(f'{flag(name)} {value} is not readable.')
   out = Path(config.output_dir)
   for parent in (out, *out.parents):
     if parent.exists():
@@ -165,7 +165,7 @@ def check_output_dir(config: TrainConfig) -> None:
   saved_digests = results.get('data_digests', {})
   for name, value in data_files(config).items():
     if name in saved_digests and saved_digests[name] != file_digest(value):
-      differences.append(f'--{name.replace("_", "-")}: {value} has changed since the run '
+      differences.append(f'{flag(name)}: {value} has changed since the run '
                          'started')
   if differences:
     raise ConfigError(f'Cannot resume {out}: its settings differ from this command\'s: '
