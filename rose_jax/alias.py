@@ -11,12 +11,7 @@ import optax
 from rose_jax import masking
 from rose_jax._hparams import concrete_float
 from rose_jax.risks import Granularity
-from rose_jax.transform import (
-    ScaleByRoseState,
-    Variant,
-    resolve_tree_of_bools,
-    scale_by_rose,
-)
+from rose_jax.transform import ScaleByRoseState, Variant, resolve_tree_of_bools, rose_rule
 
 
 def rose(
@@ -34,6 +29,7 @@ def rose(
     eps: float = 1e-8,
     weight_decay: float = 0.01,
     weight_decay_mask: Any = None,
+    max_grad_norm: float | None = None,
     moment_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""ROSE (Jiang et al., EMNLP 2022): robust selective fine-tuning with AdamW.
@@ -75,6 +71,13 @@ def rose(
     weight_decay: the decoupled decay ``lambda``, masked like the update.
     weight_decay_mask: which tensors decay (tree of bools, callable, or None
       for all), like ``optax.adamw``'s ``mask``.
+    max_grad_norm: clip the update gradient to this global norm and scale
+      ``kl_grads`` and ``ce_grads`` by the same factor (None: no clipping).
+      Clipping the update gradient clips the step's loss, so its other
+      gradients follow: the second-order risk then compares a clipped CE
+      gradient with a momentum of clipped gradients. Use this rather than
+      ``optax.chain(optax.clip_by_global_norm(c), rose(...))``, which clips
+      the update gradient alone (see :func:`rose_jax.scale_by_rose`).
     moment_dtype: dtype of Adam's moments (default: at least float32).
 
   Returns:
@@ -88,13 +91,13 @@ def rose(
   decay = concrete_float(weight_decay)
   if decay is not None and decay < 0:
     raise ValueError(f'weight_decay must be >= 0, got {decay}.')
-  inner = scale_by_rose(
+  init_fn, rule = rose_rule(
       variant=variant, upper=upper, lower=lower, gamma=gamma,
       granularity=granularity, selectable=selectable, warmup_steps=warmup_steps,
-      b1=b1, b2=b2, eps=eps, moment_dtype=moment_dtype)
+      b1=b1, b2=b2, eps=eps, max_grad_norm=max_grad_norm, moment_dtype=moment_dtype)
 
   def update_fn(updates, state: ScaleByRoseState, params=None, **extra_args):
-    direction, new_state = inner.update(updates, state, params, **extra_args)
+    direction, new_state, step_mask = rule(updates, state, params, **extra_args)
     lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
     step = jax.tree.map(lambda d: -lr * d, direction)
     if decay == 0.0:
@@ -103,7 +106,7 @@ def rose(
       raise ValueError('rose applies weight decay and needs params: call '
                        'update(grads, state, params, ...), or set weight_decay=0.')
     decays = resolve_tree_of_bools(weight_decay_mask, params, 'weight_decay_mask')
-    mask = masking.fill_mask(new_state.mask, params)
+    mask = masking.fill_mask(step_mask, params)
 
     def decayed(s, p, m, d):
       if not d:
@@ -117,4 +120,4 @@ def rose(
     taken = new_state.count != state.count
     return jax.tree.map(lambda s: jnp.where(taken, s, 0), step), new_state
 
-  return optax.GradientTransformationExtraArgs(inner.init, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -96,7 +96,10 @@ def kept_fraction(mask) -> jax.Array:
   """Mean mask value over ranked units (tensors or scalars), for logging.
 
   ``MaskedNode`` leaves (never ranked) do not count. A scalar leaf counts as
-  one unit, an array leaf as its number of elements.
+  one unit, an array leaf as its number of elements. The mask that
+  :class:`rose_jax.ScaleByRoseState` keeps is one scalar per tensor at either
+  granularity (at ``"element"``, the tensor's mean), so for a state's mask
+  this is the mean over ranked tensors.
   """
   leaves = jax.tree.leaves(mask)
   if not leaves:

@@ -210,3 +210,56 @@ def test_weight_decay_needs_params():
 def test_negative_weight_decay_rejected(weight_decay):
   with pytest.raises(ValueError, match='weight_decay'):
     rose_jax.rose(1e-2, upper=0.6, weight_decay=weight_decay)
+
+
+@pytest.mark.parametrize('variant', ['second', 'ensemble'])
+def test_clipping_scales_every_gradient_of_the_step_by_the_same_factor(variant):
+  # R-Drop + ROSE: the update gradient is that of CE + alpha KL; the
+  # second-order risk ranks the CE gradient. With max_grad_norm, all three
+  # are scaled by the update gradient's clipping factor, computed here in NumPy.
+  rng = np.random.default_rng(9)
+  params = jax.tree.map(jnp.asarray, _trees(rng))
+  ranked = _by_name(selection.is_authors_ranked)
+  common = dict(variant=variant, upper=0.5, selectable=ranked)
+  clipped = rose_jax.rose(1e-2, max_grad_norm=0.5, **common)
+  plain = rose_jax.rose(1e-2, **common)
+  s1, s2 = clipped.init(params), plain.init(params)
+  mask_changed = False
+  for _ in range(4):
+    grads, kl, ce = _trees(rng, 3.0), _trees(rng), _trees(rng, 2.0)
+    norm = np.sqrt(sum(np.sum(np.square(g.astype(np.float64))) for g in grads.values()))
+    factor = min(1.0, 0.5 / norm)
+    assert factor < 0.1
+    scaled = lambda tree, f=factor: {k: (v * f).astype(np.float32) for k, v in tree.items()}
+    u1, s1 = clipped.update(grads, s1, params, kl_grads=kl, ce_grads=ce)
+    u2, new_s2 = plain.update(scaled(grads), s2, params, kl_grads=scaled(kl),
+                              ce_grads=scaled(ce))
+    chex.assert_trees_all_close(u1, u2, rtol=1e-5, atol=1e-8)
+    chex.assert_trees_all_close(s1.mask, new_s2.mask)
+    # Ranking a raw CE gradient against a momentum of clipped ones would
+    # give another mask: the test can tell the two apart.
+    _, raw = plain.update(scaled(grads), s2, params, kl_grads=scaled(kl), ce_grads=ce)
+    mask_changed |= any(float(raw.mask[k]) != float(new_s2.mask[k])
+                        for k in ranked if ranked[k])
+    s2 = new_s2
+  assert mask_changed, 'clipping ce_grads never changed the mask: the test is not testing it'
+
+
+def test_clipping_inside_rose_equals_clipping_before_it_without_extra_gradients():
+  rng = np.random.default_rng(10)
+  params = jax.tree.map(jnp.asarray, _trees(rng))
+  inside = rose_jax.rose(1e-2, variant='second', upper=0.6, max_grad_norm=0.5)
+  before = optax.chain(optax.clip_by_global_norm(0.5),
+                       rose_jax.rose(1e-2, variant='second', upper=0.6))
+  s1, s2 = inside.init(params), before.init(params)
+  for scale in (3.0, 0.01, 3.0):  # clipped, within the norm, clipped
+    grads = _trees(rng, scale)
+    u1, s1 = inside.update(grads, s1, params)
+    u2, s2 = before.update(grads, s2, params)
+    chex.assert_trees_all_close(u1, u2, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize('max_grad_norm', [0.0, -1.0])
+def test_non_positive_max_grad_norm_rejected(max_grad_norm):
+  with pytest.raises(ValueError, match='max_grad_norm must be > 0'):
+    rose_jax.rose(1e-2, upper=0.5, max_grad_norm=max_grad_norm)

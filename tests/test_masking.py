@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from hypothesis import strategies as st
 
 from rose_jax import masking, risks
@@ -96,3 +97,16 @@ def test_tensor_granularity_rejects_unreduced_risks():
   import pytest
   with pytest.raises(ValueError, match='one scalar risk per tensor'):
     masking.quantile_mask({'a': jnp.ones((2, 2))}, upper=0.5, granularity='tensor')
+
+
+@hypothesis.settings(max_examples=30, deadline=None)
+@hypothesis.given(st.integers(0, 2**16), st.floats(0.05, 0.45))
+def test_ensemble_is_gamma_first_plus_one_minus_gamma_second_elementwise(seed, gamma):
+  rng = np.random.default_rng(seed)
+  first = {'a': rng.integers(0, 2, (4, 3)).astype(np.float32), 'b': np.float32(1)}
+  second = {'a': rng.integers(0, 2, (4, 3)).astype(np.float32), 'b': np.float32(0)}
+  mixed = masking.ensemble_mask(first, second, gamma=gamma)
+  for k in first:
+    np.testing.assert_allclose(mixed[k], gamma * first[k] + (1 - gamma) * second[k], rtol=1e-6)
+  # gamma < 1/2 weighs the first mask less: swapping the masks changes the result.
+  assert float(mixed['b']) == pytest.approx(gamma)

@@ -81,20 +81,31 @@ def test_warmup_and_first_step_masks():
   assert float(rose_jax.kept_fraction(state.mask)) == 1.0
 
 
-def test_element_granularity_runs_end_to_end():
+def test_element_granularity_masks_scalars_and_keeps_each_tensors_share():
   rng = np.random.default_rng(2)
   params = _random_tree(rng)
-  tx = rose_jax.rose(1e-2, upper=0.5, granularity='element',
-                     selectable={'w1': True, 'b1': False, 's': False,
-                                 'nested': {'w2': True, 'ln': True}})
+  tx = rose_jax.rose(1e-2, variant='first', upper=0.5, granularity='element',
+                     weight_decay=0.1, selectable={'w1': True, 'b1': False, 's': False,
+                                                   'nested': {'w2': True, 'ln': True}})
   state = tx.init(params)
-  assert state.mask['w1'].shape == (5, 3) and isinstance(state.mask['b1'], optax.MaskedNode)
+  # The state keeps one scalar per ranked tensor, not a mask per scalar.
+  assert state.mask['w1'].shape == () and isinstance(state.mask['b1'], optax.MaskedNode)
   update = jax.jit(tx.update)
   for _ in range(3):
-    updates, state = update(_random_tree(rng), state, params, kl_grads=_random_tree(rng))
+    kl = _random_tree(rng)
+    updates, state = update(_random_tree(rng), state, params, kl_grads=kl)
     params = optax.apply_updates(params, updates)
-  kept = float(rose_jax.kept_fraction(state.mask))
-  assert 0.4 < kept < 0.9  # ensemble of two ~50% masks over 31 scalars
+    ranked = {'w1': kl['w1'], 'w2': kl['nested']['w2'], 'ln': kl['nested']['ln']}
+    # 31 ranked scalars: the median is the 16th smallest |kl|, no interpolation.
+    hi = np.quantile(np.abs(np.concatenate([np.ravel(v) for v in ranked.values()])), 0.5)
+    kept = {k: np.abs(np.asarray(v)) <= hi for k, v in ranked.items()}
+    np.testing.assert_array_equal(np.asarray(updates['w1']) != 0, kept['w1'])
+    np.testing.assert_array_equal(np.asarray(updates['nested']['ln']) != 0, kept['ln'])
+    for name, value in (('w1', state.mask['w1']), ('w2', state.mask['nested']['w2']),
+                        ('ln', state.mask['nested']['ln'])):
+      assert float(value) == pytest.approx(kept[name].mean(), abs=1e-6), name
+  shares = [kept[k].mean() for k in ('w1', 'w2', 'ln')]
+  assert float(rose_jax.kept_fraction(state.mask)) == pytest.approx(np.mean(shares), abs=1e-6)
 
 
 def test_single_selectable_tensor_is_always_updated():
@@ -277,3 +288,86 @@ def test_gradients_shaped_unlike_the_params_are_named(make):
   del grads['nested']
   with pytest.raises(ValueError, match='structure of the params the optimizer was initialised'):
     tx.update(grads, state, params)
+
+
+def test_eps_is_added_outside_the_bias_corrected_root():
+  # Second moments near eps**2: gradients of ~1e-8 give sqrt(v) ~ eps, where
+  # Hugging Face's form (eps outside the corrected root) and optax's (eps
+  # inside it, after correction) differ by a factor of about 4, not rounding.
+  b1, b2, eps = 0.9, 0.98, 1e-8
+  rng = np.random.default_rng(7)
+  shapes = {'w': (3, 4), 'b': (4,)}
+  params = _random_tree(rng, shapes)
+  tx = transform.scale_by_masked_adam(b1=b1, b2=b2, eps=eps)
+  optax_form = optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
+  state, optax_state = tx.init(params), optax_form.init(params)
+  mu = {k: np.zeros(s) for k, s in shapes.items()}
+  nu = {k: np.zeros(s) for k, s in shapes.items()}
+  for t in range(1, 5):
+    grads = jax.tree.map(lambda x: x * 1e-8, _random_tree(rng, shapes))
+    updates, state = tx.update(grads, state)
+    optax_updates, optax_state = optax_form.update(grads, optax_state)
+    for k in shapes:
+      g = np.asarray(grads[k], np.float64)
+      mu[k] = b1 * mu[k] + (1 - b1) * g
+      nu[k] = b2 * nu[k] + (1 - b2) * g * g
+      # transformers' AdamW: step_size = sqrt(1 - b2^t) / (1 - b1^t); m / (sqrt(v) + eps)
+      expected = np.sqrt(1 - b2**t) / (1 - b1**t) * mu[k] / (np.sqrt(nu[k]) + eps)
+      np.testing.assert_allclose(updates[k], expected, rtol=1e-4)
+      gap = np.abs(np.asarray(optax_updates[k]) - expected) / np.abs(expected)
+      assert gap.min() > 0.1, 'the two placements agree here: the test cannot tell them apart'
+
+
+def test_ensemble_mask_is_gamma_first_plus_one_minus_gamma_second():
+  # Four ranked tensors with risks chosen by hand. upper=0.5 over four
+  # risks keeps floor(0.5 * 3) + 1 = 2 of them: the two lowest.
+  gamma = 0.3
+  params = {k: jnp.zeros((2,), jnp.float32) for k in 'abcd'}
+  # ||kl||: a=1, b=2, c=3, d=4 -> first-order keeps a, b.
+  vector = lambda values: {k: jnp.asarray([v, 0.0], jnp.float32)
+                           for k, v in zip('abcd', values, strict=True)}
+  kl = vector((1, 2, 3, 4))
+  # Momentum norm 1; second-order risk |0.1 ||g|| - 1| with ||g|| = 10, 0, 30, 9:
+  # 0, 1, 2, 0.1 -> second-order keeps a, d.
+  mu = vector((1, 1, 1, 1))
+  grads = vector((10, 0, 30, 9))
+  tx = rose_jax.scale_by_rose(variant='ensemble', upper=0.5, gamma=gamma)
+  state = tx.init(params)._replace(count=jnp.asarray(1, jnp.int32), mu=mu)
+  _, new_state = tx.update(grads, state, kl_grads=kl)
+  first = {'a': 1, 'b': 1, 'c': 0, 'd': 0}
+  second = {'a': 1, 'b': 0, 'c': 0, 'd': 1}
+  for k in 'abcd':
+    expected = np.float32(gamma) * first[k] + (1 - np.float32(gamma)) * second[k]
+    assert float(new_state.mask[k]) == pytest.approx(expected, abs=1e-7), k
+  # gamma weighs the first-order mask: b (first only) gets gamma, d (second only) 1 - gamma.
+  assert float(new_state.mask['b']) == pytest.approx(0.3)
+  assert float(new_state.mask['d']) == pytest.approx(0.7)
+
+
+def test_pmap_with_different_gradients_per_device_updates_on_their_mean():
+  n = jax.local_device_count()
+  rng = np.random.default_rng(8)
+  params = _random_tree(rng)
+  per_device = [_random_tree(rng) for _ in range(n)]
+  kl_per_device = [_random_tree(rng) for _ in range(n)]
+  mean = lambda trees: jax.tree.map(lambda *x: sum(x) / n, *trees)
+  tx = rose_jax.rose(1e-2, upper=0.5)
+  state = tx.init(params)
+  _, state = tx.update(_random_tree(rng), state, params, kl_grads=_random_tree(rng))
+  expected, expected_state = tx.update(mean(per_device), state, params,
+                                       kl_grads=mean(kl_per_device))
+  stack = lambda trees: jax.tree.map(lambda *x: jnp.stack(x), *trees)
+
+  @functools.partial(jax.pmap, axis_name='data', in_axes=(None, None, 0, 0))
+  def step(params, state, grads, kl):
+    grads, kl = jax.lax.pmean((grads, kl), 'data')
+    return tx.update(grads, state, params, kl_grads=kl)
+
+  updates, new_state = step(params, state, stack(per_device), stack(kl_per_device))
+  for i in range(n):
+    chex.assert_trees_all_close(jax.tree.map(lambda x, i=i: x[i], updates), expected,
+                                rtol=1e-5, atol=1e-8)
+  chex.assert_trees_all_close(jax.tree.map(lambda x: x[0], new_state.mu), expected_state.mu,
+                              rtol=1e-5, atol=1e-8)
+  one_device, _ = tx.update(per_device[0], state, params, kl_grads=kl_per_device[0])
+  assert not all(jax.tree.leaves(jax.tree.map(np.allclose, one_device, expected)))

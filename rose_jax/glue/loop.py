@@ -39,8 +39,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 import rose_jax
 from rose_jax import atomic, selection
@@ -74,15 +72,16 @@ def build_optimizer(config: TrainConfig, method: Method, total_steps: int):
       [warmup]) if warmup else optax.linear_schedule(config.learning_rate, 0.0,
                                                      max(total_steps, 1))
   if method.uses_rose:
-    core = rose_jax.rose(
+    return rose_jax.rose(
         schedule, variant=method.rose_variant, upper=config.upper, lower=config.lower,
         gamma=config.gamma, granularity=config.granularity, warmup_steps=warmup,
         b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay,
         selectable=selection.authors_selectable,
-        weight_decay_mask=selection.authors_decay_mask)
-  else:
-    core = optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps,
-                       weight_decay=config.weight_decay, mask=selection.authors_decay_mask)
+        weight_decay_mask=selection.authors_decay_mask,
+        # Clips the KL and CE gradients that ROSE ranks by the same factor.
+        max_grad_norm=config.max_grad_norm or None)
+  core = optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps,
+                     weight_decay=config.weight_decay, mask=selection.authors_decay_mask)
   if config.max_grad_norm:
     return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), core)
   return core
@@ -351,8 +350,7 @@ def run(config: TrainConfig) -> dict[str, Any]:
   if config.parallel == 'shard_map':
     # Replicated over the mesh, as the step returns them; a checkpoint restores
     # to the target's placement.
-    replicated = NamedSharding(step_lib.data_mesh(), P())
-    params, opt_state = jax.device_put(jax.device_get((params, opt_state)), replicated)
+    params, opt_state = step_lib.replicate_on_mesh((params, opt_state), step_lib.data_mesh())
   # One process writes the run's files; every process computes.
   is_main = jax.process_index() == 0
   results = {'config': dataclasses.asdict(config), 'epochs': [], 'finished': False,

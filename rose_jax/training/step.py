@@ -81,8 +81,11 @@ def _gradient_rows(method: Method) -> list[tuple[str, tuple[float, float]]]:
 def _varying_axes(x: jax.Array) -> tuple[str, ...]:
   """Mesh axes over which ``x`` differs between devices, as ``shard_map``
   tracks them (always empty under ``pmap``, which does not)."""
-  manual = getattr(jax.typeof(x), 'manual_axis_type', None)
-  return tuple(sorted(getattr(manual, 'varying', ())))
+  aval = jax.typeof(x)
+  varying = getattr(getattr(aval, 'manual_axis_type', None), 'varying', None)
+  if varying is None:  # jax < 0.9 keeps the varying axes as ``aval.vma``
+    varying = getattr(aval, 'vma', ())
+  return tuple(sorted(varying))
 
 
 def _typed_like(output: jax.Array, value: jax.Array) -> jax.Array:
@@ -259,11 +262,23 @@ def split_for_pmap(batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
   return {k: np.asarray(v).reshape(devices, -1, *np.shape(v)[1:]) for k, v in batch.items()}
 
 
-def replicate(tree):
-  """Adds a leading local-device axis for ``pmap``."""
+def replicate(tree, axis_name: str = 'data'):
+  """A copy of ``tree`` on every local device, with a leading device axis,
+  for a ``pmap`` step over ``axis_name``.
+
+  The copies are laid out as that step lays out its outputs, so the step
+  compiles once; from host arrays (or another axis name) the first step
+  would compile for one layout and the second again for the other.
+  """
   devices = jax.local_device_count()
-  # A host-side broadcast (no copy); pmap sends each device its slice.
-  return jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (devices, *np.shape(x))), tree)
+  stacked = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (devices, *np.shape(x))), tree)
+  return jax.pmap(lambda t: t, axis_name=axis_name)(stacked)
+
+
+def replicate_on_mesh(tree, mesh: jax.sharding.Mesh):
+  """``tree`` replicated over ``mesh``, as the ``shard_map`` step returns
+  params and optimizer state, so the step compiles once."""
+  return jax.device_put(jax.device_get(tree), NamedSharding(mesh, P()))
 
 
 def unreplicate(tree):

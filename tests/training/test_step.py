@@ -16,6 +16,7 @@ from rose_jax import selection
 from rose_jax.models import EncoderConfig, EncoderForSequenceClassification
 from rose_jax.training import losses, methods
 from rose_jax.training import step as step_lib
+from tests.training import definitions
 
 
 def tiny_model(dropout=0.1, model_type='roberta', seed=0):
@@ -59,7 +60,8 @@ def recording_optimizer():
 
 @functools.cache
 def _reference(passes):
-  """Model, batch, key and the CE and KL gradients, by plain jax.grad."""
+  """Model, batch, key and the CE and KL gradients, by plain jax.grad of the
+  tests' own loss definitions."""
   graphdef, params = step_lib.split_model(tiny_model())
   batch, key = tiny_batch(), jax.random.key(3)
 
@@ -69,10 +71,11 @@ def _reference(passes):
       inputs = {k: np.concatenate([v, v]) for k, v in inputs.items()}
     logits = step_lib.apply_model(graphdef, p, inputs, key)
     if passes == 1:
-      return losses.cross_entropy(logits, batch['labels']), jnp.float32(0)
+      return definitions.cross_entropy(logits, batch['labels']), jnp.float32(0)
     a, b = jnp.split(logits, 2)
-    ce = (losses.cross_entropy(a, batch['labels']) + losses.cross_entropy(b, batch['labels'])) / 2
-    return ce, losses.symmetric_kl(a, b)
+    ce = (definitions.cross_entropy(a, batch['labels'])
+          + definitions.cross_entropy(b, batch['labels'])) / 2
+    return ce, definitions.rose_kl(a, b)
 
   ce_grad = jax.jit(jax.grad(lambda p: terms(p)[0]))(params)
   kl_grad = jax.jit(jax.grad(lambda p: terms(p)[1]))(params)
@@ -132,6 +135,8 @@ def _runner(parallel, tx, graphdef, method):
     opt_state = tx.init(params)
     if parallel == 'pmap':
       params, opt_state = step_lib.replicate(params), step_lib.replicate(opt_state)
+    elif parallel == 'shard_map':
+      params, opt_state = step_lib.replicate_on_mesh((params, opt_state), mesh)
     history = []
     for i, batch in enumerate(batches):
       if parallel == 'pmap':
@@ -163,6 +168,94 @@ def test_eight_devices_equal_one_device_without_dropout(parallel):
   for a, b in zip(one_metrics, eight_metrics, strict=True):
     for k in ('loss', 'ce', 'accuracy', 'kept_fraction'):
       np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6)
+
+
+def _shard_gradients(graphdef, params, batch, key, devices):
+  """Each device's CE and KL gradients, as the step must draw them: device
+  ``d`` runs its rows with the step key folded with ``d``."""
+  rows = len(batch['labels']) // devices
+  ce_grads, kl_grads = [], []
+  for d in range(devices):
+    local = {k: v[d * rows:(d + 1) * rows] for k, v in batch.items()}
+    inputs = {k: np.concatenate([local[k]] * 2) for k in ('input_ids', 'attention_mask')}
+    device_key = jax.random.fold_in(key, d)
+
+    def terms(p, inputs=inputs, local=local, device_key=device_key):
+      a, b = jnp.split(step_lib.apply_model(graphdef, p, inputs, device_key), 2)
+      ce = (definitions.cross_entropy(a, local['labels'])
+            + definitions.cross_entropy(b, local['labels'])) / 2
+      return ce, definitions.rose_kl(a, b)
+
+    ce_grads.append(jax.grad(lambda p, t=terms: t(p)[0])(params))
+    kl_grads.append(jax.grad(lambda p, t=terms: t(p)[1])(params))
+  return ce_grads, kl_grads
+
+
+@pytest.mark.parametrize('parallel', ['shard_map', 'pmap'])
+@pytest.mark.parametrize('name', ['rdrop', 'rose-ensemble', 'rdrop-rose-first'])
+def test_eight_devices_with_dropout_give_the_global_batch_gradients(parallel, name):
+  # The global loss is the mean of the devices' CE plus the *sum* of their KL
+  # (the KL sums over the batch), so a device's KL gradient counts fully, not
+  # 1/8: the step scales each device's KL by the device count before averaging.
+  method = methods.get_method(name, rdrop_alpha=0.7)
+  graphdef, params = step_lib.split_model(tiny_model(dropout=0.2))
+  batch, key = tiny_batch(5), jax.random.key(11)
+  devices = jax.device_count()
+  ce_grads, kl_grads = _shard_gradients(graphdef, params, batch, key, devices)
+  ce = jax.tree.map(lambda *g: sum(g) / devices, *ce_grads)
+  kl = jax.tree.map(lambda *g: sum(g), *kl_grads)
+  tx = recording_optimizer()
+  step = step_lib.make_train_step(graphdef, tx, method, parallel=parallel, donate=False)
+  state = tx.init(params)
+  if parallel == 'pmap':
+    _, state, _ = step(step_lib.replicate(params), step_lib.replicate(state),
+                       step_lib.split_for_pmap(batch), key)
+    state = step_lib.unreplicate(state)
+  else:
+    _, state, _ = step(params, state, step_lib.shard_batch(batch, step_lib.data_mesh()), key)
+  close = dict(rtol=1e-4, atol=1e-6)
+  chex.assert_trees_all_close(
+      state.grads, jax.tree.map(lambda c, k: c + method.kl_weight * k, ce, kl), **close)
+  if method.kl_grads:
+    chex.assert_trees_all_close(state.kl_grads, kl, **close)
+  if method.ce_grads:
+    chex.assert_trees_all_close(state.ce_grads, ce, **close)
+  assert max(float(jnp.abs(x).max()) for x in jax.tree.leaves(kl)) > 1e-3, 'KL is ~0'
+
+
+class CountingOptimizer:
+  """Wraps an optimizer and counts how often its update is traced."""
+
+  def __init__(self, tx):
+    self.traces = 0
+
+    def update(*args, **kwargs):
+      self.traces += 1
+      return tx.update(*args, **kwargs)
+
+    self.tx = optax.GradientTransformationExtraArgs(tx.init, update)
+
+
+@pytest.mark.parametrize('name', methods.METHOD_NAMES)
+def test_the_train_step_compiles_once_for_every_method(name):
+  method = methods.get_method(name)
+  graphdef, params = step_lib.split_model(tiny_model())
+  counting = CountingOptimizer(_rose(method.rose_variant) if method.uses_rose
+                               else optax.adamw(1e-3))
+  step = step_lib.make_train_step(graphdef, counting.tx, method)
+  opt_state = counting.tx.init(params)
+  for i in range(3):
+    params, opt_state, _ = step(params, opt_state, tiny_batch(i), jax.random.key(i))
+  assert counting.traces == 1, f'{name}: the step was traced {counting.traces} times in 3 steps'
+
+
+@pytest.mark.parametrize('parallel', ['shard_map', 'pmap'])
+def test_the_data_parallel_step_compiles_once(parallel):
+  method = methods.get_method('rdrop-rose-ensemble')
+  graphdef, params = step_lib.split_model(tiny_model())
+  counting = CountingOptimizer(_rose())
+  _runner(parallel, counting.tx, graphdef, method)(params, [tiny_batch(i) for i in range(3)])
+  assert counting.traces == 1, counting.traces
 
 
 @pytest.mark.parametrize('parallel', ['shard_map', 'pmap'])
