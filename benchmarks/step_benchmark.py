@@ -57,18 +57,19 @@ CONFIGS = {
     'small': (4, 256, 4, 1024, 8000, 8, 64),
     'base': (12, 768, 12, 3072, 50265, 8, 128),
 }
-# Forward passes' worth of FLOPs per step: a backward costs two forwards per
-# cotangent; two dropout passes double the forward and the backward.
-FLOOR = {'vanilla': 3.0, 'rdrop': 6.0, 'rose-second': 3.0, 'rose-first': 10.0,
-         'rose-ensemble': 10.0}
-ROWS = [('vanilla', 'vanilla', 'tensor'), ('rdrop', 'rdrop', 'tensor'),
-        ('rose-second', 'rose-second', 'tensor'), ('rose-first', 'rose-first', 'tensor'),
-        ('rose-ensemble', 'rose-ensemble', 'tensor'),
+ROWS = [*((name, name, 'tensor') for name in methods.METHOD_NAMES),
         ('rose-ensemble (vmap cotangents)', 'rose-ensemble', 'tensor'),
         ('rose-ensemble (element)', 'rose-ensemble', 'element')]
 # Dense bf16 peak FLOP/s per device kind, for model FLOP utilisation.
 PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'TPU v4': 275e12,
               'TPU v5e': 197e12, 'TPU v5p': 459e12}
+
+
+def flop_floor(method_name: str) -> float:
+  """A step's FLOPs in forward passes: every dropout pass costs a forward, and
+  every gradient taken from it a backward of two forwards."""
+  method = methods.get_method(method_name)
+  return method.passes * (1 + 2 * len(step_lib.gradient_rows(method)))
 
 
 def cotangents_of(label: str) -> str:
@@ -210,7 +211,9 @@ def bench_steps(name: str, steps: int, warmup: int) -> list[dict]:
   base = rows[0]
   for row, (_, method_name, _) in zip(rows, ROWS, strict=True):
     row['ratio'] = row['median_s'] / base['median_s']
-    row['floor'] = FLOOR[method_name] / FLOOR['vanilla']
+    row['floor'] = flop_floor(method_name) / flop_floor('vanilla')
+    if row['xla_flops'] and base['xla_flops']:
+      row['flops_ratio'] = row['xla_flops'] / base['xla_flops']
     if row['compiled_bytes'] and base['compiled_bytes']:
       row['memory_ratio'] = row['compiled_bytes'] / base['compiled_bytes']
     peak = next((v for k, v in PEAK_FLOPS.items() if k in jax.devices()[0].device_kind), None)
@@ -240,6 +243,27 @@ def bench_masks(name: str, steps: int, warmup: int) -> list[dict]:
                          ('element, jnp.quantile (sort)', reference, risks)):
     times, _ = time_calls(lambda fn=fn, arg=arg: fn(arg), steps, warmup)
     rows.append({'mask': label, 'elements': count, 'median_s': statistics.median(times)})
+  return rows
+
+
+def bench_state(name: str) -> list[dict]:
+  """The ROSE optimizer state's size at this config's shapes, per granularity,
+  beside what a float32 mask per ranked scalar (what the state kept before)
+  would add. Shapes only: nothing is allocated."""
+  config, _, _ = encoder_config(name)
+  abstract = nnx.eval_shape(lambda: EncoderForSequenceClassification(config, rngs=nnx.Rngs(0)))
+  params = nnx.to_pure_dict(nnx.state(abstract, nnx.Param))
+  nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+  ranked = selection.authors_selectable(params)
+  ranked_scalars = sum(x.size for x, r in zip(jax.tree.leaves(params), jax.tree.leaves(ranked),
+                                              strict=True) if r)
+  rows = []
+  for granularity in ('tensor', 'element'):
+    tx = optimizer(methods.get_method('rose-ensemble'), granularity)
+    state = jax.eval_shape(tx.init, params)
+    rows.append({'granularity': granularity, 'params_mb': nbytes(params) / 1e6,
+                 'state_mb': nbytes(state) / 1e6, 'mask_mb': nbytes(state.mask) / 1e6,
+                 'element_mask_mb': 4 * ranked_scalars / 1e6 if granularity == 'element' else None})
   return rows
 
 
@@ -348,10 +372,15 @@ def main(argv=None) -> int:
   rows = bench_steps(args.config, args.steps, args.warmup)
   print(markdown(rows, [('method', 'method', 's'), ('median_s', 'step (s)', '.3f'),
                         ('ratio', 'x vanilla', '.2f'), ('floor', 'FLOP floor', '.2f'),
+                        ('flops_ratio', 'XLA FLOPs x vanilla', '.2f'),
                         ('memory_ratio', 'memory x vanilla', '.2f'),
                         ('page_faults', 'page faults', '.0f'),
                         ('tokens_per_s', 'tokens/s', '.0f'), ('mfu', 'MFU', '.1%')]))
-  result = {'meta': meta, 'steps': rows}
+  result = {'meta': meta, 'steps': rows, 'state': bench_state(args.config)}
+  print('\n' + markdown(result['state'], [
+      ('granularity', 'granularity', 's'), ('params_mb', 'params (MB)', '.1f'),
+      ('state_mb', 'ROSE state (MB)', '.1f'), ('mask_mb', 'of which mask (MB)', '.4f'),
+      ('element_mask_mb', 'a mask per scalar would add (MB)', '.1f')]))
   if not args.skip_masks:
     masks = bench_masks(args.config, args.steps, args.warmup)
     print('\n' + markdown(masks, [('mask', 'mask', 's'), ('elements', 'ranked elements', 'd'),

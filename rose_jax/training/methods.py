@@ -8,7 +8,7 @@ Methods differ only here; one train step serves them all.
 | rdrop | 2 | CE + alpha KL | | | AdamW |
 | rose-second | 1 | CE | | | ROSE second |
 | rose-first, rose-ensemble | 2 | CE | KL | | ROSE first/ensemble |
-| rdrop-rose-* | 2 | CE + alpha KL | KL (first, ensemble) | CE | ROSE |
+| rdrop-rose-* | 2 | CE + alpha KL | KL (first, ensemble) | CE (second, ensemble) | ROSE |
 """
 
 from __future__ import annotations
@@ -70,6 +70,8 @@ def get_method(name: str, *, rdrop_alpha: float = 1.0) -> Method:
                   kl_grads=variant != 'second', rose_variant=variant)
   if name.startswith('rdrop-rose-') and name[11:] in ('first', 'second', 'ensemble'):
     variant = name[11:]
+    # Only the second-order risk ranks by the CE gradient: ROSE-First does not
+    # ask for it, and its step runs no backward for it.
     return Method(name, passes=2, kl_weight=rdrop_alpha, kl_grads=variant != 'second',
-                  ce_grads=True, rose_variant=variant)
+                  ce_grads=variant != 'first', rose_variant=variant)
   raise ValueError(f'Unknown method {name!r}; choose one of {METHOD_NAMES}.')

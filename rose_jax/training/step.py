@@ -68,8 +68,9 @@ def find_rose_state(opt_state) -> ScaleByRoseState | None:
   return found[0] if found else None
 
 
-def _gradient_rows(method: Method) -> list[tuple[str, tuple[float, float]]]:
-  """Which (CE, KL) cotangent weights give each gradient the method needs."""
+def gradient_rows(method: Method) -> list[tuple[str, tuple[float, float]]]:
+  """The gradients a step of ``method`` takes from its one forward, each as
+  its name and the (CE, KL) cotangent weights that give it: one backward each."""
   rows = [('update', (1.0, method.kl_weight))]
   if method.kl_grads:
     rows.append(('kl_grads', (0.0, 1.0)))
@@ -136,7 +137,7 @@ def local_step(params, opt_state, batch: Batch, key: jax.Array, *, graphdef: nnx
 
   (ce, kl), pullback, logits = jax.vjp(loss_terms, params, has_aux=True)
   cotangent = lambda w: (_typed_like(ce, w[0]), _typed_like(kl, w[1]))
-  rows = _gradient_rows(method)
+  rows = gradient_rows(method)
   if len(rows) > 1 and cotangents == 'vmap':
     weights = jnp.asarray([w for _, w in rows], jnp.float32)
     stacked = jax.vmap(lambda w: pullback(cotangent(w))[0])(weights)

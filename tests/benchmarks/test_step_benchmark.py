@@ -6,15 +6,34 @@ No timing is asserted: benchmarks measure, tests check that they run.
 import json
 
 from benchmarks import step_benchmark
+from rose_jax.training import methods
 
 
 def test_benchmark_runs_one_step_of_everything(tmp_path, capsys):
   assert step_benchmark.main(['--config', 'tiny', '--steps', '1', '--warmup', '1', '--torch',
                               '--profile', 'rose-ensemble', '--output', str(tmp_path)]) == 0
   result = json.loads(next(tmp_path.glob('step-tiny-*.json')).read_text())
-  assert [r['method'] for r in result['steps']] == [r[0] for r in step_benchmark.ROWS]
-  assert all(r['median_s'] > 0 and r['ratio'] > 0 for r in result['steps'])
-  assert result['steps'][0]['ratio'] == 1.0
+  rows = {r['method']: r for r in result['steps']}
+  assert set(methods.METHOD_NAMES) <= set(rows), 'a method has no row'
+  assert all(r['median_s'] > 0 and r['times_s'] and min(r['times_s']) > 0 for r in rows.values())
+  for name, row in rows.items():
+    assert row['ratio'] == row['median_s'] / rows['vanilla']['median_s'], name
+  # The FLOP floor in forward passes, counted by hand: each dropout pass is a
+  # forward, each gradient taken from it a backward of two forwards.
+  # R-Drop + ROSE-First needs no CE gradient (only the second-order risk uses one).
+  forwards = {'vanilla': 1 * 3, 'rdrop': 2 * 3, 'rose-second': 1 * 3, 'rose-first': 2 * 5,
+              'rose-ensemble': 2 * 5, 'rdrop-rose-first': 2 * 5, 'rdrop-rose-second': 2 * 5,
+              'rdrop-rose-ensemble': 2 * 7}
+  for name, expected in forwards.items():
+    assert rows[name]['floor'] == expected / 3, name
+    # XLA's own FLOP count of the compiled step agrees with the floor: a step
+    # that ran a backward too many or too few would be off by a third or more.
+    # (Embedding gathers and the optimizer keep the tiny model a little under.)
+    assert 0.75 * rows[name]['floor'] <= rows[name]['flops_ratio'] <= 1.05 * rows[name]['floor'], \
+        (name, rows[name]['flops_ratio'], rows[name]['floor'])
+  state = {r['granularity']: r for r in result['state']}
+  assert state['element']['state_mb'] == state['tensor']['state_mb'] > 0
+  assert state['element']['element_mask_mb'] > 0
   assert {r['mask'].split(',')[0] for r in result['masks']} >= {'element'}
   assert result['torch']['median_s'] > 0
   out = capsys.readouterr().out
