@@ -44,7 +44,7 @@ import rose_jax
 from rose_jax import masking, selection
 from rose_jax.glue import cpu_malloc
 from rose_jax.models import EncoderConfig, EncoderForSequenceClassification
-from rose_jax.training import methods
+from rose_jax.training import adversarial, methods
 from rose_jax.training import step as step_lib
 
 if not __package__:  # run as a script: its sibling module is found from the repository root
@@ -67,8 +67,16 @@ PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'TPU v4': 275e12,
 
 def flop_floor(method_name: str) -> float:
   """A step's FLOPs in forward passes: every dropout pass costs a forward, and
-  every gradient taken from it a backward of two forwards."""
+  every gradient taken from it a backward of two forwards (one for the input
+  gradients, one for the weights'). SMART's ascent steps need only input
+  gradients; FreeLB's passes each need both."""
   method = methods.get_method(method_name)
+  if isinstance(method.adversary, adversarial.Smart):
+    # clean and final adversarial forwards and their backward, plus per
+    # ascent step a forward and an input-only backward
+    return 2 * 3 + method.adversary.steps * 2
+  if isinstance(method.adversary, adversarial.FreeLB):
+    return method.adversary.steps * 3
   return method.passes * (1 + 2 * len(step_lib.gradient_rows(method)))
 
 
@@ -93,11 +101,17 @@ def make_batch(config: EncoderConfig, batch: int, length: int, seed: int = 0):
 
 
 def optimizer(method: methods.Method, granularity: str):
+  """The method's optimizer, as the fine-tuning command builds it (without
+  the schedule and clipping): Hugging Face's AdamW, masked by ROSE or by
+  CHILD-TUNING_D's fixed mask (all ones here: the cost is the same)."""
+  adam = dict(b2=0.98, weight_decay=0.01, weight_decay_mask=selection.authors_decay_mask)
   if method.uses_rose:
     return rose_jax.rose(1e-5, variant=method.rose_variant, upper=0.6,
                          granularity=granularity, selectable=selection.authors_selectable,
-                         weight_decay_mask=selection.authors_decay_mask)
-  return optax.adamw(1e-5, b2=0.98, weight_decay=0.01, mask=selection.authors_decay_mask)
+                         **adam)
+  if method.fisher_mask:
+    return rose_jax.child_tuning_d(1e-5, **adam)
+  return rose_jax.hf_adamw(1e-5, **adam)
 
 
 def time_calls(fn, steps: int, warmup: int) -> tuple[list[float], list[int]]:

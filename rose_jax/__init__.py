@@ -1,7 +1,8 @@
 """rose_jax: robust selective fine-tuning (ROSE, EMNLP 2022) for JAX and optax."""
 
-from rose_jax import selection
-from rose_jax.alias import rose
+from rose_jax import child_tuning, selection
+from rose_jax.alias import hf_adamw, rose
+from rose_jax.child_tuning import child_tuning_d
 from rose_jax.masking import ensemble_mask, kept_fraction, quantile_mask
 from rose_jax.quantile import sorted_quantile, tree_quantile
 from rose_jax.risks import first_order_risk, second_order_risk
@@ -18,8 +19,11 @@ __version__ = '0.1.0'
 __all__ = [
     'ScaleByMaskedAdamState',
     'ScaleByRoseState',
+    'child_tuning',
+    'child_tuning_d',
     'ensemble_mask',
     'first_order_risk',
+    'hf_adamw',
     'kept_fraction',
     'masked_adam_update',
     'quantile_mask',

@@ -1,4 +1,6 @@
-"""The ``rose`` optimizer: ROSE-masked AdamW, as in the authors' SparseAdamW."""
+"""Optimizers: ``rose`` (ROSE-masked AdamW, as in the authors' SparseAdamW),
+``hf_adamw`` (the same AdamW unmasked, for every baseline) and
+``child_tuning_d`` (AdamW under a fixed Fisher mask)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,93 @@ import optax
 from rose_jax import masking
 from rose_jax._hparams import concrete_float
 from rose_jax.risks import Granularity
-from rose_jax.transform import ScaleByRoseState, Variant, resolve_tree_of_bools, rose_rule
+from rose_jax.transform import (
+    ScaleByRoseState,
+    Variant,
+    resolve_tree_of_bools,
+    rose_rule,
+    scale_by_masked_adam,
+)
+
+
+def decayed_after_step(step, params, rate, weight_decay_mask, mask=None):
+  """``step - rate * M * (params + step)`` on the tensors ``weight_decay_mask``
+  marks: Hugging Face's AdamW decays the parameter *after* the Adam step,
+  ``p <- p - lr * wd * p``. ``mask`` (default all ones) scales the decay.
+  """
+  decays = resolve_tree_of_bools(weight_decay_mask, params, 'weight_decay_mask')
+  mask = jax.tree.map(lambda _: 1.0, params) if mask is None else mask
+
+  def decayed(s, p, m, d):
+    return s - rate * m * (jnp.asarray(p, s.dtype) + s) if d else s
+
+  return jax.tree.map(decayed, step, params, mask, decays)
+
+
+def _learning_rate(learning_rate, count):
+  return learning_rate(count) if callable(learning_rate) else learning_rate
+
+
+def _check_decay(weight_decay) -> float | None:
+  decay = concrete_float(weight_decay)
+  if decay is not None and decay < 0:
+    raise ValueError(f'weight_decay must be >= 0, got {decay}.')
+  return decay
+
+
+def hf_adamw(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.01,
+    weight_decay_mask: Any = None,
+    moment_dtype: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""AdamW in Hugging Face's form: :func:`rose` with every parameter kept.
+
+  .. math::
+    p \leftarrow p - \eta \frac{\sqrt{1-\beta_2^t}}{1-\beta_1^t}
+        \frac{m_t}{\sqrt{v_t} + \epsilon},\quad
+    p \leftarrow p - \eta \lambda p
+
+  This is ``transformers.AdamW`` (and the authors' SparseAdamW with an
+  all-ones mask): the bias correction sits in the step size, so ``eps`` is
+  added to the uncorrected ``sqrt(v)``, and the decay uses the parameter
+  after the Adam step. ``optax.adamw`` adds ``eps`` to the corrected root
+  and decays before the step; the two differ where ``sqrt(v)`` nears
+  ``eps``. Every method of the GLUE command uses this form, so that methods
+  differ in nothing but their rule.
+
+  Args:
+    learning_rate: ``eta``, a float or an optax schedule.
+    b1: ``beta_1``. b2: ``beta_2``. eps: ``epsilon``.
+    weight_decay: the decoupled decay ``lambda``.
+    weight_decay_mask: which tensors decay (tree of bools, callable, or None
+      for all), like ``optax.adamw``'s ``mask``.
+    moment_dtype: dtype of Adam's moments (default: at least float32).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose state is a
+    :class:`rose_jax.ScaleByMaskedAdamState`; ``update`` also takes the
+    keyword ``mask`` of :func:`rose_jax.scale_by_masked_adam`.
+  """
+  decay = _check_decay(weight_decay)
+  inner = scale_by_masked_adam(b1=b1, b2=b2, eps=eps, moment_dtype=moment_dtype)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    direction, new_state = inner.update(updates, state, params, **extra_args)
+    lr = _learning_rate(learning_rate, state.count)
+    step = jax.tree.map(lambda d: -lr * d, direction)
+    if decay == 0.0:
+      return step, new_state
+    if params is None:
+      raise ValueError('hf_adamw applies weight decay and needs params: call '
+                       'update(grads, state, params), or set weight_decay=0.')
+    return decayed_after_step(step, params, lr * weight_decay, weight_decay_mask), new_state
+
+  return optax.GradientTransformationExtraArgs(inner.init, update_fn)
 
 
 def rose(
@@ -88,9 +176,7 @@ def rose(
   With ``optax.inject_hyperparams``, pass callables such as ``selectable``
   through ``static_args``, which would otherwise be taken for schedules.
   """
-  decay = concrete_float(weight_decay)
-  if decay is not None and decay < 0:
-    raise ValueError(f'weight_decay must be >= 0, got {decay}.')
+  decay = _check_decay(weight_decay)
   init_fn, rule = rose_rule(
       variant=variant, upper=upper, lower=lower, gamma=gamma,
       granularity=granularity, selectable=selectable, warmup_steps=warmup_steps,
@@ -98,23 +184,15 @@ def rose(
 
   def update_fn(updates, state: ScaleByRoseState, params=None, **extra_args):
     direction, new_state, step_mask = rule(updates, state, params, **extra_args)
-    lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+    lr = _learning_rate(learning_rate, state.count)
     step = jax.tree.map(lambda d: -lr * d, direction)
     if decay == 0.0:
       return step, new_state
     if params is None:
       raise ValueError('rose applies weight decay and needs params: call '
                        'update(grads, state, params, ...), or set weight_decay=0.')
-    decays = resolve_tree_of_bools(weight_decay_mask, params, 'weight_decay_mask')
-    mask = masking.fill_mask(step_mask, params)
-
-    def decayed(s, p, m, d):
-      if not d:
-        return s
-      # Hugging Face's AdamW decays the parameter *after* the Adam step.
-      return s - lr * weight_decay * m * (jnp.asarray(p, s.dtype) + s)
-
-    step = jax.tree.map(decayed, step, params, mask, decays)
+    step = decayed_after_step(step, params, lr * weight_decay, weight_decay_mask,
+                              masking.fill_mask(step_mask, params))
     # scale_by_rose skips a step with non-finite extra gradients, leaving its
     # count as it was; the decay must not move the parameters either.
     taken = new_state.count != state.count

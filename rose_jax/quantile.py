@@ -131,7 +131,21 @@ def _lands_on_an_element(q, n: int) -> bool:
   return bool(np.floor(position) == position)
 
 
-def tree_quantile(tree, qs: Sequence[jax.Array] | jax.Array) -> list[jax.Array]:
+def _rank_in_double(q, n: int) -> tuple[jax.Array, jax.Array, jax.Array, bool]:
+  """``_rank`` with the position ``q * (n - 1)`` in double precision, as
+  ``np.percentile`` computes it; also whether it lands on an element."""
+  value = concrete_float(q)
+  if value is None:
+    raise ValueError('rank_in_double needs concrete quantiles, not traced ones.')
+  position = value * (n - 1)
+  clip = lambda i: min(max(int(i), 0), n - 1)
+  low, high = clip(np.floor(position)), clip(np.ceil(position))
+  weight = jnp.float32(position - np.floor(position))
+  return jnp.int32(low), jnp.int32(high), weight, low == position
+
+
+def tree_quantile(tree, qs: Sequence[jax.Array] | jax.Array, *,
+                  rank_in_double: bool = False) -> list[jax.Array]:
   """Exact linear quantiles of all elements of all leaves of ``tree``.
 
   Args:
@@ -139,6 +153,10 @@ def tree_quantile(tree, qs: Sequence[jax.Array] | jax.Array) -> list[jax.Array]:
       concatenated; each pass reads each leaf once.
     qs: one quantile or a sequence of quantiles in [0, 1], possibly traced.
       The first pass (top 16 bits) is shared between them.
+    rank_in_double: compute the rank ``q * (n - 1)`` in double precision, as
+      ``np.percentile`` does (``torch.quantile`` and ``jnp.quantile`` use the
+      input's float32). Over tens of millions of values the two ranks can
+      name different order statistics. Needs concrete ``qs``.
 
   Returns:
     A list with one float32 scalar per quantile.
@@ -157,9 +175,12 @@ def tree_quantile(tree, qs: Sequence[jax.Array] | jax.Array) -> list[jax.Array]:
   has_nan = jnp.stack([jnp.isnan(leaf).any() for leaf in leaves]).any()
   results = []
   for q in qs:
-    low, high, weight = _rank(q, n)
+    if rank_in_double:
+      low, high, weight, on_element = _rank_in_double(q, n)
+    else:
+      (low, high, weight), on_element = _rank(q, n), _lands_on_an_element(q, n)
     low_key, count_le = _kth_key(keys, high_cumulative, low)
-    if _lands_on_an_element(q, n):
+    if on_element:
       high_key = low_key  # weight 0: no second order statistic to find
     else:
       high_key = jnp.where(count_le > high, low_key, _next_key(keys, low_key))

@@ -263,3 +263,28 @@ def test_clipping_inside_rose_equals_clipping_before_it_without_extra_gradients(
 def test_non_positive_max_grad_norm_rejected(max_grad_norm):
   with pytest.raises(ValueError, match='max_grad_norm must be > 0'):
     rose_jax.rose(1e-2, upper=0.5, max_grad_norm=max_grad_norm)
+
+
+@hypothesis.settings(max_examples=10, deadline=None)
+@hypothesis.given(seed=st.integers(0, 2**16), weight_decay=st.sampled_from([0.0, 0.01, 0.1]),
+                  grad_scale=st.sampled_from([1.0, 1e-7]))
+def test_hf_adamw_is_the_authors_optimizer_with_every_tensor_kept(seed, weight_decay,
+                                                                  grad_scale):
+  # SparseAdamW with lower=0, upper=1 keeps every tensor: Hugging Face's AdamW.
+  # Gradients of 1e-7 put sqrt(v) near eps, where eps's placement shows.
+  rng = np.random.default_rng(seed)
+  params = _trees(rng)
+  decayed = [k for k in SHAPES if selection.is_decayed(k)]
+  schedule = optax.linear_schedule(1e-2, 0.0, 20)
+  ref = reference.SparseAdamW(params, lr=schedule, variant='first', upper=1.0, b2=0.999,
+                              weight_decay=weight_decay, decayed=decayed)
+  tx = rose_jax.hf_adamw(schedule, b2=0.999, weight_decay=weight_decay,
+                         weight_decay_mask=_by_name(selection.is_decayed))
+  jax_params = jax.tree.map(jnp.asarray, params)
+  state = tx.init(jax_params)
+  for _ in range(5):
+    grads = _trees(rng, grad_scale)
+    ref.step(grads, kl_grads=_trees(rng))
+    updates, state = tx.update(grads, state, jax_params)
+    jax_params = optax.apply_updates(jax_params, updates)
+  chex.assert_trees_all_close(jax_params, ref.params, rtol=2e-5, atol=2e-6)

@@ -20,7 +20,8 @@ from typing import Any
 from rose_jax.glue import batching
 from rose_jax.glue import data as data_lib
 from rose_jax.glue.presets import PRESETS, preset_values
-from rose_jax.training.methods import METHOD_NAMES, get_method
+from rose_jax.training import adversarial
+from rose_jax.training.methods import METHOD_NAMES, Method, get_method
 
 
 class ConfigError(ValueError):
@@ -45,6 +46,7 @@ at_least_one = _check(lambda v: v >= 1, 'at least 1')
 non_negative = _check(lambda v: v >= 0, '0 or more')
 fraction = _check(lambda v: 0 <= v <= 1, 'a fraction in [0, 1] (write 0.6, not 60)')
 below_one = _check(lambda v: 0 <= v < 1, 'in [0, 1)')
+kept_share = _check(lambda v: 0 < v <= 1, 'a fraction in (0, 1]')
 
 
 def option(default, help: str, *, check=None, choices: Iterable[str] | None = None,
@@ -117,7 +119,30 @@ class TrainConfig:
   max_grad_norm: float = option(1.0, 'clip the update gradient to this global norm (0: no '
                                 'clipping)', check=non_negative)
   dropout: float = option(0.1, 'hidden and attention dropout', check=below_one)
-  rdrop_alpha: float = option(1.0, "R-Drop's KL weight", check=non_negative)
+  rdrop_alpha: float = option(
+      1.0, "R-Drop's alpha, weighing R-Drop's KL ((KL(p||q) + KL(q||p)) / 2, twice ROSE's "
+      "first-order loss); R-Drop's GLUE grid is {0.1, 0.5, 1.0}", check=non_negative)
+  # CHILD-TUNING_D (official code: PKUnlp-icler/ChildTuning).
+  reserve_p: float = option(0.3, "CHILD-TUNING_D's kept fraction of encoder weights (run.sh: "
+                            '0.3)', check=kept_share)
+  # SMART (official code: namisan/mt-dnn, train.py defaults).
+  smart_alpha: float = option(1.0, "SMART's regulariser weight lambda_s (mt-dnn adv_alpha; "
+                              'paper grid {1, 3, 5})', check=non_negative)
+  smart_steps: int = option(1, "SMART's ascent steps (mt-dnn adv_k)", check=non_negative)
+  smart_step_size: float = option(1e-5, "SMART's ascent step (mt-dnn adv_step_size)",
+                                  check=non_negative)
+  smart_noise_var: float = option(1e-5, "SMART's initial noise scale (mt-dnn adv_noise_var)",
+                                  check=non_negative)
+  # FreeLB (official code: zhuchen03/FreeLB, fairseq RoBERTa SST-2 script).
+  freelb_steps: int = option(3, "FreeLB's passes K per batch (fairseq --adv-steps m is K = "
+                             'm + 1; SST-2: m = 2)', check=at_least_one)
+  freelb_step_size: float = option(0.1, "FreeLB's ascent step (adv-lr)", check=non_negative)
+  freelb_init_mag: float = option(1.0, "FreeLB's initial perturbation size (adv-init-mag)",
+                                  check=non_negative)
+  freelb_max_norm: float = option(0.6, "FreeLB's bound on the perturbation (adv-max-norm; 0: "
+                                  'none)', check=non_negative)
+  freelb_norm: str = option('l2', "FreeLB's norm (fairseq's default l2)",
+                            choices=('l2', 'linf'))
   dtype: str = option('float32', 'computation dtype (parameters stay float32)',
                       choices=('float32', 'bfloat16'))
   parallel: str | None = option(None, 'data parallelism (default: shard_map on several '
@@ -158,7 +183,7 @@ class TrainConfig:
       raise ConfigError('--resume and --overwrite contradict each other: --resume continues '
                         'the run in the directory, --overwrite replaces it. Pass one.')
     task = data_lib.get_task(self.task)
-    method = get_method(self.method, rdrop_alpha=self.rdrop_alpha)
+    method = self.build_method()
     preset = None if self.preset == 'none' else self.preset
     lr, upper = preset_values(preset, method.rose_variant, task.name)
     parallel = self.parallel or ('shard_map' if device_count > 1 else 'none')
@@ -186,6 +211,20 @@ class TrainConfig:
       rose_jax.rose(out.learning_rate, variant=method.rose_variant, upper=out.upper,
                     lower=out.lower, gamma=out.gamma, granularity=out.granularity)
     return out
+
+  def build_method(self) -> Method:
+    """The method, with its baseline's settings; bad settings raise ConfigError."""
+    try:
+      return get_method(
+          self.method, rdrop_alpha=self.rdrop_alpha,
+          smart=adversarial.Smart(alpha=self.smart_alpha, steps=self.smart_steps,
+                                  step_size=self.smart_step_size,
+                                  noise_var=self.smart_noise_var),
+          freelb=adversarial.FreeLB(steps=self.freelb_steps, step_size=self.freelb_step_size,
+                                    init_mag=self.freelb_init_mag,
+                                    max_norm=self.freelb_max_norm, norm=self.freelb_norm))
+    except ValueError as error:
+      raise ConfigError(str(error)) from None
 
   def differences(self, other: dict) -> list[str]:
     """The settings that shape training and differ from ``other`` (a saved config)."""

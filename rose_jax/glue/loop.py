@@ -41,7 +41,7 @@ import optax
 from flax import nnx
 
 import rose_jax
-from rose_jax import atomic, selection
+from rose_jax import atomic, child_tuning, selection
 from rose_jax.glue import batching, seeds
 from rose_jax.glue import data as data_lib
 from rose_jax.glue.checkpoints import Checkpoints
@@ -50,8 +50,9 @@ from rose_jax.glue.evaluation import Evaluator
 from rose_jax.glue.metrics_log import MetricsLog, trim_lines
 from rose_jax.models import load_pretrained, load_tokenizer, save_pretrained
 from rose_jax.models.loading import looks_like_a_path, read_config, resolve_checkpoint
+from rose_jax.training import fisher as fisher_lib
 from rose_jax.training import step as step_lib
-from rose_jax.training.methods import Method, get_method
+from rose_jax.training.methods import Method
 
 log = logging.getLogger(__name__)
 
@@ -62,29 +63,60 @@ class TrainingDiverged(ValueError):
   """A loss became NaN or infinite."""
 
 
-def build_optimizer(config: TrainConfig, method: Method, total_steps: int):
-  """AdamW for vanilla and R-Drop, ROSE for the rest, both with the authors'
-  decay rule, a linear schedule with optional warm-up, and clipping."""
+def learning_rate_schedule(config: TrainConfig, total_steps: int) -> optax.Schedule:
+  """Linear decay to 0 after an optional linear warm-up, for every method."""
   warmup = int(config.warmup_ratio * total_steps)
-  schedule = optax.join_schedules(
+  if not warmup:
+    return optax.linear_schedule(config.learning_rate, 0.0, max(total_steps, 1))
+  return optax.join_schedules(
       [optax.linear_schedule(0.0, config.learning_rate, max(warmup, 1)),
        optax.linear_schedule(config.learning_rate, 0.0, max(total_steps - warmup, 1))],
-      [warmup]) if warmup else optax.linear_schedule(config.learning_rate, 0.0,
-                                                     max(total_steps, 1))
+      [warmup])
+
+
+def build_optimizer(config: TrainConfig, method: Method, total_steps: int, *,
+                    fisher_mask=None):
+  """The method's optimizer, on one footing: Hugging Face's AdamW form
+  (:func:`rose_jax.hf_adamw`) with the authors' decay rule, the same schedule
+  and the same clipping, masked by ROSE or by CHILD-TUNING_D's fixed
+  ``fisher_mask`` (None: a placeholder that a restored state replaces)."""
+  schedule = learning_rate_schedule(config, total_steps)
+  adam = dict(b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay,
+              weight_decay_mask=selection.authors_decay_mask)
   if method.uses_rose:
     return rose_jax.rose(
         schedule, variant=method.rose_variant, upper=config.upper, lower=config.lower,
-        gamma=config.gamma, granularity=config.granularity, warmup_steps=warmup,
-        b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay,
+        gamma=config.gamma, granularity=config.granularity,
+        warmup_steps=int(config.warmup_ratio * total_steps),
         selectable=selection.authors_selectable,
-        weight_decay_mask=selection.authors_decay_mask,
         # Clips the KL and CE gradients that ROSE ranks by the same factor.
-        max_grad_norm=config.max_grad_norm or None)
-  core = optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps,
-                     weight_decay=config.weight_decay, mask=selection.authors_decay_mask)
+        max_grad_norm=config.max_grad_norm or None, **adam)
+  if method.fisher_mask:
+    # Official order: clip the unmasked gradient, then mask, then AdamW.
+    core = rose_jax.child_tuning_d(schedule, mask=fisher_mask, **adam)
+  else:
+    core = rose_jax.hf_adamw(schedule, **adam)
   if config.max_grad_norm:
     return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), core)
   return core
+
+
+def fisher_pass(config: TrainConfig, data: Data, graphdef, params):
+  """CHILD-TUNING_D's fixed mask from one shuffled pass over the training data
+  (every process reads all of it, so all derive the same mask)."""
+  included = child_tuning.included_tensors(params)
+  batches = batching.train_batches(
+      data.train, config.batch_size, seeds.stream_seed(config.seed, 'noise'), 0,
+      buckets=config.buckets, group_by_length=config.group_by_length)
+  bar = _progress(data.steps_per_epoch, 0, config.progress)
+  bar.set_description('fisher')
+  try:
+    estimate = fisher_lib.fisher_information(
+        graphdef, params, (b.arrays for b in batches), seeds.stream_key(config.seed, 'noise'),
+        included=included, max_grad_norm=config.max_grad_norm or 1.0, progress=bar.update)
+  finally:
+    bar.close()
+  return child_tuning.fisher_mask(estimate, reserve_p=config.reserve_p, included=included)
 
 
 # ---------------------------------------------------------------------------
@@ -331,7 +363,7 @@ def _trim_to(out: Path, results: dict, completed_epochs: int, last_step: int) ->
 def run(config: TrainConfig) -> dict[str, Any]:
   """Fine-tunes, evaluates and writes one run; returns its results."""
   config = preflight(config)
-  method = get_method(config.method, rdrop_alpha=config.rdrop_alpha)
+  method = config.build_method()
   task = data_lib.get_task(config.task)
   model = load_pretrained(config.model, num_labels=task.num_labels,
                           hidden_dropout=config.dropout, attention_dropout=config.dropout,
@@ -371,6 +403,16 @@ def run(config: TrainConfig) -> dict[str, Any]:
       state = restored[1]
       previous = _read_results(out) or {}
       results['epochs'] = previous.get('epochs', [])
+    elif method.fisher_mask:
+      # The mask lives in the optimizer state; a checkpoint at step 0 keeps a
+      # resumed run from redoing the pass.
+      tx = build_optimizer(config, method, total_steps,
+                           fisher_mask=fisher_pass(config, data, graphdef, params))
+      opt_state = tx.init(params)
+      if config.parallel == 'shard_map':
+        opt_state = step_lib.replicate_on_mesh(opt_state, step_lib.data_mesh())
+      state['opt_state'] = opt_state
+      checkpoints.save(0, state)
     completed, global_step = int(state['position']['epoch']), int(state['position']['step'])
     if is_main:
       _trim_to(out, results, completed, global_step)

@@ -1,7 +1,7 @@
 """The Flax RoBERTa/BERT encoder and its Hugging Face checkpoint loading."""
 
 from rose_jax.models.config import EncoderConfig
-from rose_jax.models.encoder import EncoderForSequenceClassification
+from rose_jax.models.encoder import EmbeddingPerturbation, EncoderForSequenceClassification
 from rose_jax.models.loading import (
     CheckpointError,
     check_tokenizer,
@@ -13,6 +13,7 @@ from rose_jax.models.loading import (
 
 __all__ = [
     'CheckpointError',
+    'EmbeddingPerturbation',
     'EncoderConfig',
     'EncoderForSequenceClassification',
     'check_tokenizer',

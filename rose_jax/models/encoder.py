@@ -19,6 +19,7 @@ feed-forward block's forward and backward took 175 ms that way against
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +28,24 @@ from flax import nnx
 from rose_jax.models.config import EncoderConfig
 
 Rngs = nnx.Rngs | None
+
+
+class EmbeddingPerturbation(NamedTuple):
+  """Additive perturbations of the embeddings, each ``[batch, length, hidden]``
+  or None. Adversarial training differentiates the loss with respect to them.
+
+  Attributes:
+    word: added to the word-embedding lookup, before the position and type
+      embeddings and the LayerNorm (FreeLB's ``delta``).
+    output: added to the embedding layer's output, after its LayerNorm and
+      dropout, where the encoder reads it (SMART's noise).
+  """
+  word: jax.Array | None = None
+  output: jax.Array | None = None
+
+
+def _add(x: jax.Array, delta: jax.Array | None) -> jax.Array:
+  return x if delta is None else x + delta.astype(x.dtype)
 
 
 def _activation(name: str):
@@ -72,17 +91,19 @@ class Embeddings(nnx.Module):
     self.token_type_embeddings = make.embed(c.type_vocab_size)
     self.LayerNorm = make.layer_norm()
 
-  def __call__(self, input_ids, token_type_ids, attention_mask, rngs: Rngs):
+  def __call__(self, input_ids, token_type_ids, attention_mask, rngs: Rngs,
+               perturbation: EmbeddingPerturbation | None = None):
     c = self.config
+    perturbation = perturbation or EmbeddingPerturbation()
     if c.model_type == 'roberta':
       # Hugging Face's create_position_ids_from_input_ids.
       not_pad = (input_ids != c.pad_token_id).astype(jnp.int32)
       positions = jnp.cumsum(not_pad, axis=1) * not_pad + c.pad_token_id
     else:
       positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
-    x = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
-         + self.token_type_embeddings(token_type_ids))
-    return _dropout(c.hidden_dropout_prob, self.LayerNorm(x), rngs)
+    x = (_add(self.word_embeddings(input_ids), perturbation.word)
+         + self.position_embeddings(positions) + self.token_type_embeddings(token_type_ids))
+    return _add(_dropout(c.hidden_dropout_prob, self.LayerNorm(x), rngs), perturbation.output)
 
 
 class SelfAttention(nnx.Module):
@@ -179,8 +200,9 @@ class Backbone(nnx.Module):
     if make.config.model_type == 'bert':
       self.pooler = Pooler(make)
 
-  def __call__(self, input_ids, token_type_ids, attention_mask, rngs: Rngs):
-    x = self.embeddings(input_ids, token_type_ids, attention_mask, rngs)
+  def __call__(self, input_ids, token_type_ids, attention_mask, rngs: Rngs,
+               perturbation: EmbeddingPerturbation | None = None):
+    x = self.embeddings(input_ids, token_type_ids, attention_mask, rngs, perturbation)
     flat = self.encoder(x.reshape(-1, x.shape[-1]), attention_mask.astype(bool), rngs)
     return flat.reshape(x.shape)
 
@@ -231,19 +253,26 @@ class EncoderForSequenceClassification(nnx.Module):
           f'({limit} tokens); truncate to max_length <= {limit}.')
 
   def hidden_states(self, input_ids, attention_mask=None, token_type_ids=None, *,
-                    rngs: Rngs = None) -> jax.Array:
+                    rngs: Rngs = None,
+                    perturbation: EmbeddingPerturbation | None = None) -> jax.Array:
     """The last layer's hidden states, shape ``[batch, length, hidden]``."""
     self.check_inputs(input_ids)
     if attention_mask is None:
       attention_mask = jnp.ones_like(input_ids)
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
-    return self.backbone(input_ids, token_type_ids, attention_mask, rngs)
+    return self.backbone(input_ids, token_type_ids, attention_mask, rngs, perturbation)
 
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *,
-               rngs: Rngs = None) -> jax.Array:
-    """Float32 logits ``[batch, num_labels]``; dropout on iff ``rngs`` is given."""
-    hidden = self.hidden_states(input_ids, attention_mask, token_type_ids, rngs=rngs)
+               rngs: Rngs = None,
+               perturbation: EmbeddingPerturbation | None = None) -> jax.Array:
+    """Float32 logits ``[batch, num_labels]``; dropout on iff ``rngs`` is given.
+
+    ``perturbation`` adds to the embeddings (:class:`EmbeddingPerturbation`);
+    a zero perturbation gives exactly the unperturbed logits.
+    """
+    hidden = self.hidden_states(input_ids, attention_mask, token_type_ids, rngs=rngs,
+                                perturbation=perturbation)
     if self.config.model_type == 'roberta':
       logits = self.classifier(hidden, rngs)
     else:

@@ -25,5 +25,12 @@ def symmetric_kl(logits_p: jax.Array, logits_q: jax.Array) -> jax.Array:
   return (jnp.sum(p * (log_p - log_q)) + jnp.sum(q * (log_q - log_p))) / 4.0
 
 
+def rdrop_kl(logits_p: jax.Array, logits_q: jax.Array) -> jax.Array:
+  """R-Drop's ``compute_kl_loss``: ``(KL(p||q) + KL(q||p)) / 2`` summed over
+  batch and classes, twice :func:`symmetric_kl`. R-Drop's ``alpha`` weighs
+  this, so ``--rdrop-alpha`` means what it means in R-Drop's own code."""
+  return 2.0 * symmetric_kl(logits_p, logits_q)
+
+
 def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.mean(jnp.argmax(logits, axis=-1) == labels)

@@ -6,6 +6,9 @@ Methods differ only here; one train step serves them all.
 |---|---|---|---|---|---|
 | vanilla | 1 | CE | | | AdamW |
 | rdrop | 2 | CE + alpha KL | | | AdamW |
+| child-tuning-d | 1 | CE | | | AdamW under a fixed Fisher mask |
+| smart | 2 + steps | CE + lambda sym. KL(clean, adversarial) | | | AdamW |
+| freelb | steps | mean of the passes' CE | | | AdamW |
 | rose-second | 1 | CE | | | ROSE second |
 | rose-first, rose-ensemble | 2 | CE | KL | | ROSE first/ensemble |
 | rdrop-rose-* | 2 | CE + alpha KL | KL (first, ensemble) | CE (second, ensemble) | ROSE |
@@ -14,6 +17,8 @@ Methods differ only here; one train step serves them all.
 from __future__ import annotations
 
 import dataclasses
+
+from rose_jax.training.adversarial import FreeLB, Smart
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,11 +29,17 @@ class Method:
     name: the method's name.
     passes: dropout passes over each batch (1 or 2).
     kl_weight: R-Drop's ``alpha``; the update gradient is that of
-      ``CE + kl_weight * KL`` (0 for CE alone).
+      ``CE + kl_weight * KL_rdrop`` (0 for CE alone), where R-Drop's KL
+      (:func:`rose_jax.training.losses.rdrop_kl`) is twice ROSE's
+      first-order loss (:func:`~rose_jax.training.losses.symmetric_kl`).
     kl_grads: hand the KL gradient to the optimizer (ROSE's first-order risk).
     ce_grads: hand the CE gradient to the optimizer separately (R-Drop +
       ROSE's second-order risk).
     rose_variant: the ROSE variant of the optimizer, or None for AdamW.
+    adversary: SMART's or FreeLB's rule (:mod:`rose_jax.training.adversarial`),
+      which then computes the update gradient.
+    fisher_mask: the optimizer needs CHILD-TUNING_D's Fisher mask, computed
+      before training.
   """
   name: str
   passes: int
@@ -36,6 +47,8 @@ class Method:
   kl_grads: bool = False
   ce_grads: bool = False
   rose_variant: str | None = None
+  adversary: Smart | FreeLB | None = None
+  fisher_mask: bool = False
 
   def __post_init__(self):
     if self.passes not in (1, 2):
@@ -50,18 +63,34 @@ class Method:
       raise ValueError(f'kl_weight must be >= 0, got {self.kl_weight}.')
 
   @property
+  def rose_kl_weight(self) -> float:
+    """The update's weight on ROSE's KL (``symmetric_kl``), which the step
+    computes: R-Drop's KL is twice it."""
+    return 2.0 * self.kl_weight
+
+  @property
   def uses_rose(self) -> bool:
     return self.rose_variant is not None
 
 
-METHOD_NAMES = ('vanilla', 'rdrop', 'rose-first', 'rose-second', 'rose-ensemble',
+# The paper's Table 1 order: baselines, then ROSE, then R-Drop + ROSE.
+METHOD_NAMES = ('vanilla', 'rdrop', 'child-tuning-d', 'smart', 'freelb',
+                'rose-first', 'rose-second', 'rose-ensemble',
                 'rdrop-rose-first', 'rdrop-rose-second', 'rdrop-rose-ensemble')
 
 
-def get_method(name: str, *, rdrop_alpha: float = 1.0) -> Method:
-  """The :class:`Method` called ``name`` (see ``METHOD_NAMES``)."""
+def get_method(name: str, *, rdrop_alpha: float = 1.0, smart: Smart | None = None,
+               freelb: FreeLB | None = None) -> Method:
+  """The :class:`Method` called ``name`` (see ``METHOD_NAMES``); ``smart`` and
+  ``freelb`` are those baselines' settings (default: their official code's)."""
   if name == 'vanilla':
     return Method(name, passes=1)
+  if name == 'child-tuning-d':
+    return Method(name, passes=1, fisher_mask=True)
+  if name == 'smart':
+    return Method(name, passes=1, adversary=smart or Smart())
+  if name == 'freelb':
+    return Method(name, passes=1, adversary=freelb or FreeLB())
   if name == 'rdrop':
     return Method(name, passes=2, kl_weight=rdrop_alpha)
   if name.startswith('rose-') and name[5:] in ('first', 'second', 'ensemble'):

@@ -38,7 +38,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from rose_jax.masking import kept_fraction
-from rose_jax.training import losses
+from rose_jax.training import adversarial, losses
 from rose_jax.training.methods import Method
 from rose_jax.transform import ScaleByRoseState
 
@@ -54,11 +54,19 @@ def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, dict]:
   return graphdef, nnx.to_pure_dict(state)
 
 
-def apply_model(graphdef: nnx.GraphDef, params, batch: Batch, dropout_key=None) -> jax.Array:
-  """Logits for ``batch``; dropout is on iff ``dropout_key`` is given."""
+def apply_model(graphdef: nnx.GraphDef, params, batch: Batch, dropout_key=None,
+                perturbation=None) -> jax.Array:
+  """Logits for ``batch``; dropout is on iff ``dropout_key`` is given.
+
+  ``perturbation`` is passed to the model as is (an
+  :class:`rose_jax.models.EmbeddingPerturbation` for our encoder); the step
+  does not look inside it.
+  """
   model = nnx.merge(graphdef, params)
   rngs = None if dropout_key is None else nnx.Rngs(dropout=dropout_key)
-  return model(*(batch.get(k) for k in INPUT_KEYS), rngs=rngs)
+  if perturbation is None:
+    return model(*(batch.get(k) for k in INPUT_KEYS), rngs=rngs)
+  return model(*(batch.get(k) for k in INPUT_KEYS), rngs=rngs, perturbation=perturbation)
 
 
 def find_rose_state(opt_state) -> ScaleByRoseState | None:
@@ -71,7 +79,7 @@ def find_rose_state(opt_state) -> ScaleByRoseState | None:
 def gradient_rows(method: Method) -> list[tuple[str, tuple[float, float]]]:
   """The gradients a step of ``method`` takes from its one forward, each as
   its name and the (CE, KL) cotangent weights that give it: one backward each."""
-  rows = [('update', (1.0, method.kl_weight))]
+  rows = [('update', (1.0, method.rose_kl_weight))]
   if method.kl_grads:
     rows.append(('kl_grads', (0.0, 1.0)))
   if method.ce_grads and method.kl_weight:
@@ -93,7 +101,11 @@ def _typed_like(output: jax.Array, value: jax.Array) -> jax.Array:
   """``value`` as a cotangent for ``output``: under ``shard_map`` a loss that
   varies over devices needs a cotangent marked as varying over the same axes."""
   axes = _varying_axes(output)
-  return jax.lax.pcast(value, axes, to='varying') if axes else value
+  if not axes:
+    return value
+  if hasattr(jax.lax, 'pcast'):
+    return jax.lax.pcast(value, axes, to='varying')
+  return jax.lax.pvary(value, axes)  # jax < 0.8.1
 
 
 def _mean_over_devices(grad: jax.Array, axis_name: str, devices, shard_mapped: bool):
@@ -124,6 +136,12 @@ def local_step(params, opt_state, batch: Batch, key: jax.Array, *, graphdef: nnx
     devices = jax.lax.psum(1, axis_name)
   labels = batch['labels']
   inputs = {k: batch[k] for k in INPUT_KEYS if k in batch}
+  if method.adversary is not None:
+    grads, (ce, kl, logits) = _adversarial_gradients(graphdef, params, inputs, labels, key,
+                                                     method.adversary)
+    loss = ce + getattr(method.adversary, 'alpha', 0.0) * kl
+    return _finish(params, opt_state, {'update': grads}, tx, method, axis_name, devices,
+                   shard_mapped, loss, ce, kl, logits, labels)
   if method.passes == 2:
     inputs = {k: jnp.concatenate([v, v]) for k, v in inputs.items()}
 
@@ -146,6 +164,28 @@ def local_step(params, opt_state, batch: Batch, key: jax.Array, *, graphdef: nnx
     grads = {name: pullback(cotangent(jnp.asarray(w, jnp.float32)))[0] for name, w in rows}
   if method.ce_grads and 'ce_grads' not in grads:
     grads['ce_grads'] = grads['update']
+  return _finish(params, opt_state, grads, tx, method, axis_name, devices, shard_mapped,
+                 ce + method.rose_kl_weight * kl, ce, kl, logits, labels)
+
+
+def _adversarial_gradients(graphdef, params, inputs, labels, key, adversary):
+  """SMART's or FreeLB's update gradient, and ``(ce, regulariser, logits)``."""
+  dropout_key, noise_key = jax.random.split(key)
+  shape = (*inputs['input_ids'].shape, nnx.merge(graphdef, params).config.hidden_size)
+  apply = lambda p, perturbation, k: apply_model(graphdef, p, inputs, k, perturbation)
+  if isinstance(adversary, adversarial.Smart):
+    grads, (ce, regulariser, logits) = jax.grad(adversary.loss, argnums=1, has_aux=True)(
+        apply, params, labels, shape, dropout_key, noise_key)
+    return grads, (ce, regulariser, logits)
+  mask = inputs.get('attention_mask', jnp.ones_like(inputs['input_ids']))
+  grads, (ce, logits) = adversary.gradients(apply, params, labels, mask, shape, dropout_key,
+                                            noise_key)
+  return grads, (ce, jnp.zeros((), jnp.float32), logits)
+
+
+def _finish(params, opt_state, grads, tx, method, axis_name, devices, shard_mapped,
+            loss, ce, kl, logits, labels):
+  """Averages the gradients over devices, applies the optimizer, and the metrics."""
   if axis_name is not None:
     grads = jax.tree.map(
         lambda g: _mean_over_devices(g, axis_name, devices, shard_mapped), grads)
@@ -155,7 +195,7 @@ def local_step(params, opt_state, batch: Batch, key: jax.Array, *, graphdef: nnx
 
   rose_state = find_rose_state(opt_state)
   metrics = {
-      'loss': ce + method.kl_weight * kl,
+      'loss': loss,
       'ce': ce,
       'kl': kl,
       'accuracy': losses.accuracy(logits, labels),

@@ -21,7 +21,11 @@ def test_benchmark_runs_one_step_of_everything(tmp_path, capsys):
   # The FLOP floor in forward passes, counted by hand: each dropout pass is a
   # forward, each gradient taken from it a backward of two forwards.
   # R-Drop + ROSE-First needs no CE gradient (only the second-order risk uses one).
-  forwards = {'vanilla': 1 * 3, 'rdrop': 2 * 3, 'rose-second': 1 * 3, 'rose-first': 2 * 5,
+  # SMART (one ascent step): clean and adversarial passes with their backward
+  # (2 * 3), and the ascent's forward and input-only backward (2). FreeLB: 3
+  # passes, each a forward and a full backward.
+  forwards = {'vanilla': 1 * 3, 'rdrop': 2 * 3, 'child-tuning-d': 1 * 3, 'smart': 2 * 3 + 2,
+              'freelb': 3 * 3, 'rose-second': 1 * 3, 'rose-first': 2 * 5,
               'rose-ensemble': 2 * 5, 'rdrop-rose-first': 2 * 5, 'rdrop-rose-second': 2 * 5,
               'rdrop-rose-ensemble': 2 * 7}
   for name, expected in forwards.items():

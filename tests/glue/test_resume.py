@@ -216,3 +216,26 @@ def test_data_order_and_dropout_use_their_own_streams(files, tmp_path, monkeypat
   assert set(orders) == {seeds.stream_seed(3, 'data')}
   base = seeds.stream_key(3, 'dropout')
   np.testing.assert_array_equal(keys[1], jax.random.key_data(jax.random.fold_in(base, 1)))
+
+
+@pytest.mark.parametrize('method', ['child-tuning-d', 'smart', 'freelb'])
+def test_each_baseline_runs_and_resumes_exactly(files, tmp_path, monkeypatch, method):
+  from rose_jax.training import fisher
+  passes = {'n': 0}
+  real_fisher = fisher.fisher_information
+
+  def counted_fisher(*args, **kwargs):
+    passes['n'] += 1
+    return real_fisher(*args, **kwargs)
+
+  monkeypatch.setattr(fisher, 'fisher_information', counted_fisher)
+  settings = dict(method=method, epochs=1, save_every=2, smart_step_size=1e-3)
+  expected = loop.run(_config(files, tmp_path / 'whole', **settings))
+  assert expected['epochs'][-1]['train_loss'] > 0
+  out = tmp_path / 'run'
+  _run_killed_at(monkeypatch, 5, _config(files, out, **settings))
+  assert passes['n'] == 2 * (method == 'child-tuning-d')
+  resumed = loop.run(_config(files, out, resume=True, **settings))
+  assert passes['n'] == 2 * (method == 'child-tuning-d'), 'the resume redid the Fisher pass'
+  chex.assert_trees_all_equal(resumed['final_params'], expected['final_params'])
+  assert _read_run(out) == _read_run(tmp_path / 'whole')

@@ -77,3 +77,11 @@ def test_the_tests_own_definitions_equal_numpy(fn, numpy_fn):
   rng = np.random.default_rng(0)
   a, b = rng.normal(size=(2, 3)).astype(np.float32), rng.normal(size=(2, 3)).astype(np.float32)
   np.testing.assert_allclose(float(fn(a, b)), numpy_fn(a, b), rtol=1e-5)
+
+
+def test_rdrop_kl_is_rdrops_compute_kl_loss():
+  # R-Drop's compute_kl_loss: kl_div summed in both directions, then / 2.
+  rng = np.random.default_rng(1)
+  a, b = rng.normal(size=(3, 4)).astype(np.float32), rng.normal(size=(3, 4)).astype(np.float32)
+  np.testing.assert_allclose(float(losses.rdrop_kl(a, b)), definitions.numpy_kl_sum(a, b) / 2,
+                             rtol=1e-5)

@@ -1,0 +1,219 @@
+"""The adversarial baselines, SMART and FreeLB, as gradient rules for the step.
+
+Both perturb the embeddings through the model's one hook,
+:class:`rose_jax.models.EmbeddingPerturbation`, and return the gradient the
+optimizer applies, so the train step runs them jitted and data-parallel like
+every other method. What the official code does, and where it departs from
+the papers, is summarised in each class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+from rose_jax.models import EmbeddingPerturbation
+from rose_jax.training import losses
+
+# apply(params, perturbation, dropout_key) -> logits
+Apply = Callable[[object, EmbeddingPerturbation | None, jax.Array], jax.Array]
+
+
+def _check(name: str, value: float, *, positive: bool = False) -> None:
+  if positive and not value > 0:
+    raise ValueError(f'{name} must be > 0, got {value}.')
+  if value < 0:
+    raise ValueError(f'{name} must be >= 0, got {value}.')
+
+
+def _kl(p_logits: jax.Array, q_logits: jax.Array) -> jax.Array:
+  """``sum KL(p || q)`` over batch and classes."""
+  log_p = jax.nn.log_softmax(p_logits.astype(jnp.float32))
+  log_q = jax.nn.log_softmax(q_logits.astype(jnp.float32))
+  return jnp.sum(jnp.exp(log_p) * (log_p - log_q))
+
+
+def _log_odds(p: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """mt-dnn's ``-log(1 / (p + eps) - 1 + eps)``."""
+  return -jnp.log(1.0 / (p + eps) - 1.0 + eps)
+
+
+def stable_kl(logits: jax.Array, target: jax.Array) -> jax.Array:
+  """mt-dnn's ``stable_kl(logits, target, reduce=False)``: ``2 sum p (r_p - r_q)``
+  over batch and classes, with the log-odds ``r`` held constant, so the
+  gradient flows through ``p = softmax(logits)`` alone."""
+  p = jax.nn.softmax(logits.astype(jnp.float32))
+  q = jax.nn.softmax(target.astype(jnp.float32))
+  r_p, r_q = jax.lax.stop_gradient(_log_odds(p)), jax.lax.stop_gradient(_log_odds(q))
+  return jnp.sum(p * (r_p - r_q) * 2.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Smart:
+  """SMART's smoothness-inducing adversarial regulariser (Jiang et al., ACL 2020),
+  as mt-dnn runs it.
+
+  * Noise ``N(0, 1) * noise_var`` on the embedding layer's output (after its
+    LayerNorm and dropout), at every position.
+  * ``steps`` ascent steps, each on a fresh dropout pass: the gradient ``g``
+    of ``stable_kl(adv, clean)`` (summed over the batch) with respect to the
+    noise; ``noise = (noise + step_size * g)``, divided per token by its
+    largest absolute value plus ``epsilon`` (mt-dnn's default token-level
+    ``inf`` norm, the only one its current code runs). There is no
+    epsilon-ball projection, as in mt-dnn since August 2020. A non-finite
+    ``g`` drops the regulariser for that step, as mt-dnn does.
+  * Loss: ``CE(clean) + alpha * [KL(P_adv || P_clean) + KL(P_clean || P_adv)]
+    / batch``, the first KL differentiated through the clean pass and the
+    second through the adversarial one (mt-dnn's ``SymKlCriterion``).
+
+  The adversarial passes see the perturbation where the encoder reads the
+  embeddings, unlike mt-dnn since February 2021, which feeds embeddings +
+  noise back in as ``inputs_embeds`` so that position embeddings and
+  LayerNorm are applied twice. Here each adversarial pass draws its own
+  dropout in the embedding layer too; mt-dnn reuses the clean pass's
+  embedding output (and its dropout).
+
+  Attributes:
+    alpha: ``lambda_s``, the regulariser's weight (mt-dnn ``adv_alpha`` 1).
+    steps: ascent steps (mt-dnn ``adv_k`` 1; paper ``T_x`` 1).
+    step_size: ascent step (mt-dnn train.py ``adv_step_size`` 1e-5; paper eta 1e-3).
+    noise_var: the initial noise's scale (mt-dnn ``adv_noise_var`` 1e-5).
+    epsilon: added to the per-token max-abs norm (mt-dnn ``adv_epsilon`` 1e-6).
+  """
+  alpha: float = 1.0
+  steps: int = 1
+  step_size: float = 1e-5
+  noise_var: float = 1e-5
+  epsilon: float = 1e-6
+
+  def __post_init__(self):
+    _check('SMART alpha', self.alpha)
+    _check('SMART steps', self.steps)
+    _check('SMART step_size', self.step_size)
+    _check('SMART noise_var', self.noise_var)
+    _check('SMART epsilon', self.epsilon, positive=True)
+    if self.steps != int(self.steps):
+      raise ValueError(f'SMART steps must be a whole number, got {self.steps}.')
+
+  def loss(self, apply: Apply, params, labels, embedding_shape, dropout_key, noise_key):
+    """``(loss, (ce, regulariser, clean_logits))`` for one batch."""
+    keys = jax.random.split(dropout_key, self.steps + 2)
+    clean = apply(params, None, keys[0])
+    ce = losses.cross_entropy(clean, labels)
+    target = jax.lax.stop_gradient(clean)
+    frozen = jax.lax.stop_gradient(params)
+    noise = jax.random.normal(noise_key, embedding_shape, jnp.float32) * self.noise_var
+    finite = jnp.array(True)
+    for step in range(self.steps):
+      ascent = lambda n, key=keys[1 + step]: stable_kl(
+          apply(frozen, EmbeddingPerturbation(output=n), key), target)
+      grad = jax.grad(ascent)(noise)
+      finite &= jnp.isfinite(jnp.sqrt(jnp.sum(jnp.square(grad))))
+      noise = noise + self.step_size * grad
+      noise = noise / (jnp.max(jnp.abs(noise), axis=-1, keepdims=True) + self.epsilon)
+    noise = jax.lax.stop_gradient(noise)
+    adv = apply(params, EmbeddingPerturbation(output=noise), keys[-1])
+    batch = labels.shape[0]
+    regulariser = (_kl(jax.lax.stop_gradient(adv), clean) + _kl(target, adv)) / batch
+    regulariser = jnp.where(finite, regulariser, 0.0)
+    return ce + self.alpha * regulariser, (ce, regulariser, clean)
+
+
+Norm = Literal['l2', 'linf']
+
+
+@dataclasses.dataclass(frozen=True)
+class FreeLB:
+  """FreeLB (Zhu et al., ICLR 2020), as its Hugging Face loop runs it.
+
+  ``steps`` passes over the batch with ``delta`` added to the word-embedding
+  lookup; the parameter gradients of the passes' ``CE / steps`` accumulate.
+  Between passes, ``delta += step_size * g / ||g||`` per example (``g`` its
+  gradient, Frobenius norm for ``l2``, max-abs for ``linf``); then ``l2``
+  rescales examples beyond ``max_norm`` onto the sphere and ``linf`` clips to
+  ``+-max_norm`` (``max_norm`` 0: unbounded). No update follows the last
+  pass. The start: ``l2``: ``U(-1, 1) * init_mag / sqrt(L * H)`` (``L`` the
+  example's unpadded length, ``H`` the embedding size); ``linf``:
+  ``U(-init_mag, init_mag)``; both zero at padding, and ``delta = 0`` when
+  ``init_mag`` is 0. Every pass reuses the first pass's dropout masks, as
+  fairseq's ``init_dp`` does.
+
+  ``steps`` counts passes, as the Hugging Face loop's ``adv-steps`` does;
+  fairseq's ``--adv-steps m`` runs one pass more (a pass at ``delta_0``, then
+  ``m`` update-and-pass rounds, each loss divided by ``m + 1``), so it is
+  ``steps = m + 1`` here.
+
+  Attributes (defaults: fairseq's RoBERTa SST-2 script, ``--adv-steps 2``):
+    steps: passes ``K`` (3).
+    step_size: ``alpha``, fairseq ``adv-lr`` (0.1).
+    init_mag: the start's magnitude (1.0).
+    max_norm: the bound (0.6; 0 for none).
+    norm: ``"l2"`` or ``"linf"`` (fairseq's default l2).
+  """
+  steps: int = 3
+  step_size: float = 0.1
+  init_mag: float = 1.0
+  max_norm: float = 0.6
+  norm: Norm = 'l2'
+
+  def __post_init__(self):
+    if self.norm not in ('l2', 'linf'):
+      raise ValueError(f'Unknown FreeLB norm {self.norm!r}; choose "l2" or "linf".')
+    _check('FreeLB steps', self.steps, positive=True)
+    if self.steps != int(self.steps):
+      raise ValueError(f'FreeLB steps must be a whole number, got {self.steps}.')
+    _check('FreeLB step_size', self.step_size)
+    _check('FreeLB init_mag', self.init_mag)
+    _check('FreeLB max_norm', self.max_norm)
+
+  def initial_delta(self, key, embedding_shape, attention_mask) -> jax.Array:
+    mask = attention_mask.astype(jnp.float32)[:, :, None]
+    if self.init_mag == 0:
+      return jnp.zeros(embedding_shape, jnp.float32)
+    if self.norm == 'l2':
+      lengths = jnp.sum(attention_mask, axis=1).astype(jnp.float32)
+      magnitude = self.init_mag / jnp.sqrt(lengths * embedding_shape[-1])
+      return jax.random.uniform(key, embedding_shape, jnp.float32, -1.0, 1.0) * mask \
+          * magnitude[:, None, None]
+    return jax.random.uniform(key, embedding_shape, jnp.float32, -self.init_mag,
+                              self.init_mag) * mask
+
+  def ascend(self, delta: jax.Array, grad: jax.Array) -> jax.Array:
+    """One update of ``delta`` from its gradient, then the bound."""
+    per_example = grad.reshape(grad.shape[0], -1)
+    if self.norm == 'l2':
+      size = jnp.sqrt(jnp.sum(jnp.square(per_example), axis=1))
+    else:
+      size = jnp.max(jnp.abs(per_example), axis=1)
+    delta = delta + self.step_size * grad / jnp.maximum(size, 1e-8)[:, None, None]
+    if self.max_norm > 0:
+      if self.norm == 'l2':
+        norm = jnp.sqrt(jnp.sum(jnp.square(delta.reshape(delta.shape[0], -1)), axis=1))
+        delta = delta * jnp.where(norm > self.max_norm, self.max_norm / norm, 1.0)[:, None, None]
+      else:
+        delta = jnp.clip(delta, -self.max_norm, self.max_norm)
+    return delta
+
+  def gradients(self, apply: Apply, params, labels, attention_mask, embedding_shape,
+                dropout_key, noise_key):
+    """``(parameter gradients, (ce, clean_logits))``; ``ce`` is the passes' mean."""
+    delta = self.initial_delta(noise_key, embedding_shape, attention_mask)
+
+    def pass_loss(p, d):
+      logits = apply(p, EmbeddingPerturbation(word=d), dropout_key)  # same masks each pass
+      return losses.cross_entropy(logits, labels) / self.steps, logits
+
+    total, ce, first_logits = None, 0.0, None
+    for k in range(self.steps):
+      (loss, logits), (grads, delta_grad) = jax.value_and_grad(
+          pass_loss, argnums=(0, 1), has_aux=True)(params, delta)
+      total = grads if total is None else jax.tree.map(jnp.add, total, grads)
+      ce = ce + loss
+      first_logits = logits if first_logits is None else first_logits
+      if k < self.steps - 1:
+        delta = jax.lax.stop_gradient(self.ascend(delta, delta_grad))
+    return total, (ce, first_logits)

@@ -1,0 +1,75 @@
+"""The Fisher pass of CHILD-TUNING_D, as the official ``calculate_fisher`` runs it.
+
+One pass over the training data before the first update, on the pre-trained
+weights with a fresh head, in train mode (dropout on). For each batch the
+mean cross-entropy's gradient is taken; each included tensor's gradient is
+clipped on its own to L2 norm ``max_grad_norm`` (``clip_grad_norm_`` per
+parameter, 1.0 in the official code), squared and added, divided by the
+number of batches. So F is the mean of squared *mini-batch* gradients, not
+the paper's per-example squared gradients of ``log p(y|x)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from rose_jax.training import losses
+from rose_jax.training.step import INPUT_KEYS, apply_model
+
+
+def _clip_like_torch(grad: jax.Array, max_norm: float) -> jax.Array:
+  """``torch.nn.utils.clip_grad_norm_`` on one tensor (its 1e-6 included)."""
+  coefficient = max_norm / (jnp.sqrt(jnp.sum(jnp.square(grad))) + 1e-6)
+  return jnp.where(coefficient < 1.0, grad * coefficient, grad)
+
+
+def fisher_information(graphdef, params, batches: Iterable[Mapping[str, jax.Array]],
+                       key: jax.Array, *, included, max_grad_norm: float = 1.0,
+                       progress=None):
+  """CHILD-TUNING_D's Fisher estimate over ``batches``.
+
+  Args:
+    graphdef: the model's graph (:func:`rose_jax.training.step.split_model`).
+    params: the parameters, pre-trained encoder and fresh head.
+    batches: one pass over the training data (dicts with ``labels`` and the
+      model's inputs), shuffled as training batches are.
+    key: dropout randomness; batch ``i`` uses ``fold_in(key, i)``.
+    included: a tree of bools: the tensors to estimate (others get zeros).
+    max_grad_norm: the per-tensor clip of each batch gradient.
+    progress: an optional callable, called once per batch (a progress bar's
+      ``update``).
+
+  Returns:
+    A float32 tree like ``params``.
+
+  Raises:
+    ValueError: if ``batches`` is empty.
+  """
+  def batch_gradient(p, batch, batch_key):
+    def loss(p):
+      logits = apply_model(graphdef, p, {k: batch[k] for k in INPUT_KEYS if k in batch},
+                           batch_key)
+      return losses.cross_entropy(logits, batch['labels'])
+    return jax.grad(loss)(p)
+
+  @jax.jit
+  def accumulate(total, p, batch, batch_key):
+    grads = batch_gradient(p, batch, batch_key)
+    return jax.tree.map(
+        lambda t, g, i: t + jnp.square(_clip_like_torch(g, max_grad_norm)) if i else t,
+        total, grads, included)
+
+  total = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
+  count = 0
+  for batch in batches:
+    total = accumulate(total, params, batch, jax.random.fold_in(key, count))
+    count += 1
+    if progress is not None:
+      progress(1)
+  if count == 0:
+    raise ValueError('The Fisher pass of CHILD-TUNING_D needs training data, but there were no '
+                     'batches: check the training file and the batch size.')
+  return jax.tree.map(lambda t: t / count, total)

@@ -1,0 +1,195 @@
+"""SMART and FreeLB against direct, unoptimised computations of their definitions."""
+
+import chex
+import hypothesis
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import strategies as st
+
+from rose_jax.models import EmbeddingPerturbation
+from rose_jax.training import adversarial, methods
+from rose_jax.training import step as step_lib
+from tests.training import definitions
+from tests.training.test_step import recording_optimizer, tiny_batch, tiny_model
+
+
+def _setup(dropout=0.1):
+  graphdef, params = step_lib.split_model(tiny_model(dropout=dropout))
+  batch = tiny_batch(2)
+  inputs = {k: batch[k] for k in ('input_ids', 'attention_mask')}
+  return graphdef, params, batch, inputs
+
+
+def test_a_zero_perturbation_gives_exactly_the_clean_logits():
+  # mt-dnn's current code feeds embeddings + noise back as inputs_embeds, adding
+  # positions and LayerNorm twice: even zero noise changes its logits. Ours may not.
+  graphdef, params, _, inputs = _setup()
+  shape = (*inputs['input_ids'].shape, 16)
+  zeros = jnp.zeros(shape, jnp.float32)
+  for key in (None, jax.random.key(4)):
+    clean = step_lib.apply_model(graphdef, params, inputs, key)
+    for perturbation in (EmbeddingPerturbation(word=zeros), EmbeddingPerturbation(output=zeros),
+                         EmbeddingPerturbation(word=zeros, output=zeros)):
+      chex.assert_trees_all_equal(
+          step_lib.apply_model(graphdef, params, inputs, key, perturbation), clean)
+    moved = step_lib.apply_model(graphdef, params, inputs, key,
+                                 EmbeddingPerturbation(output=zeros + 0.1))
+    assert not np.allclose(moved, clean)
+
+
+def _kl(p_logits, q_logits):
+  p, q = jax.nn.softmax(p_logits), jax.nn.softmax(q_logits)
+  return jnp.sum(p * (jnp.log(p) - jnp.log(q)))
+
+
+def test_smart_gradient_equals_its_definition():
+  graphdef, params, batch, inputs = _setup()
+  smart = adversarial.Smart(alpha=3.0, steps=2, step_size=1e-3, noise_var=1e-5)
+  labels = batch['labels']
+  dropout_key, noise_key = jax.random.key(1), jax.random.key(2)
+  shape = (*inputs['input_ids'].shape, 16)
+  apply = lambda p, perturbation, key: step_lib.apply_model(graphdef, p, inputs, key, perturbation)
+
+  # The definition, step by step, with every "detached" value a constant.
+  keys = jax.random.split(dropout_key, smart.steps + 2)
+  clean0 = apply(params, None, keys[0])
+  noise = jax.random.normal(noise_key, shape) * 1e-5
+  log_odds = lambda p: -jnp.log(1.0 / (p + 1e-6) - 1.0 + 1e-6)
+  for step in range(2):
+    adv_logits = lambda n, k=keys[1 + step]: apply(params, EmbeddingPerturbation(output=n), k)
+    r_p = log_odds(jax.nn.softmax(adv_logits(noise)))
+    r_q = log_odds(jax.nn.softmax(clean0))
+    g = jax.grad(lambda n, r_p=r_p, r_q=r_q, f=adv_logits: jnp.sum(
+        2 * jax.nn.softmax(f(n)) * (r_p - r_q)))(noise)
+    noise = noise + 1e-3 * g
+    noise = noise / (jnp.max(jnp.abs(noise), axis=-1, keepdims=True) + 1e-6)
+  adv0 = apply(params, EmbeddingPerturbation(output=noise), keys[-1])
+
+  def loss(p):
+    clean = apply(p, None, keys[0])
+    adv = apply(p, EmbeddingPerturbation(output=noise), keys[-1])
+    regulariser = (_kl(adv0, clean) + _kl(clean0, adv)) / labels.shape[0]
+    return definitions.cross_entropy(clean, labels) + 3.0 * regulariser
+
+  expected = jax.grad(loss)(params)
+  got, (ce, regulariser, _) = jax.grad(smart.loss, argnums=1, has_aux=True)(
+      apply, params, labels, shape, dropout_key, noise_key)
+  chex.assert_trees_all_close(got, expected, rtol=1e-4, atol=1e-7)
+  np.testing.assert_allclose(ce, definitions.cross_entropy(clean0, labels), rtol=1e-6)
+  np.testing.assert_allclose(regulariser, (_kl(adv0, clean0) + _kl(clean0, adv0)) / 16,
+                             rtol=1e-4)
+  assert float(regulariser) > 0
+
+
+@pytest.mark.parametrize('norm, init_mag, max_norm', [('l2', 1.0, 0.6), ('linf', 0.1, 0.05),
+                                                      ('l2', 0.0, 0.0)])
+def test_freelb_gradient_equals_the_hugging_face_loop(norm, init_mag, max_norm):
+  graphdef, params, batch, inputs = _setup()
+  freelb = adversarial.FreeLB(steps=3, step_size=0.1, init_mag=init_mag, max_norm=max_norm,
+                              norm=norm)
+  labels, mask = batch['labels'], batch['attention_mask']
+  dropout_key, noise_key = jax.random.key(1), jax.random.key(2)
+  shape = (*inputs['input_ids'].shape, 16)
+  apply = lambda p, perturbation, key: step_lib.apply_model(graphdef, p, inputs, key, perturbation)
+
+  # run_glue_freelb.py, transcribed: NumPy for delta, jax.grad for one pass.
+  m = np.asarray(mask, np.float64)[:, :, None]
+  if init_mag == 0:
+    delta = np.zeros(shape)
+  elif norm == 'l2':
+    u = np.asarray(jax.random.uniform(noise_key, shape, jnp.float32, -1.0, 1.0))
+    delta = u * m * (init_mag / np.sqrt(m.sum(1, keepdims=True) * shape[-1]))
+  else:
+    delta = np.asarray(jax.random.uniform(noise_key, shape, jnp.float32, -init_mag,
+                                          init_mag)) * m
+  total = None
+  for k in range(3):
+    pass_loss = lambda p, d: definitions.cross_entropy(
+        apply(p, EmbeddingPerturbation(word=d), dropout_key), labels) / 3
+    gp, gd = jax.grad(pass_loss, argnums=(0, 1))(params, jnp.asarray(delta, jnp.float32))
+    total = gp if total is None else jax.tree.map(jnp.add, total, gp)
+    if k == 2:
+      break
+    gd = np.asarray(gd, np.float64).reshape(16, -1)
+    if norm == 'l2':
+      denorm = np.maximum(np.linalg.norm(gd, axis=1), 1e-8)
+      delta = delta + 0.1 * gd.reshape(shape) / denorm[:, None, None]
+      if max_norm > 0:
+        size = np.linalg.norm(delta.reshape(16, -1), axis=1)
+        delta = delta * np.where(size > max_norm, max_norm / size, 1.0)[:, None, None]
+    else:
+      denorm = np.maximum(np.abs(gd).max(axis=1), 1e-8)
+      delta = np.clip(delta + 0.1 * gd.reshape(shape) / denorm[:, None, None],
+                      -max_norm, max_norm)
+  got, _ = freelb.gradients(apply, params, labels, mask, shape, dropout_key, noise_key)
+  chex.assert_trees_all_close(got, total, rtol=2e-4, atol=1e-7)
+
+
+@hypothesis.settings(max_examples=30, deadline=None)
+@hypothesis.given(seed=st.integers(0, 2**16), norm=st.sampled_from(['l2', 'linf']),
+                  max_norm=st.floats(0.01, 2.0), step_size=st.floats(0.01, 5.0))
+def test_freelb_perturbation_stays_inside_its_ball(seed, norm, max_norm, step_size):
+  rng = np.random.default_rng(seed)
+  freelb = adversarial.FreeLB(norm=norm, max_norm=max_norm, step_size=step_size)
+  delta = jnp.asarray(rng.normal(size=(4, 5, 3)), jnp.float32)
+  for _ in range(3):
+    delta = freelb.ascend(delta, jnp.asarray(rng.normal(size=(4, 5, 3)) * 10, jnp.float32))
+  if norm == 'l2':
+    sizes = np.linalg.norm(np.asarray(delta).reshape(4, -1), axis=1)
+  else:
+    sizes = np.abs(np.asarray(delta)).reshape(4, -1).max(axis=1)
+  assert np.all(sizes <= max_norm * (1 + 1e-5)), sizes
+
+
+def test_freelb_start_is_zero_at_padding_and_scaled_by_length():
+  freelb = adversarial.FreeLB(init_mag=1.0, norm='l2')
+  mask = np.ones((2, 6), np.int32)
+  mask[1, 3:] = 0
+  delta = np.asarray(freelb.initial_delta(jax.random.key(0), (2, 6, 8), jnp.asarray(mask)))
+  assert np.all(delta[1, 3:] == 0)
+  # U(-1, 1) has variance 1/3: the example's squared norm is about init_mag**2 / 3.
+  assert np.all(np.abs(np.abs(delta).max(axis=(1, 2)) * np.sqrt([6 * 8, 3 * 8])) <= 1.0)
+
+
+@pytest.mark.parametrize('make, match', [
+    (lambda: adversarial.FreeLB(norm='l1'), 'Unknown FreeLB norm'),
+    (lambda: adversarial.FreeLB(steps=-1), 'FreeLB steps must be > 0'),
+    (lambda: adversarial.FreeLB(max_norm=-0.5), 'FreeLB max_norm must be >= 0'),
+    (lambda: adversarial.FreeLB(init_mag=-1.0), 'FreeLB init_mag must be >= 0'),
+    (lambda: adversarial.Smart(steps=-1), 'SMART steps must be >= 0'),
+    (lambda: adversarial.Smart(step_size=-1e-3), 'SMART step_size must be >= 0'),
+])
+def test_bad_adversarial_settings_fail_at_construction(make, match):
+  with pytest.raises(ValueError, match=match):
+    make()
+
+
+@pytest.mark.parametrize('name', ['smart', 'freelb'])
+@pytest.mark.parametrize('parallel', ['shard_map', 'pmap'])
+def test_adversarial_steps_on_eight_devices_average_the_devices_gradients(name, parallel):
+  method = methods.get_method(name)
+  graphdef, params, batch, _ = _setup()
+  key = jax.random.key(7)
+  devices = jax.device_count()
+  rows = 16 // devices
+  expected = []
+  one = step_lib.make_train_step(graphdef, recording_optimizer(), method, donate=False)
+  for d in range(devices):
+    local = {k: v[d * rows:(d + 1) * rows] for k, v in batch.items()}
+    state = recording_optimizer().init(params)
+    # A device's step is the one-device step on its rows with its folded key.
+    _, state, _ = one(params, state, local, jax.random.fold_in(key, d))
+    expected.append(state.grads)
+  mean = jax.tree.map(lambda *g: sum(g) / devices, *expected)
+  tx = recording_optimizer()
+  step = step_lib.make_train_step(graphdef, tx, method, parallel=parallel, donate=False)
+  if parallel == 'pmap':
+    _, state, _ = step(step_lib.replicate(params), step_lib.replicate(tx.init(params)),
+                       step_lib.split_for_pmap(batch), key)
+    state = step_lib.unreplicate(state)
+  else:
+    _, state, _ = step(params, tx.init(params), step_lib.shard_batch(batch, step_lib.data_mesh()),
+                       key)
+  chex.assert_trees_all_close(state.grads, mean, rtol=1e-4, atol=1e-7)

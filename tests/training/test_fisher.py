@@ -1,0 +1,49 @@
+"""The Fisher pass of CHILD-TUNING_D against the official calculate_fisher, written out."""
+
+import jax
+import numpy as np
+import pytest
+
+from rose_jax import child_tuning
+from rose_jax.training import fisher
+from rose_jax.training import step as step_lib
+from tests.training import definitions
+from tests.training.test_step import tiny_batch, tiny_model
+
+
+def test_fisher_is_the_mean_of_per_tensor_clipped_squared_batch_gradients():
+  graphdef, params = step_lib.split_model(tiny_model(dropout=0.1))
+  included = child_tuning.included_tensors(params)
+  batches = [tiny_batch(i, size=4) for i in range(3)]
+  key = jax.random.key(5)
+  calls = []
+  got = fisher.fisher_information(graphdef, params, batches, key, included=included,
+                                  max_grad_norm=2e-3, progress=calls.append)
+  assert calls == [1, 1, 1]
+  total = jax.tree.map(np.zeros_like, params)
+  clipped_somewhere = False
+  for i, batch in enumerate(batches):
+    inputs = {k: batch[k] for k in ('input_ids', 'attention_mask')}
+    grads = jax.grad(lambda p, b=batch, i=i, x=inputs: definitions.cross_entropy(
+        step_lib.apply_model(graphdef, p, x, jax.random.fold_in(key, i)), b['labels']))(params)
+    for path_total, g, inc in zip(jax.tree.leaves(total), jax.tree.leaves(grads),
+                                  jax.tree.leaves(included), strict=True):
+      if not inc:
+        continue
+      g = np.asarray(g, np.float64)
+      norm = np.sqrt(np.sum(g * g))
+      coefficient = 2e-3 / (norm + 1e-6)  # torch.nn.utils.clip_grad_norm_
+      clipped_somewhere |= coefficient < 1
+      path_total += (g * min(coefficient, 1.0)) ** 2 / len(batches)
+  assert clipped_somewhere
+  for a, b, inc in zip(jax.tree.leaves(got), jax.tree.leaves(total), jax.tree.leaves(included),
+                       strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-12)
+    assert inc or not np.any(a)
+
+
+def test_a_fisher_pass_over_no_data_fails():
+  graphdef, params = step_lib.split_model(tiny_model())
+  with pytest.raises(ValueError, match='needs training data'):
+    fisher.fisher_information(graphdef, params, [], jax.random.key(0),
+                              included=child_tuning.included_tensors(params))
