@@ -79,3 +79,17 @@ def test_empty_input_is_rejected():
     quantile.tree_quantile([np.zeros((0,), np.float32)], 0.5)
   with pytest.raises(ValueError, match='non-empty 1-D'):
     quantile.sorted_quantile(np.zeros((0,), np.float32), 0.5)
+
+
+def test_rank_in_double_matches_numpy_percentile_where_float32_ranks_differ():
+  # Over 2**25 values, q * (n - 1) in float32 rounds to another order statistic:
+  # CHILD-TUNING_D's cut (np.percentile, a double rank) needs rank_in_double.
+  n = 2**25 + 17
+  values = np.random.default_rng(0).standard_normal(n, dtype=np.float32)
+  q = 0.7
+  assert np.floor(np.float32(q) * np.float32(n - 1)) != np.floor(q * (n - 1))
+  (double,) = quantile.tree_quantile([jnp.asarray(values)], [q], rank_in_double=True)
+  (single,) = quantile.tree_quantile([jnp.asarray(values)], [q])
+  expected = np.float32(np.percentile(values, q * 100))
+  assert np.float32(double) == expected
+  assert np.float32(single) != expected

@@ -58,7 +58,21 @@ BAD = [
     ('--max-grad-norm', '-1', '0 or more'),
     ('--rdrop-alpha', '-1', '0 or more'),
     ('--seeds', '-1', '--seed must be 0 or more'),
+    ('--reserve-p', '0', r'fraction in \(0, 1\]'),
+    ('--reserve-p', '1.5', r'fraction in \(0, 1\]'),
+    ('--smart-steps', '-1', '0 or more'),
+    ('--smart-step-size', '-0.001', '0 or more'),
+    ('--freelb-steps', '0', 'at least 1'),
+    ('--freelb-max-norm', '-0.1', '0 or more'),
+    ('--freelb-init-mag', '-1', '0 or more'),
 ]
+
+
+def test_an_unknown_freelb_norm_is_refused():
+  with pytest.raises(SystemExit):
+    finetune.parse_args(['--freelb-norm', 'l1'])
+  with pytest.raises(ConfigError, match='--freelb-norm must be one of'):
+    TrainConfig(freelb_norm='l1').resolved()
 
 
 @pytest.mark.parametrize(('option', 'value', 'requirement'), BAD)
