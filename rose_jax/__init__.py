@@ -1,5 +1,11 @@
 """rose_jax: robust selective fine-tuning (ROSE, EMNLP 2022) for JAX and optax."""
 
+from rose_jax import _versions
+
+_versions.check('jax', 'jaxlib', 'optax', 'chex')
+
+# ruff: noqa: E402
+
 from rose_jax import child_tuning, selection
 from rose_jax.alias import hf_adamw, rose
 from rose_jax.child_tuning import child_tuning_d

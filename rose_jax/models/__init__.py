@@ -1,5 +1,11 @@
 """The Flax RoBERTa/BERT encoder and its Hugging Face checkpoint loading."""
 
+from rose_jax import _versions
+
+_versions.check('flax')
+
+# ruff: noqa: E402
+
 from rose_jax.models.config import EncoderConfig
 from rose_jax.models.encoder import EmbeddingPerturbation, EncoderForSequenceClassification
 from rose_jax.models.loading import (
