@@ -12,6 +12,7 @@ from rose_jax.child_tuning import child_tuning_d
 from rose_jax.masking import ensemble_mask, kept_fraction, quantile_mask
 from rose_jax.quantile import sorted_quantile, tree_quantile
 from rose_jax.risks import first_order_risk, second_order_risk
+from rose_jax.selective import SelectiveState, selective
 from rose_jax.transform import (
     ScaleByMaskedAdamState,
     ScaleByRoseState,
@@ -25,6 +26,7 @@ __version__ = '0.1.0'
 __all__ = [
     'ScaleByMaskedAdamState',
     'ScaleByRoseState',
+    'SelectiveState',
     'child_tuning',
     'child_tuning_d',
     'ensemble_mask',
@@ -38,6 +40,7 @@ __all__ = [
     'scale_by_rose',
     'second_order_risk',
     'selection',
+    'selective',
     'sorted_quantile',
     'tree_quantile',
 ]

@@ -360,6 +360,63 @@ def clip_like_global_norm(updates, trees, max_grad_norm):
   return [None if tree is None else jax.tree.map(clip, tree) for tree in (updates, *trees)]
 
 
+def check_and_clip_extras(updates, kl_grads, ce_grads, *, variant, max_grad_norm):
+  """Checks ``kl_grads`` and ``ce_grads`` against the gradients, then clips all
+  three by the update gradient's factor (see "Clipping" in
+  :func:`scale_by_rose`)."""
+  if variant in ('first', 'ensemble'):
+    if kl_grads is None:
+      raise ValueError(
+          f'variant={variant!r} ranks parameters by the KL gradient: call '
+          'update(grads, state, params, kl_grads=...) with the gradient of '
+          'the symmetric KL loss between two dropout passes, or use '
+          'variant="second".')
+    check_like(updates, kl_grads, 'kl_grads')
+  if ce_grads is not None:
+    check_like(updates, ce_grads, 'ce_grads')
+  if max_grad_norm is None:
+    return updates, kl_grads, ce_grads
+  return tuple(clip_like_global_norm(updates, (kl_grads, ce_grads), max_grad_norm))
+
+
+def risk_mask(updates, kl_grads, ce_grads, mu, count, last_mask, *, variant, upper, lower,
+              gamma, granularity, warmup_steps, b1):
+  """This step's ROSE mask (Eqs. 2-5, warm-up, all ones before momentum).
+
+  Args:
+    updates: the update gradient.
+    kl_grads, ce_grads: as in :func:`scale_by_rose` (``ce_grads`` may be None).
+    mu: the first moment before this step, in gradient units.
+    count: steps taken before this one.
+    last_mask: the state's mask tree; its ``MaskedNode`` leaves are not ranked.
+
+  Returns:
+    ``(mask, finite)``: the mask tree (``MaskedNode`` where unranked) and a
+    list of booleans, whether the extra gradients used are finite.
+  """
+  ranked = jax.tree.map(lambda m: not masking.is_masked(m), last_mask,
+                        is_leaf=masking.is_masked)
+  thresholds = dict(lower=lower, upper=upper, granularity=granularity)
+  masks, finite = [], []
+  if variant in ('first', 'ensemble'):
+    finite.append(_all_finite(kl_grads))
+    risk = risks.first_order_risk(masking.select(kl_grads, ranked), granularity=granularity)
+    masks.append(masking.quantile_mask(risk, **thresholds))
+  if variant in ('second', 'ensemble'):
+    source = updates if ce_grads is None else ce_grads
+    if ce_grads is not None:
+      finite.append(_all_finite(ce_grads))
+    risk = risks.second_order_risk(
+        masking.select(source, ranked), masking.select(mu, ranked), b1=b1,
+        granularity=granularity)
+    has_momentum = count > 0
+    masks.append(jax.tree.map(lambda m: jnp.where(has_momentum, m, 1.0),
+                              masking.quantile_mask(risk, **thresholds)))
+  mask = masks[0] if len(masks) == 1 else masking.ensemble_mask(*masks, gamma=gamma)
+  masking_on = optax.safe_increment(count) > warmup_steps
+  return jax.tree.map(lambda m: jnp.where(masking_on, m, 1.0), mask), finite
+
+
 def rose_rule(*, variant, upper, lower, gamma, granularity, selectable, warmup_steps,
               b1, b2, eps, max_grad_norm, moment_dtype):
   """``(init, rule)`` of :func:`scale_by_rose`; ``rule(updates, state, params,
@@ -370,8 +427,6 @@ def rose_rule(*, variant, upper, lower, gamma, granularity, selectable, warmup_s
                          lower=lower, gamma=gamma, warmup_steps=warmup_steps)
   check_adam_hyperparams(b1=b1, b2=b2, eps=eps)
   check_max_grad_norm(max_grad_norm)
-  uses_first = variant in ('first', 'ensemble')
-  uses_second = variant in ('second', 'ensemble')
 
   def init_fn(params):
     ranked = resolve_tree_of_bools(selectable, params, 'selectable')
@@ -388,43 +443,12 @@ def rose_rule(*, variant, upper, lower, gamma, granularity, selectable, warmup_s
   def rule(updates, state, params=None, *, kl_grads=None, ce_grads=None, **extra_args):
     del params, extra_args
     check_like_params(state.mu, updates)
-    if uses_first:
-      if kl_grads is None:
-        raise ValueError(
-            f'variant={variant!r} ranks parameters by the KL gradient: call '
-            'update(grads, state, params, kl_grads=...) with the gradient of '
-            'the symmetric KL loss between two dropout passes, or use '
-            'variant="second".')
-      check_like(updates, kl_grads, 'kl_grads')
-    if ce_grads is not None:
-      check_like(updates, ce_grads, 'ce_grads')
-    if max_grad_norm is not None:  # see "Clipping" in scale_by_rose
-      updates, kl_grads, ce_grads = clip_like_global_norm(
-          updates, (kl_grads, ce_grads), max_grad_norm)
-    ranked = jax.tree.map(lambda m: not masking.is_masked(m), state.mask,
-                          is_leaf=masking.is_masked)
-    thresholds = dict(lower=lower, upper=upper, granularity=granularity)
-
-    masks, extra_finite = [], []
-    if uses_first:
-      extra_finite.append(_all_finite(kl_grads))
-      risk = risks.first_order_risk(masking.select(kl_grads, ranked),
-                                    granularity=granularity)
-      masks.append(masking.quantile_mask(risk, **thresholds))
-    if uses_second:
-      source = updates if ce_grads is None else ce_grads
-      if ce_grads is not None:
-        extra_finite.append(_all_finite(ce_grads))
-      risk = risks.second_order_risk(
-          masking.select(source, ranked), masking.select(state.mu, ranked),
-          b1=b1, granularity=granularity)
-      has_momentum = state.count > 0
-      masks.append(jax.tree.map(lambda m: jnp.where(has_momentum, m, 1.0),
-                                masking.quantile_mask(risk, **thresholds)))
-    mask = masks[0] if len(masks) == 1 else masking.ensemble_mask(*masks, gamma=gamma)
-
-    masking_on = optax.safe_increment(state.count) > warmup_steps
-    mask = jax.tree.map(lambda m: jnp.where(masking_on, m, 1.0), mask)
+    updates, kl_grads, ce_grads = check_and_clip_extras(
+        updates, kl_grads, ce_grads, variant=variant, max_grad_norm=max_grad_norm)
+    mask, extra_finite = risk_mask(
+        updates, kl_grads, ce_grads, state.mu, state.count, state.mask, variant=variant,
+        upper=upper, lower=lower, gamma=gamma, granularity=granularity,
+        warmup_steps=warmup_steps, b1=b1)
     direction, mu, nu = masked_adam_update(
         updates, masking.fill_mask(mask, updates), state.mu, state.nu,
         state.count, b1=b1, b2=b2, eps=eps)
