@@ -1,0 +1,95 @@
+"""A vmapped sweep equals its members run one by one, and compiles once."""
+
+import chex
+import jax
+import numpy as np
+import optax
+import pytest
+
+import rose_jax
+from rose_jax import selection
+from rose_jax.training import methods, sweep
+from rose_jax.training import step as step_lib
+from tests.training.test_step import CountingOptimizer, tiny_batch, tiny_model
+
+MEMBERS = [dict(learning_rate=1e-3, upper=0.4, seed=1), dict(learning_rate=3e-3, upper=0.6,
+                                                             seed=2),
+           dict(learning_rate=1e-3, upper=0.6, seed=3)]
+STEPS = 3
+
+
+def _optimizer():
+  factory = sweep.with_peak_learning_rate(rose_jax.rose)
+  return optax.inject_hyperparams(factory, static_args=sweep.ROSE_STATIC)(
+      learning_rate=1e-3, schedule=optax.linear_schedule(1.0, 0.0, 10), upper=0.5,
+      variant='ensemble', selectable=selection.authors_selectable,
+      weight_decay_mask=selection.authors_decay_mask, max_grad_norm=1.0)
+
+
+def _member_start(tx, settings):
+  graphdef, params = step_lib.split_model(tiny_model(dropout=0.1, seed=settings['seed']))
+  state = sweep.with_hyperparams(tx.init(params), learning_rate=settings['learning_rate'],
+                                 upper=settings['upper'])
+  batches = [tiny_batch(10 * settings['seed'] + i) for i in range(STEPS)]
+  keys = [jax.random.fold_in(jax.random.key(settings['seed']), i) for i in range(STEPS)]
+  return graphdef, params, state, batches, keys
+
+
+def test_a_sweep_equals_its_members_run_separately():
+  method = methods.get_method('rose-ensemble')
+  counting = CountingOptimizer(_optimizer())
+  tx = counting.tx
+  starts = [_member_start(tx, m) for m in MEMBERS]
+  graphdef = starts[0][0]
+
+  separate = []
+  one = step_lib.make_train_step(graphdef, tx, method, donate=False)
+  for _, params, state, batches, keys in starts:
+    masks = []
+    for batch, key in zip(batches, keys, strict=True):
+      params, state, _ = one(params, state, batch, key)
+      masks.append(step_lib.find_rose_state(state).mask)
+    separate.append((params, masks))
+  assert counting.traces == 1
+  # The members' settings took effect: member 1 with the factory's own settings
+  # (learning rate 1e-3, upper 0.5) ends elsewhere.
+  _, params, _, batches, keys = starts[1]
+  state = tx.init(params)
+  for batch, key in zip(batches, keys, strict=True):
+    params, state, _ = one(params, state, batch, key)
+  assert not np.allclose(params['classifier']['out_proj']['kernel'],
+                         separate[1][0]['classifier']['out_proj']['kernel'])
+
+  step = sweep.make_sweep_step(graphdef, tx, method, donate=False)
+  params = sweep.stack([s[1] for s in starts])
+  state = sweep.stack([s[2] for s in starts])
+  for i in range(STEPS):
+    batch = sweep.stack([s[3][i] for s in starts])
+    keys = jax.numpy.stack([s[4][i] for s in starts])
+    params, state, metrics = step(params, state, batch, keys)
+    for k, (_, masks) in enumerate(separate):
+      chex.assert_trees_all_equal(sweep.member(step_lib.find_rose_state(state).mask, k),
+                                  masks[i])
+  assert counting.traces == 2, 'the sweep compiled more than once'
+  assert metrics['loss'].shape == (len(MEMBERS),)
+  for k, (expected, _) in enumerate(separate):
+    chex.assert_trees_all_close(sweep.member(params, k), expected, rtol=1e-5, atol=1e-7)
+  # The members did differ: the sweep is not one run copied three times.
+  assert not np.allclose(sweep.member(params, 0)['classifier']['out_proj']['kernel'],
+                         sweep.member(params, 1)['classifier']['out_proj']['kernel'])
+
+
+def test_with_hyperparams_names_what_it_cannot_set():
+  tx = _optimizer()
+  _, params = step_lib.split_model(tiny_model())
+  with pytest.raises(ValueError, match=r"No injected hyperparameter named \['uper'\]"):
+    sweep.with_hyperparams(tx.init(params), uper=0.4)
+  with pytest.raises(ValueError, match='inject_hyperparams'):
+    sweep.with_hyperparams(optax.sgd(0.1).init(params), learning_rate=0.2)
+
+
+def test_a_peak_times_a_unit_schedule_is_the_scaled_schedule():
+  shape, peak = optax.linear_schedule(1.0, 0.0, 10), 3e-5
+  scaled = optax.linear_schedule(peak, 0.0, 10)
+  for count in range(12):
+    assert float(np.float32(peak) * shape(count)) == float(scaled(count))
