@@ -44,7 +44,7 @@ import rose_jax
 from rose_jax import masking, selection
 from rose_jax.glue import cpu_malloc
 from rose_jax.models import EncoderConfig, EncoderForSequenceClassification
-from rose_jax.training import adversarial, methods
+from rose_jax.training import adversarial, methods, sweep
 from rose_jax.training import step as step_lib
 
 if not __package__:  # run as a script: its sibling module is found from the repository root
@@ -281,6 +281,34 @@ def bench_state(name: str) -> list[dict]:
   return rows
 
 
+def bench_sweep(name: str, members: int, steps: int, warmup: int) -> list[dict]:
+  """ROSE-Ensemble for ``members`` settings: one vmapped sweep step against the
+  members' steps run one after another, in configurations x steps per second."""
+  graphdef, params, batch = model_and_batch(name)
+  method = methods.get_method('rose-ensemble')
+  tx = optax.inject_hyperparams(sweep.with_peak_learning_rate(rose_jax.rose),
+                                static_args=sweep.ROSE_STATIC)(
+      learning_rate=1e-5, upper=0.6, variant='ensemble',
+      selectable=selection.authors_selectable, weight_decay_mask=selection.authors_decay_mask)
+  states = [sweep.with_hyperparams(tx.init(params), learning_rate=1e-5 * (1 + i),
+                                   upper=0.4 + 0.1 * (i % 3)) for i in range(members)]
+  keys = jax.random.split(jax.random.key(0), members)
+  one = step_lib.make_train_step(graphdef, tx, method, donate=False)
+  many = sweep.make_sweep_step(graphdef, tx, method, donate=False)
+  stacked = (sweep.stack([params] * members), sweep.stack(states),
+             sweep.stack([batch] * members), keys)
+  sequential, _ = time_calls(lambda: [one(params, st, batch, k)[2]
+                                      for st, k in zip(states, keys, strict=True)], steps, warmup)
+  vmapped, _ = time_calls(lambda: many(*stacked)[2], steps, warmup)
+  rows = []
+  for label, times in (('sequential', sequential), ('vmapped sweep', vmapped)):
+    median = statistics.median(times)
+    rows.append({'mode': label, 'members': members, 'median_s': median,
+                 'config_steps_per_s': members / median})
+  rows[1]['speedup'] = rows[0]['median_s'] / rows[1]['median_s']
+  return rows
+
+
 def torch_rose_ensemble_step(model, *, lr: float = 1e-5, upper: float = 0.6):
   """The authors' recipe in PyTorch, ``step(input_ids, attention_mask, labels)``:
   two forwards, KL backward with a retained graph, per-tensor norms and
@@ -366,6 +394,8 @@ def main(argv=None) -> int:
   p.add_argument('--warmup', type=int, default=1)
   p.add_argument('--torch', action='store_true', help="also time the authors' PyTorch recipe")
   p.add_argument('--skip-masks', action='store_true')
+  p.add_argument('--sweep', type=int, default=4, metavar='K',
+                 help='members of the sweep comparison (0: skip it)')
   p.add_argument('--profile', choices=[r[0] for r in ROWS], metavar='METHOD',
                  help='trace one step of METHOD (a row of the table) with jax.profiler and '
                       'sum its op time by kind; the trace is kept beside the results')
@@ -395,6 +425,13 @@ def main(argv=None) -> int:
       ('granularity', 'granularity', 's'), ('params_mb', 'params (MB)', '.1f'),
       ('state_mb', 'ROSE state (MB)', '.1f'), ('mask_mb', 'of which mask (MB)', '.4f'),
       ('element_mask_mb', 'a mask per scalar would add (MB)', '.1f')]))
+  if args.sweep:
+    result['sweep'] = bench_sweep(args.config, args.sweep, args.steps, args.warmup)
+    print('\n' + markdown(result['sweep'], [
+        ('mode', f'ROSE-Ensemble, {args.sweep} settings', 's'),
+        ('median_s', 'time per step of all (s)', '.3f'),
+        ('config_steps_per_s', 'configurations x steps / s', '.2f'),
+        ('speedup', 'x sequential', '.2f')]))
   if not args.skip_masks:
     masks = bench_masks(args.config, args.steps, args.warmup)
     print('\n' + markdown(masks, [('mask', 'mask', 's'), ('elements', 'ranked elements', 'd'),

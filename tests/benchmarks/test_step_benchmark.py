@@ -5,13 +5,16 @@ No timing is asserted: benchmarks measure, tests check that they run.
 
 import json
 
+import pytest
+
 from benchmarks import step_benchmark
 from rose_jax.training import methods
 
 
 def test_benchmark_runs_one_step_of_everything(tmp_path, capsys):
   assert step_benchmark.main(['--config', 'tiny', '--steps', '1', '--warmup', '1', '--torch',
-                              '--profile', 'rose-ensemble', '--output', str(tmp_path)]) == 0
+                              '--profile', 'rose-ensemble', '--sweep', '2',
+                              '--output', str(tmp_path)]) == 0
   result = json.loads(next(tmp_path.glob('step-tiny-*.json')).read_text())
   rows = {r['method']: r for r in result['steps']}
   assert set(methods.METHOD_NAMES) <= set(rows), 'a method has no row'
@@ -35,6 +38,10 @@ def test_benchmark_runs_one_step_of_everything(tmp_path, capsys):
     # (Embedding gathers and the optimizer keep the tiny model a little under.)
     assert 0.75 * rows[name]['floor'] <= rows[name]['flops_ratio'] <= 1.05 * rows[name]['floor'], \
         (name, rows[name]['flops_ratio'], rows[name]['floor'])
+  modes = {r['mode']: r for r in result['sweep']}
+  assert modes['vmapped sweep']['members'] == 2 and modes['sequential']['median_s'] > 0
+  assert modes['vmapped sweep']['config_steps_per_s'] == pytest.approx(
+      2 / modes['vmapped sweep']['median_s'])
   state = {r['granularity']: r for r in result['state']}
   assert state['element']['state_mb'] == state['tensor']['state_mb'] > 0
   assert state['element']['element_mask_mb'] > 0
