@@ -10,6 +10,7 @@ from rose_jax import child_tuning, selection
 from rose_jax.alias import hf_adamw, rose
 from rose_jax.child_tuning import child_tuning_d
 from rose_jax.masking import ensemble_mask, kept_fraction, quantile_mask
+from rose_jax.params_ema import ParamsEmaState, params_ema
 from rose_jax.quantile import sorted_quantile, tree_quantile
 from rose_jax.risks import first_order_risk, second_order_risk
 from rose_jax.selective import SelectiveState, selective
@@ -24,6 +25,7 @@ from rose_jax.transform import (
 __version__ = '0.1.0'
 
 __all__ = [
+    'ParamsEmaState',
     'ScaleByMaskedAdamState',
     'ScaleByRoseState',
     'SelectiveState',
@@ -34,6 +36,7 @@ __all__ = [
     'hf_adamw',
     'kept_fraction',
     'masked_adam_update',
+    'params_ema',
     'quantile_mask',
     'rose',
     'scale_by_masked_adam',

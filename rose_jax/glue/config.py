@@ -133,6 +133,10 @@ class TrainConfig:
                                   check=non_negative)
   smart_noise_var: float = option(1e-5, "SMART's initial noise scale (mt-dnn adv_noise_var)",
                                   check=non_negative)
+  smart_bregman_mu: float = option(
+      0.0, "weight of SMART's Bregman proximal term against a momentum teacher (the paper: 1, "
+      'beta 0.99 for the first 10%% of steps then 0.999; mt-dnn has no such term: 0)',
+      check=non_negative)
   # FreeLB (official code: zhuchen03/FreeLB, fairseq RoBERTa SST-2 script).
   freelb_steps: int = option(3, "FreeLB's passes K per batch (fairseq --adv-steps m is K = "
                              'm + 1; SST-2: m = 2)', check=at_least_one)
@@ -219,7 +223,8 @@ class TrainConfig:
           self.method, rdrop_alpha=self.rdrop_alpha,
           smart=adversarial.Smart(alpha=self.smart_alpha, steps=self.smart_steps,
                                   step_size=self.smart_step_size,
-                                  noise_var=self.smart_noise_var),
+                                  noise_var=self.smart_noise_var,
+                                  bregman_mu=self.smart_bregman_mu),
           freelb=adversarial.FreeLB(steps=self.freelb_steps, step_size=self.freelb_step_size,
                                     init_mag=self.freelb_init_mag,
                                     max_norm=self.freelb_max_norm, norm=self.freelb_norm))

@@ -96,6 +96,12 @@ def build_optimizer(config: TrainConfig, method: Method, total_steps: int, *,
     core = rose_jax.child_tuning_d(schedule, mask=fisher_mask, **adam)
   else:
     core = rose_jax.hf_adamw(schedule, **adam)
+  if getattr(method.adversary, 'bregman_mu', 0):
+    # SMART's momentum teacher: beta 0.99 for the first 10% of updates, then 0.999.
+    switch = max(int(0.1 * total_steps), 1)
+    beta = optax.join_schedules([optax.constant_schedule(0.99),
+                                 optax.constant_schedule(0.999)], [switch])
+    core = optax.chain(core, rose_jax.params_ema(beta))
   if config.max_grad_norm:
     return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), core)
   return core

@@ -77,18 +77,28 @@ class Smart:
   dropout in the embedding layer too; mt-dnn reuses the clean pass's
   embedding output (and its dropout).
 
+  The Bregman proximal point term of the paper, which mt-dnn does not have, is
+  an option (``bregman_mu > 0``): ``mu * [KL(P_teacher || P) + KL(P || P_teacher)]
+  / batch`` between the clean pass and the same pass (same dropout) of a
+  momentum teacher, whose parameters are an average of the model's kept by
+  :func:`rose_jax.params_ema` in the optimizer state (the paper: ``mu = 1``,
+  ``beta`` 0.99 for the first 10% of updates, then 0.999). Off by default,
+  as in the official code.
+
   Attributes:
     alpha: ``lambda_s``, the regulariser's weight (mt-dnn ``adv_alpha`` 1).
     steps: ascent steps (mt-dnn ``adv_k`` 1; paper ``T_x`` 1).
     step_size: ascent step (mt-dnn train.py ``adv_step_size`` 1e-5; paper eta 1e-3).
     noise_var: the initial noise's scale (mt-dnn ``adv_noise_var`` 1e-5).
     epsilon: added to the per-token max-abs norm (mt-dnn ``adv_epsilon`` 1e-6).
+    bregman_mu: the Bregman term's weight ``mu`` (0: off, as mt-dnn).
   """
   alpha: float = 1.0
   steps: int = 1
   step_size: float = 1e-5
   noise_var: float = 1e-5
   epsilon: float = 1e-6
+  bregman_mu: float = 0.0
 
   def __post_init__(self):
     _check('SMART alpha', self.alpha)
@@ -96,11 +106,14 @@ class Smart:
     _check('SMART step_size', self.step_size)
     _check('SMART noise_var', self.noise_var)
     _check('SMART epsilon', self.epsilon, positive=True)
+    _check('SMART bregman_mu', self.bregman_mu)
     if self.steps != int(self.steps):
       raise ValueError(f'SMART steps must be a whole number, got {self.steps}.')
 
-  def loss(self, apply: Apply, params, labels, embedding_shape, dropout_key, noise_key):
-    """``(loss, (ce, regulariser, clean_logits))`` for one batch."""
+  def loss(self, apply: Apply, params, labels, embedding_shape, dropout_key, noise_key,
+           teacher=None):
+    """``(loss, (ce, regulariser, clean_logits))`` for one batch; ``teacher``
+    holds the momentum teacher's parameters when ``bregman_mu > 0``."""
     keys = jax.random.split(dropout_key, self.steps + 2)
     clean = apply(params, None, keys[0])
     ce = losses.cross_entropy(clean, labels)
@@ -120,7 +133,14 @@ class Smart:
     batch = labels.shape[0]
     regulariser = (_kl(jax.lax.stop_gradient(adv), clean) + _kl(target, adv)) / batch
     regulariser = jnp.where(finite, regulariser, 0.0)
-    return ce + self.alpha * regulariser, (ce, regulariser, clean)
+    loss = ce + self.alpha * regulariser
+    if self.bregman_mu:
+      if teacher is None:
+        raise ValueError('SMART with bregman_mu > 0 needs the momentum teacher: chain '
+                         'rose_jax.params_ema(...) after the optimizer.')
+      taught = jax.lax.stop_gradient(apply(teacher, None, keys[0]))
+      loss = loss + self.bregman_mu * (_kl(taught, clean) + _kl(clean, taught)) / batch
+    return loss, (ce, regulariser, clean)
 
 
 Norm = Literal['l2', 'linf']

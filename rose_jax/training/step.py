@@ -38,6 +38,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from rose_jax.masking import kept_fraction
+from rose_jax.params_ema import find_params_ema
 from rose_jax.training import adversarial, losses
 from rose_jax.training.methods import Method
 from rose_jax.transform import ScaleByRoseState
@@ -137,8 +138,8 @@ def local_step(params, opt_state, batch: Batch, key: jax.Array, *, graphdef: nnx
   labels = batch['labels']
   inputs = {k: batch[k] for k in INPUT_KEYS if k in batch}
   if method.adversary is not None:
-    grads, (ce, kl, logits) = _adversarial_gradients(graphdef, params, inputs, labels, key,
-                                                     method.adversary)
+    grads, (ce, kl, logits) = _adversarial_gradients(graphdef, params, opt_state, inputs,
+                                                     labels, key, method.adversary)
     loss = ce + getattr(method.adversary, 'alpha', 0.0) * kl
     return _finish(params, opt_state, {'update': grads}, tx, method, axis_name, devices,
                    shard_mapped, loss, ce, kl, logits, labels)
@@ -168,14 +169,16 @@ def local_step(params, opt_state, batch: Batch, key: jax.Array, *, graphdef: nnx
                  ce + method.rose_kl_weight * kl, ce, kl, logits, labels)
 
 
-def _adversarial_gradients(graphdef, params, inputs, labels, key, adversary):
+def _adversarial_gradients(graphdef, params, opt_state, inputs, labels, key, adversary):
   """SMART's or FreeLB's update gradient, and ``(ce, regulariser, logits)``."""
   dropout_key, noise_key = jax.random.split(key)
   shape = (*inputs['input_ids'].shape, nnx.merge(graphdef, params).config.hidden_size)
   apply = lambda p, perturbation, k: apply_model(graphdef, p, inputs, k, perturbation)
   if isinstance(adversary, adversarial.Smart):
+    ema = find_params_ema(opt_state)
     grads, (ce, regulariser, logits) = jax.grad(adversary.loss, argnums=1, has_aux=True)(
-        apply, params, labels, shape, dropout_key, noise_key)
+        apply, params, labels, shape, dropout_key, noise_key,
+        None if ema is None else ema.ema)
     return grads, (ce, regulariser, logits)
   mask = inputs.get('attention_mask', jnp.ones_like(inputs['input_ids']))
   grads, (ce, logits) = adversary.gradients(apply, params, labels, mask, shape, dropout_key,

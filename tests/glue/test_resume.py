@@ -218,8 +218,9 @@ def test_data_order_and_dropout_use_their_own_streams(files, tmp_path, monkeypat
   np.testing.assert_array_equal(keys[1], jax.random.key_data(jax.random.fold_in(base, 1)))
 
 
-@pytest.mark.parametrize('method', ['child-tuning-d', 'smart', 'freelb'])
-def test_each_baseline_runs_and_resumes_exactly(files, tmp_path, monkeypatch, method):
+@pytest.mark.parametrize('method, extra', [('child-tuning-d', {}), ('smart', {}),
+                                           ('smart', {'smart_bregman_mu': 1.0}), ('freelb', {})])
+def test_each_baseline_runs_and_resumes_exactly(files, tmp_path, monkeypatch, method, extra):
   from rose_jax.training import fisher
   passes = {'n': 0}
   real_fisher = fisher.fisher_information
@@ -229,7 +230,7 @@ def test_each_baseline_runs_and_resumes_exactly(files, tmp_path, monkeypatch, me
     return real_fisher(*args, **kwargs)
 
   monkeypatch.setattr(fisher, 'fisher_information', counted_fisher)
-  settings = dict(method=method, epochs=1, save_every=2, smart_step_size=1e-3)
+  settings = dict(method=method, epochs=1, save_every=2, smart_step_size=1e-3, **extra)
   expected = loop.run(_config(files, tmp_path / 'whole', **settings))
   assert expected['epochs'][-1]['train_loss'] > 0
   out = tmp_path / 'run'

@@ -193,3 +193,42 @@ def test_adversarial_steps_on_eight_devices_average_the_devices_gradients(name, 
     _, state, _ = step(params, tx.init(params), step_lib.shard_batch(batch, step_lib.data_mesh()),
                        key)
   chex.assert_trees_all_close(state.grads, mean, rtol=1e-4, atol=1e-7)
+
+
+def test_smarts_bregman_term_against_its_definition():
+  graphdef, params, batch, inputs = _setup()
+  teacher = jax.tree.map(lambda p: p * 0.9, params)
+  smart = adversarial.Smart(alpha=1.0, steps=1, bregman_mu=2.0)
+  plain = adversarial.Smart(alpha=1.0, steps=1)
+  labels, shape = batch['labels'], (*inputs['input_ids'].shape, 16)
+  dropout_key, noise_key = jax.random.key(1), jax.random.key(2)
+  apply = lambda p, perturbation, key: step_lib.apply_model(graphdef, p, inputs, key, perturbation)
+  clean_key = jax.random.split(dropout_key, 3)[0]
+  taught = apply(teacher, None, clean_key)
+
+  def bregman(p):
+    clean = apply(p, None, clean_key)
+    return 2.0 * (_kl(taught, clean) + _kl(clean, taught)) / labels.shape[0]
+
+  grad = lambda s, t: jax.grad(s.loss, argnums=1, has_aux=True)(
+      apply, params, labels, shape, dropout_key, noise_key, t)[0]
+  expected = jax.tree.map(jnp.add, grad(plain, None), jax.grad(bregman)(params))
+  chex.assert_trees_all_close(grad(smart, teacher), expected, rtol=1e-4, atol=1e-7)
+  with pytest.raises(ValueError, match='params_ema'):
+    grad(smart, None)
+
+
+def test_smart_with_a_teacher_trains_in_the_step():
+  import optax
+
+  import rose_jax
+  method = methods.get_method('smart', smart=adversarial.Smart(bregman_mu=1.0))
+  graphdef, params, batch, _ = _setup()
+  tx = optax.chain(rose_jax.hf_adamw(1e-3), rose_jax.params_ema(0.9))
+  step = step_lib.make_train_step(graphdef, tx, method, donate=False)
+  state = tx.init(params)
+  new_params, state, metrics = step(params, state, batch, jax.random.key(0))
+  assert np.isfinite(float(metrics['loss']))
+  ema = state[1].ema
+  expected = jax.tree.map(lambda p, n: 0.9 * p + 0.1 * n, params, new_params)
+  chex.assert_trees_all_close(ema, expected, rtol=1e-5, atol=1e-8)

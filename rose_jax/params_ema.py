@@ -1,0 +1,60 @@
+"""An exponential moving average of the parameters, kept in the optimizer state.
+
+SMART's Bregman proximal point term compares the model with a "momentum
+teacher" whose parameters average the student's over the steps. The
+average is optimizer state: this transformation keeps it and changes no
+update, so it chains after any optimizer and knows nothing of models.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+
+class ParamsEmaState(NamedTuple):
+  """State of :func:`params_ema`."""
+  count: chex.Array  # int32 updates seen
+  ema: optax.Params  # the average of the parameters after each update
+
+
+def params_ema(decay: optax.ScalarOrSchedule) -> optax.GradientTransformation:
+  """Keeps ``ema <- decay * ema + (1 - decay) * (params + updates)``.
+
+  Chain it last, so that ``updates`` is the final step and ``params +
+  updates`` the parameters after it. The average starts at the initial
+  parameters; the updates pass through unchanged.
+
+  Args:
+    decay: ``beta``, a float or a schedule of the step count (SMART: 0.99 for
+      the first 10% of updates, then 0.999).
+
+  Returns:
+    An ``optax.GradientTransformation`` with a :class:`ParamsEmaState`.
+  """
+  def init_fn(params):
+    return ParamsEmaState(jnp.zeros([], jnp.int32),
+                          jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params))
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError('params_ema averages the parameters: call update(updates, state, '
+                       'params).')
+    beta = decay(state.count) if callable(decay) else decay
+    ema = jax.tree.map(
+        lambda e, p, u: beta * e + (1.0 - beta) * (jnp.asarray(p, jnp.float32) + u),
+        state.ema, params, updates)
+    return updates, ParamsEmaState(optax.safe_increment(state.count), ema)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def find_params_ema(opt_state) -> ParamsEmaState | None:
+  """The :class:`ParamsEmaState` inside an optimizer state, if any."""
+  is_ema = lambda x: isinstance(x, ParamsEmaState)
+  found = [s for s in jax.tree.leaves(opt_state, is_leaf=is_ema) if is_ema(s)]
+  return found[0] if found else None
