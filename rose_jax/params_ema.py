@@ -37,8 +37,10 @@ def params_ema(decay: optax.ScalarOrSchedule) -> optax.GradientTransformation:
     An ``optax.GradientTransformation`` with a :class:`ParamsEmaState`.
   """
   def init_fn(params):
+    # A copy, not the params' own buffers: a step that donates params and
+    # optimizer state must not receive one buffer twice.
     return ParamsEmaState(jnp.zeros([], jnp.int32),
-                          jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params))
+                          jax.tree.map(lambda p: jnp.array(p, jnp.float32, copy=True), params))
 
   def update_fn(updates, state, params=None):
     if params is None:

@@ -33,3 +33,11 @@ def test_it_needs_params():
   tx = rose_jax.params_ema(0.9)
   with pytest.raises(ValueError, match='averages the parameters'):
     tx.update({'w': jnp.ones(2)}, tx.init({'w': jnp.ones(2)}))
+
+
+def test_the_average_does_not_share_the_params_buffers():
+  # A train step donates params and optimizer state; one buffer in both fails.
+  params = {'w': jnp.ones((2, 2), jnp.float32)}
+  state = rose_jax.params_ema(0.9).init(params)
+  step = jax.jit(lambda p, s: (p, s), donate_argnums=(0, 1))
+  step(params, state)
