@@ -36,8 +36,18 @@ def decayed_after_step(step, params, rate, weight_decay_mask, mask=None):
   return jax.tree.map(decayed, step, params, mask, decays)
 
 
-def _learning_rate(learning_rate, count):
-  return learning_rate(count) if callable(learning_rate) else learning_rate
+def adamw_step(direction, params, count, *, name, learning_rate, weight_decay,
+               weight_decay_mask, mask=None):
+  """``-lr * direction`` and then, unless ``weight_decay`` is 0, the decay of
+  :func:`decayed_after_step`; ``lr`` is ``learning_rate`` at step ``count``."""
+  lr = learning_rate(count) if callable(learning_rate) else learning_rate
+  step = jax.tree.map(lambda d: -lr * d, direction)
+  if concrete_float(weight_decay) == 0.0:
+    return step
+  if params is None:
+    raise ValueError(f'{name} applies weight decay and needs params: call '
+                     'update(grads, state, params, ...), or set weight_decay=0.')
+  return decayed_after_step(step, params, lr * weight_decay, weight_decay_mask, mask)
 
 
 def _check_decay(weight_decay) -> float | None:
@@ -85,19 +95,14 @@ def hf_adamw(
     :class:`rose_jax.ScaleByMaskedAdamState`; ``update`` also takes the
     keyword ``mask`` of :func:`rose_jax.scale_by_masked_adam`.
   """
-  decay = _check_decay(weight_decay)
+  _check_decay(weight_decay)
   inner = scale_by_masked_adam(b1=b1, b2=b2, eps=eps, moment_dtype=moment_dtype)
 
   def update_fn(updates, state, params=None, **extra_args):
     direction, new_state = inner.update(updates, state, params, **extra_args)
-    lr = _learning_rate(learning_rate, state.count)
-    step = jax.tree.map(lambda d: -lr * d, direction)
-    if decay == 0.0:
-      return step, new_state
-    if params is None:
-      raise ValueError('hf_adamw applies weight decay and needs params: call '
-                       'update(grads, state, params), or set weight_decay=0.')
-    return decayed_after_step(step, params, lr * weight_decay, weight_decay_mask), new_state
+    return adamw_step(direction, params, state.count, name='hf_adamw',
+                      learning_rate=learning_rate, weight_decay=weight_decay,
+                      weight_decay_mask=weight_decay_mask), new_state
 
   return optax.GradientTransformationExtraArgs(inner.init, update_fn)
 
@@ -176,7 +181,7 @@ def rose(
   With ``optax.inject_hyperparams``, pass callables such as ``selectable``
   through ``static_args``, which would otherwise be taken for schedules.
   """
-  decay = _check_decay(weight_decay)
+  _check_decay(weight_decay)
   init_fn, rule = rose_rule(
       variant=variant, upper=upper, lower=lower, gamma=gamma,
       granularity=granularity, selectable=selectable, warmup_steps=warmup_steps,
@@ -184,15 +189,12 @@ def rose(
 
   def update_fn(updates, state: ScaleByRoseState, params=None, **extra_args):
     direction, new_state, step_mask = rule(updates, state, params, **extra_args)
-    lr = _learning_rate(learning_rate, state.count)
-    step = jax.tree.map(lambda d: -lr * d, direction)
-    if decay == 0.0:
+    step = adamw_step(direction, params, state.count, name='rose',
+                      learning_rate=learning_rate, weight_decay=weight_decay,
+                      weight_decay_mask=weight_decay_mask,
+                      mask=None if params is None else masking.fill_mask(step_mask, params))
+    if concrete_float(weight_decay) == 0.0:
       return step, new_state
-    if params is None:
-      raise ValueError('rose applies weight decay and needs params: call '
-                       'update(grads, state, params, ...), or set weight_decay=0.')
-    step = decayed_after_step(step, params, lr * weight_decay, weight_decay_mask,
-                              masking.fill_mask(step_mask, params))
     # scale_by_rose skips a step with non-finite extra gradients, leaving its
     # count as it was; the decay must not move the parameters either.
     taken = new_state.count != state.count
