@@ -23,7 +23,7 @@ from rose_jax.transform import (
     check_and_clip_extras,
     check_max_grad_norm,
     check_rose_hyperparams,
-    resolve_tree_of_bools,
+    initial_mask,
     risk_mask,
 )
 
@@ -131,14 +131,9 @@ def selective(
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):
-    ranked = resolve_tree_of_bools(selectable, params, 'selectable')
-    if not any(jax.tree.leaves(ranked)):
-      raise ValueError('selectable marks no parameter tensor, so ROSE would never mask '
-                       'anything; check the selection rule against your parameter names.')
+    mask = initial_mask(params, selectable)
     inner_state = inner.init(params)
     find_momentum(inner_state, momentum)  # fails now, not in the first step
-    mask = jax.tree.map(
-        lambda _, s: jnp.ones((), jnp.float32) if s else optax.MaskedNode(), params, ranked)
     return SelectiveState(jnp.zeros([], jnp.int32), inner_state, mask)
 
   def update_fn(updates, state, params=None, *, kl_grads=None, ce_grads=None, **extra_args):

@@ -360,6 +360,19 @@ def clip_like_global_norm(updates, trees, max_grad_norm):
   return [None if tree is None else jax.tree.map(clip, tree) for tree in (updates, *trees)]
 
 
+def initial_mask(params, selectable):
+  """The state's first mask: ones for the ranked tensors, ``MaskedNode`` for
+  the others; raises ValueError when ``selectable`` ranks nothing."""
+  ranked = resolve_tree_of_bools(selectable, params, 'selectable')
+  if not any(jax.tree.leaves(ranked)):
+    raise ValueError(
+        'selectable marks no parameter tensor, so ROSE would never mask '
+        'anything; check the selection rule against your parameter names, '
+        'or use optax.adamw.')
+  return jax.tree.map(
+      lambda _, s: jnp.ones((), jnp.float32) if s else optax.MaskedNode(), params, ranked)
+
+
 def check_and_clip_extras(updates, kl_grads, ce_grads, *, variant, max_grad_norm):
   """Checks ``kl_grads`` and ``ce_grads`` against the gradients, then clips all
   three by the update gradient's factor (see "Clipping" in
@@ -429,16 +442,8 @@ def rose_rule(*, variant, upper, lower, gamma, granularity, selectable, warmup_s
   check_max_grad_norm(max_grad_norm)
 
   def init_fn(params):
-    ranked = resolve_tree_of_bools(selectable, params, 'selectable')
-    if not any(jax.tree.leaves(ranked)):
-      raise ValueError(
-          'selectable marks no parameter tensor, so ROSE would never mask '
-          'anything; check the selection rule against your parameter names, '
-          'or use optax.adamw.')
     mu, nu = init_moments(params, moment_dtype)
-    mask = jax.tree.map(
-        lambda _, s: jnp.ones((), jnp.float32) if s else optax.MaskedNode(), params, ranked)
-    return ScaleByRoseState(jnp.zeros([], jnp.int32), mu, nu, mask)
+    return ScaleByRoseState(jnp.zeros([], jnp.int32), mu, nu, initial_mask(params, selectable))
 
   def rule(updates, state, params=None, *, kl_grads=None, ce_grads=None, **extra_args):
     del params, extra_args
