@@ -69,7 +69,7 @@ def bench_jax(model, encoded, method_name: str, mode: str, args) -> dict:
 
   from rose_jax.glue import batching, seeds
   from rose_jax.glue.config import TrainConfig
-  from rose_jax.glue.loop import build_optimizer
+  from rose_jax.glue.optimizers import build_optimizer
   from rose_jax.training import methods
   from rose_jax.training import step as step_lib
   method = methods.get_method(method_name)

@@ -147,15 +147,6 @@ def allocator(malloc_setting: str = '') -> str:
   return (f'{libc} {version} malloc'.strip() if libc else 'system malloc') + settings
 
 
-def compiled_bytes(compiled) -> int | None:
-  try:
-    m = compiled.memory_analysis()
-    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-               - m.alias_size_in_bytes)
-  except Exception:  # not every backend reports it
-    return None
-
-
 def compile_method(graphdef, params, batch, method_name: str, granularity: str,
                    cotangents: str):
   """One method's compiled step, and a function that runs it once on fresh carry."""
@@ -183,7 +174,7 @@ def time_method(graphdef, params, batch, method_name: str, granularity: str, ste
   device = jax.devices()[0]
   stats = device.memory_stats() if hasattr(device, 'memory_stats') else None
   return {**timing(*time_calls(run, steps, warmup)),
-          'compiled_bytes': compiled_bytes(compiled), 'xla_flops': flops,
+          'compiled_bytes': sweep.compiled_bytes(compiled), 'xla_flops': flops,
           'peak_bytes': (stats or {}).get('peak_bytes_in_use')}
 
 

@@ -4,7 +4,11 @@ evaluating each epoch on the GLUE and AdvGLUE dev sets.
   python examples/finetune.py --task sst2 --method rose-ensemble --seeds 1 2 3
 
 Each seed writes to OUTPUT_ROOT/TASK-METHOD-seedN; summarise them with
-examples/report.py. On several hosts, run the same command on each with
+examples/report.py. A grid of learning rates, thresholds and seeds trains as
+one vmapped program, each run in its own directory:
+
+  python examples/finetune.py --task sst2 --sweep learning_rate=1e-5,2e-5 upper=0.4,0.6 seed=1,2
+ On several hosts, run the same command on each with
 --distributed (a TPU pod slice, SLURM or MPI launch is detected by itself).
 """
 
@@ -16,7 +20,7 @@ import sys
 from pathlib import Path
 
 from rose_jax.glue import config as config_lib
-from rose_jax.glue import cpu_malloc, distributed, loop
+from rose_jax.glue import cpu_malloc, distributed, loop, sweep
 from rose_jax.glue.cli import one_line_errors
 
 
@@ -24,7 +28,14 @@ def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   config_lib.add_arguments(p)
   p.add_argument('--output-root', default='runs', help='where the run directories go [runs]')
-  p.add_argument('--seeds', type=int, nargs='+', default=[1], help='one run per seed [1]')
+  p.add_argument('--seeds', type=int, nargs='+', help='one run per seed [1]')
+  group = p.add_argument_group('sweeps (one vmapped program for a grid of runs)')
+  group.add_argument('--sweep', nargs='+', metavar='NAME=V1,V2',
+                     help='train the product of these values together; NAME is seed or one '
+                     f'of the optimizer settings {", ".join(sweep.SWEPT_NUMBERS)}')
+  group.add_argument('--sweep-chunk', type=int, metavar='N',
+                     help='members trained at once (default: as many as fit 80%% of the free '
+                     'device memory, from XLA\'s estimate of the step)')
   group = p.add_argument_group('multi-host (jax.distributed)')
   group.add_argument('--distributed', action='store_true',
                      help='call jax.distributed.initialize() first (found from the cluster '
@@ -36,14 +47,26 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def configs(args: argparse.Namespace) -> list[config_lib.TrainConfig]:
-  repeated = sorted({seed for seed in args.seeds if args.seeds.count(seed) > 1})
+  """One config per run: per seed, or per member of ``--sweep``."""
+  seeds = args.seeds or [1]
+  repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
   if repeated:
     raise config_lib.ConfigError(f'--seeds lists {repeated} more than once; each seed is one '
                                  'run directory.')
   root = Path(args.output_root)
+  if args.sweep_chunk is not None and not args.sweep:
+    raise config_lib.ConfigError('--sweep-chunk needs --sweep.')
+  if args.sweep:
+    grid = sweep.parse_grid(args.sweep)
+    if 'seed' in grid.names and args.seeds:
+      raise config_lib.ConfigError('Give the seeds once: in --sweep seed=... or in --seeds.')
+    if 'seed' not in grid.names:
+      grid = sweep.parse_grid([*args.sweep, 'seed=' + ','.join(map(str, seeds))])
+    return sweep.member_configs(config_lib.from_arguments(args, output_dir=str(root)), grid,
+                                root)
   return [config_lib.from_arguments(args, seed=seed,
                                     output_dir=str(root / f'{args.task}-{args.method}-seed{seed}'))
-          for seed in args.seeds]
+          for seed in seeds]
 
 
 @one_line_errors
@@ -52,14 +75,19 @@ def main(argv=None) -> int:
   logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(message)s')
   logging.getLogger('rose_jax').setLevel(logging.INFO)
   args = parse_args(argv)
+  if args.sweep and args.distributed:
+    raise config_lib.ConfigError('A sweep runs on one host; leave out --distributed.')
   distributed.initialize(distributed=args.distributed,
                          coordinator_address=args.coordinator_address,
                          num_processes=args.num_processes, process_id=args.process_id)
   runs = configs(args)
-  for config in runs:  # every run's settings are checked before any trains
-    loop.preflight(config)
-  for config in runs:
-    results = loop.run(config)
+  if args.sweep:
+    finished = sweep.run_sweep(runs, chunk=args.sweep_chunk)
+  else:
+    for config in runs:  # every run's settings are checked before any trains
+      loop.preflight(config)
+    finished = (loop.run(config) for config in runs)
+  for config, results in zip(runs, finished, strict=True):
     print(f'{config.output_dir}: best epoch {results["best_epoch"]}, GLUE dev '
           f'{100 * results["glue_dev_accuracy"]:.2f}'
           + (f', AdvGLUE dev {100 * results["adv_dev_accuracy"]:.2f}'

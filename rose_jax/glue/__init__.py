@@ -7,7 +7,8 @@ The reusable parts (losses, methods, the train step) are in
 
 from rose_jax.glue.config import ConfigError, TrainConfig
 from rose_jax.glue.data import TASKS, DataError, get_task
-from rose_jax.glue.loop import build_optimizer, preflight, run
+from rose_jax.glue.loop import preflight, run
+from rose_jax.glue.optimizers import build_optimizer
 
 __all__ = ['TASKS', 'ConfigError', 'DataError', 'TrainConfig', 'build_optimizer', 'get_task',
            'preflight', 'run']

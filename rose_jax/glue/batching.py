@@ -182,3 +182,16 @@ def eval_batches(data: Encoded, batch_size: int, *, buckets: Sequence[int],
     length = bucket_of(lengths[rows].max(), buckets)
     yield data.take(process_rows(rows, process_index, process_count), length), \
         min(batch_size, n - start)
+
+
+def pad_to(arrays: dict[str, np.ndarray], length: int, pad_id: int) -> dict[str, np.ndarray]:
+  """A padded batch padded further, on the right, to ``length`` tokens (so that
+  batches of several buckets stack)."""
+  out = {}
+  for key, value in arrays.items():
+    extra = length - value.shape[-1] if key != 'labels' else 0
+    if extra < 0:
+      raise ValueError(f'{key} holds {value.shape[-1]} tokens, more than {length}.')
+    out[key] = np.pad(value, ((0, 0), (0, extra)),
+                      constant_values=pad_id if key == 'input_ids' else 0) if extra else value
+  return out

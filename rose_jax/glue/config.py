@@ -163,6 +163,9 @@ class TrainConfig:
   tensorboard: bool = option(False, 'also write the metrics as TensorBoard events '
                              '(OUTPUT_DIR/tensorboard)', resume=False)
   progress: bool = option(True, 'show a progress bar', resume=False)
+  record_masks: bool = option(True, "record ROSE's kept mask of every ranked tensor at every "
+                              'step (OUTPUT_DIR/masks.bin, about 0.8 KB a step for '
+                              'RoBERTa-base)', resume=False)
   resume: bool = option(False, 'continue a killed run from its last checkpoint',
                         resume=False)
   overwrite: bool = option(False, 'replace an existing run (moved aside until the new '

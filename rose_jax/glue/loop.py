@@ -37,74 +37,31 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
-import rose_jax
-from rose_jax import atomic, child_tuning, selection
+from rose_jax import atomic, child_tuning
 from rose_jax.glue import batching, seeds
 from rose_jax.glue import data as data_lib
-from rose_jax.glue.checkpoints import Checkpoints
+from rose_jax.glue.checkpoints import Checkpoints, restore_together
 from rose_jax.glue.config import ConfigError, TrainConfig, flag
 from rose_jax.glue.evaluation import Evaluator
-from rose_jax.glue.metrics_log import MetricsLog, trim_lines
+from rose_jax.glue.metrics_log import MaskLog, MetricsLog, trim_lines
+from rose_jax.glue.optimizers import build_optimizer, sweep_optimizer
 from rose_jax.models import load_pretrained, load_tokenizer, save_pretrained
 from rose_jax.models.loading import looks_like_a_path, read_config, resolve_checkpoint
 from rose_jax.training import fisher as fisher_lib
 from rose_jax.training import step as step_lib
+from rose_jax.training import sweep as sweep_lib
 from rose_jax.training.methods import Method
 
 log = logging.getLogger(__name__)
 
-METRICS = ('loss', 'ce', 'kl', 'accuracy', 'kept_fraction')
+# Every metric a step may log (step_lib.metric_names says which a method's does).
+METRICS = ('loss', 'ce', 'kl', 'accuracy', 'kept_fraction', 'disagreement')
 
 
 class TrainingDiverged(ValueError):
   """A loss became NaN or infinite."""
-
-
-def learning_rate_schedule(config: TrainConfig, total_steps: int) -> optax.Schedule:
-  """Linear decay to 0 after an optional linear warm-up, for every method."""
-  warmup = int(config.warmup_ratio * total_steps)
-  if not warmup:
-    return optax.linear_schedule(config.learning_rate, 0.0, max(total_steps, 1))
-  return optax.join_schedules(
-      [optax.linear_schedule(0.0, config.learning_rate, max(warmup, 1)),
-       optax.linear_schedule(config.learning_rate, 0.0, max(total_steps - warmup, 1))],
-      [warmup])
-
-
-def build_optimizer(config: TrainConfig, method: Method, total_steps: int, *,
-                    fisher_mask=None):
-  """The method's optimizer, on one footing: Hugging Face's AdamW form
-  (:func:`rose_jax.hf_adamw`) with the authors' decay rule, the same schedule
-  and the same clipping, masked by ROSE or by CHILD-TUNING_D's fixed
-  ``fisher_mask`` (None: a placeholder that a restored state replaces)."""
-  schedule = learning_rate_schedule(config, total_steps)
-  adam = dict(b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay,
-              weight_decay_mask=selection.authors_decay_mask)
-  if method.uses_rose:
-    return rose_jax.rose(
-        schedule, variant=method.rose_variant, upper=config.upper, lower=config.lower,
-        gamma=config.gamma, granularity=config.granularity,
-        warmup_steps=int(config.warmup_ratio * total_steps),
-        selectable=selection.authors_selectable,
-        # Clips the KL and CE gradients that ROSE ranks by the same factor.
-        max_grad_norm=config.max_grad_norm or None, **adam)
-  if method.fisher_mask:
-    # Official order: clip the unmasked gradient, then mask, then AdamW.
-    core = rose_jax.child_tuning_d(schedule, mask=fisher_mask, **adam)
-  else:
-    core = rose_jax.hf_adamw(schedule, **adam)
-  if getattr(method.adversary, 'bregman_mu', 0):
-    # SMART's momentum teacher: beta 0.99 for the first 10% of updates, then 0.999.
-    switch = max(int(0.1 * total_steps), 1)
-    beta = optax.join_schedules([optax.constant_schedule(0.99),
-                                 optax.constant_schedule(0.999)], [switch])
-    core = optax.chain(core, rose_jax.params_ema(beta))
-  if config.max_grad_norm:
-    return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), core)
-  return core
 
 
 def fisher_pass(config: TrainConfig, data: Data, graphdef, params):
@@ -180,9 +137,11 @@ def _has_checkpoint(out: Path) -> bool:
   return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
 
 
-def check_output_dir(config: TrainConfig) -> None:
+def check_output_dir(config: TrainConfig, *, finished_ok: bool = False) -> None:
   """Raises ConfigError if ``output_dir`` holds something this run would clobber,
-  or a run that ``resume`` cannot continue with this configuration."""
+  or a run that ``resume`` cannot continue with this configuration; with
+  ``finished_ok``, a finished run counts as one to continue (a sweep's member
+  that finished before the others)."""
   out = Path(config.output_dir)
   if config.overwrite or not out.exists() or not any(out.iterdir()):
     return
@@ -190,7 +149,7 @@ def check_output_dir(config: TrainConfig) -> None:
   if results is None:
     raise ConfigError(f'{out} holds files but no rose_jax run (no results.json); choose '
                       'another --output-root, or pass --overwrite to replace it.')
-  if results.get('finished'):
+  if results.get('finished') and not finished_ok:
     raise ConfigError(f'{out} already holds a finished run; choose another --output-root or '
                       'pass --overwrite to replace it.')
   if not _has_checkpoint(out):
@@ -218,12 +177,13 @@ def check_model(config: TrainConfig) -> None:
     read_config(resolve_checkpoint(config.model))
 
 
-def preflight(config: TrainConfig) -> TrainConfig:
-  """All checks that need no model weights or data: call before anything is written."""
+def preflight(config: TrainConfig, *, finished_ok: bool = False) -> TrainConfig:
+  """All checks that need no model weights or data: call before anything is
+  written. ``finished_ok``: see :func:`check_output_dir`."""
   config = config.resolved(jax.device_count())
   check_paths(config)
   check_model(config)
-  check_output_dir(config)
+  check_output_dir(config, finished_ok=finished_ok)
   return config
 
 
@@ -328,13 +288,13 @@ def _zero_sums() -> dict[str, np.ndarray]:
 
 
 def _add(sums: dict[str, np.ndarray], metrics: dict) -> None:
-  for name in METRICS:
+  for name in metrics:
     sums[name] = sums[name] + np.float64(metrics[name])
   sums['count'] = sums['count'] + 1
 
 
-def _means(sums: dict[str, np.ndarray]) -> dict[str, float]:
-  return {name: float(sums[name] / sums['count']) for name in METRICS}
+def _means(sums: dict[str, np.ndarray], names: tuple[str, ...]) -> dict[str, float]:
+  return {name: float(sums[name] / sums['count']) for name in names}
 
 
 # ---------------------------------------------------------------------------
@@ -366,198 +326,415 @@ def _trim_to(out: Path, results: dict, completed_epochs: int, last_step: int) ->
     log.info('Dropped %d metric lines written after the checkpoint.', dropped)
 
 
+class Shared:
+  """What the runs of one group share: the method, the tokenizer, the data,
+  the model's graph and the schedule's length. Checks ``--max-length``
+  against the model's position table.
+
+  Args:
+    config: any run of the group (they differ only in what a sweep varies).
+  """
+
+  def __init__(self, config: TrainConfig):
+    self.method = config.build_method()
+    model = _load_model(config)
+    if config.max_length > model.config.max_sequence_length:
+      raise ConfigError(f'--max-length {config.max_length} exceeds what {config.model}\'s '
+                        f'position table holds ({model.config.max_sequence_length}).')
+    self.tokenizer = load_tokenizer(config.model, model.config)
+    self.data = Data(config, self.tokenizer)
+    self.total_steps = self.data.steps_per_epoch * config.epochs
+    self.graphdef, params = step_lib.split_model(model)
+    self.param_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+    self._loaded = {config.seed: params}
+
+  def params(self, config: TrainConfig):
+    """The pre-trained params with ``config``'s newly initialised head."""
+    if config.seed in self._loaded:
+      return self._loaded.pop(config.seed)
+    return step_lib.split_model(_load_model(config))[1]
+
+
+def _load_model(config: TrainConfig):
+  task = data_lib.get_task(config.task)
+  return load_pretrained(config.model, num_labels=task.num_labels,
+                         hidden_dropout=config.dropout, attention_dropout=config.dropout,
+                         dtype=jnp.dtype(config.dtype),
+                         seed=seeds.stream_seed(config.seed, 'head'),
+                         ignore_mismatched_head=True)
+
+
 def run(config: TrainConfig) -> dict[str, Any]:
   """Fine-tunes, evaluates and writes one run; returns its results."""
   config = preflight(config)
-  method = config.build_method()
-  task = data_lib.get_task(config.task)
-  model = load_pretrained(config.model, num_labels=task.num_labels,
-                          hidden_dropout=config.dropout, attention_dropout=config.dropout,
-                          dtype=jnp.dtype(config.dtype),
-                          seed=seeds.stream_seed(config.seed, 'head'),
-                          ignore_mismatched_head=True)
-  if config.max_length > model.config.max_sequence_length:
-    raise ConfigError(f'--max-length {config.max_length} exceeds what {config.model}\'s '
-                      f'position table holds ({model.config.max_sequence_length}).')
-  tokenizer = load_tokenizer(config.model, model.config)
-  data = Data(config, tokenizer)
-  total_steps = data.steps_per_epoch * config.epochs
-  tx = build_optimizer(config, method, total_steps)
-  graphdef, params = step_lib.split_model(model)
-  opt_state = tx.init(params)
-  if config.parallel == 'shard_map':
-    # Replicated over the mesh, as the step returns them; a checkpoint restores
-    # to the target's placement.
-    params, opt_state = step_lib.replicate_on_mesh((params, opt_state), step_lib.data_mesh())
+  return train_group([config], Shared(config))[0]
+
+
+@jax.jit
+def _stack_mask(mask) -> jax.Array:
+  return jnp.stack([jnp.asarray(leaf, jnp.float32) for leaf in jax.tree.leaves(mask)], -1)
+
+
+def _mask_row(opt_state) -> jax.Array | None:
+  """ROSE's mask in the state, one value per ranked tensor in the order of
+  :func:`mask_names` (a leading axis stays), or None without ROSE."""
+  rose_state = step_lib.find_rose_state(opt_state)
+  return None if rose_state is None else _stack_mask(rose_state.mask)
+
+
+def mask_names(opt_state) -> list[str]:
+  """The names of the ranked tensors, in the order of a mask row."""
+  paths = jax.tree_util.tree_flatten_with_path(step_lib.find_rose_state(opt_state).mask)[0]
+  return [jax.tree_util.keystr(path, simple=True, separator='/') for path, _ in paths]
+
+
+class _Alone:
+  """One run's params and optimizer state, and its step, data parallel as
+  ``config.parallel`` says."""
+
+  def __init__(self, config: TrainConfig, graphdef, tx, method: Method, params, opt_state):
+    self._step = step_lib.make_train_step(graphdef, tx, method, parallel=config.parallel,
+                                          cotangents=config.cotangents)
+    mesh = step_lib.data_mesh() if config.parallel == 'shard_map' else None
+    self._place = {'none': lambda b: b, 'pmap': step_lib.split_for_pmap,
+                   'shard_map': lambda b: step_lib.shard_batch(b, mesh)}[config.parallel]
+    if config.parallel == 'pmap':
+      params, opt_state = step_lib.replicate(params), step_lib.replicate(opt_state)
+    # One copy of a replicated tree: pmap's carry a leading device axis.
+    self._single = step_lib.unreplicate if config.parallel == 'pmap' else (lambda t: t)
+    self.params, self.opt_state = params, opt_state
+    self._pmap = config.parallel == 'pmap'
+
+  def step(self, batches: list[batching.Batch], keys: list[jax.Array]) -> dict:
+    self.params, self.opt_state, metrics = self._step(
+        self.params, self.opt_state, self._place(batches[0].arrays), keys[0])
+    metrics = self._single(metrics)
+    mask = _mask_row(self.opt_state)
+    if mask is not None:
+      metrics['mask'] = mask[0] if self._pmap else mask
+    return metrics
+
+  def split(self, metrics: dict) -> list[dict]:
+    return [metrics]
+
+  def member(self, index: int) -> tuple[Any, Any]:
+    """The params and optimizer state as a run's checkpoint holds them."""
+    return self._single(self.params), self._single(self.opt_state)
+
+
+class _Stacked:
+  """A sweep's runs stacked along a leading member axis, one vmapped step for
+  all; each member's batch is padded to the longest of the step's batches."""
+
+  def __init__(self, config: TrainConfig, graphdef, tx, method: Method, params: list,
+               opt_states: list, pad_id: int):
+    self._step = sweep_lib.make_sweep_step(graphdef, tx, method, cotangents=config.cotangents)
+    self.params, self.opt_state = sweep_lib.stack(params), sweep_lib.stack(opt_states)
+    self._pad_id = pad_id
+
+  def step(self, batches: list[batching.Batch], keys: list[jax.Array]) -> dict:
+    length = max(b.arrays['input_ids'].shape[1] for b in batches)
+    padded = [batching.pad_to(b.arrays, length, self._pad_id) for b in batches]
+    arrays = {key: np.stack([p[key] for p in padded]) for key in padded[0]}
+    self.params, self.opt_state, metrics = self._step(self.params, self.opt_state, arrays,
+                                                      jnp.stack(keys))
+    mask = _mask_row(self.opt_state)
+    return metrics if mask is None else {**metrics, 'mask': mask}
+
+  def split(self, metrics: dict) -> list[dict]:
+    count = len(next(iter(metrics.values())))
+    return [{name: value[i] for name, value in metrics.items()} for i in range(count)]
+
+  def member(self, index: int) -> tuple[Any, Any]:
+    """Member ``index``'s params and optimizer state as a plain run's
+    checkpoint holds them (without the injected hyperparameters)."""
+    return (sweep_lib.member(self.params, index),
+            sweep_lib.member(self.opt_state, index).inner_state)
+
+
+@dataclasses.dataclass
+class _Member:
+  """One run directory while it trains, alone or in a sweep."""
+  config: TrainConfig
+  out: Path
+  results: dict
+  checkpoints: Checkpoints
+  started: Callable[[], None]
+  state: dict
+  alone: bool
+  is_main: bool
+  names: tuple[str, ...]
+  metrics_log: MetricsLog | None = None
+  mask_log: MaskLog | None = None
+  timed_tokens: int = 0
+
+  @property
+  def diverged(self) -> str | None:
+    return self.results.get('diverged')
+
+  def add(self, metrics: dict, step: int) -> None:
+    """Adds one step's host metrics to the running sums; a non-finite loss
+    raises TrainingDiverged (alone) or marks the member diverged (in a sweep,
+    the others go on)."""
+    if self.diverged:
+      return
+    mask = metrics.pop('mask', None)
+    bad = [k for k in ('loss', 'ce', 'kl') if not np.isfinite(metrics[k])]
+    if bad:
+      message = (f'Training diverged at step {step}: {", ".join(bad)} is {metrics[bad[0]]}. '
+                 'Lower --learning-rate or check the data; the checkpoints written before it '
+                 f'remain in {self.out / "checkpoints"}.')
+      if self.alone:
+        raise TrainingDiverged(message)
+      log.warning('%s: %s', self.out, message)
+      self.results['diverged'] = message
+      if self.is_main:
+        atomic.write_json(self.out / 'results.json', self.results)
+      return
+    for sums in (self.state['epoch_sums'], self.state['window_sums']):
+      _add(sums, metrics)
+    if mask is not None and self.mask_log is not None:
+      self.mask_log.write(np.asarray([step]), np.asarray(mask)[None])
+
+  def count_tokens(self, batch: batching.Batch) -> None:
+    self.timed_tokens += batch.real_tokens
+    self.state['epoch_sums']['real_tokens'] += batch.real_tokens
+    self.state['epoch_sums']['padded_tokens'] += batch.padded_tokens
+
+  def log_window(self, step: int, epoch: int) -> dict[str, float] | None:
+    if self.diverged:
+      return None
+    means = _means(self.state['window_sums'], self.names)
+    self.state['window_sums'].update(_zero_sums())
+    self.metrics_log.write({'step': step, 'epoch': epoch + 1, **means}, step=step)
+    return means
+
+  def save(self, params, opt_state, step: int, epoch: int, batch: int) -> None:
+    position = {'step': np.asarray(step, np.int64), 'epoch': np.asarray(epoch, np.int64),
+                'batch': np.asarray(batch, np.int64)}
+    self.state.update(params=params, opt_state=opt_state, position=position)
+    self.checkpoints.save(step, self.state)
+
+  def end_epoch(self, epoch: int, step: int, seconds: float, params, evaluator: Evaluator,
+                data: Data, graphdef, tokenizer) -> None:
+    """Evaluates the epoch's params and writes the epoch's files (not the checkpoint)."""
+    sums = self.state['epoch_sums']
+    record = {'epoch': epoch + 1, 'step': step, 'seconds': round(seconds, 2),
+              # Timed from this process's start of the epoch (or of the resume).
+              'tokens_per_second': round(self.timed_tokens / seconds, 1),
+              'padding_efficiency': float(sums['real_tokens'] / sums['padded_tokens'])}
+    self.timed_tokens = 0
+    diverged = self.diverged
+    if not diverged:
+      record.update({f'train_{k}': v for k, v in _means(sums, self.names).items()})
+    sums.update(_zero_sums())
+    self.state['window_sums'].update(_zero_sums())
+    if diverged:
+      return
+    out = self.out
+    eval_params = evaluator.place_params(params)
+    if self.is_main:
+      (out / 'predictions').mkdir(exist_ok=True)
+    for split, encoded in data.eval.items():
+      predictions, accuracy = evaluator(eval_params, encoded)
+      record[f'{split}_accuracy'] = accuracy
+      if self.is_main:
+        atomic.write_text(out / 'predictions' / f'epoch{epoch + 1}-{split}.jsonl', ''.join(
+            json.dumps({'idx': i, 'prediction': int(p), 'label': int(y)}) + '\n'
+            for i, (p, y) in enumerate(zip(predictions, encoded.labels, strict=True))))
+    self.metrics_log.write({'type': 'epoch', **record}, step=step, prefix='epoch')
+    self.results['epochs'].append(record)
+    self.results.update(_best(self.results['epochs']))
+    if self.is_main and self.results['best_epoch'] == epoch + 1:
+      # The best epoch's model, loadable by load_pretrained and transformers.
+      model = nnx.merge(graphdef, jax.device_get(params))
+      atomic.write_directory(out / 'best_model', lambda d, m=model: (
+          save_pretrained(m, d), tokenizer.save_pretrained(str(d))))
+    # Results first, then the checkpoint: a resume redoes an epoch whose
+    # checkpoint is missing and trims the results to the checkpoint.
+    if self.is_main:
+      atomic.write_json(out / 'results.json', self.results)
+
+  def finish(self) -> None:
+    if not self.diverged:
+      self.results['finished'] = True
+    if self.is_main:
+      atomic.write_json(self.out / 'results.json', self.results)
+
+
+def train_group(configs: list[TrainConfig], shared: Shared,
+                swept: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+  """Trains ``configs`` together and writes each one's run directory.
+
+  One config trains alone, data parallel as it says. Several train as one
+  vmapped program (:func:`rose_jax.training.sweep.make_sweep_step`): they
+  must differ only in the seed and the optimizer settings ``swept`` (each
+  one of :data:`rose_jax.glue.optimizers.SWEPT_NUMBERS`), which enter as
+  traced hyperparameters. Each run's directory, checkpoints included, is
+  what the run alone would write. Call :func:`preflight` on each config
+  first.
+
+  Returns:
+    Each run's results, with ``final_params``.
+  """
+  method, data, graphdef = shared.method, shared.data, shared.graphdef
+  first, alone = configs[0], len(configs) == 1 and not swept
+  numbers = tuple(name for name in swept if name != 'seed')
+
+  def optimizer(fisher_mask=None):
+    if alone:
+      return build_optimizer(first, method, shared.total_steps, fisher_mask=fisher_mask)
+    return sweep_optimizer(first, method, shared.total_steps, numbers, fisher_mask=fisher_mask)
+
+  def initial_state(config: TrainConfig, params, fisher_mask=None):
+    """The optimizer state to train with (a sweep member's carries its settings)."""
+    state = optimizer(fisher_mask).init(params)
+    if alone:
+      if config.parallel == 'shard_map':
+        # Replicated over the mesh, as the step returns them; a checkpoint
+        # restores to the target's placement.
+        state = step_lib.replicate_on_mesh(state, step_lib.data_mesh())
+      return state
+    return sweep_lib.with_hyperparams(state, **{n: getattr(config, n) for n in numbers})
+
+  plain = (lambda state: state) if alone else (lambda state: state.inner_state)
+  tx = optimizer()
   # One process writes the run's files; every process computes.
   is_main = jax.process_index() == 0
-  results = {'config': dataclasses.asdict(config), 'epochs': [], 'finished': False,
-             'data_digests': {k: file_digest(v) for k, v in data_files(config).items()}}
-
-  with _output_dir(config, is_main) as (out, started):
-    checkpoints = Checkpoints(out / 'checkpoints')
-    position = {'step': np.zeros((), np.int64), 'epoch': np.zeros((), np.int64),
-                'batch': np.zeros((), np.int64)}
-    dropout_key = jax.random.key_data(seeds.stream_key(config.seed, 'dropout'))
-    # Host arrays: a process-local device array cannot be saved by several processes.
-    state = {'params': params, 'opt_state': opt_state, 'position': position,
-             'dropout_key': np.asarray(dropout_key),
-             'epoch_sums': _zero_sums(), 'window_sums': _zero_sums()}
-    restored = checkpoints.restore_latest(state) if config.resume else None
+  with contextlib.ExitStack() as stack:
+    members = []
+    for config in configs:
+      out, started = stack.enter_context(_output_dir(config, is_main))
+      checkpoints = Checkpoints(out / 'checkpoints')
+      stack.callback(checkpoints.close)
+      params = shared.params(config)
+      if alone and config.parallel == 'shard_map':
+        params = step_lib.replicate_on_mesh(params, step_lib.data_mesh())
+      results = {'config': dataclasses.asdict(config), 'epochs': [], 'finished': False,
+                 'data_digests': {k: file_digest(v) for k, v in data_files(config).items()}}
+      # Host arrays: a process-local device array cannot be saved by several processes.
+      state = {'params': params, 'opt_state': plain(initial_state(config, params)),
+               'position': {'step': np.zeros((), np.int64), 'epoch': np.zeros((), np.int64),
+                            'batch': np.zeros((), np.int64)},
+               'dropout_key': np.asarray(jax.random.key_data(
+                   seeds.stream_key(config.seed, 'dropout'))),
+               'epoch_sums': _zero_sums(), 'window_sums': _zero_sums()}
+      members.append(_Member(config, out, results, checkpoints, started, state, alone=alone,
+                             is_main=is_main, names=step_lib.metric_names(method)))
+    restored = restore_together([(m.checkpoints, m.state) for m in members]) \
+        if first.resume else None
     if restored is not None:
-      checkpoints.discard_after(restored[0])
-      state = restored[1]
-      previous = _read_results(out) or {}
-      results['epochs'] = previous.get('epochs', [])
+      for member, state in zip(members, restored[1], strict=True):
+        member.state = state
+        previous = _read_results(member.out) or {}
+        member.results['epochs'] = previous.get('epochs', [])
+        if 'diverged' in previous:
+          member.results['diverged'] = previous['diverged']
     elif method.fisher_mask:
       # The mask lives in the optimizer state; a checkpoint at step 0 keeps a
       # resumed run from redoing the pass.
-      tx = build_optimizer(config, method, total_steps,
-                           fisher_mask=fisher_pass(config, data, graphdef, params))
-      opt_state = tx.init(params)
-      if config.parallel == 'shard_map':
-        opt_state = step_lib.replicate_on_mesh(opt_state, step_lib.data_mesh())
-      state['opt_state'] = opt_state
-      checkpoints.save(0, state)
-    completed, global_step = int(state['position']['epoch']), int(state['position']['step'])
-    if is_main:
-      _trim_to(out, results, completed, global_step)
-      atomic.write_json(out / 'results.json', results)
+      for member in members:
+        mask = fisher_pass(member.config, data, graphdef, member.state['params'])
+        member.state['opt_state'] = plain(initial_state(member.config, member.state['params'],
+                                                        mask))
+        member.checkpoints.save(0, member.state)
+    position = members[0].state['position']
+    completed, global_step = int(position['epoch']), int(position['step'])
+    for member in members:
+      if is_main:
+        _trim_to(member.out, member.results, completed, global_step)
+        atomic.write_json(member.out / 'results.json', member.results)
     if restored is not None:
       log.info('Resuming at epoch %d, batch %d (step %d).', completed + 1,
-               int(state['position']['batch']), global_step)
-    try:
-      results = _train(config, method, data, tx, graphdef, tokenizer, state, results,
-                       checkpoints, out, is_main, started)
-    finally:
-      checkpoints.close()
-  return results
+               int(position['batch']), global_step)
+    if alone:
+      trainer = _Alone(first, graphdef, tx, method, members[0].state['params'],
+                       members[0].state['opt_state'])
+    else:
+      trainer = _Stacked(first, graphdef, tx, method, [m.state['params'] for m in members], [
+          initial_state(m.config, m.state['params'])._replace(inner_state=m.state['opt_state'])
+          for m in members], data.train.pad_id)
+    _train(members, trainer, shared)
+  return [{**m.results, 'final_params': trainer.member(i)[0]} for i, m in enumerate(members)]
 
 
-def _train(config: TrainConfig, method: Method, data: Data, tx, graphdef, tokenizer,
-           state: dict, results: dict, checkpoints: Checkpoints, out: Path, is_main: bool,
-           started) -> dict:
-  params, opt_state = state['params'], state['opt_state']
-  epoch_sums, window_sums = state['epoch_sums'], state['window_sums']
-  global_step = int(state['position']['step'])
-  start_epoch, start_batch = int(state['position']['epoch']), int(state['position']['batch'])
-  dropout_key = jax.random.wrap_key_data(np.asarray(state['dropout_key']))
-  data_seed = seeds.stream_seed(config.seed, 'data')
-
-  step = step_lib.make_train_step(graphdef, tx, method, parallel=config.parallel,
-                                  cotangents=config.cotangents)
-  evaluator = Evaluator(graphdef, config.eval_batch_size, sharded=config.parallel != 'none',
-                        buckets=config.buckets)
-  mesh = step_lib.data_mesh() if config.parallel == 'shard_map' else None
-  place = {'none': lambda b: b, 'pmap': step_lib.split_for_pmap,
-           'shard_map': lambda b: step_lib.shard_batch(b, mesh)}[config.parallel]
-  if config.parallel == 'pmap':
-    params, opt_state = step_lib.replicate(params), step_lib.replicate(opt_state)
-  # One copy of a replicated tree: pmap's carry a leading device axis.
-  single = step_lib.unreplicate if config.parallel == 'pmap' else (lambda t: t)
+def _train(members: list[_Member], trainer, shared: Shared) -> None:
+  config, data = members[0].config, shared.data
+  position = members[0].state['position']
+  global_step = int(position['step'])
+  start_epoch, start_batch = int(position['epoch']), int(position['batch'])
+  dropout_keys = [jax.random.wrap_key_data(np.asarray(m.state['dropout_key'])) for m in members]
+  evaluator = Evaluator(shared.graphdef, config.eval_batch_size,
+                        sharded=config.parallel != 'none', buckets=config.buckets)
   pending: list = []
   has_started = False
 
   def fold_pending() -> None:
-    for offset, metrics in enumerate(jax.device_get([single(m) for m in pending])):
-      bad = [k for k in ('loss', 'ce', 'kl') if not np.isfinite(metrics[k])]
-      if bad:
-        at = global_step - len(pending) + offset + 1
-        raise TrainingDiverged(
-            f'Training diverged at step {at}: {", ".join(bad)} is {metrics[bad[0]]}. Lower '
-            '--learning-rate or check the data; the checkpoints written before it remain '
-            f'in {out / "checkpoints"}.')
-      _add(epoch_sums, metrics)
-      _add(window_sums, metrics)
+    for offset, metrics in enumerate(jax.device_get(pending)):
+      at = global_step - len(pending) + offset + 1
+      for member, own in zip(members, trainer.split(metrics), strict=True):
+        member.add(own, at)
     pending.clear()
 
   def save(epoch: int, batch: int) -> None:
     fold_pending()
-    checkpoints.save(global_step, {
-        'params': single(params), 'opt_state': single(opt_state),
-        'position': {'step': np.asarray(global_step, np.int64),
-                     'epoch': np.asarray(epoch, np.int64),
-                     'batch': np.asarray(batch, np.int64)},
-        'dropout_key': np.asarray(jax.random.key_data(dropout_key)),
-        'epoch_sums': epoch_sums, 'window_sums': window_sums})
+    for index, member in enumerate(members):
+      member.save(*trainer.member(index), global_step, epoch, batch)
 
-  metrics_log = MetricsLog(out, enabled=is_main, tensorboard=config.tensorboard,
-                           resume_after=global_step if global_step else None)
+  records_masks = config.record_masks and step_lib.find_rose_state(
+      members[0].state['opt_state']) is not None
+  for member in members:
+    member.metrics_log = MetricsLog(member.out, enabled=member.is_main,
+                                    tensorboard=config.tensorboard,
+                                    resume_after=global_step if global_step else None)
+    if records_masks:
+      member.mask_log = MaskLog(member.out, mask_names(member.state['opt_state']),
+                                enabled=member.is_main, start_step=global_step)
   bar = _progress(data.steps_per_epoch * config.epochs, global_step, config.progress)
   try:
     for epoch in range(start_epoch, config.epochs):
       began = time.time()
       first = start_batch if epoch == start_epoch else 0
-      batches = batching.train_batches(
-          data.train, config.batch_size, data_seed, epoch, buckets=config.buckets,
-          group_by_length=config.group_by_length, start=first,
+      streams = [batching.train_batches(
+          data.train, config.batch_size, seeds.stream_seed(member.config.seed, 'data'), epoch,
+          buckets=config.buckets, group_by_length=config.group_by_length, start=first,
           process_index=jax.process_index(), process_count=jax.process_count())
-      timed_tokens = 0
-      for index, batch in enumerate(batches, start=first):
-        key = jax.random.fold_in(dropout_key, global_step)
-        params, opt_state, metrics = step(params, opt_state, place(batch.arrays), key)
+          for member in members]
+      for index, batches in enumerate(zip(*streams, strict=True), start=first):
+        keys = [jax.random.fold_in(key, global_step) for key in dropout_keys]
+        pending.append(trainer.step(list(batches), keys))
         global_step += 1
-        timed_tokens += batch.real_tokens
-        epoch_sums['real_tokens'] += batch.real_tokens
-        epoch_sums['padded_tokens'] += batch.padded_tokens
-        pending.append(metrics)
-        if not has_started:  # the first step ran: the new run has started
-          jax.block_until_ready(metrics)
-          started()
+        for member, batch in zip(members, batches, strict=True):
+          member.count_tokens(batch)
+        if not has_started:  # the first step ran: the new runs have started
+          jax.block_until_ready(pending[-1])
+          for member in members:
+            member.started()
           has_started = True
         bar.update(1)
         if global_step % config.log_every == 0:
           fold_pending()
-          means = _means(window_sums)
-          window_sums.update(_zero_sums())
-          bar.set_postfix(loss=f'{means["loss"]:.4f}', kl=f'{means["kl"]:.4f}',
-                          kept=f'{means["kept_fraction"]:.2f}')
-          metrics_log.write({'step': global_step, 'epoch': epoch + 1, **means},
-                            step=global_step)
+          means = [member.log_window(global_step, epoch) for member in members]
+          if len(members) == 1 and means[0]:
+            bar.set_postfix(loss=f'{means[0]["loss"]:.4f}', kl=f'{means[0]["kl"]:.4f}',
+                            kept=f'{means[0]["kept_fraction"]:.2f}')
         if config.save_every and global_step % config.save_every == 0 and \
             index + 1 < data.steps_per_epoch:
           save(epoch, index + 1)
       fold_pending()
       seconds = time.time() - began
-      record = {'epoch': epoch + 1, 'step': global_step, 'seconds': round(seconds, 2),
-                # Timed from this process's start of the epoch (or of the resume).
-                'tokens_per_second': round(timed_tokens / seconds, 1),
-                'padding_efficiency': float(epoch_sums['real_tokens']
-                                            / epoch_sums['padded_tokens'])}
-      record.update({f'train_{k}': v for k, v in _means(epoch_sums).items()})
-      epoch_sums.update(_zero_sums())
-      window_sums.update(_zero_sums())
-      eval_params = evaluator.place_params(single(params))
-      if is_main:
-        (out / 'predictions').mkdir(exist_ok=True)
-      for split, encoded in data.eval.items():
-        predictions, accuracy = evaluator(eval_params, encoded)
-        record[f'{split}_accuracy'] = accuracy
-        if is_main:
-          atomic.write_text(out / 'predictions' / f'epoch{epoch + 1}-{split}.jsonl', ''.join(
-              json.dumps({'idx': i, 'prediction': int(p), 'label': int(y)}) + '\n'
-              for i, (p, y) in enumerate(zip(predictions, encoded.labels, strict=True))))
-      metrics_log.write({'type': 'epoch', **record}, step=global_step, prefix='epoch')
-      results['epochs'].append(record)
-      results.update(_best(results['epochs']))
-      if is_main and results['best_epoch'] == epoch + 1:
-        # The best epoch's model, loadable by load_pretrained and transformers.
-        model = nnx.merge(graphdef, jax.device_get(single(params)))
-        atomic.write_directory(out / 'best_model', lambda d, m=model: (
-            save_pretrained(m, d), tokenizer.save_pretrained(str(d))))
-      # Results first, then the checkpoint: a resume redoes an epoch whose
-      # checkpoint is missing and trims the results to the checkpoint.
-      if is_main:
-        atomic.write_json(out / 'results.json', results)
+      for index, member in enumerate(members):
+        member.end_epoch(epoch, global_step, seconds, trainer.member(index)[0], evaluator, data,
+                         shared.graphdef, shared.tokenizer)
       save(epoch + 1, 0)
-    results['finished'] = True
-    if is_main:
-      atomic.write_json(out / 'results.json', results)
+    for member in members:
+      member.finish()
   finally:
     bar.close()
-    metrics_log.close()
-  results['final_params'] = single(params)
-  return results
+    for member in members:
+      for record in (member.metrics_log, member.mask_log):
+        if record is not None:
+          record.close()
 
 
 def _best(epochs: list[dict]) -> dict:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from rose_jax import atomic
 
 
@@ -73,3 +75,82 @@ class MetricsLog:
       self._file.close()
     if self._writer is not None:
       self._writer.close()
+
+
+MASK_FILE, MASK_HEADER = 'masks.bin', 'masks.json'
+
+
+def mask_dtype(tensors: int) -> np.dtype:
+  """One row of ``masks.bin``: the global step and each ranked tensor's mask."""
+  return np.dtype([('step', '<i8'), ('mask', '<f4', (tensors,))])
+
+
+class MaskLog:
+  """ROSE's kept mask at every step, beside ``metrics.jsonl``.
+
+  ``masks.json`` names the ranked tensors (``"encoder/layer/0/attention/query/kernel"``)
+  and the row layout; ``masks.bin`` holds one row per step: the step and
+  each tensor's mask value (with ``granularity="element"``, the share of the
+  tensor kept), as :func:`mask_dtype` lays it out. A RoBERTa-base run ranks
+  about 200 tensors: 0.8 KB a step. Read it with :func:`read_masks`.
+
+  Args:
+    directory: the run directory.
+    tensors: the ranked tensors' names, in the order of each row.
+    enabled: write anything at all (one process of several writes).
+    start_step: the global step training starts from (a resumed run's
+      checkpoint); rows after it are dropped.
+  """
+
+  def __init__(self, directory: Path, tensors: list[str], *, enabled: bool = True,
+               start_step: int = 0):
+    self.enabled = enabled
+    self._dtype = mask_dtype(len(tensors))
+    self._file = None
+    if not enabled:
+      return
+    header = {'tensors': tensors, 'row': {'step': 'int64', 'mask': f'float32[{len(tensors)}]'},
+              'format': 'little-endian rows, numpy.dtype([("step", "<i8"), ("mask", "<f4", '
+                        '(len(tensors),))])'}
+    atomic.write_json(directory / MASK_HEADER, header)
+    path = directory / MASK_FILE
+    if path.exists():
+      rows = np.fromfile(path, np.uint8)
+      whole = len(rows) // self._dtype.itemsize * self._dtype.itemsize
+      kept = rows[:whole].view(self._dtype)
+      kept = kept[kept['step'] <= start_step]
+      if len(kept) * self._dtype.itemsize != len(rows):
+        atomic.write_bytes(path, kept.tobytes())
+    self._file = path.open('ab')
+
+  def write(self, steps: np.ndarray, masks: np.ndarray) -> None:
+    """Appends the rows of ``steps`` (``[n]``) and ``masks`` (``[n, tensors]``)."""
+    if self._file is None:
+      return
+    rows = np.empty(len(steps), self._dtype)
+    rows['step'], rows['mask'] = steps, masks
+    self._file.write(rows.tobytes())
+    self._file.flush()
+
+  def close(self) -> None:
+    if self._file is not None:
+      self._file.close()
+
+
+def read_masks(directory: str | Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+  """A run's recorded masks: the tensor names, the steps ``[n]`` and the masks
+  ``[n, tensors]``.
+
+  Raises:
+    FileNotFoundError: the run recorded no masks, with how to record them.
+  """
+  directory = Path(directory)
+  if not (directory / MASK_HEADER).exists() or not (directory / MASK_FILE).exists():
+    raise FileNotFoundError(
+        f'{directory} has no {MASK_FILE}: only ROSE methods record masks. Train with a '
+        '--method rose-... (masks are recorded unless --no-record-masks is given).')
+  tensors = json.loads((directory / MASK_HEADER).read_text())['tensors']
+  dtype = mask_dtype(len(tensors))
+  raw = np.fromfile(directory / MASK_FILE, np.uint8)
+  rows = raw[:len(raw) // dtype.itemsize * dtype.itemsize].view(dtype)
+  return tensors, rows['step'].copy(), rows['mask'].copy()

@@ -34,3 +34,9 @@ def rdrop_kl(logits_p: jax.Array, logits_q: jax.Array) -> jax.Array:
 
 def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+
+
+def disagreement(first: jax.Array, second: jax.Array) -> jax.Array:
+  """The share of examples whose two forward passes (two dropout masks, say)
+  predict different labels."""
+  return jnp.mean(jnp.argmax(first, axis=-1) != jnp.argmax(second, axis=-1))

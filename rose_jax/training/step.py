@@ -77,6 +77,14 @@ def find_rose_state(opt_state) -> ScaleByRoseState | None:
   return found[0] if found else None
 
 
+def metric_names(method: Method) -> tuple[str, ...]:
+  """The metrics that the method's step returns: ``disagreement`` (the share of
+  examples whose two dropout passes predict different labels) only for
+  methods with two dropout passes."""
+  names = ('loss', 'ce', 'kl', 'accuracy', 'kept_fraction')
+  return (*names, 'disagreement') if method.passes == 2 and method.adversary is None else names
+
+
 def gradient_rows(method: Method) -> list[tuple[str, tuple[float, float]]]:
   """The gradients a step of ``method`` takes from its one forward, each as
   its name and the (CE, KL) cotangent weights that give it: one backward each."""
@@ -149,12 +157,13 @@ def local_step(params, opt_state, batch: Batch, key: jax.Array, *, graphdef: nnx
   def loss_terms(p):
     logits = apply_model(graphdef, p, inputs, key)
     if method.passes == 1:
-      return (losses.cross_entropy(logits, labels), jnp.zeros((), jnp.float32)), logits
+      return (losses.cross_entropy(logits, labels), jnp.zeros((), jnp.float32)), (logits, None)
     first, second = jnp.split(logits, 2)
     ce = (losses.cross_entropy(first, labels) + losses.cross_entropy(second, labels)) / 2
-    return (ce, devices * losses.symmetric_kl(first, second)), first
+    return ((ce, devices * losses.symmetric_kl(first, second)),
+            (first, losses.disagreement(first, second)))
 
-  (ce, kl), pullback, logits = jax.vjp(loss_terms, params, has_aux=True)
+  (ce, kl), pullback, (logits, disagreement) = jax.vjp(loss_terms, params, has_aux=True)
   cotangent = lambda w: (_typed_like(ce, w[0]), _typed_like(kl, w[1]))
   rows = gradient_rows(method)
   if len(rows) > 1 and cotangents == 'vmap':
@@ -166,7 +175,7 @@ def local_step(params, opt_state, batch: Batch, key: jax.Array, *, graphdef: nnx
   if method.ce_grads and 'ce_grads' not in grads:
     grads['ce_grads'] = grads['update']
   return _finish(params, opt_state, grads, tx, method, axis_name, devices, shard_mapped,
-                 ce + method.rose_kl_weight * kl, ce, kl, logits, labels)
+                 ce + method.rose_kl_weight * kl, ce, kl, logits, labels, disagreement)
 
 
 def _adversarial_gradients(graphdef, params, opt_state, inputs, labels, key, adversary):
@@ -187,8 +196,9 @@ def _adversarial_gradients(graphdef, params, opt_state, inputs, labels, key, adv
 
 
 def _finish(params, opt_state, grads, tx, method, axis_name, devices, shard_mapped,
-            loss, ce, kl, logits, labels):
-  """Averages the gradients over devices, applies the optimizer, and the metrics."""
+            loss, ce, kl, logits, labels, disagreement=None):
+  """Averages the gradients over devices, applies the optimizer, and the metrics
+  (``disagreement`` only for methods with two dropout passes)."""
   if axis_name is not None:
     grads = jax.tree.map(
         lambda g: _mean_over_devices(g, axis_name, devices, shard_mapped), grads)
@@ -205,6 +215,8 @@ def _finish(params, opt_state, grads, tx, method, axis_name, devices, shard_mapp
       'kept_fraction': (jnp.ones((), jnp.float32) if rose_state is None
                         else kept_fraction(rose_state.mask)),
   }
+  if disagreement is not None:
+    metrics['disagreement'] = disagreement
   if axis_name is not None:
     metrics = jax.lax.pmean(metrics, axis_name)
   return params, opt_state, metrics

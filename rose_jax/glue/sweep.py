@@ -1,0 +1,220 @@
+"""A grid of fine-tuning runs trained as one vmapped program.
+
+``finetune.py --sweep learning_rate=1e-5,2e-5 upper=0.4,0.6 seed=1,2,3``
+trains the product of the values (12 runs here). The runs share one
+compiled train step (:func:`rose_jax.training.sweep.make_sweep_step`), one
+tokenised data set and one model load; the optimizer's numbers enter as
+traced hyperparameters (:func:`rose_jax.glue.optimizers.sweep_optimizer`),
+so no member compiles its own step. Chunks of ``--sweep-chunk`` members
+train at a time; by default as many as XLA's memory estimate of the step
+fits into 80% of the free device memory.
+
+Each member writes the run directory that the same run alone would write
+(``results.json``, ``metrics.jsonl``, predictions, ``best_model/`` and
+checkpoints that a plain ``--resume`` continues), so the report reads both.
+A member's numbers equal its separate run's to float tolerance (vmapped
+matmuls round differently); two exceptions make them differ further:
+
+* with several ``--buckets``, a step pads every member's batch to the longest
+  of the members' buckets, and dropout draws its bits for that shape; runs
+  that vary only optimizer numbers share their batches and are unaffected,
+  and ``--buckets MAX_LENGTH`` removes the difference for seeds too;
+* a member whose loss becomes NaN or infinite is marked ``"diverged"`` in its
+  ``results.json`` and left unfinished, while the others go on.
+
+Only the seed and the optimizer's numbers (:data:`SWEEPABLE`) can vary:
+batch size, maximum length, buckets and the method change the compiled
+program, and everything else is fixed within it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from rose_jax.glue import loop
+from rose_jax.glue.config import ConfigError, TrainConfig, flag
+from rose_jax.glue.optimizers import SWEPT_NUMBERS, sweep_optimizer
+from rose_jax.training import sweep as sweep_lib
+
+log = logging.getLogger(__name__)
+
+SWEEPABLE = ('seed', *SWEPT_NUMBERS)
+_SHAPES = 'it sets the shapes of the compiled step'
+_PROGRAM = 'it chooses the compiled program'
+_REFUSED = {'batch_size': _SHAPES, 'max_length': _SHAPES, 'buckets': _SHAPES,
+            'method': _PROGRAM, 'granularity': _PROGRAM, 'dtype': _PROGRAM,
+            'cotangents': _PROGRAM, 'parallel': _PROGRAM}
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+  """The values of each swept setting, as typed and as numbers."""
+  names: tuple[str, ...]
+  texts: tuple[tuple[str, ...], ...]
+  values: tuple[tuple[Any, ...], ...]
+
+  def members(self) -> list[dict[str, tuple[str, Any]]]:
+    """Every combination, the first setting varying slowest."""
+    columns = [list(zip(t, v, strict=True)) for t, v in zip(self.texts, self.values,
+                                                             strict=True)]
+    return [dict(zip(self.names, combination, strict=True))
+            for combination in itertools.product(*columns)]
+
+
+def parse_grid(specs: Sequence[str]) -> Grid:
+  """``["learning_rate=1e-5,2e-5", "seed=1,2"]`` as a :class:`Grid`.
+
+  Raises:
+    ConfigError: a malformed item, a setting a sweep cannot vary, a value of
+      the wrong kind, or a setting or value given twice.
+  """
+  names, texts, values = [], [], []
+  settings = {f.name for f in dataclasses.fields(TrainConfig)}
+  for spec in specs:
+    name, sep, listed = spec.partition('=')
+    name = name.strip().lstrip('-').replace('-', '_')
+    if not sep or not name or not listed.strip(','):
+      raise ConfigError(f'--sweep {spec!r} is not NAME=V1,V2,...; for example --sweep '
+                        'learning_rate=1e-5,2e-5 upper=0.4,0.6 seed=1,2,3.')
+    if name not in SWEEPABLE:
+      if name in settings:
+        reason = _REFUSED.get(name, 'it is fixed within the compiled step')
+        raise ConfigError(f'--sweep cannot vary {name}: {reason}. A sweep varies '
+                          f'{", ".join(SWEEPABLE)}; run one sweep per value of {flag(name)}.')
+      raise ConfigError(f'--sweep: there is no setting {name!r}; a sweep varies '
+                        f'{", ".join(SWEEPABLE)}.')
+    if name in names:
+      raise ConfigError(f'--sweep names {name} twice; give all its values once, as '
+                        f'{name}=A,B.')
+    kind, kind_name = (int, 'an integer') if name == 'seed' else (float, 'a number')
+    typed, parsed = [], []
+    for text in (t.strip() for t in listed.split(',')):
+      try:
+        parsed.append(kind(text))
+      except ValueError:
+        raise ConfigError(f'--sweep {name}: {text!r} is not {kind_name}.') from None
+      typed.append(text)
+    repeated = sorted({t for t, v in zip(typed, parsed, strict=True) if parsed.count(v) > 1})
+    if repeated:
+      raise ConfigError(f'--sweep {name} lists {repeated} more than once; each value is one '
+                        'set of runs.')
+    names.append(name)
+    texts.append(tuple(typed))
+    values.append(tuple(parsed))
+  if not names:
+    raise ConfigError('--sweep needs at least one NAME=V1,V2,... item.')
+  return Grid(tuple(names), tuple(texts), tuple(values))
+
+
+def run_name(config: TrainConfig, member: dict[str, tuple[str, Any]]) -> str:
+  """``TASK-METHOD[-NAMEvalue...]-seedN``: a run's directory name; without swept
+  numbers it is a plain run's."""
+  numbers = ''.join(f'-{name}{text}' for name, (text, _) in member.items() if name != 'seed')
+  return f'{config.task}-{config.method}{numbers}-seed{config.seed}'
+
+
+def member_configs(base: TrainConfig, grid: Grid, output_root: str | Path) -> list[TrainConfig]:
+  """One config per combination of ``grid``'s values, each in its own run
+  directory under ``output_root``; ``base`` gives every other setting (its
+  seed too, unless the grid varies it)."""
+  configs = []
+  for member in grid.members():
+    values = {name: value for name, (_, value) in member.items()}
+    config = dataclasses.replace(base, **values)
+    configs.append(dataclasses.replace(
+        config, output_dir=str(Path(output_root) / run_name(config, member))))
+  return configs
+
+
+def swept_names(configs: Sequence[TrainConfig]) -> tuple[str, ...]:
+  """The settings in which ``configs`` differ; ConfigError if a sweep cannot vary one."""
+  first = dataclasses.asdict(configs[0])
+  differing = sorted({name for config in configs[1:]
+                      for name, value in dataclasses.asdict(config).items()
+                      if name != 'output_dir' and value != first[name]})
+  fixed = [name for name in differing if name not in SWEEPABLE]
+  if fixed:
+    raise ConfigError(f'The runs of a sweep differ in {fixed}; a sweep varies only '
+                      f'{", ".join(SWEEPABLE)}.')
+  return tuple(differing)
+
+
+def automatic_chunk(configs: Sequence[TrainConfig], shared: loop.Shared,
+                    swept: Sequence[str], budget: int | None = None) -> int:
+  """The most members that fit ``budget`` bytes (default: 80% of the free device
+  memory), from XLA's memory estimate of the sweep step at the longest batch."""
+  first = configs[0]
+  numbers = [name for name in swept if name != 'seed']
+  params = shared.param_shapes
+  tx = sweep_optimizer(first, shared.method, shared.total_steps, numbers)
+  opt_state = jax.eval_shape(tx.init, params)
+  length = first.max_length
+  rows = first.batch_size
+  batch = {key: jax.ShapeDtypeStruct((rows, length), 'int32')
+           for key in shared.data.train.tokens}
+  batch['labels'] = jax.ShapeDtypeStruct((rows,), shared.data.train.labels.dtype)
+  memory = sweep_lib.member_memory(shared.graphdef, tx, shared.method, params, opt_state,
+                                   batch, cotangents=first.cotangents)
+  if memory is None:
+    log.warning('This backend gives no memory estimate; the sweep trains all %d members at '
+                'once (set --sweep-chunk to limit it).', len(configs))
+    return len(configs)
+  budget = sweep_lib.available_memory() if budget is None else budget
+  chunk = sweep_lib.chunk_size(len(configs), *memory, budget)
+  log.info('The sweep step needs %.2f GiB + %.2f GiB per member; %.2f GiB are free: %d '
+           'members at a time.', memory[0] / 2**30, memory[1] / 2**30, budget / 2**30, chunk)
+  return chunk
+
+
+def _finished(config: TrainConfig) -> dict | None:
+  try:
+    results = json.loads((Path(config.output_dir) / 'results.json').read_text())
+  except (OSError, ValueError):
+    return None
+  return results if results.get('finished') else None
+
+
+def run_sweep(configs: Sequence[TrainConfig], *, chunk: int | None = None,
+              memory_budget: int | None = None) -> list[dict[str, Any]]:
+  """Trains ``configs`` (runs that differ only in :data:`SWEEPABLE` settings)
+  ``chunk`` at a time as one vmapped program each, and returns each run's
+  results in order. A resumed sweep skips the chunks whose runs all finished.
+
+  Args:
+    configs: the members, e.g. from :func:`member_configs`.
+    chunk: members per program; None picks it from the memory estimate.
+    memory_budget: bytes for the automatic chunk (default: 80% of the free
+      device memory).
+  """
+  if chunk is not None and chunk < 1:
+    raise ConfigError(f'--sweep-chunk must be at least 1, got {chunk}.')
+  if {c.parallel for c in configs} - {None, 'none'}:
+    raise ConfigError('A sweep trains its members on one device; leave out --parallel (or '
+                      'pass --parallel none).')
+  swept = swept_names(configs)
+  configs = [dataclasses.replace(c, parallel='none') for c in configs]
+  configs = [loop.preflight(c, finished_ok=c.resume) for c in configs]
+  if len({c.output_dir for c in configs}) < len(configs):
+    raise ConfigError('Two members of the sweep share a run directory.')
+  shared = loop.Shared(configs[0])
+  if chunk is None:
+    chunk = automatic_chunk(configs, shared, swept, memory_budget)
+  results = []
+  for start in range(0, len(configs), chunk):
+    group = configs[start:start + chunk]
+    done = [_finished(c) for c in group] if configs[0].resume else [None]
+    if all(done):
+      log.info('Members %d-%d finished before; skipped.', start + 1, start + len(group))
+      results += done
+      continue
+    log.info('Training members %d-%d of %d.', start + 1, start + len(group), len(configs))
+    results += loop.train_group(list(group), shared, swept)
+  return results
