@@ -3,7 +3,9 @@
 For each method and task: GLUE and AdvGLUE dev accuracy of the best epoch
 (by GLUE dev accuracy), mean +- std over seeds; then the macro average over
 all GLUE and AdvGLUE columns and the average drop GLUE - AdvGLUE. Written as
-Markdown and CSV, with a bar plot of GLUE vs AdvGLUE per method.
+Markdown and CSV, with a bar plot of GLUE vs AdvGLUE per method. Runs of one
+method and task with other settings (a sweep's members) get a row each,
+labelled with the settings that differ; only seeds are pooled.
 """
 
 from __future__ import annotations
@@ -52,45 +54,70 @@ _POOLED_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig)
                        if f.metadata['resume'] and f.name not in ('seed', 'output_dir'))
 
 
-def check_poolable(runs: list[dict]) -> None:
-  """Raises ValueError for runs of one row whose settings differ other than by
-  seed, or for one seed twice."""
-  first: dict = {}
-  seen: dict = {}
+def _settings(run: dict) -> tuple:
+  return tuple(json.dumps(run['config'].get(name)) for name in _POOLED_FIELDS)
+
+
+def row_labels(runs: list[dict]) -> list[str]:
+  """Each run's row: its method, and where runs of one method and task were
+  trained with other settings (a sweep), the settings that tell them apart,
+  as ``rose-ensemble (learning_rate=1e-05, upper=0.4)``."""
+  by_cell: dict = defaultdict(dict)
+  for run in runs:
+    by_cell[(run['config']['method'], run['config']['task'])][_settings(run)] = run['config']
+  varying: dict = defaultdict(set)
+  for (method, _), configs in by_cell.items():
+    for name in _POOLED_FIELDS:
+      if len({json.dumps(c.get(name)) for c in configs.values()}) > 1:
+        varying[method].add(name)
+  labels = []
   for run in runs:
     config = run['config']
-    row = (config['method'], config['task'])
-    seed = (*row, config['seed'])
+    names = [n for n in _POOLED_FIELDS if n in varying[config['method']]]
+    labels.append(config['method'] + (' (' + ', '.join(f'{n}={config.get(n)}' for n in names)
+                                      + ')' if names else ''))
+  return labels
+
+
+def check_poolable(runs: list[dict], labels: list[str]) -> None:
+  """Raises ValueError for one seed of one row twice, or for runs of one
+  method and task on different data."""
+  seen: dict = {}
+  data: dict = {}
+  for run, label in zip(runs, labels, strict=True):
+    config = run['config']
+    seed = (label, config['task'], config['seed'])
     if seed in seen:
-      raise ValueError(f'{seen[seed]} and {run["path"]} are both {row[0]} on {row[1]} with '
-                       f'seed {config["seed"]}: the same run twice would count as two seeds. '
-                       'Leave one of them out.')
+      raise ValueError(f'{seen[seed]} and {run["path"]} are both {label} on {config["task"]} '
+                       f'with seed {config["seed"]}: the same run twice would count as two '
+                       'seeds. Leave one of them out.')
     seen[seed] = run['path']
-    if row not in first:
-      first[row] = run
-      continue
-    reference = first[row]
-    differing = [f'{name} ({reference["config"].get(name)!r} against {config.get(name)!r})'
-                 for name in _POOLED_FIELDS
-                 if reference['config'].get(name) != config.get(name)]
+    cell = (config['method'], config['task'])
+    reference = data.setdefault(cell, run)
     if reference.get('data_digests') != run.get('data_digests'):
-      differing.append('the contents of the data files')
-    if differing:
-      raise ValueError(f'{reference["path"]} and {run["path"]} would be pooled as seeds of '
-                       f'{row[0]} on {row[1]}, but differ in {"; ".join(differing)}. Report '
-                       'runs of one configuration together.')
+      raise ValueError(f'{reference["path"]} and {run["path"]} are both {cell[0]} on {cell[1]} '
+                       'but were trained on different data files. Report runs on one data set '
+                       'together.')
 
 
 def summarise(runs: list[dict]) -> dict:
-  """``{method: {task: {'glue': [..], 'adv': [..]}}}`` over seeds, percent."""
-  check_poolable(runs)
+  """``{row: {task: {'glue': [..], 'adv': [..]}}}`` over seeds, percent; a row
+  is a method, or a method with settings (see :func:`row_labels`)."""
+  labels = row_labels(runs)
+  check_poolable(runs, labels)
   table: dict = defaultdict(lambda: defaultdict(lambda: {'glue': [], 'adv': []}))
-  for run in runs:
-    cell = table[run['config']['method']][run['config']['task']]
+  for run, label in zip(runs, labels, strict=True):
+    cell = table[label][run['config']['task']]
     cell['glue'].append(100 * run['glue_dev_accuracy'])
     if 'adv_dev_accuracy' in run:
       cell['adv'].append(100 * run['adv_dev_accuracy'])
   return table
+
+
+def _row_order(table: dict) -> list[str]:
+  """Rows in Table 1's method order, then by label."""
+  rank = {m: i for i, m in enumerate(METHOD_NAMES)}
+  return sorted(table, key=lambda label: (rank.get(label.split(' ')[0], len(rank)), label))
 
 
 def _fmt(values: list[float]) -> str:
@@ -107,7 +134,7 @@ def rows(table: dict) -> tuple[list[str], list[list[str]]]:
   for task in tasks:
     header += [f'{TASKS[task].name.upper()} GLUE', f'{TASKS[task].name.upper()} AdvGLUE']
   header += ['Avg GLUE+AdvGLUE', 'Avg Δ↓']
-  order = [m for m in METHOD_NAMES if m in table] + sorted(set(table) - set(METHOD_NAMES))
+  order = _row_order(table)
   body = []
   for method in order:
     row, columns, drops = [method], [], []
@@ -144,7 +171,7 @@ def bar_plot(table: dict, path: Path) -> None:
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  methods = [m for m in METHOD_NAMES if m in table] + sorted(set(table) - set(METHOD_NAMES))
+  methods = _row_order(table)
   glue = [np.mean([np.mean(c['glue']) for c in table[m].values() if c['glue']]) for m in methods]
   adv = [np.mean([np.mean(c['adv']) for c in table[m].values() if c['adv']] or [np.nan])
          for m in methods]

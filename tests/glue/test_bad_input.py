@@ -159,19 +159,29 @@ def test_divergence_stops_with_a_message(files, tmp_path, capsys):
          'Training diverged at step')
 
 
-def test_the_report_refuses_to_pool_unlike_runs(files, tmp_path, capsys):
+def test_the_report_keeps_unlike_runs_apart(files, tmp_path, capsys):
   root = tmp_path / 'runs'
   for seed, lr in ((1, '1e-3'), (2, '2e-3')):
     assert finetune.main(_args(files, root, method='vanilla', learning_rate=lr,
                                seeds=seed)) == 0
   before = _snapshot(root)
-  _fails(report_cli.main, [str(root), '--output-dir', str(tmp_path / 'report')], capsys,
-         "learning_rate (0.001 against 0.002)")
+  # Runs with other settings are rows of their own, never pooled as seeds.
+  assert report_cli.main([str(root), '--output-dir', str(tmp_path / 'report')]) == 0
+  table = (tmp_path / 'report' / 'table.md').read_text()
+  assert '| vanilla (learning_rate=0.001) |' in table
+  assert '| vanilla (learning_rate=0.002) |' in table
   shutil.copytree(root / 'sst2-vanilla-seed1', tmp_path / 'copy' / 'sst2-vanilla-seed1')
   _fails(report_cli.main, [str(root / 'sst2-vanilla-seed1'), str(tmp_path / 'copy'),
-                           '--output-dir', str(tmp_path / 'report')], capsys,
+                           '--output-dir', str(tmp_path / 'report2')], capsys,
          'the same run twice')
-  assert _snapshot(root) == before and not (tmp_path / 'report').exists()
+  results = tmp_path / 'copy' / 'sst2-vanilla-seed1' / 'results.json'
+  changed = json.loads(results.read_text())
+  changed['config']['seed'], changed['data_digests']['train_file'] = 5, 'another file'
+  results.write_text(json.dumps(changed))
+  _fails(report_cli.main, [str(root / 'sst2-vanilla-seed1'), str(tmp_path / 'copy'),
+                           '--output-dir', str(tmp_path / 'report2')], capsys,
+         'different data files')
+  assert _snapshot(root) == before and not (tmp_path / 'report2').exists()
 
 
 # -- A message, not a traceback --------------------------------------------------
