@@ -2,7 +2,9 @@
 
   python examples/report.py runs/ --output-dir report/
 
-Writes table.md, table.csv and accuracy.png, and prints the Markdown table.
+Writes table.md and .csv (Table 1), flatness.md and .csv (the numbers that
+analyze.py measured), accuracy.png/.svg and curves.png/.svg (training curves),
+and prints the Markdown tables.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   files = report.write_report(args.runs, args.output_dir)
   print(files['markdown'].read_text(), end='')
+  print('\n' + files['flatness'].read_text(), end='')
   print(f'\nwrote {", ".join(str(f) for f in files.values())}')
   return 0
 

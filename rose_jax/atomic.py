@@ -61,3 +61,13 @@ def write_directory(path: str | os.PathLike, fill: Callable[[Path], None]) -> No
     if path.exists():
       os.replace(path, old)
     os.replace(new, path)
+
+
+def write_npz(path: str | os.PathLike, **arrays) -> None:
+  """``numpy.savez`` of ``arrays`` to ``path``, atomically."""
+  import io
+
+  import numpy as np
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  write_bytes(path, buffer.getvalue())

@@ -3,7 +3,9 @@
 For each method and task: GLUE and AdvGLUE dev accuracy of the best epoch
 (by GLUE dev accuracy), mean +- std over seeds; then the macro average over
 all GLUE and AdvGLUE columns and the average drop GLUE - AdvGLUE. Written as
-Markdown and CSV, with a bar plot of GLUE vs AdvGLUE per method. Runs of one
+Markdown and CSV, with a bar plot of GLUE vs AdvGLUE per method, every
+run's training curves, and a table of the flatness numbers that
+``analyze.py`` measured (:mod:`rose_jax.glue.analysis`). Runs of one
 method and task with other settings (a sweep's members) get a row each,
 labelled with the settings that differ; only seeds are pooled.
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from rose_jax import atomic
+from rose_jax.glue import analysis, plots
 from rose_jax.glue.config import TrainConfig
 from rose_jax.glue.data import TASKS
 from rose_jax.training.methods import METHOD_NAMES
@@ -166,37 +169,63 @@ def to_csv(header: list[str], body: list[list[str]]) -> str:
   return buffer.getvalue()
 
 
-def bar_plot(table: dict, path: Path) -> None:
-  """Mean GLUE and AdvGLUE accuracy (over tasks and seeds) per method."""
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  methods = _row_order(table)
-  glue = [np.mean([np.mean(c['glue']) for c in table[m].values() if c['glue']]) for m in methods]
+def bar_plot(table: dict, stem: Path) -> list[Path]:
+  """Mean GLUE and AdvGLUE accuracy (over tasks and seeds) per row, in each
+  method's colour (GLUE solid, AdvGLUE pale)."""
+  rows = _row_order(table)
+  glue = [np.mean([np.mean(c['glue']) for c in table[m].values() if c['glue']]) for m in rows]
   adv = [np.mean([np.mean(c['adv']) for c in table[m].values() if c['adv']] or [np.nan])
-         for m in methods]
-  x = np.arange(len(methods))
-  fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(methods)), 4))
-  ax.bar(x - 0.2, glue, 0.4, label='GLUE dev')
-  ax.bar(x + 0.2, adv, 0.4, label='AdvGLUE dev')
-  ax.set_xticks(x, methods, rotation=30, ha='right')
-  ax.set_ylabel('accuracy (%)')
-  ax.legend()
-  fig.tight_layout()
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format=path.suffix[1:])
-  plt.close(fig)
-  atomic.write_bytes(path, buffer.getvalue())
+         for m in rows]
+  return plots.bars(rows, {'GLUE dev': glue, 'AdvGLUE dev': adv}, stem,
+                    ylabel='accuracy (%)', title='Dev accuracy per method (mean over tasks '
+                    'and seeds)')
+
+
+# Flatness columns: (header, run-level number), each the mean over a row's runs.
+FLATNESS_COLUMNS = (
+    ('Flat area (landscape)', lambda run, numbers: numbers.get('flat_area')),
+    ('Sharpness (interpolation)', lambda run, numbers: numbers.get('interpolation_sharpness')),
+    ('Dropout disagreement (dev)', lambda run, numbers: numbers.get('disagreement')),
+    ('Dropout disagreement (last epoch, train)', lambda run, numbers: (
+        run['epochs'][-1].get('train_disagreement') if run.get('epochs') else None)),
+)
+
+
+def flatness_rows(runs: list[dict]) -> tuple[list[str], list[list[str]]]:
+  """Per row (method, or method with settings): the mean of each flatness
+  number over the runs that have it (``analyze.py`` measures them)."""
+  labels = row_labels(runs)
+  values: dict = defaultdict(lambda: defaultdict(list))
+  for run, label in zip(runs, labels, strict=True):
+    numbers = analysis.flatness(Path(run['path']).parent)
+    for header, read in FLATNESS_COLUMNS:
+      value = read(run, numbers)
+      if value is not None:
+        values[label][header].append(value)
+  header = ['Method', *(h for h, _ in FLATNESS_COLUMNS)]
+  body = [[label, *(f'{np.mean(values[label][h]):.4f}' if values[label][h] else '-'
+                    for h, _ in FLATNESS_COLUMNS)]
+          for label in _row_order(dict.fromkeys(labels))]
+  return header, body
 
 
 def write_report(paths, output_dir: str | Path) -> dict[str, Path]:
-  """Writes ``table.md``, ``table.csv`` and ``accuracy.png``; returns their paths."""
-  table = summarise(collect(paths))
+  """Writes ``table.md`` and ``.csv`` (Table 1), ``flatness.md`` and ``.csv``,
+  ``accuracy.png`` and ``.svg`` and ``curves.png`` and ``.svg`` (every run's
+  training curves); returns their paths."""
+  runs = collect(paths)
+  table = summarise(runs)
   header, body = rows(table)
   out = Path(output_dir)
   out.mkdir(parents=True, exist_ok=True)
-  files = {'markdown': out / 'table.md', 'csv': out / 'table.csv', 'plot': out / 'accuracy.png'}
+  files = {'markdown': out / 'table.md', 'csv': out / 'table.csv',
+           'flatness': out / 'flatness.md', 'flatness_csv': out / 'flatness.csv'}
   atomic.write_bytes(files['markdown'], markdown(header, body).encode())
   atomic.write_bytes(files['csv'], to_csv(header, body).encode())
-  bar_plot(table, files['plot'])
+  flat_header, flat_body = flatness_rows(runs)
+  atomic.write_bytes(files['flatness'], markdown(flat_header, flat_body).encode())
+  atomic.write_bytes(files['flatness_csv'], to_csv(flat_header, flat_body).encode())
+  files['plot'], files['plot_svg'] = bar_plot(table, out / 'accuracy')
+  files['curves'], files['curves_svg'] = analysis.training_curves(
+      [Path(run['path']).parent for run in runs], out / 'curves')
   return files

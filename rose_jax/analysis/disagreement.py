@@ -1,0 +1,60 @@
+"""How often dropout passes disagree (ROSE, appendix A.2).
+
+Two forward passes through the same parameters with different dropout masks
+may predict different labels; the share of examples where they do measures
+how much dropout moves the model's decisions. Training with R-Drop's or
+ROSE's KL term should lower it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# apply_fn(params, batch, dropout_key or None) -> logits [rows, classes]
+ApplyFn = Callable[[Any, dict, jax.Array | None], jax.Array]
+
+
+def pass_predictions(apply_fn: ApplyFn, params, batch: dict, key: jax.Array | None,
+                     passes: int) -> jax.Array:
+  """``[passes, rows]`` predicted labels, one row of dropout per pass
+  (``key`` None: dropout off, every pass the same)."""
+  if key is None:
+    return jnp.broadcast_to(jnp.argmax(apply_fn(params, batch, None), -1),
+                            (passes, len(batch['input_ids'])))
+  keys = jax.random.split(key, passes)
+  return jax.vmap(lambda k: jnp.argmax(apply_fn(params, batch, k), -1))(keys)
+
+
+def dropout_disagreement(apply_fn: ApplyFn, params, batches: Iterable[tuple[dict, int]],
+                         key: jax.Array | None, *, passes: int = 2) -> float:
+  """The share of examples whose ``passes`` dropout passes do not all predict
+  the same label (for two passes: predict different labels).
+
+  Args:
+    apply_fn: ``(params, batch, dropout_key or None) -> logits``.
+    params: the parameters.
+    batches: ``(batch, real_rows)`` pairs; rows past ``real_rows`` are padding.
+    key: dropout's key (folded with each batch's index); None: dropout off,
+      and the share is 0.
+    passes: forward passes per example, at least 2.
+
+  Returns:
+    The share, in [0, 1].
+  """
+  if passes < 2:
+    raise ValueError(f'Disagreement needs at least 2 passes, got {passes}.')
+  predict = jax.jit(lambda p, b, k: pass_predictions(apply_fn, p, b, k, passes))
+  disagreeing = total = 0
+  for index, (batch, real) in enumerate(batches):
+    batch_key = None if key is None else jax.random.fold_in(key, index)
+    predictions = np.asarray(predict(params, batch, batch_key))[:, :real]
+    disagreeing += int(np.sum(np.any(predictions != predictions[:1], axis=0)))
+    total += real
+  if not total:
+    raise ValueError('No examples to measure disagreement on.')
+  return disagreeing / total

@@ -1,0 +1,318 @@
+"""The analyses of :mod:`rose_jax.analysis` over fine-tuning run directories.
+
+Each reads a run's ``best_model/`` and ``results.json`` (task, data files,
+dropout) and writes under ``RUN/analysis/``: the raw numbers (``.npz``),
+the figures (PNG and SVG, :mod:`rose_jax.glue.plots`) and the run's
+flatness numbers (``flatness.json``), which ``report.py`` tabulates per
+method. The loss is the mean cross-entropy over a fixed evaluation subset:
+the first ``examples`` of the GLUE dev set, all padded to one length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from rose_jax import atomic
+from rose_jax.analysis import disagreement as disagreement_lib
+from rose_jax.analysis import landscape as landscape_lib
+from rose_jax.glue import batching, plots
+from rose_jax.glue import data as data_lib
+from rose_jax.models import load_pretrained, load_tokenizer
+from rose_jax.training import step as step_lib
+
+FLATNESS = 'flatness.json'
+
+
+@dataclasses.dataclass
+class Run:
+  """A finished run's best model and settings."""
+  path: Path
+  config: dict
+  graphdef: nnx.GraphDef
+  params: Any
+  tokenizer: Any
+
+  @property
+  def label(self) -> str:
+    return f'{self.config["method"]} (seed {self.config["seed"]})'
+
+
+def load_run(path: str | Path) -> Run:
+  """The run in ``path``; ValueError if it is no run or has no best model yet."""
+  path = Path(path)
+  try:
+    results = json.loads((path / 'results.json').read_text())
+  except FileNotFoundError:
+    raise ValueError(f'{path} is not a run directory (no results.json); give a directory that '
+                     'finetune.py wrote.') from None
+  if not (path / 'best_model').is_dir():
+    raise ValueError(f'{path} has no best_model/: the run has not finished an epoch yet.')
+  config = results['config']
+  task = data_lib.get_task(config['task'])
+  model = load_pretrained(path / 'best_model', num_labels=task.num_labels,
+                          hidden_dropout=config['dropout'], attention_dropout=config['dropout'])
+  tokenizer = load_tokenizer(str(path / 'best_model'), model.config)
+  graphdef, params = step_lib.split_model(model)
+  return Run(path, config, graphdef, params, tokenizer)
+
+
+def evaluation_subset(run: Run, examples: int = 512,
+                      batch_size: int = 64) -> tuple[dict[str, np.ndarray], np.ndarray]:
+  """The first ``examples`` GLUE dev examples as ``[batches, batch_size, length]``
+  arrays, one length for all, and ``[batches, batch_size]`` weights (0 for filler rows)."""
+  task = data_lib.get_task(run.config['task'])
+  dev = (data_lib.load_local(task, run.config['dev_file']) if run.config.get('dev_file')
+         else data_lib.load_hub(task, task.hub_validation_split)).take(examples)
+  encoded = batching.tokenize(run.tokenizer, dev, run.config['max_length'])
+  n = len(encoded)
+  batches = -(-n // batch_size)
+  rows = np.minimum(np.arange(batches * batch_size), n - 1)
+  arrays = encoded.take(rows, int(encoded.lengths.max()))
+  weights = (np.arange(batches * batch_size) < n).astype(np.float32)
+  shape = (batches, batch_size)
+  return ({k: v.reshape(*shape, *v.shape[1:]) for k, v in arrays.items()},
+          weights.reshape(shape))
+
+
+def subset_loss(graphdef: nnx.GraphDef, batches: dict[str, np.ndarray],
+                weights: np.ndarray) -> Callable[[Any], tuple[jax.Array, jax.Array]]:
+  """``params -> (mean cross-entropy, accuracy)`` over the subset, dropout off."""
+  batches = jax.tree.map(jnp.asarray, batches)
+  weights = jnp.asarray(weights)
+
+  def loss_fn(params):
+    def one(totals, xs):
+      batch, w = xs
+      logits = step_lib.apply_model(graphdef, params, batch).astype(jnp.float32)
+      ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch['labels'])
+      correct = jnp.argmax(logits, -1) == batch['labels']
+      return (totals[0] + jnp.sum(ce * w), totals[1] + jnp.sum(correct * w)), None
+
+    (ce, correct), _ = jax.lax.scan(one, (jnp.zeros(()), jnp.zeros(())), (batches, weights))
+    return ce / jnp.sum(weights), correct / jnp.sum(weights)
+
+  return loss_fn
+
+
+def _record_flatness(run_dir: Path, **numbers) -> dict:
+  path = run_dir / 'analysis' / FLATNESS
+  path.parent.mkdir(exist_ok=True)
+  current = json.loads(path.read_text()) if path.exists() else {}
+  current.update(numbers)
+  atomic.write_json(path, current)
+  return current
+
+
+def _bar(total: int, enabled: bool, description: str):
+  from tqdm.auto import tqdm
+  return tqdm(total=total, disable=not enabled, desc=description, unit='point')
+
+
+def landscape(run_dir: str | Path, *, points: int = 51, low: float = -0.25,
+              high: float = 0.25, examples: int = 512, seed: int = 0,
+              chunk: int | None = None, memory_budget: int | None = None,
+              rise: float = 0.1, progress: bool = True) -> dict:
+  """The 2D loss landscape around a run's best model (ROSE, Figure 2).
+
+  Writes ``analysis/landscape.npz`` (``alphas``, ``betas``, ``loss``,
+  ``accuracy``), ``analysis/landscape.png`` and ``.svg``, and the flat area
+  (:func:`rose_jax.analysis.flat_area`, loss within ``rise`` of the centre)
+  into ``analysis/flatness.json``. Returns the summary, with throughput.
+  """
+  run = load_run(run_dir)
+  axis = landscape_lib.grid(low, high, points)
+  loss_fn = subset_loss(run.graphdef, *evaluation_subset(run, examples))
+  delta_key, eta_key = jax.random.split(jax.random.key(seed))
+  delta = landscape_lib.filter_normalized_direction(delta_key, run.params)
+  eta = landscape_lib.filter_normalized_direction(eta_key, run.params)
+  bar = _bar(points * points, progress, 'landscape')
+  try:
+    result = landscape_lib.loss_surface(loss_fn, run.params, delta, eta, axis, axis,
+                                        chunk=chunk, memory_budget=memory_budget,
+                                        progress=bar.update)
+  finally:
+    bar.close()
+  out = run.path / 'analysis'
+  out.mkdir(exist_ok=True)
+  atomic.write_npz(out / 'landscape.npz', alphas=axis, betas=axis, loss=result.loss,
+                   accuracy=result.accuracy)
+  plots.contour(axis, axis, result.loss, out / 'landscape', method=run.config['method'],
+                title=f'Loss landscape: {run.label}')
+  area = landscape_lib.flat_area(result.loss, axis, axis, rise=rise)
+  _record_flatness(run.path, flat_area=area, flat_area_rise=rise,
+                   centre_loss=float(result.loss[points // 2, points // 2]))
+  return {'flat_area': area, 'points': points * points, 'chunk': result.chunk,
+          'seconds': result.seconds, 'points_per_second': result.points_per_second}
+
+
+def interpolate(first_dir: str | Path, second_dir: str | Path, output_dir: str | Path, *,
+                points: int = 51, low: float = -0.5, high: float = 1.5, examples: int = 512,
+                chunk: int | None = None, progress: bool = True) -> dict:
+  """The loss and accuracy on the line from one run's best model to another's
+  (ROSE, Figure 4), on the first run's evaluation subset.
+
+  Writes ``interpolation.npz`` and the plot into ``output_dir``, and each
+  run's curvature along the line at its own end (``interpolation_sharpness``)
+  into its ``analysis/flatness.json``. ValueError for two architectures.
+  """
+  first, second = load_run(first_dir), load_run(second_dir)
+  landscape_lib.check_same_architecture(first.params, second.params,
+                                        (str(first.path), str(second.path)))
+  alphas = landscape_lib.grid(low, high, points)
+  loss_fn = subset_loss(first.graphdef, *evaluation_subset(first, examples))
+  bar = _bar(points, progress, 'interpolation')
+  try:
+    result = landscape_lib.interpolation(loss_fn, first.params, second.params, alphas,
+                                         chunk=chunk, progress=bar.update)
+  finally:
+    bar.close()
+  out = Path(output_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  atomic.write_npz(out / 'interpolation.npz', alphas=alphas, loss=result.loss,
+                   accuracy=result.accuracy)
+  plots.interpolation(alphas, result.loss, result.accuracy, out / 'interpolation',
+                      labels=(first.label, second.label))
+  summary = {'barrier': landscape_lib.interpolation_barrier(result.loss, alphas),
+             'first_sharpness': landscape_lib.endpoint_sharpness(result.loss, alphas, 0.0),
+             'second_sharpness': landscape_lib.endpoint_sharpness(result.loss, alphas, 1.0),
+             'points_per_second': result.points_per_second}
+  _record_flatness(first.path, interpolation_sharpness=summary['first_sharpness'])
+  _record_flatness(second.path, interpolation_sharpness=summary['second_sharpness'])
+  atomic.write_json(out / 'interpolation.json', {
+      'first': str(first.path), 'second': str(second.path), **summary})
+  return summary
+
+
+def disagreement(run_dir: str | Path, *, passes: int = 2, examples: int = 512,
+                 seed: int = 0, dropout: bool = True) -> float:
+  """The share of the evaluation subset on which ``passes`` dropout passes of
+  the run's best model disagree; recorded as ``disagreement`` in
+  ``analysis/flatness.json``."""
+  run = load_run(run_dir)
+  batches, weights = evaluation_subset(run, examples)
+  real = weights.sum(1).astype(int)
+  apply = lambda p, b, k: step_lib.apply_model(run.graphdef, p, b, k)
+  pairs = (({k: v[i] for k, v in batches.items()}, int(real[i])) for i in range(len(real)))
+  share = disagreement_lib.dropout_disagreement(
+      apply, run.params, pairs, jax.random.key(seed) if dropout else None, passes=passes)
+  _record_flatness(run.path, disagreement=share, disagreement_passes=passes)
+  return share
+
+
+# -- Figures from what runs logged ----------------------------------------------
+
+TENSOR_KINDS = (('attention/self/query', 'query'), ('attention/self/key', 'key'),
+                ('attention/self/value', 'value'), ('attention/output/dense', 'attn output'),
+                ('attention/output/LayerNorm', 'attn LayerNorm'),
+                ('intermediate', 'intermediate'), ('output/dense', 'output'),
+                ('output/LayerNorm', 'output LayerNorm'))
+
+
+def tensor_row(name: str) -> tuple[int, int, str]:
+  """``(layer, kind index, row label)`` of a ranked tensor's name; tensors
+  outside the layers (embeddings, pooler) come first as layer -1."""
+  parts = name.split('/')
+  layer = int(parts[parts.index('layer') + 1]) if 'layer' in parts else -1
+  for index, (pattern, kind) in enumerate(TENSOR_KINDS):
+    if pattern in name:
+      return layer, index, f'L{layer} {kind}'
+  kind = 'embeddings' if 'embeddings' in name else parts[-2] if len(parts) > 1 else name
+  return layer, -1, kind if layer < 0 else f'L{layer} {kind}'
+
+
+def mask_rows(names: list[str], masks: np.ndarray, *,
+              columns: int = 400) -> tuple[list[str], np.ndarray, np.ndarray]:
+  """A mask record as a heat map: the mean mask per (layer, tensor kind) row,
+  ``[rows, steps]``, with steps averaged into at most ``columns`` bins.
+  Returns the row labels, the bins' last steps' indices and the values."""
+  keys = [tensor_row(n) for n in names]
+  rows = sorted(set(keys))
+  values = np.stack([masks[:, [k == row for k in keys]].mean(1) for row in rows])
+  steps = np.arange(1, masks.shape[0] + 1)
+  if masks.shape[0] > columns:
+    edges = np.linspace(0, masks.shape[0], columns + 1).astype(int)
+    values = np.stack([values[:, a:b].mean(1) for a, b in itertools.pairwise(edges)], 1)
+    steps = edges[1:]
+  return [row[2] for row in rows], steps, values
+
+
+def _label(path: Path, config: dict, taken) -> str:
+  """``method (seed N)``, or with the directory's name where that is taken (a sweep)."""
+  label = f'{config["method"]} (seed {config["seed"]})'
+  return f'{config["method"]} ({path.name})' if label in taken else label
+
+
+def _read_lines(path: Path) -> tuple[dict, list[dict], list[dict]]:
+  try:
+    results = json.loads((path / 'results.json').read_text())
+  except FileNotFoundError:
+    raise ValueError(f'{path} is not a run directory (no results.json).') from None
+  lines = [json.loads(x) for x in (path / 'metrics.jsonl').read_text().splitlines()] \
+      if (path / 'metrics.jsonl').exists() else []
+  return (results, [x for x in lines if x.get('type') != 'epoch'],
+          [x for x in lines if x.get('type') == 'epoch'])
+
+
+def mask_map(run_dirs: list[str | Path], stem: str | Path) -> list[Path]:
+  """Heat maps of what each ROSE run kept (one panel per run), from its
+  ``masks.bin``; FileNotFoundError names a run without one and how to record it."""
+  from rose_jax.glue.metrics_log import read_masks
+  panels = {}
+  for run_dir in map(Path, run_dirs):
+    results, _, _ = _read_lines(run_dir)
+    names, _, masks = read_masks(run_dir)
+    if not len(masks):
+      raise ValueError(f'{run_dir}/masks.bin holds no steps yet.')
+    panels[_label(run_dir, results['config'], panels)] = mask_rows(names, masks)
+  return plots.mask_maps(panels, Path(stem))
+
+
+def training_curves(run_dirs: list[str | Path], stem: str | Path) -> list[Path]:
+  """Loss, CE, KL and kept fraction per logged step and dev accuracies per
+  epoch, every run overlaid."""
+  runs = {}
+  for run_dir in map(Path, run_dirs):
+    results, steps, epochs = _read_lines(run_dir)
+    data = {'steps': {}, 'epochs': {}}
+    for metric in ('loss', 'ce', 'kl', 'kept_fraction'):
+      if steps and metric in steps[0]:
+        data['steps'][metric] = ([x['step'] for x in steps], [x[metric] for x in steps])
+    for metric in ('glue_dev_accuracy', 'adv_dev_accuracy'):
+      if epochs and metric in epochs[0]:
+        data['epochs'][metric] = ([x['epoch'] for x in epochs], [x[metric] for x in epochs])
+    runs[_label(run_dir, results['config'], runs)] = data
+  return plots.curves(runs, Path(stem))
+
+
+def disagreement_over_steps(run_dirs: list[str | Path], stem: str | Path) -> list[Path]:
+  """The dropout disagreement that two-pass methods' steps logged, one line
+  per run; ValueError if no run logged it."""
+  series = {}
+  for run_dir in map(Path, run_dirs):
+    results, steps, _ = _read_lines(run_dir)
+    if steps and 'disagreement' in steps[0]:
+      series[_label(run_dir, results['config'], series)] = (
+          np.asarray([x['step'] for x in steps]), np.asarray([x['disagreement'] for x in steps]))
+  if not series:
+    raise ValueError('None of these runs logged dropout disagreement: only methods with two '
+                     'dropout passes (rdrop, rose-first, rose-ensemble, rdrop-rose-*) do. '
+                     'Measure any run with `analyze.py disagreement`.')
+  return plots.lines_over_steps(series, Path(stem), ylabel='share of examples',
+                                title='Dropout disagreement of the two training passes')
+
+
+def flatness(run_dir: str | Path) -> dict:
+  """A run's recorded flatness numbers (empty if none were measured)."""
+  path = Path(run_dir) / 'analysis' / FLATNESS
+  return json.loads(path.read_text()) if path.exists() else {}
