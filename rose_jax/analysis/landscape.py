@@ -208,10 +208,11 @@ def interpolation(loss_fn: LossFn, start: Params, end: Params, alphas: np.ndarra
 def flat_area(surface: np.ndarray, alphas: np.ndarray, betas: np.ndarray, *,
               rise: float = 0.1) -> float:
   """The area of the plane (in units of ``a`` x ``b``) where the loss is within
-  ``rise`` of the loss at the centre (the grid point nearest (0, 0)): larger is flatter."""
+  ``rise`` of the loss at the centre (the grid point nearest (0, 0)): the
+  share of grid points times the plane's area; larger is flatter."""
   centre = surface[np.argmin(np.abs(alphas)), np.argmin(np.abs(betas))]
-  cell = (alphas[-1] - alphas[0]) / (len(alphas) - 1) * (betas[-1] - betas[0]) / (len(betas) - 1)
-  return float(np.sum(surface <= centre + rise) * cell)
+  plane_area = (alphas[-1] - alphas[0]) * (betas[-1] - betas[0])
+  return float(np.mean(surface <= centre + rise) * plane_area)
 
 
 def interpolation_barrier(losses: np.ndarray, alphas: np.ndarray) -> float:
