@@ -116,7 +116,7 @@ def lines_over_steps(series: dict[str, tuple[np.ndarray, np.ndarray]], stem: Pat
   ax.set_xlabel('training step')
   ax.set_ylabel(ylabel)
   ax.set_title(title)
-  ax.legend(fontsize=8)
+  ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1))
   return save(fig, stem)
 
 
@@ -183,7 +183,9 @@ def bars(labels: list[str], groups: dict[str, list[float]], stem: Path, *, ylabe
     ax.bar(x + (i - (len(groups) - 1) / 2) * width, values, width, label=name,
            color=[color(label) for label in labels], alpha=1.0 if i == 0 else 0.5,
            edgecolor='black', linewidth=0.5)
-  ax.set_xticks(x, labels, rotation=30, ha='right')
+  # A sweep's row labels carry settings: one line for the method, one for them.
+  ax.set_xticks(x, [label.replace(' (', '\n(') for label in labels], rotation=20, ha='right',
+                fontsize=8)
   ax.set_ylabel(ylabel)
   ax.set_title(title)
   ax.legend()
