@@ -297,6 +297,13 @@ def bench_sweep(name: str, members: int, steps: int, warmup: int) -> list[dict]:
     rows.append({'mode': label, 'members': members, 'median_s': median,
                  'config_steps_per_s': members / median})
   rows[1]['speedup'] = rows[0]['median_s'] / rows[1]['median_s']
+  # XLA's memory estimate: what each member adds, hence the chunk that fits.
+  memory = sweep.member_memory(graphdef, tx, method, params, states[0], batch)
+  if memory is not None:
+    fixed, per_member = memory
+    budget = sweep.available_memory()
+    rows[1].update(fixed_mb=fixed / 2**20, per_member_mb=per_member / 2**20,
+                   fits=int((budget - fixed) // per_member), budget_mb=budget / 2**20)
   return rows
 
 
@@ -422,7 +429,9 @@ def main(argv=None) -> int:
         ('mode', f'ROSE-Ensemble, {args.sweep} settings', 's'),
         ('median_s', 'time per step of all (s)', '.3f'),
         ('config_steps_per_s', 'configurations x steps / s', '.2f'),
-        ('speedup', 'x sequential', '.2f')]))
+        ('speedup', 'x sequential', '.2f'), ('fixed_mb', 'step memory (MB)', '.1f'),
+        ('per_member_mb', '+ per member (MB)', '.1f'),
+        ('fits', 'members in 80% of free memory', 'd')]))
   if not args.skip_masks:
     masks = bench_masks(args.config, args.steps, args.warmup)
     print('\n' + markdown(masks, [('mask', 'mask', 's'), ('elements', 'ranked elements', 'd'),

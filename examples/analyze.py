@@ -86,8 +86,10 @@ def main(argv=None) -> int:
                                    examples=args.examples, seed=args.seed, chunk=args.chunk,
                                    rise=args.rise, progress=args.progress)
       print(f'{run}: flat area {summary["flat_area"]:.4f}; {summary["points"]} points in '
-            f'{summary["seconds"]:.1f} s ({summary["points_per_second"]:.1f} points/s, '
-            f'{summary["chunk"]} per call); wrote {Path(run) / "analysis"}/landscape.*')
+            f'{summary["seconds"]:.1f} s after {summary["compile_seconds"]:.1f} s compiling '
+            f'({summary["points_per_second"]:.2f} points/s, {summary["chunk"]} per call, '
+            f'{summary["gflops_per_second"]:.1f} GFLOP/s by XLA\'s count); wrote '
+            f'{Path(run) / "analysis"}/landscape.*')
   elif args.command == 'interpolate':
     summary = analysis.interpolate(args.first, args.second, args.output_dir, points=args.points,
                                    low=args.low, high=args.high, examples=args.examples,
@@ -106,11 +108,9 @@ def main(argv=None) -> int:
       print(f'wrote {", ".join(map(str, paths))}')
     except ValueError as error:  # measured, but none logged it during training
       print(f'no plot over training: {error}')
-  elif args.command == 'masks':
-    paths = analysis.mask_map(args.runs, Path(args.output_dir) / 'masks')
-    print(f'wrote {", ".join(map(str, paths))}')
   else:
-    paths = analysis.training_curves(args.runs, Path(args.output_dir) / 'curves')
+    draw = analysis.mask_map if args.command == 'masks' else analysis.training_curves
+    paths = draw(args.runs, Path(args.output_dir) / args.command)
     print(f'wrote {", ".join(map(str, paths))}')
   return 0
 

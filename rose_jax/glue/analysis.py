@@ -67,15 +67,18 @@ def load_run(path: str | Path) -> Run:
   return Run(path, config, graphdef, params, tokenizer)
 
 
-def evaluation_subset(run: Run, examples: int = 512,
-                      batch_size: int = 64) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def evaluation_subset(run: Run, examples: int = 512, batch_size: int | None = None,
+                      ) -> tuple[dict[str, np.ndarray], np.ndarray]:
   """The first ``examples`` GLUE dev examples as ``[batches, batch_size, length]``
-  arrays, one length for all, and ``[batches, batch_size]`` weights (0 for filler rows)."""
+  arrays, one length for all, and ``[batches, batch_size]`` weights (0 for filler rows).
+  By default one batch holds them all: grid points, not examples, are what
+  the evaluation splits into chunks, and XLA's FLOP count is exact without a loop."""
   task = data_lib.get_task(run.config['task'])
   dev = (data_lib.load_local(task, run.config['dev_file']) if run.config.get('dev_file')
          else data_lib.load_hub(task, task.hub_validation_split)).take(examples)
   encoded = batching.tokenize(run.tokenizer, dev, run.config['max_length'])
   n = len(encoded)
+  batch_size = batch_size or n
   batches = -(-n // batch_size)
   rows = np.minimum(np.arange(batches * batch_size), n - 1)
   arrays = encoded.take(rows, int(encoded.lengths.max()))
@@ -153,7 +156,9 @@ def landscape(run_dir: str | Path, *, points: int = 51, low: float = -0.25,
   _record_flatness(run.path, flat_area=area, flat_area_rise=rise,
                    centre_loss=float(result.loss[points // 2, points // 2]))
   return {'flat_area': area, 'points': points * points, 'chunk': result.chunk,
-          'seconds': result.seconds, 'points_per_second': result.points_per_second}
+          'seconds': result.seconds, 'compile_seconds': result.compile_seconds,
+          'points_per_second': result.points_per_second,
+          'gflops_per_second': (result.flops_per_second or 0) / 1e9}
 
 
 def interpolate(first_dir: str | Path, second_dir: str | Path, output_dir: str | Path, *,

@@ -40,6 +40,7 @@ def test_benchmark_runs_one_step_of_everything(tmp_path, capsys):
         (name, rows[name]['flops_ratio'], rows[name]['floor'])
   modes = {r['mode']: r for r in result['sweep']}
   assert modes['vmapped sweep']['members'] == 2 and modes['sequential']['median_s'] > 0
+  assert modes['vmapped sweep']['per_member_mb'] > 0 and modes['vmapped sweep']['fits'] >= 1
   assert modes['vmapped sweep']['config_steps_per_s'] == pytest.approx(
       2 / modes['vmapped sweep']['median_s'])
   state = {r['granularity']: r for r in result['state']}

@@ -110,6 +110,13 @@ def test_mask_maps_and_curves_are_drawn(runs, tmp_path):
   names, steps, masks = read_masks(runs['a'])
   rows, _, values = analysis.mask_rows(names, masks)
   assert 'L0 query' in rows and values.shape == (len(rows), len(steps))
+  # The mask file reproduces the kept fraction that metrics.jsonl logs (every 2 steps).
+  logged = [json.loads(x) for x in (runs['a'] / 'metrics.jsonl').read_text().splitlines()]
+  windows = [x for x in logged if 'type' not in x]
+  assert windows and steps.tolist() == list(range(1, len(steps) + 1))
+  for line in windows:
+    kept = masks[(steps > line['step'] - 2) & (steps <= line['step'])].mean()
+    np.testing.assert_allclose(kept, line['kept_fraction'], rtol=1e-6)
   assert analyze.main(['curves', str(runs['a']), str(runs['vanilla']), '--output-dir',
                        str(tmp_path)]) == 0
   _figure(tmp_path / 'curves')

@@ -218,7 +218,8 @@ def test_data_order_and_dropout_use_their_own_streams(files, tmp_path, monkeypat
   np.testing.assert_array_equal(keys[1], jax.random.key_data(jax.random.fold_in(base, 1)))
 
 
-@pytest.mark.parametrize('method, extra', [('child-tuning-d', {}), ('smart', {}),
+# SMART with its teacher covers plain SMART's path too (test_loop trains plain SMART).
+@pytest.mark.parametrize('method, extra', [('child-tuning-d', {}),
                                            ('smart', {'smart_bregman_mu': 1.0}), ('freelb', {})])
 def test_each_baseline_runs_and_resumes_exactly(files, tmp_path, monkeypatch, method, extra):
   from rose_jax.training import fisher

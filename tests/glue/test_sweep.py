@@ -180,17 +180,18 @@ def test_the_automatic_chunk_follows_the_memory_estimate(files, tmp_path):
   shared = loop.Shared(configs[0])
   swept = sweep.swept_names(configs)
   assert swept == ('learning_rate', 'seed')
-  assert sweep.automatic_chunk(configs, shared, swept, budget=10**12) == 4
-  assert sweep.automatic_chunk(configs, shared, swept, budget=1) == 1
   tx = sweep.sweep_optimizer(configs[0], shared.method, shared.total_steps, ['learning_rate'])
   opt_state = jax.eval_shape(tx.init, shared.param_shapes)
   batch = {k: jax.ShapeDtypeStruct((8, 12), 'int32') for k in shared.data.train.tokens}
-  batch['labels'] = jax.ShapeDtypeStruct((8,), 'int64')
+  batch['labels'] = jax.ShapeDtypeStruct((8,), shared.data.train.labels.dtype)
   fixed, per_member = sweep_lib.member_memory(shared.graphdef, tx, shared.method,
                                               shared.param_shapes, opt_state, batch)
+  assert fixed > 0 and per_member > 0
+  assert sweep_lib.chunk_size(4, fixed, per_member, 10**12) == 4
+  assert sweep_lib.chunk_size(4, fixed, per_member, 1) == 1
   # Two members' worth of budget beyond the fixed part: two members at a time.
-  assert sweep.automatic_chunk(configs, shared, swept,
-                               budget=fixed + 2 * per_member + per_member // 2) == 2
+  budget = fixed + 2 * per_member + per_member // 2
+  assert sweep.automatic_chunk(configs, shared, swept, budget=budget) == 2
 
 
 @pytest.mark.parametrize('options, message', [
