@@ -41,7 +41,7 @@ import optax
 from flax import nnx
 
 import rose_jax
-from rose_jax import masking, selection
+from rose_jax import masking, memory, selection
 from rose_jax.glue import cpu_malloc
 from rose_jax.models import EncoderConfig, EncoderForSequenceClassification
 from rose_jax.training import adversarial, methods, sweep
@@ -174,7 +174,7 @@ def time_method(graphdef, params, batch, method_name: str, granularity: str, ste
   device = jax.devices()[0]
   stats = device.memory_stats() if hasattr(device, 'memory_stats') else None
   return {**timing(*time_calls(run, steps, warmup)),
-          'compiled_bytes': sweep.compiled_bytes(compiled), 'xla_flops': flops,
+          'compiled_bytes': memory.compiled_bytes(compiled), 'xla_flops': flops,
           'peak_bytes': (stats or {}).get('peak_bytes_in_use')}
 
 
@@ -301,7 +301,7 @@ def bench_sweep(name: str, members: int, steps: int, warmup: int) -> list[dict]:
   memory = sweep.member_memory(graphdef, tx, method, params, states[0], batch)
   if memory is not None:
     fixed, per_member = memory
-    budget = sweep.available_memory()
+    budget = memory.available_memory()
     rows[1].update(fixed_mb=fixed / 2**20, per_member_mb=per_member / 2**20,
                    fits=int((budget - fixed) // per_member), budget_mb=budget / 2**20)
   return rows

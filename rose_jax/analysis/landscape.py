@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rose_jax.training import sweep as sweep_lib
+from rose_jax import memory
 
 Params = Any
 # loss_fn(params) -> (loss, accuracy), both scalars.
@@ -181,14 +181,14 @@ def _flops(compiled) -> float | None:
 def _automatic_chunk(evaluate, coordinates: np.ndarray, budget: int | None) -> int:
   def at(points: int) -> int | None:
     shape = jax.ShapeDtypeStruct((points, coordinates.shape[1]), jnp.float32)
-    return sweep_lib.compiled_bytes(evaluate.lower(shape).compile())
+    return memory.compiled_bytes(evaluate.lower(shape).compile())
 
   one, two = at(1), at(2)
   if one is None or two is None:
     return 64
   per_point = max(two - one, 1)
-  budget = sweep_lib.available_memory() if budget is None else budget
-  return sweep_lib.chunk_size(len(coordinates), max(one - per_point, 0), per_point, budget)
+  budget = memory.available_memory() if budget is None else budget
+  return memory.chunk_size(len(coordinates), max(one - per_point, 0), per_point, budget)
 
 
 def plane(params: Params, delta: Params, eta: Params) -> Callable[[jax.Array], Params]:

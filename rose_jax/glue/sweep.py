@@ -39,6 +39,7 @@ from typing import Any
 
 import jax
 
+from rose_jax import memory
 from rose_jax.glue import loop
 from rose_jax.glue.config import ConfigError, TrainConfig, flag
 from rose_jax.glue.optimizers import SWEPT_NUMBERS, sweep_optimizer
@@ -161,16 +162,17 @@ def automatic_chunk(configs: Sequence[TrainConfig], shared: loop.Shared,
   batch = {key: jax.ShapeDtypeStruct((rows, length), 'int32')
            for key in shared.data.train.tokens}
   batch['labels'] = jax.ShapeDtypeStruct((rows,), shared.data.train.labels.dtype)
-  memory = sweep_lib.member_memory(shared.graphdef, tx, shared.method, params, opt_state,
-                                   batch, cotangents=first.cotangents)
-  if memory is None:
+  estimate = sweep_lib.member_memory(shared.graphdef, tx, shared.method, params, opt_state,
+                                     batch, cotangents=first.cotangents)
+  if estimate is None:
     log.warning('This backend gives no memory estimate; the sweep trains all %d members at '
                 'once (set --sweep-chunk to limit it).', len(configs))
     return len(configs)
-  budget = sweep_lib.available_memory() if budget is None else budget
-  chunk = sweep_lib.chunk_size(len(configs), *memory, budget)
+  budget = memory.available_memory() if budget is None else budget
+  chunk = memory.chunk_size(len(configs), *estimate, budget)
   log.info('The sweep step needs %.2f GiB + %.2f GiB per member; %.2f GiB are free: %d '
-           'members at a time.', memory[0] / 2**30, memory[1] / 2**30, budget / 2**30, chunk)
+           'members at a time.', estimate[0] / 2**30, estimate[1] / 2**30, budget / 2**30,
+           chunk)
   return chunk
 
 

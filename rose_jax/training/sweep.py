@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from rose_jax import memory
 from rose_jax.training.methods import Method
 from rose_jax.training.step import Cotangents, local_step
 
@@ -118,17 +119,6 @@ def make_sweep_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, me
   return jax.jit(jax.vmap(body), donate_argnums=(0, 1) if donate else ())
 
 
-def compiled_bytes(compiled) -> int | None:
-  """XLA's memory estimate of a compiled program: arguments + outputs +
-  temporaries - aliased (donated) buffers; None where the backend has none."""
-  try:
-    m = compiled.memory_analysis()
-    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-               - m.alias_size_in_bytes)
-  except Exception:  # not every backend reports it
-    return None
-
-
 def member_memory(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, method: Method,
                   params, opt_state, batch, *,
                   cotangents: Cotangents = 'sequential') -> tuple[int, int] | None:
@@ -146,35 +136,10 @@ def member_memory(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, meth
     widen = lambda x: jax.ShapeDtypeStruct((members, *jnp.shape(x)), jnp.result_type(x))
     stacked = jax.tree.map(widen, (params, opt_state, batch))
     keys = jax.ShapeDtypeStruct((members,), key.dtype)
-    return compiled_bytes(step.lower(*stacked, keys).compile())
+    return memory.compiled_bytes(step.lower(*stacked, keys).compile())
 
   one, two = at(1), at(2)
   if one is None or two is None:
     return None
   per_member = max(two - one, 1)
   return max(one - per_member, 0), per_member
-
-
-def chunk_size(members: int, fixed: int, per_member: int, budget: int) -> int:
-  """How many members to train at once within ``budget`` bytes (at least one)."""
-  return int(max(1, min(members, (budget - fixed) // per_member)))
-
-
-def available_memory(device: jax.Device | None = None, *, share: float = 0.8) -> int:
-  """``share`` of the memory the device has free: from ``memory_stats()`` on
-  accelerators, from ``MemAvailable`` in ``/proc/meminfo`` on a CPU."""
-  device = device or jax.devices()[0]
-  stats = device.memory_stats() if hasattr(device, 'memory_stats') else None
-  if stats and 'bytes_limit' in stats:
-    free = stats['bytes_limit'] - stats.get('bytes_in_use', 0)
-  else:
-    import os
-    free = os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
-    try:
-      with open('/proc/meminfo') as f:
-        for line in f:
-          if line.startswith('MemAvailable:'):
-            free = int(line.split()[1]) * 1024
-    except OSError:
-      pass
-  return int(share * free)
