@@ -144,8 +144,14 @@ def curves(runs: dict[str, dict], stem: Path) -> list[Path]:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(name)
     ax.set_title(name)
-  handles, labels = axes[0, 0].get_legend_handles_labels()
-  fig.legend(handles, labels, loc='lower center', ncol=min(len(labels), 4), fontsize=8)
+  # One legend for all panels, from every panel (a run may log no steps at all).
+  entries = {}
+  for ax in axes.ravel():
+    for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+      entries.setdefault(label, handle)
+  if entries:
+    fig.legend(list(entries.values()), list(entries), loc='lower center',
+               ncol=min(len(entries), 4), fontsize=8)
   fig.suptitle('Training curves')
   fig.tight_layout(rect=(0, 0.06, 1, 0.97))
   return save(fig, stem)
