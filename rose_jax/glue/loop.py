@@ -7,6 +7,8 @@ Everything a run writes lives in its output directory:
   per-epoch accuracies, the best epoch and ``finished``; rewritten
   atomically after each epoch;
 * ``metrics.jsonl``: one JSON line per ``log_every`` steps and per epoch;
+* ``masks.bin`` and ``masks.json``: ROSE's kept mask per ranked tensor at
+  every step (:class:`rose_jax.glue.metrics_log.MaskLog`);
 * ``predictions/epoch{E}-{split}.jsonl``: each dev example's prediction;
 * ``checkpoints/``: orbax checkpoints every ``save_every`` steps and at each
   epoch's end (:mod:`rose_jax.glue.checkpoints`); ``resume=True`` continues
@@ -18,6 +20,10 @@ Everything a run writes lives in its output directory:
 
 Nothing is written or deleted before the configuration, the paths, the
 model, the tokenizer and the data have all been checked.
+
+:func:`run` trains one run; :func:`train_group` trains several that differ
+only in what a sweep varies as one vmapped program (:mod:`rose_jax.glue.sweep`),
+each writing the directory it would write alone.
 """
 
 from __future__ import annotations
