@@ -298,9 +298,9 @@ def bench_sweep(name: str, members: int, steps: int, warmup: int) -> list[dict]:
                  'config_steps_per_s': members / median})
   rows[1]['speedup'] = rows[0]['median_s'] / rows[1]['median_s']
   # XLA's memory estimate: what each member adds, hence the chunk that fits.
-  memory = sweep.member_memory(graphdef, tx, method, params, states[0], batch)
-  if memory is not None:
-    fixed, per_member = memory
+  estimate = sweep.member_memory(graphdef, tx, method, params, states[0], batch)
+  if estimate is not None:
+    fixed, per_member = estimate
     budget = memory.available_memory()
     rows[1].update(fixed_mb=fixed / 2**20, per_member_mb=per_member / 2**20,
                    fits=int((budget - fixed) // per_member), budget_mb=budget / 2**20)
