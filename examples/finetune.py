@@ -15,13 +15,11 @@ one vmapped program, each run in its own directory:
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 from pathlib import Path
 
 from rose_jax.glue import config as config_lib
-from rose_jax.glue import cpu_malloc, distributed, loop, sweep
-from rose_jax.glue.cli import one_line_errors
+from rose_jax.glue import distributed, loop, sweep
+from rose_jax.glue.cli import one_line_errors, run_as_process
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -71,9 +69,6 @@ def configs(args: argparse.Namespace) -> list[config_lib.TrainConfig]:
 
 @one_line_errors
 def main(argv=None) -> int:
-  cpu_malloc.keep_freed_memory()  # before JAX starts its CPU threads
-  logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(message)s')
-  logging.getLogger('rose_jax').setLevel(logging.INFO)
   args = parse_args(argv)
   if args.sweep and args.distributed:
     raise config_lib.ConfigError('A sweep runs on one host; leave out --distributed.')
@@ -96,4 +91,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  run_as_process(main)

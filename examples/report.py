@@ -10,10 +10,9 @@ and prints the Markdown tables.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from rose_jax.glue import report
-from rose_jax.glue.cli import one_line_errors
+from rose_jax.glue.cli import one_line_errors, run_as_process
 
 
 @one_line_errors
@@ -30,4 +29,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  run_as_process(main)

@@ -1,11 +1,15 @@
-"""What the command-line scripts share: one ``error:`` line for a user's mistake."""
+"""What the command-line scripts share: one ``error:`` line for a user's
+mistake, and the settings that belong to a command's whole process."""
 
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
+from rose_jax.glue import cpu_malloc
 from rose_jax.glue.checkpoints import CheckpointError as TrainingCheckpointError
 from rose_jax.models.loading import CheckpointError as ModelCheckpointError
 
@@ -30,3 +34,15 @@ def one_line_errors(main: Callable[..., int]) -> Callable[..., int]:
       return 2
 
   return wrapped
+
+
+def run_as_process(main: Callable[[], int]) -> NoReturn:
+  """A command's ``if __name__ == '__main__'``: sets what belongs to the whole
+  process (glibc malloc's reuse of freed memory, before JAX starts its CPU
+  threads, and INFO logging for rose_jax), then exits with ``main()``'s
+  status. Made here, not in ``main``, so that calling ``main(argv)`` from
+  Python leaves the caller's process as it was."""
+  cpu_malloc.keep_freed_memory()
+  logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(message)s')
+  logging.getLogger('rose_jax').setLevel(logging.INFO)
+  sys.exit(main())

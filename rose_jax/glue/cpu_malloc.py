@@ -24,15 +24,30 @@ M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX, M_ARENA_MAX = -1, -2, -4, -8
 _SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1),
              (M_TOP_PAD, 64 << 20))
 OPT_OUT = 'ROSE_JAX_SYSTEM_MALLOC'
+NOT_CALLED = 'left as it is (not set in this process)'
+_done = NOT_CALLED
 
 
 def keep_freed_memory() -> str:
   """Sets glibc malloc to reuse freed memory, if this process uses glibc's
-  malloc; returns what was done. Call it first in a command, before JAX
-  starts its backend (its threads take their arenas then).
+  malloc; returns what was done. Call it first in a command's process,
+  before JAX starts its backend (its threads take their arenas then), and
+  never from a library call: it changes the whole process for good
+  (:func:`rose_jax.glue.cli.run_as_process` does it for the commands).
 
   Set ``ROSE_JAX_SYSTEM_MALLOC=1`` to leave malloc as it is.
   """
+  global _done
+  _done = _apply()
+  return _done
+
+
+def setting() -> str:
+  """What :func:`keep_freed_memory` did in this process, or that it was not called."""
+  return _done
+
+
+def _apply() -> str:
   if os.environ.get(OPT_OUT):
     return f'left as it is ({OPT_OUT} is set)'
   if 'malloc' in os.environ.get('LD_PRELOAD', ''):
