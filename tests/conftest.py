@@ -1,15 +1,25 @@
-"""Test configuration: 8 virtual CPU devices for the data-parallel tests, and one
-XLA compilation cache for the whole session (the tests compile the same tiny
-steps many times over; pytest-xdist's workers and the commands the tests
-start inherit the cache through the environment)."""
+"""Test configuration, set before JAX initialises its backends.
+
+* 8 virtual CPU devices for the data-parallel tests.
+* XLA:CPU's backend (LLVM) optimisation off: the suite's time is mostly
+  compiling tiny programs, which this halves, while running them is
+  instant either way. It changes no HLO (fusion, layouts and XLA's cost
+  analysis stay as users get them), only the machine code. Set
+  ``ROSE_JAX_TEST_FULL_OPT=1`` to test with users' compiler settings.
+* One XLA compilation cache for the whole session: the tests compile the
+  same tiny steps many times over, and pytest-xdist's workers and the
+  commands the tests start share it through the environment.
+"""
 
 import atexit
 import os
 import shutil
 import tempfile
 
-# Must run before JAX initialises its backends.
-os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+_FLAGS = ['--xla_force_host_platform_device_count=8']
+if not os.environ.get('ROSE_JAX_TEST_FULL_OPT'):
+  _FLAGS.append('--xla_backend_optimization_level=0')
+os.environ.setdefault('XLA_FLAGS', ' '.join(_FLAGS))
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   cache = tempfile.mkdtemp(prefix='rose_jax-test-xla-cache-')
