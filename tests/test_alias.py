@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import rose_jax
 from rose_jax import selection
-from tests import reference
+from tests.helpers import reference
 
 # Names laid out like a small Hugging Face encoder: ranked are those with
 # 'layer' and 'weight'; biases and LayerNorms do not decay.

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from rose_jax import quantile
-from tests import reference
+from tests.helpers import reference
 
 # Normal floats only: XLA's CPU backend flushes subnormal results to zero.
 finite = st.floats(-1e6, 1e6, width=32).filter(lambda x: x == 0 or abs(x) > 1e-30)

@@ -6,7 +6,7 @@ import pytest
 
 from rose_jax.analysis import disagreement
 from rose_jax.training import step as step_lib
-from tests.training.test_step import tiny_batch, tiny_model
+from tests.helpers import tiny_batch, tiny_model
 
 
 @pytest.fixture(scope='module')

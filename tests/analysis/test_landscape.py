@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from rose_jax.analysis import landscape
 from rose_jax.training import step as step_lib
-from tests.training.test_step import tiny_batch, tiny_model
+from tests.helpers import tiny_batch, tiny_model
 
 
 @settings(deadline=None, max_examples=20)

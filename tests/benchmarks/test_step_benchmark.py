@@ -19,8 +19,6 @@ def test_benchmark_runs_one_step_of_everything(tmp_path, capsys):
   rows = {r['method']: r for r in result['steps']}
   assert set(methods.METHOD_NAMES) <= set(rows), 'a method has no row'
   assert all(r['median_s'] > 0 and r['times_s'] and min(r['times_s']) > 0 for r in rows.values())
-  for name, row in rows.items():
-    assert row['ratio'] == row['median_s'] / rows['vanilla']['median_s'], name
   # The FLOP floor in forward passes, counted by hand: each dropout pass is a
   # forward, each gradient taken from it a backward of two forwards.
   # R-Drop + ROSE-First needs no CE gradient (only the second-order risk uses one).
@@ -51,7 +49,6 @@ def test_benchmark_runs_one_step_of_everything(tmp_path, capsys):
   out = capsys.readouterr().out
   assert '| method | step (s) | x vanilla | FLOP floor |' in out
   assert result['meta']['jax'] and result['meta']['device_kind'] and result['meta']['allocator']
-  assert all(r['page_faults'] >= 0 for r in result['steps'])
   profile = result['profile']
   kinds = {r['kind']: r['share'] for r in profile['kinds']}
   assert kinds['matmul'] > 0 and abs(sum(kinds.values()) - 1) < 1e-6

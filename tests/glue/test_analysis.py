@@ -16,7 +16,7 @@ from rose_jax.glue.metrics_log import read_masks
 from rose_jax.models import load_pretrained, load_tokenizer
 from rose_jax.training import step as step_lib
 from tests import helpers
-from tests.glue.test_bad_input import _fails
+from tests.helpers import fails
 
 EXAMPLES = 12
 
@@ -136,17 +136,17 @@ def test_the_report_adds_curves_and_flatness(runs, tmp_path):
 
 
 def test_bad_input_is_refused_in_one_line(runs, tmp_path, capsys):
-  _fails(analyze.main, ['masks', str(runs['vanilla']), '--output-dir', str(tmp_path)], capsys,
+  fails(analyze.main, ['masks', str(runs['vanilla']), '--output-dir', str(tmp_path)], capsys,
          'has no masks.bin')
   other = tmp_path / 'other'
   shutil.copytree(runs['b'], other)
   shutil.rmtree(other / 'best_model')
   helpers.tiny_checkpoint(other / 'best_model', layers=2)
-  _fails(analyze.main, ['interpolate', str(runs['a']), str(other), '--points', '3',
+  fails(analyze.main, ['interpolate', str(runs['a']), str(other), '--points', '3',
                         '--output-dir', str(tmp_path), '--no-progress'], capsys,
          'different architectures')
-  _fails(analyze.main, ['landscape', str(tmp_path)], capsys, 'not a run directory')
-  _fails(analyze.main, ['landscape', str(runs['a']), '--points', '0'], capsys,
+  fails(analyze.main, ['landscape', str(tmp_path)], capsys, 'not a run directory')
+  fails(analyze.main, ['landscape', str(runs['a']), '--points', '0'], capsys,
          '--points must be at least 1')
-  _fails(analyze.main, ['disagreement', str(runs['a']), '--passes', '1'], capsys,
+  fails(analyze.main, ['disagreement', str(runs['a']), '--passes', '1'], capsys,
          '--passes must be at least 2')

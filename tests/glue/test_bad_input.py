@@ -12,6 +12,7 @@ from examples import finetune
 from examples import report as report_cli
 from rose_jax.training import step as step_lib
 from tests import helpers
+from tests.helpers import cli_args, fails, snapshot, write
 
 
 @pytest.fixture(scope='module')
@@ -21,62 +22,30 @@ def files(tmp_path_factory):
           **helpers.write_sst2(root / 'data'), 'root': root}
 
 
-def _args(files, root, **options):
-  settings = {'model': files['model'], 'train_file': files['train_file'],
-              'dev_file': files['dev_file'], 'adv_file': files['adv_file'],
-              'output_root': str(root), 'epochs': '1', 'batch_size': '8', 'max_length': '12',
-              'parallel': 'none', 'max_train_samples': '16', **options}
-  args = ['--no-progress']
-  for name, value in settings.items():
-    if value is not None:
-      args += [f'--{name.replace("_", "-")}', str(value)]
-  return args
-
-
-def _snapshot(root: Path) -> dict:
-  return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None
-          for p in sorted(root.rglob('*'))}
-
-
 @pytest.fixture(scope='module')
 def finished(files):
   """A finished run to be left alone, under an output root of its own."""
   root = files['root'] / 'runs'
-  assert finetune.main(_args(files, root)) == 0
+  assert finetune.main(cli_args(files, root)) == 0
   return root
-
-
-def _fails(main, argv, capsys, match: str) -> str:
-  capsys.readouterr()
-  assert main(argv) == 2
-  err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 1 and err[0].startswith('error: '), err
-  assert match in err[0], err[0]
-  return err[0]
-
-
-def _write(path: Path, text: str | bytes) -> str:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  (path.write_bytes if isinstance(text, bytes) else path.write_text)(text)
-  return str(path)
 
 
 # -- Nothing is lost ---------------------------------------------------------
 
 
 def test_overwrite_with_a_typo_leaves_the_finished_run(files, finished, capsys):
-  before = _snapshot(finished)
-  _fails(finetune.main, [*_args(files, finished, train_file='trian.tsv'), '--overwrite'],
+  before = snapshot(finished)
+  fails(finetune.main, [*cli_args(files, finished, train_file='trian.tsv'), '--overwrite'],
          capsys, 'trian.tsv does not exist')
-  empty = _write(files['root'] / 'empty.tsv', 'sentence\tlabel\n')
-  _fails(finetune.main, [*_args(files, finished, train_file=empty), '--overwrite'], capsys,
+  empty = write(files['root'] / 'empty.tsv', 'sentence\tlabel\n')
+  fails(finetune.main, [*cli_args(files, finished, train_file=empty), '--overwrite'], capsys,
          'is empty')
-  assert _snapshot(finished) == before
+  assert snapshot(finished) == before
 
 
 def test_overwrite_that_fails_at_its_first_step_puts_the_old_run_back(files, finished, capsys,
                                                                       monkeypatch):
-  before = _snapshot(finished)
+  before = snapshot(finished)
 
   def broken(*args, **kwargs):
     def step(*a):
@@ -84,15 +53,15 @@ def test_overwrite_that_fails_at_its_first_step_puts_the_old_run_back(files, fin
     return step
 
   monkeypatch.setattr(step_lib, 'make_train_step', broken)
-  _fails(finetune.main, [*_args(files, finished), '--overwrite'], capsys, 'first step failed')
-  assert _snapshot(finished) == before
+  fails(finetune.main, [*cli_args(files, finished), '--overwrite'], capsys, 'first step failed')
+  assert snapshot(finished) == before
   assert sorted(p.name for p in finished.iterdir()) == ['sst2-rose-ensemble-seed1']
 
 
 def test_overwrite_replaces_a_run_once_the_new_one_has_started(files, tmp_path):
   root = tmp_path / 'runs'
-  assert finetune.main(_args(files, root, learning_rate='1e-3')) == 0
-  assert finetune.main([*_args(files, root, learning_rate='2e-3'), '--overwrite']) == 0
+  assert finetune.main(cli_args(files, root, learning_rate='1e-3')) == 0
+  assert finetune.main([*cli_args(files, root, learning_rate='2e-3'), '--overwrite']) == 0
   results = json.loads((root / 'sst2-rose-ensemble-seed1' / 'results.json').read_text())
   assert results['config']['learning_rate'] == 2e-3 and results['finished']
   assert sorted(p.name for p in root.iterdir()) == ['sst2-rose-ensemble-seed1']
@@ -100,10 +69,10 @@ def test_overwrite_replaces_a_run_once_the_new_one_has_started(files, tmp_path):
 
 def test_a_directory_of_other_files_is_not_taken_over(files, tmp_path, capsys):
   root = tmp_path / 'runs'
-  _write(root / 'sst2-rose-ensemble-seed1' / 'notes.txt', 'mine')
-  before = _snapshot(root)
-  _fails(finetune.main, _args(files, root), capsys, 'holds files but no rose_jax run')
-  assert _snapshot(root) == before
+  write(root / 'sst2-rose-ensemble-seed1' / 'notes.txt', 'mine')
+  before = snapshot(root)
+  fails(finetune.main, cli_args(files, root), capsys, 'holds files but no rose_jax run')
+  assert snapshot(root) == before
 
 
 # -- Never trains on garbage ---------------------------------------------------
@@ -114,7 +83,7 @@ def test_a_model_without_tokenizer_files_is_refused(files, tmp_path, capsys):
   model.mkdir()
   for name in ('config.json', 'model.safetensors'):
     shutil.copy(Path(files['model']) / name, model / name)
-  _fails(finetune.main, _args(files, tmp_path / 'runs', model=model), capsys,
+  fails(finetune.main, cli_args(files, tmp_path / 'runs', model=model), capsys,
          'has no tokenizer files')
   assert not (tmp_path / 'runs').exists()
 
@@ -127,7 +96,7 @@ def test_a_tokenizer_that_covers_little_of_the_vocabulary_is_refused(files, tmp_
     if file.name not in ('config.json', 'model.safetensors'):
       file.unlink()
   BertTokenizer(vocab={w: i for i, w in enumerate(helpers.SPECIAL)}).save_pretrained(str(model))
-  _fails(finetune.main, _args(files, tmp_path / 'runs', model=model), capsys,
+  fails(finetune.main, cli_args(files, tmp_path / 'runs', model=model), capsys,
          'most words would become unknown tokens')
 
 
@@ -139,8 +108,8 @@ def test_a_tokenizer_that_covers_little_of_the_vocabulary_is_refused(files, tmp_
 ])
 def test_labels_are_never_truncated(files, tmp_path, capsys, label, match):
   rows = [{'sentence': 'good film', 'label': 1}] * 3 + [{'sentence': 'bad', 'label': label}]
-  train = _write(tmp_path / 'train.jsonl', ''.join(json.dumps(r) + '\n' for r in rows))
-  message = _fails(finetune.main, _args(files, tmp_path / 'runs', train_file=train,
+  train = write(tmp_path / 'train.jsonl', ''.join(json.dumps(r) + '\n' for r in rows))
+  message = fails(finetune.main, cli_args(files, tmp_path / 'runs', train_file=train,
                                         max_train_samples=None, batch_size=2), capsys, match)
   assert 'line 4' in message
   assert not (tmp_path / 'runs').exists()
@@ -148,13 +117,13 @@ def test_labels_are_never_truncated(files, tmp_path, capsys, label, match):
 
 def test_whole_float_labels_are_class_indices(files, tmp_path):
   rows = [{'sentence': 'good film', 'label': 1.0}, {'sentence': 'bad', 'label': '0.0'}] * 4
-  train = _write(tmp_path / 'train.jsonl', ''.join(json.dumps(r) + '\n' for r in rows))
-  assert finetune.main(_args(files, tmp_path / 'runs', train_file=train,
+  train = write(tmp_path / 'train.jsonl', ''.join(json.dumps(r) + '\n' for r in rows))
+  assert finetune.main(cli_args(files, tmp_path / 'runs', train_file=train,
                              max_train_samples=None)) == 0
 
 
 def test_divergence_stops_with_a_message(files, tmp_path, capsys):
-  _fails(finetune.main, _args(files, tmp_path / 'runs', learning_rate='1e38', method='vanilla',
+  fails(finetune.main, cli_args(files, tmp_path / 'runs', learning_rate='1e38', method='vanilla',
                               max_grad_norm='0', log_every='1'), capsys,
          'Training diverged at step')
 
@@ -162,26 +131,26 @@ def test_divergence_stops_with_a_message(files, tmp_path, capsys):
 def test_the_report_keeps_unlike_runs_apart(files, tmp_path, capsys):
   root = tmp_path / 'runs'
   for seed, lr in ((1, '1e-3'), (2, '2e-3')):
-    assert finetune.main(_args(files, root, method='vanilla', learning_rate=lr,
+    assert finetune.main(cli_args(files, root, method='vanilla', learning_rate=lr,
                                seeds=seed)) == 0
-  before = _snapshot(root)
+  before = snapshot(root)
   # Runs with other settings are rows of their own, never pooled as seeds.
   assert report_cli.main([str(root), '--output-dir', str(tmp_path / 'report')]) == 0
   table = (tmp_path / 'report' / 'table.md').read_text()
   assert '| vanilla (learning_rate=0.001) |' in table
   assert '| vanilla (learning_rate=0.002) |' in table
   shutil.copytree(root / 'sst2-vanilla-seed1', tmp_path / 'copy' / 'sst2-vanilla-seed1')
-  _fails(report_cli.main, [str(root / 'sst2-vanilla-seed1'), str(tmp_path / 'copy'),
+  fails(report_cli.main, [str(root / 'sst2-vanilla-seed1'), str(tmp_path / 'copy'),
                            '--output-dir', str(tmp_path / 'report2')], capsys,
          'the same run twice')
   results = tmp_path / 'copy' / 'sst2-vanilla-seed1' / 'results.json'
   changed = json.loads(results.read_text())
   changed['config']['seed'], changed['data_digests']['train_file'] = 5, 'another file'
   results.write_text(json.dumps(changed))
-  _fails(report_cli.main, [str(root / 'sst2-vanilla-seed1'), str(tmp_path / 'copy'),
+  fails(report_cli.main, [str(root / 'sst2-vanilla-seed1'), str(tmp_path / 'copy'),
                            '--output-dir', str(tmp_path / 'report2')], capsys,
          'different data files')
-  assert _snapshot(root) == before and not (tmp_path / 'report2').exists()
+  assert snapshot(root) == before and not (tmp_path / 'report2').exists()
 
 
 # -- A message, not a traceback --------------------------------------------------
@@ -206,12 +175,12 @@ BAD_FILES = {
 @pytest.mark.parametrize('name', sorted(BAD_FILES))
 def test_bad_training_files_name_file_and_line(files, tmp_path, capsys, finished, name):
   content, match = BAD_FILES[name]
-  train = _write(tmp_path / name, content)
-  before = _snapshot(finished)
-  message = _fails(finetune.main, _args(files, tmp_path / 'runs', train_file=train), capsys,
+  train = write(tmp_path / name, content)
+  before = snapshot(finished)
+  message = fails(finetune.main, cli_args(files, tmp_path / 'runs', train_file=train), capsys,
                    match)
   assert str(train) in message
-  assert not (tmp_path / 'runs').exists() and _snapshot(finished) == before
+  assert not (tmp_path / 'runs').exists() and snapshot(finished) == before
 
 
 @pytest.mark.parametrize(('content', 'match'), [
@@ -221,15 +190,15 @@ def test_bad_training_files_name_file_and_line(files, tmp_path, capsys, finished
     ('{"sst2": [{"sentence": "a"}]}', "lacks the column(s) ['label']"),
 ])
 def test_bad_adv_files(files, tmp_path, capsys, content, match):
-  adv = _write(tmp_path / 'dev.json', content)
-  _fails(finetune.main, _args(files, tmp_path / 'runs', adv_file=adv), capsys, match)
+  adv = write(tmp_path / 'dev.json', content)
+  fails(finetune.main, cli_args(files, tmp_path / 'runs', adv_file=adv), capsys, match)
   assert not (tmp_path / 'runs').exists()
 
 
 def test_a_csv_with_a_byte_order_mark_reads(files, tmp_path):
   rows = ''.join(f'{s},{y}\n' for s, y in [('good film', 1), ('bad plot', 0)] * 4)
-  train = _write(tmp_path / 'train.csv', '\ufeffsentence,label\n' + rows)
-  assert finetune.main(_args(files, tmp_path / 'runs', train_file=train,
+  train = write(tmp_path / 'train.csv', '\ufeffsentence,label\n' + rows)
+  assert finetune.main(cli_args(files, tmp_path / 'runs', train_file=train,
                              max_train_samples=None)) == 0
 
 
@@ -247,16 +216,16 @@ def test_a_csv_with_a_byte_order_mark_reads(files, tmp_path):
 ])
 def test_bad_options_fail_before_anything_is_written(files, tmp_path, capsys, options, match):
   seeds = options.pop('seeds', None)
-  argv = _args(files, tmp_path / 'runs', **options)
+  argv = cli_args(files, tmp_path / 'runs', **options)
   if seeds:
     argv += ['--seeds', *seeds.split()]
-  _fails(finetune.main, argv, capsys, match)
+  fails(finetune.main, argv, capsys, match)
   assert not (tmp_path / 'runs').exists()
 
 
 def test_an_output_root_that_is_a_file(files, tmp_path, capsys):
-  root = _write(tmp_path / 'runs', 'a file')
-  _fails(finetune.main, _args(files, root), capsys, 'is a file. Choose another --output-root')
+  root = write(tmp_path / 'runs', 'a file')
+  fails(finetune.main, cli_args(files, root), capsys, 'is a file. Choose another --output-root')
   assert Path(root).read_text() == 'a file'
 
 
@@ -271,27 +240,27 @@ def test_an_unfinished_run_without_checkpoints_can_be_started_over(files, tmp_pa
     return step
 
   monkeypatch.setattr(step_lib, 'make_train_step', broken)
-  _fails(finetune.main, _args(files, tmp_path / 'runs'), capsys, 'first step failed')
+  fails(finetune.main, cli_args(files, tmp_path / 'runs'), capsys, 'first step failed')
   monkeypatch.setattr(step_lib, 'make_train_step', real)
-  assert finetune.main(_args(files, tmp_path / 'runs')) == 0
+  assert finetune.main(cli_args(files, tmp_path / 'runs')) == 0
 
 
 def test_the_evaluate_and_report_commands_fail_in_one_line(files, tmp_path, capsys):
-  _fails(evaluate_cli.main, [str(tmp_path / 'missing' / 'model'), '--task', 'sst2',
+  fails(evaluate_cli.main, [str(tmp_path / 'missing' / 'model'), '--task', 'sst2',
                              '--dev-file', files['dev_file'], '--no-adv'], capsys,
          'does not exist')
-  _fails(evaluate_cli.main, [files['model'], '--task', 'sst2', '--dev-file', files['dev_file'],
+  fails(evaluate_cli.main, [files['model'], '--task', 'sst2', '--dev-file', files['dev_file'],
                              '--no-adv', '--batch-size', '0'], capsys,
          '--batch-size must be at least 1')
-  bad = _write(tmp_path / 'r' / 'results.json', '{not json')
-  _fails(report_cli.main, [str(Path(bad).parent), '--output-dir', str(tmp_path / 'out')],
+  bad = write(tmp_path / 'r' / 'results.json', '{not json')
+  fails(report_cli.main, [str(Path(bad).parent), '--output-dir', str(tmp_path / 'out')],
          capsys, 'is not a rose_jax results file')
-  _fails(report_cli.main, [str(tmp_path / 'nowhere')], capsys, 'does not exist')
+  fails(report_cli.main, [str(tmp_path / 'nowhere')], capsys, 'does not exist')
 
 
 def test_preflight_checks_every_seed_before_any_trains(files, tmp_path, capsys):
   root = tmp_path / 'runs'
-  _write(root / 'sst2-rose-ensemble-seed2' / 'notes.txt', 'mine')
-  _fails(finetune.main, [*_args(files, root), '--seeds', '1', '2'], capsys,
+  write(root / 'sst2-rose-ensemble-seed2' / 'notes.txt', 'mine')
+  fails(finetune.main, [*cli_args(files, root), '--seeds', '1', '2'], capsys,
          'holds files but no rose_jax run')
   assert not (root / 'sst2-rose-ensemble-seed1').exists()

@@ -14,6 +14,7 @@ from rose_jax.glue import loop, report
 from rose_jax.models import CheckpointError
 from rose_jax.training.methods import METHOD_NAMES
 from tests import helpers
+from tests.helpers import write
 
 
 @pytest.fixture(scope='module')
@@ -86,11 +87,6 @@ def test_best_model_is_saved_and_evaluates_to_the_same_accuracy(files, tmp_path,
   assert measured['adv_dev_accuracy'] == results['adv_dev_accuracy']
 
 
-def _write(path: Path, text: str) -> str:
-  path.write_text(text)
-  return str(path)
-
-
 def test_bad_input_fails_before_training(files, tmp_path, capsys):
   base = ['--model', files['model'], '--train-file', files['train_file'], '--dev-file',
           files['dev_file'], '--adv-file', files['adv_file'], '--output-root', str(tmp_path),
@@ -113,11 +109,11 @@ def test_bad_input_fails_before_training(files, tmp_path, capsys):
       'empty': ('sentence\tlabel\n', 'is empty'),
   }
   for name, (text, match) in cases.items():
-    bad = _write(tmp_path / f'{name}.tsv', text)
+    bad = write(tmp_path / f'{name}.tsv', text)
     with pytest.raises(data_lib.DataError, match=match):
       loop.run(_config(files, tmp_path / f'run-{name}', train_file=bad))
     assert not (tmp_path / f'run-{name}').exists()
-  adv = _write(tmp_path / 'adv.json', json.dumps({'qqp': []}))
+  adv = write(tmp_path / 'adv.json', json.dumps({'qqp': []}))
   with pytest.raises(data_lib.DataError, match="no 'sst2' entry"):
     loop.run(_config(files, tmp_path / 'run-adv', adv_file=adv))
   assert not (tmp_path / 'run-adv').exists()

@@ -3,7 +3,6 @@ collectives, jax.distributed started by --distributed): killed mid-epoch and
 resumed, it ends where one process of 8 devices ends uninterrupted."""
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,24 +12,20 @@ import numpy as np
 
 from rose_jax.glue import loop
 from tests import helpers
+from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
-
-
 def _launch(args: list[str], kill_at: int = 0) -> list[tuple[int, str]]:
-  port = _free_port()
+  port = free_port()
   workers = [subprocess.Popen(
-      [sys.executable, '-m', 'tests.training.multihost_worker', 'finetune', str(kill_at), '--',
+      [sys.executable, '-m', 'tests.helpers.multihost_worker', 'finetune', str(kill_at), '--',
        *args, '--distributed', '--coordinator-address', f'localhost:{port}',
        '--num-processes', '2', '--process-id', str(i)],
       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-  return [(w.wait(timeout=300), w.communicate()[0]) for w in workers]
+  logs = [w.communicate(timeout=300)[0] for w in workers]
+  return [(w.returncode, log) for w, log in zip(workers, logs, strict=True)]
 
 
 def test_killed_two_process_run_resumes_to_the_one_process_result(tmp_path):

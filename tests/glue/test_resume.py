@@ -12,14 +12,11 @@ from rose_jax.glue import checkpoints, loop, seeds
 from rose_jax.glue.config import ConfigError
 from rose_jax.training import step as step_lib
 from tests import helpers
+from tests.helpers.runs import Killed, read_run, run_killed_at
 
 # 48 training rows in batches of 8: 6 steps an epoch. With save_every=4 the
 # checkpoints are at steps 4, 6 (epoch end), 8 (epoch 2, batch 2), 12, ...
 STEPS_PER_EPOCH = 6
-
-
-class Killed(Exception):
-  """Stands for SIGKILL: nothing after the raise runs."""
 
 
 @pytest.fixture(scope='module')
@@ -30,48 +27,6 @@ def files(tmp_path_factory):
 def _config(files, out, **overrides):
   return loop.TrainConfig(**helpers.run_settings(files, out,
                                                  **{'epochs': 2, 'save_every': 4, **overrides}))
-
-
-def _kill_at_step(monkeypatch, kill_at: int):
-  """Makes the train step raise when it is called for step ``kill_at`` (1-based)."""
-  real = step_lib.make_train_step
-  calls = {'n': 0}
-
-  def make(*args, **kwargs):
-    step = real(*args, **kwargs)
-
-    def counted(*a):
-      calls['n'] += 1
-      if calls['n'] == kill_at:
-        raise Killed(f'killed at step {kill_at}')
-      return step(*a)
-    return counted
-
-  monkeypatch.setattr(step_lib, 'make_train_step', make)
-  return lambda: monkeypatch.setattr(step_lib, 'make_train_step', real)
-
-
-def _run_killed_at(monkeypatch, kill_at: int, config) -> None:
-  """Runs ``config`` until the train step is called for step ``kill_at``."""
-  restore = _kill_at_step(monkeypatch, kill_at)
-  with pytest.raises(Killed):
-    loop.run(config)
-  restore()
-
-
-def _without_timing(lines: list[dict]) -> list[dict]:
-  return [{k: v for k, v in x.items() if k not in ('seconds', 'tokens_per_second')}
-          for x in lines]
-
-
-def _read_run(out):
-  metrics = [json.loads(x) for x in (out / 'metrics.jsonl').read_text().splitlines()]
-  predictions = {p.name: p.read_text() for p in sorted((out / 'predictions').iterdir())}
-  results = json.loads((out / 'results.json').read_text())
-  results['epochs'] = _without_timing(results['epochs'])
-  for name in ('output_dir', 'resume'):  # the only settings a resume may change here
-    del results['config'][name]
-  return _without_timing(metrics), predictions, results
 
 
 @pytest.fixture(scope='module')
@@ -89,7 +44,7 @@ def test_killed_mid_epoch_resumes_bit_identical(files, tmp_path, monkeypatch, wh
   out = tmp_path / 'run'
   # Killed at step 11: the newest checkpoint is step 8 (epoch 2, batch 2); the
   # metric line of step 10 was written after it and must not appear twice.
-  _run_killed_at(monkeypatch, 11, _config(files, out, parallel=parallel))
+  run_killed_at(monkeypatch, 11, _config(files, out, parallel=parallel))
   lines = (out / 'metrics.jsonl').read_text().splitlines()
   assert [json.loads(x).get('step') for x in lines][-1] == 10
   assert checkpoints.Checkpoints(out / 'checkpoints').steps()[-1] == 8
@@ -98,8 +53,8 @@ def test_killed_mid_epoch_resumes_bit_identical(files, tmp_path, monkeypatch, wh
 
   resumed = loop.run(_config(files, out, parallel=parallel, resume=True))
   chex.assert_trees_all_equal(resumed['final_params'], expected['final_params'])
-  assert _read_run(out) == _read_run(whole_dir)
-  steps = [x['step'] for x in _read_run(out)[0] if 'type' not in x]
+  assert read_run(out) == read_run(whole_dir)
+  steps = [x['step'] for x in read_run(out)['metrics'] if 'type' not in x]
   assert steps == list(range(2, 2 * STEPS_PER_EPOCH + 1, 2))
   with pytest.raises(ConfigError, match='finished run'):
     loop.run(_config(files, out, parallel=parallel, resume=True))
@@ -124,12 +79,12 @@ def test_killed_during_evaluation_redoes_the_epoch(files, tmp_path, monkeypatch,
   assert (out / 'predictions' / 'epoch2-glue_dev.jsonl').exists()
   resumed = loop.run(_config(files, out, resume=True))
   chex.assert_trees_all_equal(resumed['final_params'], expected['final_params'])
-  assert _read_run(out) == _read_run(whole_dir)
+  assert read_run(out) == read_run(whole_dir)
 
 
 def test_resume_refuses_other_settings_and_names_each(files, tmp_path, monkeypatch):
   out = tmp_path / 'run'
-  _run_killed_at(monkeypatch, 5, _config(files, out))
+  run_killed_at(monkeypatch, 5, _config(files, out))
   before = {p: p.read_bytes() for p in out.rglob('*') if p.is_file()}
   changed = tmp_path / 'train.tsv'
   shutil.copy(files['train_file'], changed)
@@ -149,7 +104,7 @@ def test_a_changed_data_file_at_the_same_path_is_refused(files, tmp_path, monkey
   train = tmp_path / 'train.tsv'
   shutil.copy(files['train_file'], train)
   out = tmp_path / 'run'
-  _run_killed_at(monkeypatch, 5, _config(files, out, train_file=str(train)))
+  run_killed_at(monkeypatch, 5, _config(files, out, train_file=str(train)))
   with train.open('a') as f:
     f.write('good film \t1\n')
   with pytest.raises(ConfigError, match=r'--train-file: .* has changed'):
@@ -160,7 +115,7 @@ def test_a_damaged_checkpoint_falls_back_to_the_one_before(files, tmp_path, monk
                                                           caplog):
   expected, _ = whole['none']
   out = tmp_path / 'run'
-  _run_killed_at(monkeypatch, 11, _config(files, out))
+  run_killed_at(monkeypatch, 11, _config(files, out))
   steps = checkpoints.Checkpoints(out / 'checkpoints').steps()
   assert steps == [6, 8]
   for file in (out / 'checkpoints' / '8').rglob('*'):
@@ -173,7 +128,7 @@ def test_a_damaged_checkpoint_falls_back_to_the_one_before(files, tmp_path, monk
 
 def test_no_restorable_checkpoint_names_the_directory(files, tmp_path, monkeypatch):
   out = tmp_path / 'run'
-  _run_killed_at(monkeypatch, 11, _config(files, out))
+  run_killed_at(monkeypatch, 11, _config(files, out))
   for file in (out / 'checkpoints').rglob('*'):
     if file.is_file() and file.stat().st_size > 100:
       file.write_bytes(b'')
@@ -235,9 +190,9 @@ def test_each_baseline_runs_and_resumes_exactly(files, tmp_path, monkeypatch, me
   expected = loop.run(_config(files, tmp_path / 'whole', **settings))
   assert expected['epochs'][-1]['train_loss'] > 0
   out = tmp_path / 'run'
-  _run_killed_at(monkeypatch, 5, _config(files, out, **settings))
+  run_killed_at(monkeypatch, 5, _config(files, out, **settings))
   assert passes['n'] == 2 * (method == 'child-tuning-d')
   resumed = loop.run(_config(files, out, resume=True, **settings))
   assert passes['n'] == 2 * (method == 'child-tuning-d'), 'the resume redid the Fisher pass'
   chex.assert_trees_all_equal(resumed['final_params'], expected['final_params'])
-  assert _read_run(out) == _read_run(tmp_path / 'whole')
+  assert read_run(out) == read_run(tmp_path / 'whole')

@@ -1,7 +1,7 @@
 """One process of a multi-process data-parallel run, for the multi-host tests.
 
-  python -m tests.training.multihost_worker step PROCESS_ID NUM_PROCESSES PORT OUT
-  python -m tests.training.multihost_worker finetune [KILL_AT] -- FINETUNE_ARGS...
+  python -m tests.helpers.multihost_worker step PROCESS_ID NUM_PROCESSES PORT OUT
+  python -m tests.helpers.multihost_worker finetune [KILL_AT] -- FINETUNE_ARGS...
 
 Each process has 4 CPU devices. ``step`` runs three train steps, each
 process feeding its own share of each global batch, and process 0 writes the
@@ -13,7 +13,11 @@ process dies at that train step, as a killed job would.
 import os
 import sys
 
-os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
+# The test session's flags (tests/conftest.py), with 4 devices instead of 8.
+os.environ['XLA_FLAGS'] = ' '.join(
+    [f for f in os.environ.get('XLA_FLAGS', '').split()
+     if not f.startswith('--xla_force_host_platform_device_count')]
+    + ['--xla_force_host_platform_device_count=4'])
 os.environ['JAX_PLATFORMS'] = 'cpu'
 
 import jax
@@ -25,7 +29,7 @@ def steps(process_id: int, num_processes: int, port: int, out_file: str) -> None
   from rose_jax.glue import batching
   from rose_jax.training import step as step_lib
   from rose_jax.training.methods import get_method
-  from tests.training.test_step import _rose, tiny_batch, tiny_model
+  from tests.helpers import rose_chain, tiny_batch, tiny_model
 
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   jax.distributed.initialize(coordinator_address=f'localhost:{port}',
@@ -33,7 +37,7 @@ def steps(process_id: int, num_processes: int, port: int, out_file: str) -> None
   assert jax.device_count() == 4 * num_processes and jax.local_device_count() == 4
   method = get_method('rdrop-rose-ensemble')
   graphdef, params = step_lib.split_model(tiny_model(dropout=0.0))
-  tx = _rose()
+  tx = rose_chain()
   step = step_lib.make_train_step(graphdef, tx, method, parallel='shard_map')
   mesh = step_lib.data_mesh()
   opt_state = tx.init(params)
@@ -73,5 +77,6 @@ if __name__ == '__main__':
   if sys.argv[1] == 'step':
     steps(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
   else:
+    from rose_jax.glue.cli import run_as_process
     split = sys.argv.index('--')
-    sys.exit(finetune(int(sys.argv[2]) if split > 2 else 0, sys.argv[split + 1:]))
+    run_as_process(lambda: finetune(int(sys.argv[2]) if split > 2 else 0, sys.argv[split + 1:]))

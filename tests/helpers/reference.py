@@ -31,7 +31,8 @@ def frobenius(x) -> np.float32:
 
 
 class SparseAdamW:
-  """Per-tensor ROSE with AdamW over a flat dict of named float32 arrays."""
+  """Per-tensor ROSE with AdamW over a flat dict of named float32 arrays;
+  ``variant=None`` keeps every tensor (Hugging Face's AdamW)."""
 
   def __init__(self, params, *, lr, variant, upper, lower=0.0, gamma=0.5,
                warmup_steps=0, b1=0.9, b2=0.98, eps=1e-8, weight_decay=0.01,
@@ -72,8 +73,10 @@ class SparseAdamW:
             for k in self.ranked}))
     if len(masks) == 2:
       mask = {k: self.gamma * masks[0][k] + (1 - self.gamma) * masks[1][k] for k in self.ranked}
-    else:
+    elif masks:
       mask = masks[0]
+    else:  # variant None: every tensor kept, Hugging Face's AdamW
+      mask = {}
     if t <= self.warmup_steps:
       mask = {k: np.float32(1) for k in self.ranked}
     self.last_mask = mask

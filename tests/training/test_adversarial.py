@@ -11,8 +11,7 @@ from hypothesis import strategies as st
 from rose_jax.models import EmbeddingPerturbation
 from rose_jax.training import adversarial, methods
 from rose_jax.training import step as step_lib
-from tests.training import definitions
-from tests.training.test_step import recording_optimizer, tiny_batch, tiny_model
+from tests.helpers import definitions, recording_optimizer, tiny_batch, tiny_model
 
 
 def _setup(dropout=0.1):

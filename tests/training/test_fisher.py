@@ -7,8 +7,7 @@ import pytest
 from rose_jax import child_tuning
 from rose_jax.training import fisher
 from rose_jax.training import step as step_lib
-from tests.training import definitions
-from tests.training.test_step import tiny_batch, tiny_model
+from tests.helpers import definitions, tiny_batch, tiny_model
 
 
 def test_fisher_is_the_mean_of_per_tensor_clipped_squared_batch_gradients():

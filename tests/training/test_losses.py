@@ -7,7 +7,7 @@ import pytest
 from hypothesis import strategies as st
 
 from rose_jax.training import losses
-from tests.training import definitions
+from tests.helpers import definitions
 
 
 def test_symmetric_kl_of_two_hand_computed_distributions():

@@ -1,7 +1,6 @@
 """Two processes under jax.distributed (4 CPU devices each, gloo collectives)
 take the same train steps as one process on the same global batches."""
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,21 +11,15 @@ import numpy as np
 
 from rose_jax.training import step as step_lib
 from rose_jax.training.methods import get_method
-from tests.training.test_step import _rose, _runner, tiny_batch, tiny_model
+from tests.helpers import free_port, rose_chain, runner, tiny_batch, tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_equal_one_process(tmp_path):
-  port, out = _free_port(), tmp_path / 'params.npz'
+  port, out = free_port(), tmp_path / 'params.npz'
   workers = [subprocess.Popen(
-      [sys.executable, '-m', 'tests.training.multihost_worker', 'step', str(i), '2', str(port),
+      [sys.executable, '-m', 'tests.helpers.multihost_worker', 'step', str(i), '2', str(port),
        str(out)],
       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
   logs = [w.communicate(timeout=300)[0] for w in workers]
@@ -34,7 +27,7 @@ def test_two_processes_equal_one_process(tmp_path):
 
   method = get_method('rdrop-rose-ensemble')
   graphdef, params = step_lib.split_model(tiny_model(dropout=0.0))
-  expected, _ = _runner('none', _rose(), graphdef, method)(params, [tiny_batch(i)
+  expected, _ = runner('none', rose_chain(), graphdef, method)(params, [tiny_batch(i)
                                                                     for i in range(3)])
   flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(expected)[0]}
   got = dict(np.load(out))

@@ -1,7 +1,6 @@
 """The train step: gradients per method, and data parallelism on 8 CPU devices."""
 
 import functools
-from typing import NamedTuple
 
 import chex
 import jax
@@ -11,56 +10,22 @@ import optax
 import pytest
 from flax import nnx
 
-import rose_jax
-from rose_jax import selection
-from rose_jax.models import EncoderConfig, EncoderForSequenceClassification
+from rose_jax.models import EncoderForSequenceClassification
 from rose_jax.training import losses, methods
 from rose_jax.training import step as step_lib
-from tests.training import definitions
-
-
-def tiny_model(dropout=0.1, model_type='roberta', seed=0):
-  config = EncoderConfig(model_type=model_type, vocab_size=50, hidden_size=16,
-                         num_hidden_layers=2, num_attention_heads=2, intermediate_size=20,
-                         max_position_embeddings=20, type_vocab_size=1, pad_token_id=1,
-                         hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
-  return EncoderForSequenceClassification(config, rngs=nnx.Rngs(seed))
-
-
-def tiny_batch(seed=0, size=16, length=8):
-  rng = np.random.default_rng(seed)
-  ids = rng.integers(3, 50, size=(size, length)).astype(np.int32)
-  mask = np.ones_like(ids)
-  mask[: size // 2, length // 2:] = 0
-  ids[mask == 0] = 1
-  return {'input_ids': ids, 'attention_mask': mask,
-          'labels': rng.integers(0, 2, size=size).astype(np.int32)}
-
+from tests.helpers import (
+  CountingOptimizer,
+  definitions,
+  recording_optimizer,
+  rose_chain,
+  runner,
+  tiny_batch,
+  tiny_model,
+)
 
 # Methods whose gradients come from dropout passes; SMART's and FreeLB's are
 # tested in test_adversarial.py.
 PASS_METHODS = [m for m in methods.METHOD_NAMES if methods.get_method(m).adversary is None]
-
-
-class Recorded(NamedTuple):
-  grads: optax.Updates
-  kl_grads: optax.Updates
-  ce_grads: optax.Updates
-
-
-def recording_optimizer():
-  """Applies no update and keeps the gradients it was given."""
-  def init(params):
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    return Recorded(zeros, zeros, zeros)
-
-  def update(grads, state, params=None, *, kl_grads=None, ce_grads=None, **_):
-    del state, params
-    zeros = jax.tree.map(jnp.zeros_like, grads)
-    return zeros, Recorded(grads, zeros if kl_grads is None else kl_grads,
-                           zeros if ce_grads is None else ce_grads)
-
-  return optax.GradientTransformationExtraArgs(init, update)
 
 
 @functools.cache
@@ -107,18 +72,12 @@ def test_each_method_gets_the_gradients_it_asks_for(name, cotangents):
   assert (float(metrics['kl']) > 0) == (method.passes == 2)
 
 
-def _rose(variant='ensemble'):
-  return optax.chain(optax.clip_by_global_norm(1.0), rose_jax.rose(
-      1e-3, variant=variant, upper=0.5, selectable=selection.authors_selectable,
-      weight_decay_mask=selection.authors_decay_mask))
-
-
 @pytest.mark.parametrize('name', ['rose-first', 'rose-second', 'rose-ensemble',
                                   'rdrop-rose-ensemble'])
 def test_rose_methods_train_and_report_the_kept_fraction(name):
   method = methods.get_method(name)
   graphdef, params = step_lib.split_model(tiny_model())
-  tx = _rose(method.rose_variant)
+  tx = rose_chain(method.rose_variant)
   step = step_lib.make_train_step(graphdef, tx, method)
   opt_state = tx.init(params)
   before = jax.tree.map(np.array, params)
@@ -132,42 +91,15 @@ def test_rose_methods_train_and_report_the_kept_fraction(name):
   assert any(jax.tree.leaves(changed))
 
 
-def _runner(parallel, tx, graphdef, method):
-  """Runs steps from given params; compiles once for all runs."""
-  step = step_lib.make_train_step(graphdef, tx, method, parallel=parallel)
-  mesh = step_lib.data_mesh()
-
-  def run(params, batches, seed=0):
-    params = jax.tree.map(jnp.array, params)  # the step donates its inputs
-    opt_state = tx.init(params)
-    if parallel == 'pmap':
-      params, opt_state = step_lib.replicate(params), step_lib.replicate(opt_state)
-    elif parallel == 'shard_map':
-      params, opt_state = step_lib.replicate_on_mesh((params, opt_state), mesh)
-    history = []
-    for i, batch in enumerate(batches):
-      if parallel == 'pmap':
-        batch = step_lib.split_for_pmap(batch)
-      elif parallel == 'shard_map':
-        batch = step_lib.shard_batch(batch, mesh)
-      params, opt_state, metrics = step(params, opt_state, batch, jax.random.key(seed + i))
-      history.append(jax.tree.map(lambda m: float(np.asarray(m).reshape(-1)[0]), metrics))
-    if parallel == 'pmap':
-      params = step_lib.unreplicate(params)
-    return jax.tree.map(np.asarray, params), history
-
-  return run
-
-
 @pytest.mark.parametrize('parallel', ['shard_map', 'pmap'])
 def test_eight_devices_equal_one_device_without_dropout(parallel):
   assert jax.device_count() == 8
   method = methods.get_method('rose-ensemble')
   graphdef, params = step_lib.split_model(tiny_model(dropout=0.0))
   batches = [tiny_batch(i) for i in range(3)]
-  tx = _rose()
-  one, one_metrics = _runner('none', tx, graphdef, method)(params, batches)
-  eight, eight_metrics = _runner(parallel, tx, graphdef, method)(params, batches)
+  tx = rose_chain()
+  one, one_metrics = runner('none', tx, graphdef, method)(params, batches)
+  eight, eight_metrics = runner(parallel, tx, graphdef, method)(params, batches)
   # Adam moves a parameter by ~lr (1e-3) whatever its gradient's size, so where
   # a gradient is ~0 the order of the device sum can flip a step's sign: allow
   # 1% of lr. A wrong average would be off by the order of lr everywhere.
@@ -231,24 +163,11 @@ def test_eight_devices_with_dropout_give_the_global_batch_gradients(parallel, na
   assert max(float(jnp.abs(x).max()) for x in jax.tree.leaves(kl)) > 1e-3, 'KL is ~0'
 
 
-class CountingOptimizer:
-  """Wraps an optimizer and counts how often its update is traced."""
-
-  def __init__(self, tx):
-    self.traces = 0
-
-    def update(*args, **kwargs):
-      self.traces += 1
-      return tx.update(*args, **kwargs)
-
-    self.tx = optax.GradientTransformationExtraArgs(tx.init, update)
-
-
 @pytest.mark.parametrize('name', methods.METHOD_NAMES)
 def test_the_train_step_compiles_once_for_every_method(name):
   method = methods.get_method(name)
   graphdef, params = step_lib.split_model(tiny_model())
-  counting = CountingOptimizer(_rose(method.rose_variant) if method.uses_rose
+  counting = CountingOptimizer(rose_chain(method.rose_variant) if method.uses_rose
                                else optax.adamw(1e-3))
   step = step_lib.make_train_step(graphdef, counting.tx, method)
   opt_state = counting.tx.init(params)
@@ -261,8 +180,8 @@ def test_the_train_step_compiles_once_for_every_method(name):
 def test_the_data_parallel_step_compiles_once(parallel):
   method = methods.get_method('rdrop-rose-ensemble')
   graphdef, params = step_lib.split_model(tiny_model())
-  counting = CountingOptimizer(_rose())
-  _runner(parallel, counting.tx, graphdef, method)(params, [tiny_batch(i) for i in range(3)])
+  counting = CountingOptimizer(rose_chain())
+  runner(parallel, counting.tx, graphdef, method)(params, [tiny_batch(i) for i in range(3)])
   assert counting.traces == 1, counting.traces
 
 
@@ -271,7 +190,7 @@ def test_dropout_runs_repeat_from_the_same_seed(parallel):
   method = methods.get_method('rdrop-rose-ensemble')
   graphdef, params = step_lib.split_model(tiny_model(dropout=0.2))
   batches = [tiny_batch(i) for i in range(2)]
-  run = _runner(parallel, _rose(), graphdef, method)
+  run = runner(parallel, rose_chain(), graphdef, method)
   first, m1 = run(params, batches)
   second, m2 = run(params, batches)
   chex.assert_trees_all_equal(first, second)
@@ -287,7 +206,7 @@ def test_global_kl_is_the_sum_over_devices():
   graphdef, params = step_lib.split_model(tiny_model(dropout=0.2))
   tx = optax.sgd(0.0)
   batch = tiny_batch()
-  _, history = _runner('shard_map', tx, graphdef, method)(params, [batch])
+  _, history = runner('shard_map', tx, graphdef, method)(params, [batch])
   n = jax.device_count()
   per_device = []
   for d in range(n):
@@ -323,7 +242,7 @@ def test_bf16_compute_step():
   config = tiny_model().config
   model = EncoderForSequenceClassification(config, rngs=nnx.Rngs(0), dtype=jnp.bfloat16)
   graphdef, params = step_lib.split_model(model)
-  tx = _rose()
+  tx = rose_chain()
   step = step_lib.make_train_step(graphdef, tx, methods.get_method('rose-ensemble'))
   opt_state = tx.init(params)
   params, opt_state, metrics = step(params, opt_state, tiny_batch(), jax.random.key(0))

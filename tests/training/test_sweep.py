@@ -10,7 +10,7 @@ import rose_jax
 from rose_jax import selection
 from rose_jax.training import methods, sweep
 from rose_jax.training import step as step_lib
-from tests.training.test_step import CountingOptimizer, tiny_batch, tiny_model
+from tests.helpers import CountingOptimizer, tiny_batch, tiny_model
 
 MEMBERS = [dict(learning_rate=1e-3, upper=0.4, seed=1), dict(learning_rate=3e-3, upper=0.6,
                                                              seed=2),

@@ -1,0 +1,97 @@
+"""Run directories as the resume and sweep tests compare them, and runs killed
+at a given step."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rose_jax.glue import loop
+from rose_jax.training import step as step_lib
+
+# What differs between two runs of the same settings: wall time.
+TIMING = ('seconds', 'tokens_per_second')
+
+
+class Killed(Exception):
+  """Stands for SIGKILL: nothing after the raise runs."""
+
+
+def kill_at_step(monkeypatch, kill_at: int, module=step_lib, name: str = 'make_train_step'):
+  """Makes the steps that ``module.name`` builds raise Killed when called for
+  step ``kill_at`` (1-based, counted per built step); returns a function that
+  puts the real builder back."""
+  real = getattr(module, name)
+
+  def make(*args, **kwargs):
+    step, calls = real(*args, **kwargs), [0]
+
+    def counted(*a):
+      calls[0] += 1
+      if calls[0] == kill_at:
+        raise Killed(f'killed at step {kill_at}')
+      return step(*a)
+    return counted
+
+  monkeypatch.setattr(module, name, make)
+  return lambda: monkeypatch.setattr(module, name, real)
+
+
+def run_killed_at(monkeypatch, kill_at: int, config: loop.TrainConfig) -> None:
+  """Runs ``config`` until the train step is called for step ``kill_at``."""
+  restore = kill_at_step(monkeypatch, kill_at)
+  with pytest.raises(Killed):
+    loop.run(config)
+  restore()
+
+
+def without_timing(record: dict) -> dict:
+  return {k: v for k, v in record.items() if k not in TIMING}
+
+
+def read_run(out: Path, *, settings_that_may_differ=('output_dir', 'resume')) -> dict:
+  """A run directory's metric lines, predictions and results, without wall
+  times or the settings a resume or a copy may change."""
+  metrics = [without_timing(json.loads(x))
+             for x in (out / 'metrics.jsonl').read_text().splitlines()]
+  predictions = {p.name: p.read_text() for p in sorted((out / 'predictions').iterdir())}
+  results = json.loads((out / 'results.json').read_text())
+  results['epochs'] = [without_timing(e) for e in results['epochs']]
+  for name in settings_that_may_differ:
+    results['config'].pop(name, None)
+  return {'metrics': metrics, 'predictions': predictions, 'results': results}
+
+
+def write_finished_run(out: Path, *, predictions: dict[str, list[list[tuple[int, int]]]],
+                       **settings) -> dict:
+  """A finished run directory written by hand, as the loop would leave it:
+  ``results.json`` with ``settings`` as its configuration, per-epoch
+  accuracies counted from ``predictions`` (``{split: [epoch 1's (prediction,
+  label) pairs, epoch 2's, ...]}``), the prediction files and metric lines.
+  Returns the results."""
+  import dataclasses
+  config = dataclasses.asdict(loop.TrainConfig(output_dir=str(out), **settings))
+  (out / 'predictions').mkdir(parents=True)
+  epochs = []
+  lines = []
+  for epoch in range(len(predictions['glue_dev'])):
+    record = {'epoch': epoch + 1, 'step': 2 * (epoch + 1), 'train_loss': 0.5 / (epoch + 1)}
+    for split, by_epoch in predictions.items():
+      pairs = by_epoch[epoch]
+      record[f'{split}_accuracy'] = sum(p == y for p, y in pairs) / len(pairs)
+      (out / 'predictions' / f'epoch{epoch + 1}-{split}.jsonl').write_text(''.join(
+          json.dumps({'idx': i, 'prediction': p, 'label': y}) + '\n'
+          for i, (p, y) in enumerate(pairs)))
+    epochs.append(record)
+    lines += [{'step': record['step'], 'epoch': epoch + 1, 'loss': record['train_loss']},
+              {'type': 'epoch', **record}]
+  best = max(epochs, key=lambda r: (r['glue_dev_accuracy'], -r['epoch']))
+  results = {'config': config, 'epochs': epochs, 'finished': True,
+             'data_digests': {'train_file': 'digest of the training file'},
+             'best_epoch': best['epoch'],
+             **{k: v for k, v in best.items() if k.endswith('_accuracy')}}
+  (out / 'results.json').write_text(json.dumps(results))
+  (out / 'metrics.jsonl').write_text(''.join(json.dumps(x) + '\n' for x in lines))
+  return results
