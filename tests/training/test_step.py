@@ -57,7 +57,8 @@ def _reference(passes):
 def test_each_method_gets_the_gradients_it_asks_for(name, cotangents):
   method = methods.get_method(name, rdrop_alpha=0.7)
   graphdef, params, batch, key, ce_grad, kl_grad, (ce, kl) = _reference(method.passes)
-  tx = recording_optimizer()
+  counting = CountingOptimizer(recording_optimizer())
+  tx = counting.tx
   step = step_lib.make_train_step(graphdef, tx, method, donate=False, cotangents=cotangents)
   _, state, metrics = step(params, tx.init(params), batch, key)
   # R-Drop's alpha weighs R-Drop's KL, (KL(p||q) + KL(q||p)) / 2: twice ROSE's.
@@ -70,14 +71,19 @@ def test_each_method_gets_the_gradients_it_asks_for(name, cotangents):
   np.testing.assert_allclose(metrics['loss'], ce + 0.7 * 2 * kl * (method.kl_weight > 0),
                              rtol=1e-5)
   assert (float(metrics['kl']) > 0) == (method.passes == 2)
+  opt_state = state
+  for i in (1, 2):
+    params, opt_state, _ = step(params, opt_state, tiny_batch(i), jax.random.key(i))
+  assert counting.traces == 1, f'{name}: the step was traced {counting.traces} times in 3 steps'
 
 
-@pytest.mark.parametrize('name', ['rose-first', 'rose-second', 'rose-ensemble',
-                                  'rdrop-rose-ensemble'])
+@pytest.mark.parametrize('name', [m for m in methods.METHOD_NAMES
+                                  if methods.get_method(m).uses_rose])
 def test_rose_methods_train_and_report_the_kept_fraction(name):
   method = methods.get_method(name)
   graphdef, params = step_lib.split_model(tiny_model())
-  tx = rose_chain(method.rose_variant)
+  counting = CountingOptimizer(rose_chain(method.rose_variant))
+  tx = counting.tx
   step = step_lib.make_train_step(graphdef, tx, method)
   opt_state = tx.init(params)
   before = jax.tree.map(np.array, params)
@@ -87,6 +93,7 @@ def test_rose_methods_train_and_report_the_kept_fraction(name):
     kept.append(float(metrics['kept_fraction']))
   assert all(np.isfinite(float(v)) for v in metrics.values())
   assert kept[-1] < 1.0
+  assert counting.traces == 1, f'{name}: ROSE\'s state changed its structure between steps'
   changed = jax.tree.map(lambda a, b: not np.array_equal(a, np.asarray(b)), before, params)
   assert any(jax.tree.leaves(changed))
 
@@ -163,8 +170,9 @@ def test_eight_devices_with_dropout_give_the_global_batch_gradients(parallel, na
   assert max(float(jnp.abs(x).max()) for x in jax.tree.leaves(kl)) > 1e-3, 'KL is ~0'
 
 
-@pytest.mark.parametrize('name', methods.METHOD_NAMES)
-def test_the_train_step_compiles_once_for_every_method(name):
+# The methods of dropout passes are counted by the two tests above.
+@pytest.mark.parametrize('name', [m for m in methods.METHOD_NAMES if m not in PASS_METHODS])
+def test_the_adversarial_steps_compile_once(name):
   method = methods.get_method(name)
   graphdef, params = step_lib.split_model(tiny_model())
   counting = CountingOptimizer(rose_chain(method.rose_variant) if method.uses_rose
@@ -177,26 +185,19 @@ def test_the_train_step_compiles_once_for_every_method(name):
 
 
 @pytest.mark.parametrize('parallel', ['shard_map', 'pmap'])
-def test_the_data_parallel_step_compiles_once(parallel):
-  method = methods.get_method('rdrop-rose-ensemble')
-  graphdef, params = step_lib.split_model(tiny_model())
-  counting = CountingOptimizer(rose_chain())
-  runner(parallel, counting.tx, graphdef, method)(params, [tiny_batch(i) for i in range(3)])
-  assert counting.traces == 1, counting.traces
-
-
-@pytest.mark.parametrize('parallel', ['shard_map', 'pmap'])
-def test_dropout_runs_repeat_from_the_same_seed(parallel):
+def test_dropout_runs_repeat_from_the_same_seed_and_compile_once(parallel):
   method = methods.get_method('rdrop-rose-ensemble')
   graphdef, params = step_lib.split_model(tiny_model(dropout=0.2))
   batches = [tiny_batch(i) for i in range(2)]
-  run = runner(parallel, rose_chain(), graphdef, method)
+  counting = CountingOptimizer(rose_chain())
+  run = runner(parallel, counting.tx, graphdef, method)
   first, m1 = run(params, batches)
   second, m2 = run(params, batches)
   chex.assert_trees_all_equal(first, second)
   assert m1 == m2 and m1[0]['kl'] > 0
   other, _ = run(params, batches, seed=7)
   assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, first, other)))
+  assert counting.traces == 1, f'traced {counting.traces} times in 6 steps'
 
 
 def test_global_kl_is_the_sum_over_devices():
