@@ -1,4 +1,5 @@
-"""Test configuration, set before JAX initialises its backends.
+"""Test configuration, set before JAX initialises its backends, and the
+fixtures that many modules share.
 
 * 8 virtual CPU devices for the data-parallel tests.
 * XLA:CPU's backend (LLVM) optimisation off: the suite's time is mostly
@@ -16,6 +17,8 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
 _FLAGS = ['--xla_force_host_platform_device_count=8']
 if not os.environ.get('ROSE_JAX_TEST_FULL_OPT'):
   _FLAGS.append('--xla_backend_optimization_level=0')
@@ -27,3 +30,25 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   os.environ['JAX_COMPILATION_CACHE_DIR'] = cache
   os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
   os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
+
+
+@pytest.fixture(scope='session')
+def files(tmp_path_factory) -> dict:
+  """A tiny checkpoint and SST-2-shaped files (see ``tests.helpers.run_files``),
+  made once a session. Read them; write anything else under ``tmp_path``."""
+  from tests import helpers
+  return helpers.run_files(tmp_path_factory.mktemp('files'))
+
+
+@pytest.fixture(scope='session')
+def finished_run(files, tmp_path_factory):
+  """A finished ROSE-Ensemble run directory (seed 1, 2 epochs of 2 steps, a
+  metric line per step, TensorBoard events), trained once a session. Read
+  it, or copy it (``shutil.copytree``) before changing anything in it."""
+  from rose_jax.glue import loop
+  from tests import helpers
+  out = tmp_path_factory.mktemp('finished') / 'sst2-rose-ensemble-seed1'
+  loop.run(loop.TrainConfig(**helpers.run_settings(
+      files, out, epochs=2, max_train_samples=16, learning_rate=3e-3, log_every=1,
+      tensorboard=True)))
+  return out

@@ -22,16 +22,17 @@ EXAMPLES = 12
 
 
 @pytest.fixture(scope='module')
-def runs(tmp_path_factory):
+def runs(files, finished_run, tmp_path_factory):
+  """The session's finished ROSE-Ensemble run (copied: the analyses write into
+  it), a second seed of it and a vanilla run with its settings."""
   root = tmp_path_factory.mktemp('analysis')
-  files = helpers.run_files(root)
-  out = {}
-  for name, method, seed in (('a', 'rose-ensemble', 1), ('b', 'rose-ensemble', 2),
-                             ('vanilla', 'vanilla', 1)):
+  shutil.copytree(finished_run, root / 'a')
+  out = {'a': root / 'a'}
+  for name, method, seed in (('b', 'rose-ensemble', 2), ('vanilla', 'vanilla', 1)):
     loop.run(loop.TrainConfig(**helpers.run_settings(
-        files, root / 'runs' / name, method=method, seed=seed, max_train_samples=16,
-        learning_rate=3e-3)))
-    out[name] = root / 'runs' / name
+        files, root / name, method=method, seed=seed, epochs=2, max_train_samples=16,
+        learning_rate=3e-3, log_every=1)))
+    out[name] = root / name
   return out
 
 
@@ -114,8 +115,9 @@ def test_mask_maps_and_curves_are_drawn(runs, tmp_path):
   logged = [json.loads(x) for x in (runs['a'] / 'metrics.jsonl').read_text().splitlines()]
   windows = [x for x in logged if 'type' not in x]
   assert windows and steps.tolist() == list(range(1, len(steps) + 1))
+  every = json.loads((runs['a'] / 'results.json').read_text())['config']['log_every']
   for line in windows:
-    kept = masks[(steps > line['step'] - 2) & (steps <= line['step'])].mean()
+    kept = masks[(steps > line['step'] - every) & (steps <= line['step'])].mean()
     np.testing.assert_allclose(kept, line['kept_fraction'], rtol=1e-6)
   assert analyze.main(['curves', str(runs['a']), str(runs['vanilla']), '--output-dir',
                        str(tmp_path)]) == 0

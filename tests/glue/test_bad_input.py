@@ -16,28 +16,21 @@ from tests.helpers import cli_args, fails, snapshot, write
 
 
 @pytest.fixture(scope='module')
-def files(tmp_path_factory):
-  root = tmp_path_factory.mktemp('bad-input')
-  return {'model': str(helpers.tiny_checkpoint(root / 'model')),
-          **helpers.write_sst2(root / 'data'), 'root': root}
-
-
-@pytest.fixture(scope='module')
-def finished(files):
+def finished(finished_run, tmp_path_factory):
   """A finished run to be left alone, under an output root of its own."""
-  root = files['root'] / 'runs'
-  assert finetune.main(cli_args(files, root)) == 0
+  root = tmp_path_factory.mktemp('bad-input') / 'runs'
+  shutil.copytree(finished_run, root / finished_run.name)
   return root
 
 
 # -- Nothing is lost ---------------------------------------------------------
 
 
-def test_overwrite_with_a_typo_leaves_the_finished_run(files, finished, capsys):
+def test_overwrite_with_a_typo_leaves_the_finished_run(files, finished, tmp_path, capsys):
   before = snapshot(finished)
   fails(finetune.main, [*cli_args(files, finished, train_file='trian.tsv'), '--overwrite'],
          capsys, 'trian.tsv does not exist')
-  empty = write(files['root'] / 'empty.tsv', 'sentence\tlabel\n')
+  empty = write(tmp_path / 'empty.tsv', 'sentence\tlabel\n')
   fails(finetune.main, [*cli_args(files, finished, train_file=empty), '--overwrite'], capsys,
          'is empty')
   assert snapshot(finished) == before
@@ -116,7 +109,8 @@ def test_labels_are_never_truncated(files, tmp_path, capsys, label, match):
 
 
 def test_whole_float_labels_are_class_indices(files, tmp_path):
-  rows = [{'sentence': 'good film', 'label': 1.0}, {'sentence': 'bad', 'label': '0.0'}] * 4
+  # 16 rows, 2 steps: the program of the other runs here, compiled once.
+  rows = [{'sentence': 'good film', 'label': 1.0}, {'sentence': 'bad', 'label': '0.0'}] * 8
   train = write(tmp_path / 'train.jsonl', ''.join(json.dumps(r) + '\n' for r in rows))
   assert finetune.main(cli_args(files, tmp_path / 'runs', train_file=train,
                              max_train_samples=None)) == 0
@@ -126,31 +120,6 @@ def test_divergence_stops_with_a_message(files, tmp_path, capsys):
   fails(finetune.main, cli_args(files, tmp_path / 'runs', learning_rate='1e38', method='vanilla',
                               max_grad_norm='0', log_every='1'), capsys,
          'Training diverged at step')
-
-
-def test_the_report_keeps_unlike_runs_apart(files, tmp_path, capsys):
-  root = tmp_path / 'runs'
-  for seed, lr in ((1, '1e-3'), (2, '2e-3')):
-    assert finetune.main(cli_args(files, root, method='vanilla', learning_rate=lr,
-                               seeds=seed)) == 0
-  before = snapshot(root)
-  # Runs with other settings are rows of their own, never pooled as seeds.
-  assert report_cli.main([str(root), '--output-dir', str(tmp_path / 'report')]) == 0
-  table = (tmp_path / 'report' / 'table.md').read_text()
-  assert '| vanilla (learning_rate=0.001) |' in table
-  assert '| vanilla (learning_rate=0.002) |' in table
-  shutil.copytree(root / 'sst2-vanilla-seed1', tmp_path / 'copy' / 'sst2-vanilla-seed1')
-  fails(report_cli.main, [str(root / 'sst2-vanilla-seed1'), str(tmp_path / 'copy'),
-                           '--output-dir', str(tmp_path / 'report2')], capsys,
-         'the same run twice')
-  results = tmp_path / 'copy' / 'sst2-vanilla-seed1' / 'results.json'
-  changed = json.loads(results.read_text())
-  changed['config']['seed'], changed['data_digests']['train_file'] = 5, 'another file'
-  results.write_text(json.dumps(changed))
-  fails(report_cli.main, [str(root / 'sst2-vanilla-seed1'), str(tmp_path / 'copy'),
-                           '--output-dir', str(tmp_path / 'report2')], capsys,
-         'different data files')
-  assert snapshot(root) == before and not (tmp_path / 'report2').exists()
 
 
 # -- A message, not a traceback --------------------------------------------------
@@ -196,7 +165,7 @@ def test_bad_adv_files(files, tmp_path, capsys, content, match):
 
 
 def test_a_csv_with_a_byte_order_mark_reads(files, tmp_path):
-  rows = ''.join(f'{s},{y}\n' for s, y in [('good film', 1), ('bad plot', 0)] * 4)
+  rows = ''.join(f'{s},{y}\n' for s, y in [('good film', 1), ('bad plot', 0)] * 8)
   train = write(tmp_path / 'train.csv', '\ufeffsentence,label\n' + rows)
   assert finetune.main(cli_args(files, tmp_path / 'runs', train_file=train,
                              max_train_samples=None)) == 0

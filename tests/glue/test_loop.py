@@ -1,82 +1,41 @@
-"""End to end: every method, resume, bad input and the report, on tiny data."""
+"""End to end: the loop once per distinct code path, its files, bad input, on
+tiny data. Each method's gradients are tested in tests/training; the
+baselines' runs in test_resume.py; the report in test_report.py."""
 
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from examples import evaluate as evaluate_cli
 from examples import finetune
-from examples import report as report_cli
 from rose_jax.glue import data as data_lib
-from rose_jax.glue import loop, report
+from rose_jax.glue import loop
 from rose_jax.models import CheckpointError
-from rose_jax.training.methods import METHOD_NAMES
 from tests import helpers
 from tests.helpers import write
-
-
-@pytest.fixture(scope='module')
-def files(tmp_path_factory):
-  return helpers.run_files(tmp_path_factory.mktemp('e2e'))
+from tests.helpers.runs import check_finished_run
 
 
 def _config(files, out, **overrides):
   return loop.TrainConfig(**helpers.run_settings(files, out, **overrides))
 
 
-@pytest.mark.parametrize('method', METHOD_NAMES)
-def test_each_method_trains_and_writes_a_run(files, tmp_path, method):
-  results = loop.run(_config(files, tmp_path / method, method=method,
-                             max_train_samples=24))
+# The loop's paths: no KL and no mask, a KL without a mask, a mask without a
+# KL, both (the Fisher pass, SMART and FreeLB: test_resume.py).
+@pytest.mark.parametrize('method', ['vanilla', 'rdrop', 'rose-second', 'rose-ensemble'])
+def test_each_path_trains_and_writes_a_run(files, tmp_path, method):
+  results = loop.run(_config(files, tmp_path / method, method=method, max_train_samples=16))
   assert results['finished'] and results['best_epoch'] == 1
-  written = json.loads((tmp_path / method / 'results.json').read_text())
-  assert written['finished'] and written['config']['method'] == method
+  check_finished_run(tmp_path / method, method, epochs=1)
   lines = [json.loads(x) for x in (tmp_path / method / 'metrics.jsonl').read_text().splitlines()]
   assert [x['step'] for x in lines if 'type' not in x] == [2]
-  epoch = next(x for x in lines if x.get('type') == 'epoch')
-  assert np.isfinite(epoch['train_loss'])
-  if 'rose' in method:
-    assert epoch['train_kept_fraction'] < 1.0
-  else:
-    assert epoch['train_kept_fraction'] == 1.0
-  # The KL column: a dropout-pass KL, or SMART's regulariser; none for the others.
-  assert (epoch['train_kl'] > 0) == (method not in ('vanilla', 'rose-second', 'child-tuning-d',
-                                                    'freelb'))
 
 
-def test_report_follows_from_the_predictions(files, tmp_path):
-  for method in ('vanilla', 'rose-second'):
-    for seed in (1, 2):
-      loop.run(_config(files, tmp_path / 'runs' / f'{method}-{seed}', method=method, seed=seed,
-                       epochs=2, max_train_samples=16))
-  assert report_cli.main([str(tmp_path / 'runs'), '--output-dir', str(tmp_path / 'out')]) == 0
-  table = (tmp_path / 'out' / 'table.csv').read_text().splitlines()
-  header, rows = table[0].split(','), [r.split(',') for r in table[1:]]
-  assert header == ['Method', 'SST2 GLUE', 'SST2 AdvGLUE', 'Avg GLUE+AdvGLUE', 'Avg Δ↓']
-  assert [r[0] for r in rows] == ['vanilla', 'rose-second']
-  assert (tmp_path / 'out' / 'accuracy.png').stat().st_size > 1000
-  for row, method in zip(rows, ('vanilla', 'rose-second'), strict=True):
-    accuracies = {'glue_dev': [], 'adv_dev': []}
-    for seed in (1, 2):
-      run_dir = tmp_path / 'runs' / f'{method}-{seed}'
-      best = json.loads((run_dir / 'results.json').read_text())['best_epoch']
-      for split in accuracies:
-        lines = (run_dir / 'predictions' / f'epoch{best}-{split}.jsonl').read_text().splitlines()
-        records = [json.loads(x) for x in lines]
-        accuracies[split].append(100 * np.mean([r['prediction'] == r['label'] for r in records]))
-    glue, adv = accuracies['glue_dev'], accuracies['adv_dev']
-    assert row[1] == f'{np.mean(glue):.2f} ± {np.std(glue):.2f}'
-    assert row[2] == f'{np.mean(adv):.2f} ± {np.std(adv):.2f}'
-    assert row[3] == f'{np.mean([np.mean(glue), np.mean(adv)]):.2f}'
-    assert row[4] == f'{np.mean(glue) - np.mean(adv):.2f}'
-  assert '| Method |' in (tmp_path / 'out' / 'table.md').read_text()
-
-
-def test_best_model_is_saved_and_evaluates_to_the_same_accuracy(files, tmp_path, capsys):
-  results = loop.run(_config(files, tmp_path / 'run', epochs=2, max_train_samples=16))
-  best = tmp_path / 'run' / 'best_model'
+def test_best_model_is_saved_and_evaluates_to_the_same_accuracy(files, finished_run, tmp_path):
+  check_finished_run(finished_run, 'rose-ensemble', epochs=2)
+  results = json.loads((finished_run / 'results.json').read_text())
+  best = finished_run / 'best_model'
   assert (best / 'model.safetensors').exists() and (best / 'tokenizer_config.json').exists()
   output = tmp_path / 'eval.json'
   assert evaluate_cli.main([str(best), '--task', 'sst2', '--dev-file', files['dev_file'],
@@ -136,11 +95,6 @@ def test_hub_data_without_network_names_the_local_options(monkeypatch):
     data_lib.load_hub(data_lib.get_task('sst2'), 'train')
 
 
-def test_report_needs_finished_runs(tmp_path):
-  with pytest.raises(ValueError, match='No finished run'):
-    report.collect([tmp_path])
-
-
 def _tensorboard_scalars(directory: Path) -> dict[str, dict[int, float]]:
   """Scalars of every event file under ``directory`` (TFRecord framing read by hand)."""
   import struct
@@ -159,9 +113,8 @@ def _tensorboard_scalars(directory: Path) -> dict[str, dict[int, float]]:
   return scalars
 
 
-def test_tensorboard_has_the_metrics_of_metrics_jsonl(files, tmp_path):
-  out = tmp_path / 'run'
-  loop.run(_config(files, out, epochs=2, max_train_samples=16, log_every=1, tensorboard=True))
+def test_tensorboard_has_the_metrics_of_metrics_jsonl(finished_run):
+  out = finished_run
   scalars = _tensorboard_scalars(out / 'tensorboard')
   lines = [json.loads(x) for x in (out / 'metrics.jsonl').read_text().splitlines()]
   steps = [x for x in lines if 'type' not in x]

@@ -24,11 +24,6 @@ from tests.helpers.runs import Killed, read_run
 GRID = ['learning_rate=1e-3,3e-3', 'seed=1,2']
 
 
-@pytest.fixture(scope='module')
-def files(tmp_path_factory):
-  return helpers.run_files(tmp_path_factory.mktemp('sweep'))
-
-
 def _base(files, out, **overrides):
   # One bucket: members with other seeds draw other batches, and dropout's bits
   # follow the padded shape (see rose_jax.glue.sweep).

@@ -95,3 +95,33 @@ def write_finished_run(out: Path, *, predictions: dict[str, list[list[tuple[int,
   (out / 'results.json').write_text(json.dumps(results))
   (out / 'metrics.jsonl').write_text(''.join(json.dumps(x) + '\n' for x in lines))
   return results
+
+
+def check_finished_run(out: Path, method: str, *, epochs: int) -> None:
+  """What every finished run directory holds, whatever its method: results
+  whose accuracies are those of its prediction files, an epoch line per
+  epoch, the KL column for the methods that have a KL, and kept fractions
+  under 1 for ROSE alone."""
+  results = json.loads((out / 'results.json').read_text())
+  assert results['finished'] and results['config']['method'] == method
+  assert [e['epoch'] for e in results['epochs']] == list(range(1, epochs + 1))
+  for record in results['epochs']:
+    for split in ('glue_dev', 'adv_dev'):
+      lines = (out / 'predictions' / f'epoch{record["epoch"]}-{split}.jsonl').read_text()
+      pairs = [json.loads(x) for x in lines.splitlines()]
+      assert record[f'{split}_accuracy'] == sum(
+          p['prediction'] == p['label'] for p in pairs) / len(pairs)
+  best = results['epochs'][results['best_epoch'] - 1]
+  assert results['glue_dev_accuracy'] == best['glue_dev_accuracy']
+  lines = [json.loads(x) for x in (out / 'metrics.jsonl').read_text().splitlines()]
+  assert [x['epoch'] for x in lines if x.get('type') == 'epoch'] == list(range(1, epochs + 1))
+  for epoch in (x for x in lines if x.get('type') == 'epoch'):
+    assert epoch['train_loss'] > 0 and 0 < epoch['padding_efficiency'] <= 1
+    if 'rose' in method:
+      assert epoch['train_kept_fraction'] < 1.0
+    else:
+      assert epoch['train_kept_fraction'] == 1.0
+    # The KL column: a dropout-pass KL, or SMART's regulariser; none for the others.
+    has_kl = method not in ('vanilla', 'rose-second', 'child-tuning-d', 'freelb')
+    assert (epoch['train_kl'] > 0) == has_kl, (method, epoch['train_kl'])
+  assert (out / 'masks.bin').exists() == ('rose' in method)
