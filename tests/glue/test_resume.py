@@ -32,14 +32,28 @@ def whole(files, tmp_path_factory):
           for mode in ('none', 'shard_map')}
 
 
+@pytest.fixture(scope='module')
+def killed(files, tmp_path_factory):
+  """Runs killed at step 11, one per parallel mode: the newest checkpoint is
+  step 8 (epoch 2, batch 2), and the metric line of step 10 was written after
+  it. Copy one before resuming it."""
+  out = tmp_path_factory.mktemp('killed')
+  with pytest.MonkeyPatch.context() as monkeypatch:
+    for mode in ('none', 'shard_map'):
+      run_killed_at(monkeypatch, 11, _config(files, out / mode, parallel=mode))
+  return {mode: out / mode for mode in ('none', 'shard_map')}
+
+
+def _copy(run, tmp_path):
+  shutil.copytree(run, tmp_path / 'run')
+  return tmp_path / 'run'
+
+
 @pytest.mark.parametrize('parallel', ['none', 'shard_map'])
-def test_killed_mid_epoch_resumes_bit_identical(files, tmp_path, monkeypatch, whole, parallel):
+def test_killed_mid_epoch_resumes_bit_identical(files, tmp_path, whole, killed, parallel):
   assert jax.device_count() == 8
   expected, whole_dir = whole[parallel]
-  out = tmp_path / 'run'
-  # Killed at step 11: the newest checkpoint is step 8 (epoch 2, batch 2); the
-  # metric line of step 10 was written after it and must not appear twice.
-  run_killed_at(monkeypatch, 11, _config(files, out, parallel=parallel))
+  out = _copy(killed[parallel], tmp_path)
   lines = (out / 'metrics.jsonl').read_text().splitlines()
   assert [json.loads(x).get('step') for x in lines][-1] == 10
   assert checkpoints.Checkpoints(out / 'checkpoints').steps()[-1] == 8
@@ -106,11 +120,10 @@ def test_a_changed_data_file_at_the_same_path_is_refused(files, tmp_path, monkey
     loop.run(_config(files, out, train_file=str(train), resume=True))
 
 
-def test_a_damaged_checkpoint_falls_back_to_the_one_before(files, tmp_path, monkeypatch, whole,
+def test_a_damaged_checkpoint_falls_back_to_the_one_before(files, tmp_path, whole, killed,
                                                           caplog):
   expected, _ = whole['none']
-  out = tmp_path / 'run'
-  run_killed_at(monkeypatch, 11, _config(files, out))
+  out = _copy(killed['none'], tmp_path)
   steps = checkpoints.Checkpoints(out / 'checkpoints').steps()
   assert steps == [6, 8]
   for file in (out / 'checkpoints' / '8').rglob('*'):
@@ -121,9 +134,8 @@ def test_a_damaged_checkpoint_falls_back_to_the_one_before(files, tmp_path, monk
   chex.assert_trees_all_equal(resumed['final_params'], expected['final_params'])
 
 
-def test_no_restorable_checkpoint_names_the_directory(files, tmp_path, monkeypatch):
-  out = tmp_path / 'run'
-  run_killed_at(monkeypatch, 11, _config(files, out))
+def test_no_restorable_checkpoint_names_the_directory(files, tmp_path, killed):
+  out = _copy(killed['none'], tmp_path)
   for file in (out / 'checkpoints').rglob('*'):
     if file.is_file() and file.stat().st_size > 100:
       file.write_bytes(b'')
