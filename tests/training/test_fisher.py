@@ -21,10 +21,12 @@ def test_fisher_is_the_mean_of_per_tensor_clipped_squared_batch_gradients():
   assert calls == [1, 1, 1]
   total = jax.tree.map(np.zeros_like, params)
   clipped_somewhere = False
+  # Compiled once for the three batches (op by op, the reference took 20 s).
+  gradient = jax.jit(jax.grad(lambda p, x, labels, k: definitions.cross_entropy(
+      step_lib.apply_model(graphdef, p, x, k), labels)))
   for i, batch in enumerate(batches):
     inputs = {k: batch[k] for k in ('input_ids', 'attention_mask')}
-    grads = jax.grad(lambda p, b=batch, i=i, x=inputs: definitions.cross_entropy(
-        step_lib.apply_model(graphdef, p, x, jax.random.fold_in(key, i)), b['labels']))(params)
+    grads = gradient(params, inputs, batch['labels'], jax.random.fold_in(key, i))
     for path_total, g, inc in zip(jax.tree.leaves(total), jax.tree.leaves(grads),
                                   jax.tree.leaves(included), strict=True):
       if not inc:

@@ -120,20 +120,22 @@ def _shard_gradients(graphdef, params, batch, key, devices):
   """Each device's CE and KL gradients, as the step must draw them: device
   ``d`` runs its rows with the step key folded with ``d``."""
   rows = len(batch['labels']) // devices
+
+  def terms(p, inputs, labels, device_key):
+    a, b = jnp.split(step_lib.apply_model(graphdef, p, inputs, device_key), 2)
+    ce = (definitions.cross_entropy(a, labels) + definitions.cross_entropy(b, labels)) / 2
+    return ce, definitions.rose_kl(a, b)
+
+  # One compiled function for every device's rows.
+  gradients = jax.jit(lambda *args: (jax.grad(lambda p, *a: terms(p, *a)[0])(*args),
+                                     jax.grad(lambda p, *a: terms(p, *a)[1])(*args)))
   ce_grads, kl_grads = [], []
   for d in range(devices):
     local = {k: v[d * rows:(d + 1) * rows] for k, v in batch.items()}
     inputs = {k: np.concatenate([local[k]] * 2) for k in ('input_ids', 'attention_mask')}
-    device_key = jax.random.fold_in(key, d)
-
-    def terms(p, inputs=inputs, local=local, device_key=device_key):
-      a, b = jnp.split(step_lib.apply_model(graphdef, p, inputs, device_key), 2)
-      ce = (definitions.cross_entropy(a, local['labels'])
-            + definitions.cross_entropy(b, local['labels'])) / 2
-      return ce, definitions.rose_kl(a, b)
-
-    ce_grads.append(jax.grad(lambda p, t=terms: t(p)[0])(params))
-    kl_grads.append(jax.grad(lambda p, t=terms: t(p)[1])(params))
+    ce, kl = gradients(params, inputs, local['labels'], jax.random.fold_in(key, d))
+    ce_grads.append(ce)
+    kl_grads.append(kl)
   return ce_grads, kl_grads
 
 
@@ -210,12 +212,12 @@ def test_global_kl_is_the_sum_over_devices():
   _, history = runner('shard_map', tx, graphdef, method)(params, [batch])
   n = jax.device_count()
   per_device = []
+  kl = jax.jit(lambda inputs, key: losses.symmetric_kl(
+      *jnp.split(step_lib.apply_model(graphdef, params, inputs, key), 2)))
   for d in range(n):
     rows = slice(d * 2, d * 2 + 2)
     inputs = {k: np.concatenate([batch[k][rows]] * 2) for k in ('input_ids', 'attention_mask')}
-    logits = step_lib.apply_model(graphdef, params, inputs,
-                                  jax.random.fold_in(jax.random.key(0), d))
-    per_device.append(float(losses.symmetric_kl(*jnp.split(logits, 2))))
+    per_device.append(float(kl(inputs, jax.random.fold_in(jax.random.key(0), d))))
   np.testing.assert_allclose(history[0]['kl'], sum(per_device), rtol=1e-5)
 
 
