@@ -25,6 +25,7 @@ def _tree(rng, scale=1.0):
 @hypothesis.given(seed=st.integers(0, 2**16), variant=st.sampled_from(['first', 'second',
                                                                         'ensemble']),
                   upper=st.sampled_from([0.4, 0.6, 1.0]), weight_decay=st.sampled_from([0.0, 0.01]))
+@hypothesis.example(seed=7035, variant='ensemble', upper=0.4, weight_decay=0.01)  # drifted 1.2e-6
 def test_wrapping_hugging_face_adamw_is_rose(seed, variant, upper, weight_decay):
   rng = np.random.default_rng(seed)
   params = _tree(rng)
@@ -34,13 +35,17 @@ def test_wrapping_hugging_face_adamw_is_rose(seed, variant, upper, weight_decay)
                                **common)
   p1, p2 = params, params
   s1, s2 = rose.init(params), wrapped.init(params)
-  for _ in range(6):
+  # Where the ensemble's masks are fractional, the decay differs by up to
+  # lr * weight_decay * M (1 - M) * |Adam step| a step (selective's docstring),
+  # with M (1 - M) <= 1/4 and an Adam step of at most a few lr.
+  drift = 1e-2 * weight_decay * 0.25 * 3e-2 if variant == 'ensemble' else 0.0
+  for step in range(1, 7):
     grads, kl = _tree(rng), _tree(rng)
     u1, s1 = rose.update(grads, s1, p1, kl_grads=kl)
     u2, s2 = wrapped.update(grads, s2, p2, kl_grads=kl)
     p1, p2 = optax.apply_updates(p1, u1), optax.apply_updates(p2, u2)
     chex.assert_trees_all_equal(s1.mask, s2.mask)
-    chex.assert_trees_all_close(p1, p2, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(p1, p2, rtol=1e-5, atol=1e-6 + step * drift)
   chex.assert_trees_all_close(s1.mu, s2.inner_state.mu, rtol=1e-5, atol=1e-7)
 
 
