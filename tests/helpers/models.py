@@ -10,9 +10,10 @@ from rose_jax.models import EncoderConfig, EncoderForSequenceClassification
 
 def tiny_model(dropout: float = 0.1, model_type: str = 'roberta',
                seed: int = 0) -> EncoderForSequenceClassification:
-  """A two-layer encoder of width 16 over a 50-token vocabulary."""
+  """A one-layer encoder of width 16 over a 50-token vocabulary (its eight
+  ranked tensors are enough to rank; each layer more costs compile time)."""
   config = EncoderConfig(model_type=model_type, vocab_size=50, hidden_size=16,
-                         num_hidden_layers=2, num_attention_heads=2, intermediate_size=20,
+                         num_hidden_layers=1, num_attention_heads=2, intermediate_size=20,
                          max_position_embeddings=20, type_vocab_size=1, pad_token_id=1,
                          hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
   return EncoderForSequenceClassification(config, rngs=nnx.Rngs(seed))
