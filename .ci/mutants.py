@@ -1,0 +1,279 @@
+"""The planted mutants that the suite must kill: each is put into the code,
+its guarding tests are run, and the file is restored (also on Ctrl-C).
+
+  python .ci/mutants.py                # all, about 7 minutes on 2 cores
+  python .ci/mutants.py gamma FreeLB   # those whose names contain a word
+
+Prints CAUGHT or MISSED per mutant; exits 1 if any was missed. Not run by
+.ci/run (it reruns tests many times); run it after changing a test that
+guards one of these, and add a line here for each new mutation you check.
+Commit nothing while it runs: the mutant is in the working tree.
+"""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# (name, file, original text, mutated text, pytest arguments)
+MUTANTS = [
+  (
+    'KL halved',
+    'rose_jax/training/losses.py',
+    'jnp.sum(q * (log_q - log_p))) / 4.0',
+    'jnp.sum(q * (log_q - log_p))) / 8.0',
+    'tests/training/test_losses.py tests/training/test_step.py -k "losses or gradients_it_asks"',
+  ),
+  (
+    'KL without device scaling',
+    'rose_jax/training/step.py',
+    'devices * losses.symmetric_kl(first, second)',
+    'losses.symmetric_kl(first, second)',
+    'tests/training/test_step.py -k global',
+  ),
+  (
+    'eps inside the corrected root',
+    'rose_jax/transform.py',
+    'lambda m_, mu_, nu_: m_ * step_factor * mu_ / (jnp.sqrt(nu_) + eps),',
+    'lambda m_, mu_, nu_: m_ * step_factor * mu_ / (jnp.sqrt(nu_) + eps * jnp.sqrt(correction2)),',
+    'tests/test_alias.py tests/test_transform.py',
+  ),
+  (
+    'gamma swapped',
+    'rose_jax/masking.py',
+    'gamma * f + (1.0 - gamma) * s',
+    '(1.0 - gamma) * f + gamma * s',
+    'tests/test_masking.py tests/test_selective.py -k "ensemble or authors"',
+  ),
+  (
+    'ensemble = first mask',
+    'rose_jax/masking.py',
+    'gamma * f + (1.0 - gamma) * s',
+    'f + 0 * s',
+    'tests/test_masking.py',
+  ),
+  (
+    'ce_grads not clipped',
+    'rose_jax/transform.py',
+    'return tuple(clip_like_global_norm(updates, (kl_grads, ce_grads), max_grad_norm))',
+    'u, k, _ = clip_like_global_norm(updates, (kl_grads, ce_grads), max_grad_norm); return u, k, ce_grads',
+    'tests/test_transform.py tests/test_alias.py -k clip',
+  ),
+  (
+    'replicate from host arrays',
+    'rose_jax/training/step.py',
+    '  return jax.pmap(lambda t: t, axis_name=axis_name)(stacked)',
+    '  return stacked',
+    'tests/training/test_step.py -k "pmap and (compile or repeat)"',
+  ),
+  (
+    'SMART descending',
+    'rose_jax/training/adversarial.py',
+    '      noise = noise + self.step_size * grad\n',
+    '      noise = noise - self.step_size * grad\n',
+    'tests/training/test_adversarial.py -k smart',
+  ),
+  (
+    'SMART first KL not detached',
+    'rose_jax/training/adversarial.py',
+    'regulariser = (_kl(jax.lax.stop_gradient(adv), clean) + _kl(target, adv)) / batch',
+    'regulariser = (_kl(adv, clean) + _kl(target, adv)) / batch',
+    'tests/training/test_adversarial.py -k smart',
+  ),
+  (
+    'FreeLB without /K',
+    'rose_jax/training/adversarial.py',
+    'return losses.cross_entropy(logits, labels) / self.steps, logits',
+    'return losses.cross_entropy(logits, labels), logits',
+    'tests/training/test_adversarial.py -k freelb',
+  ),
+  (
+    'FreeLB without its linf clip',
+    'rose_jax/training/adversarial.py',
+    '        delta = jnp.clip(delta, -self.max_norm, self.max_norm)',
+    '        delta = delta',
+    'tests/training/test_adversarial.py -k freelb',
+  ),
+  (
+    'Fisher with no per-tensor clip',
+    'rose_jax/training/fisher.py',
+    'jnp.square(_clip_like_torch(g, max_grad_norm))',
+    'jnp.square(g)',
+    'tests/training/test_fisher.py',
+  ),
+  (
+    "R-Drop alpha on ROSE's scale",
+    'rose_jax/training/methods.py',
+    '    return 2.0 * self.kl_weight',
+    '    return self.kl_weight',
+    'tests/training/test_step.py -k gradients_it_asks',
+  ),
+  (
+    'params_ema without its copy',
+    'rose_jax/params_ema.py',
+    'jnp.array(p, jnp.float32, copy=True)',
+    'p',
+    'tests/test_params_ema.py tests/glue/test_resume.py -k "params_ema or smart"',
+  ),
+  (
+    'selective: no coasting',
+    'rose_jax/selective.py',
+    '(m * g + (1 - m) * mu_).astype(g.dtype)',
+    '(m * g + 0 * mu_).astype(g.dtype)',
+    'tests/test_selective.py',
+  ),
+  (
+    'selective: update not masked',
+    'rose_jax/selective.py',
+    'new_updates = jax.tree.map(lambda u, m: (m * u).astype(u.dtype), inner_updates, full)',
+    'new_updates = inner_updates',
+    'tests/test_selective.py',
+  ),
+  (
+    'glue optimizers: no clipping',
+    'rose_jax/glue/optimizers.py',
+    '  if config.max_grad_norm:\n    return optax.chain',
+    '  if False:\n    return optax.chain',
+    'tests/glue/test_optimizers.py',
+  ),
+  (
+    'glue optimizers: upper/lower swapped',
+    'rose_jax/glue/optimizers.py',
+    'upper=config.upper, lower=config.lower',
+    'upper=config.lower, lower=config.upper',
+    'tests/glue/test_optimizers.py',
+  ),
+  (
+    'evaluation keeps filler rows',
+    'rose_jax/glue/evaluation.py',
+    'predictions.append(self._gather(self._predict(params, inputs))[:real])',
+    'predictions.append(self._gather(self._predict(params, inputs)))',
+    'tests/glue/test_evaluation.py',
+  ),
+  (
+    'report: population std -> sample std',
+    'rose_jax/glue/report.py',
+    'np.std(values):.2f}',
+    'np.std(values, ddof=1):.2f}',
+    'tests/glue/test_report.py',
+  ),
+  (
+    'report: labels cut to the bare method',
+    'rose_jax/glue/report.py',
+    "labels.append(config['method'] + (",
+    "labels.append(config['method'] + 0 * (",
+    'tests/glue/test_report.py tests/glue/test_sweep.py -k "report or other_settings"',
+  ),
+  (
+    'mask file keeps rows after the checkpoint',
+    'rose_jax/glue/metrics_log.py',
+    "kept = kept[kept['step'] <= start_step]",
+    'kept = kept',
+    'tests/glue/test_metrics_log.py',
+  ),
+  (
+    'metrics trim keeps later epochs',
+    'rose_jax/glue/metrics_log.py',
+    "(record.get('epoch', 0), last_epoch) if record.get('type') == 'epoch'",
+    "(0, last_epoch) if record.get('type') == 'epoch'",
+    'tests/glue/test_metrics_log.py',
+  ),
+  (
+    'data: fractional labels truncated',
+    'rose_jax/glue/data.py',
+    '  if not float(value).is_integer():',
+    '  if False:',
+    'tests/glue/test_data.py',
+  ),
+  (
+    'checkpoint fallback disabled',
+    'rose_jax/glue/checkpoints.py',
+    '      failures.append(str(error))\n      log.warning',
+    '      raise\n      log.warning',
+    'tests/glue/test_checkpoints.py',
+  ),
+  (
+    'sweep settings not applied',
+    'rose_jax/training/sweep.py',
+    '    return state._replace(hyperparams=hyperparams)',
+    '    return state',
+    'tests/training/test_sweep.py tests/glue/test_sweep.py -k equals',
+  ),
+  (
+    'process entry does not set malloc',
+    'rose_jax/glue/cli.py',
+    '  cpu_malloc.keep_freed_memory()\n  logging.basicConfig',
+    '  logging.basicConfig',
+    'tests/glue/test_cli.py',
+  ),
+  (
+    'mt-dnn double embedding (LayerNorm twice when perturbed)',
+    'rose_jax/models/encoder.py',
+    'return _add(_dropout(c.hidden_dropout_prob, self.LayerNorm(x), rngs), perturbation.output)',
+    'return _add(_dropout(c.hidden_dropout_prob, self.LayerNorm(self.LayerNorm(x) if perturbation.output is not None else x), rngs), perturbation.output)',
+    'tests/training/test_adversarial.py',
+  ),
+  (
+    'FreeLB fresh dropout per pass',
+    'rose_jax/training/adversarial.py',
+    'logits = apply(p, EmbeddingPerturbation(word=d), dropout_key)  # same masks each pass',
+    'logits = apply(p, EmbeddingPerturbation(word=d), jax.random.fold_in(dropout_key, jnp.sum(d).astype(jnp.int32)))',
+    'tests/training/test_adversarial.py -k freelb',
+  ),
+  (
+    'CHILD-TUNING_D: mask after Adam (decay masked)',
+    'rose_jax/child_tuning.py',
+    '      keep_fixed_mask(mask),\n      hf_adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,\n               weight_decay_mask=weight_decay_mask))',
+    '      hf_adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,\n               weight_decay_mask=weight_decay_mask), keep_fixed_mask(mask))',
+    'tests/test_child_tuning.py',
+  ),
+  (
+    'landscape: kernel filters taken as rows',
+    'rose_jax/analysis/landscape.py',
+    "  if name == 'kernel':\n    return tuple(range(jnp.ndim(leaf) - 1))",
+    "  if name == 'kernel':\n    return tuple(range(1, jnp.ndim(leaf)))",
+    'tests/analysis/test_landscape.py',
+  ),
+  (
+    'disagreement counts padded rows',
+    'rose_jax/analysis/disagreement.py',
+    'predictions = np.asarray(predict(params, batch, batch_key))[:, :real]',
+    'predictions = np.asarray(predict(params, batch, batch_key))',
+    'tests/analysis/test_disagreement.py',
+  ),
+]
+
+
+def main(only: list[str]) -> int:
+  missed = 0
+  for name, path, old, new, tests in MUTANTS:
+    if only and not any(word in name for word in only):
+      continue
+    file = ROOT / path
+    text = file.read_text()
+    if old not in text:
+      print(f'NOT FOUND  {name}: {path} has changed; update the mutant', flush=True)
+      missed += 1
+      continue
+    file.write_text(text.replace(old, new, 1))
+    try:
+      start = time.time()
+      done = subprocess.run(
+        f'python -m pytest -x -q -p no:cacheprovider {tests}',
+        shell=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+      )
+      last = (done.stdout.strip().splitlines() or [''])[-1]
+      verdict = {0: 'MISSED', 1: 'CAUGHT'}.get(done.returncode, f'rc {done.returncode}')
+      missed += done.returncode != 1
+      print(f'{verdict}  {name}  ({last[:80]}, {time.time() - start:.0f} s)', flush=True)
+    finally:
+      file.write_text(text)
+  return int(missed > 0)
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv[1:]))
