@@ -39,6 +39,7 @@ from jax.sharding import PartitionSpec as P
 
 from rose_jax.masking import kept_fraction
 from rose_jax.params_ema import find_params_ema
+from rose_jax.selective import SelectiveState
 from rose_jax.training import adversarial, losses
 from rose_jax.training.methods import Method
 from rose_jax.transform import ScaleByRoseState
@@ -70,9 +71,12 @@ def apply_model(graphdef: nnx.GraphDef, params, batch: Batch, dropout_key=None,
   return model(*(batch.get(k) for k in INPUT_KEYS), rngs=rngs, perturbation=perturbation)
 
 
-def find_rose_state(opt_state) -> ScaleByRoseState | None:
-  """The ROSE state inside an optimizer state (chain, inject_hyperparams...)."""
-  is_rose = lambda x: isinstance(x, ScaleByRoseState)
+def find_rose_state(opt_state) -> ScaleByRoseState | SelectiveState | None:
+  """The state that keeps ROSE's mask inside an optimizer state (a chain,
+  ``inject_hyperparams``...): :func:`rose_jax.rose`'s and
+  :func:`rose_jax.scale_by_rose`'s, or :func:`rose_jax.selective`'s. Both
+  have ``mask``, one value per ranked tensor; the outermost is returned."""
+  is_rose = lambda x: isinstance(x, (ScaleByRoseState, SelectiveState))
   found = [s for s in jax.tree.leaves(opt_state, is_leaf=is_rose) if is_rose(s)]
   return found[0] if found else None
 

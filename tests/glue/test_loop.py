@@ -32,6 +32,23 @@ def test_each_path_trains_and_writes_a_run(files, tmp_path, method):
   assert [x['step'] for x in lines if 'type' not in x] == [2]
 
 
+def test_a_selective_optimizer_logs_its_kept_fraction_and_masks(files, tmp_path, monkeypatch):
+  import optax
+
+  import rose_jax
+  from rose_jax import selection
+  from rose_jax.glue.metrics_log import read_masks
+  monkeypatch.setattr(loop, 'build_optimizer', lambda *a, **k: rose_jax.selective(
+      optax.adamw(1e-3), upper=0.5, selectable=selection.authors_selectable))
+  out = tmp_path / 'run'
+  loop.run(_config(files, out, max_train_samples=16, log_every=1))
+  _, steps, masks = read_masks(out)
+  assert steps.tolist() == [1, 2]
+  lines = [json.loads(x) for x in (out / 'metrics.jsonl').read_text().splitlines()]
+  logged = [x['kept_fraction'] for x in lines if 'type' not in x]
+  assert logged == pytest.approx(masks.mean(1).tolist()) and min(logged) < 1
+
+
 def test_best_model_is_saved_and_evaluates_to_the_same_accuracy(files, finished_run, tmp_path):
   check_finished_run(finished_run, 'rose-ensemble', epochs=2)
   results = json.loads((finished_run / 'results.json').read_text())

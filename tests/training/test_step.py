@@ -172,6 +172,22 @@ def test_eight_devices_with_dropout_give_the_global_batch_gradients(parallel, na
   assert max(float(jnp.abs(x).max()) for x in jax.tree.leaves(kl)) > 1e-3, 'KL is ~0'
 
 
+def test_selective_reports_its_kept_fraction_in_the_step():
+  import rose_jax
+  from rose_jax import masking, selection
+  method = methods.get_method('rose-ensemble')
+  graphdef, params = step_lib.split_model(tiny_model())
+  tx = rose_jax.selective(optax.adamw(1e-3), upper=0.5,
+                          selectable=selection.authors_selectable)
+  step = step_lib.make_train_step(graphdef, tx, method)
+  opt_state = tx.init(params)
+  for i in range(3):
+    params, opt_state, metrics = step(params, opt_state, tiny_batch(i), jax.random.key(i))
+  assert isinstance(step_lib.find_rose_state(opt_state), rose_jax.SelectiveState)
+  kept = float(metrics['kept_fraction'])
+  assert kept < 1.0 and kept == float(masking.kept_fraction(opt_state.mask))
+
+
 # The methods of dropout passes are counted by the two tests above.
 @pytest.mark.parametrize('name', [m for m in methods.METHOD_NAMES if m not in PASS_METHODS])
 def test_the_adversarial_steps_compile_once(name):
