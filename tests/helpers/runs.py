@@ -1,8 +1,10 @@
-"""Run directories as the resume and sweep tests compare them, and runs killed
-at a given step."""
+"""Run directories: runs killed at a given step, what the resume and sweep
+tests compare, what every finished run must hold, and finished runs written
+by hand (for the report's tests)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -71,7 +73,6 @@ def write_finished_run(out: Path, *, predictions: dict[str, list[list[tuple[int,
   accuracies counted from ``predictions`` (``{split: [epoch 1's (prediction,
   label) pairs, epoch 2's, ...]}``), the prediction files and metric lines.
   Returns the results."""
-  import dataclasses
   config = dataclasses.asdict(loop.TrainConfig(output_dir=str(out), **settings))
   (out / 'predictions').mkdir(parents=True)
   epochs = []
