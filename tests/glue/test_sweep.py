@@ -19,7 +19,7 @@ from rose_jax.glue.metrics_log import read_masks
 from rose_jax.training import sweep as sweep_lib
 from tests import helpers
 from tests.helpers import cli_args, fails, snapshot
-from tests.helpers.runs import Killed, read_run
+from tests.helpers.runs import Killed, kill_at_step, read_run
 
 GRID = ['learning_rate=1e-3,3e-3', 'seed=1,2']
 
@@ -121,22 +121,10 @@ def test_a_killed_sweep_resumes_to_the_same_runs(files, tmp_path, monkeypatch, s
   whole_root, whole, _ = swept
   root = tmp_path / 'runs'
   configs = _members(files, root)
-  real = sweep_lib.make_sweep_step
-
-  def dies_at_step_9_of_the_first_chunk(*args, **kwargs):
-    step, calls = real(*args, **kwargs), [0]
-
-    def counted(*a):
-      calls[0] += 1
-      if calls[0] == 9:
-        raise Killed
-      return step(*a)
-    return counted
-
-  monkeypatch.setattr(sweep_lib, 'make_sweep_step', dies_at_step_9_of_the_first_chunk)
+  restore = kill_at_step(monkeypatch, 9, sweep_lib, 'make_sweep_step')  # in the first chunk
   with pytest.raises(Killed):
     sweep.run_sweep(configs, chunk=3)
-  monkeypatch.setattr(sweep_lib, 'make_sweep_step', real)
+  restore()
   # Killed between two members' checkpoints: the third has lost its newest one.
   third = Path(configs[2].output_dir) / 'checkpoints'
   newest = max(int(p.name) for p in third.iterdir() if p.name.isdigit())

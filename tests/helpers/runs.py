@@ -53,7 +53,7 @@ def without_timing(record: dict) -> dict:
   return {k: v for k, v in record.items() if k not in TIMING}
 
 
-def read_run(out: Path, *, settings_that_may_differ=('output_dir', 'resume')) -> dict:
+def read_run(out: Path) -> dict:
   """A run directory's metric lines, predictions and results, without wall
   times or the settings a resume or a copy may change."""
   metrics = [without_timing(json.loads(x))
@@ -61,7 +61,7 @@ def read_run(out: Path, *, settings_that_may_differ=('output_dir', 'resume')) ->
   predictions = {p.name: p.read_text() for p in sorted((out / 'predictions').iterdir())}
   results = json.loads((out / 'results.json').read_text())
   results['epochs'] = [without_timing(e) for e in results['epochs']]
-  for name in settings_that_may_differ:
+  for name in ('output_dir', 'resume'):
     results['config'].pop(name, None)
   return {'metrics': metrics, 'predictions': predictions, 'results': results}
 
