@@ -24,8 +24,8 @@ M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX, M_ARENA_MAX = -1, -2, -4, -8
 _SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1),
              (M_TOP_PAD, 64 << 20))
 OPT_OUT = 'ROSE_JAX_SYSTEM_MALLOC'
-NOT_CALLED = 'left as it is (not set in this process)'
-_done = NOT_CALLED
+_NOT_CALLED = 'left as it is (not set in this process)'
+_done = _NOT_CALLED
 
 
 def keep_freed_memory() -> str:
