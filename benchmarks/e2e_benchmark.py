@@ -71,16 +71,17 @@ def bench_jax(model, encoded, method_name: str, mode: str, args) -> dict:
   from rose_jax.glue import batching, seeds
   from rose_jax.glue.config import TrainConfig
   from rose_jax.glue.optimizers import build_optimizer
+  from rose_jax.models import as_apply_fn
   from rose_jax.training import methods
   from rose_jax.training import step as step_lib
   method = methods.get_method(method_name)
   config = TrainConfig(method=method_name, learning_rate=2e-5, upper=0.4, parallel='none',
                        max_length=args.max_length, batch_size=args.batch_size).resolved()
   tx = build_optimizer(config, method, total_steps=args.steps)
-  graphdef, params = step_lib.split_model(model)
+  apply_fn, params = as_apply_fn(model)
   params = jax.tree.map(jnp.array, params)  # the step donates its inputs
   opt_state = tx.init(params)
-  step = step_lib.make_train_step(graphdef, tx, method)
+  step = step_lib.make_train_step(apply_fn, tx, method)
   buckets = (args.max_length,) if mode == 'fixed' else config.buckets
 
   def batches():

@@ -44,8 +44,8 @@ import rose_jax
 from rose_jax import masking, memory, selection
 from rose_jax.glue import cpu_malloc
 from rose_jax.glue.cli import run_as_process
-from rose_jax.models import EncoderConfig, EncoderForSequenceClassification
-from rose_jax.training import adversarial, methods, sweep
+from rose_jax.models import EncoderConfig, EncoderForSequenceClassification, as_apply_fn
+from rose_jax.training import adversarial, gradients, methods, sweep
 from rose_jax.training import step as step_lib
 
 if not __package__:  # run as a script: its sibling module is found from the repository root
@@ -78,7 +78,7 @@ def flop_floor(method_name: str) -> float:
     return 2 * 3 + method.adversary.steps * 2
   if isinstance(method.adversary, adversarial.FreeLB):
     return method.adversary.steps * 3
-  return method.passes * (1 + 2 * len(step_lib.gradient_rows(method)))
+  return method.passes * (1 + 2 * len(gradients.gradient_rows(method)))
 
 
 def cotangents_of(label: str) -> str:
@@ -148,12 +148,12 @@ def allocator(malloc_setting: str = '') -> str:
   return (f'{libc} {version} malloc'.strip() if libc else 'system malloc') + settings
 
 
-def compile_method(graphdef, params, batch, method_name: str, granularity: str,
+def compile_method(apply_fn, params, batch, method_name: str, granularity: str,
                    cotangents: str):
   """One method's compiled step, and a function that runs it once on fresh carry."""
   method = methods.get_method(method_name)
   tx = optimizer(method, granularity)
-  step = step_lib.make_train_step(graphdef, tx, method, cotangents=cotangents)
+  step = step_lib.make_train_step(apply_fn, tx, method, cotangents=cotangents)
   params = jax.tree.map(jnp.array, params)  # the step donates its inputs
   carry = [params, tx.init(params)]
   key = jax.random.key(0)
@@ -166,10 +166,10 @@ def compile_method(graphdef, params, batch, method_name: str, granularity: str,
   return compiled, run
 
 
-def time_method(graphdef, params, batch, method_name: str, granularity: str, steps: int,
+def time_method(apply_fn, params, batch, method_name: str, granularity: str, steps: int,
                 warmup: int, cotangents: str) -> dict:
   """One method's compiled step: median time, page faults, memory, XLA's FLOPs."""
-  compiled, run = compile_method(graphdef, params, batch, method_name, granularity, cotangents)
+  compiled, run = compile_method(apply_fn, params, batch, method_name, granularity, cotangents)
   cost = compiled.cost_analysis()
   flops = (cost[0] if isinstance(cost, list) else cost or {}).get('flops')
   device = jax.devices()[0]
@@ -182,9 +182,8 @@ def time_method(graphdef, params, batch, method_name: str, granularity: str, ste
 def model_and_batch(name: str):
   """The config's freshly initialised model, split, and its synthetic batch."""
   config, batch_size, length = encoder_config(name)
-  graphdef, params = step_lib.split_model(
-      EncoderForSequenceClassification(config, rngs=nnx.Rngs(0)))
-  return graphdef, params, make_batch(config, batch_size, length)
+  apply_fn, params = as_apply_fn(EncoderForSequenceClassification(config, rngs=nnx.Rngs(0)))
+  return apply_fn, params, make_batch(config, batch_size, length)
 
 
 def profile_method(name: str, label: str, log_dir: Path, warmup: int) -> dict:
@@ -208,8 +207,8 @@ def profile_method(name: str, label: str, log_dir: Path, warmup: int) -> dict:
 
 def bench_steps(name: str, steps: int, warmup: int) -> list[dict]:
   _, batch_size, length = encoder_config(name)
-  graphdef, params, batch = model_and_batch(name)
-  rows = [{'method': label, **time_method(graphdef, params, batch, method_name, granularity,
+  apply_fn, params, batch = model_and_batch(name)
+  rows = [{'method': label, **time_method(apply_fn, params, batch, method_name, granularity,
                                            steps, warmup, cotangents_of(label))}
           for label, method_name, granularity in ROWS]
   for row in rows:
@@ -276,7 +275,7 @@ def bench_state(name: str) -> list[dict]:
 def bench_sweep(name: str, members: int, steps: int, warmup: int) -> list[dict]:
   """ROSE-Ensemble for ``members`` settings: one vmapped sweep step against the
   members' steps run one after another, in configurations x steps per second."""
-  graphdef, params, batch = model_and_batch(name)
+  apply_fn, params, batch = model_and_batch(name)
   method = methods.get_method('rose-ensemble')
   tx = optax.inject_hyperparams(sweep.with_peak_learning_rate(rose_jax.rose),
                                 static_args=sweep.ROSE_STATIC)(
@@ -285,8 +284,8 @@ def bench_sweep(name: str, members: int, steps: int, warmup: int) -> list[dict]:
   states = [sweep.with_hyperparams(tx.init(params), learning_rate=1e-5 * (1 + i),
                                    upper=0.4 + 0.1 * (i % 3)) for i in range(members)]
   keys = jax.random.split(jax.random.key(0), members)
-  one = step_lib.make_train_step(graphdef, tx, method, donate=False)
-  many = sweep.make_sweep_step(graphdef, tx, method, donate=False)
+  one = step_lib.make_train_step(apply_fn, tx, method, donate=False)
+  many = sweep.make_sweep_step(apply_fn, tx, method, donate=False)
   stacked = (sweep.stack([params] * members), sweep.stack(states),
              sweep.stack([batch] * members), keys)
   sequential, _ = time_calls(lambda: [one(params, st, batch, k)[2]
@@ -299,7 +298,7 @@ def bench_sweep(name: str, members: int, steps: int, warmup: int) -> list[dict]:
                  'config_steps_per_s': members / median})
   rows[1]['speedup'] = rows[0]['median_s'] / rows[1]['median_s']
   # XLA's memory estimate: what each member adds, hence the chunk that fits.
-  estimate = sweep.member_memory(graphdef, tx, method, params, states[0], batch)
+  estimate = sweep.member_memory(apply_fn, tx, method, params, states[0], batch)
   if estimate is not None:
     fixed, per_member = estimate
     budget = memory.available_memory()

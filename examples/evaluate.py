@@ -20,8 +20,7 @@ from rose_jax.glue import config as config_lib
 from rose_jax.glue import data as data_lib
 from rose_jax.glue.cli import one_line_errors, run_as_process
 from rose_jax.glue.evaluation import Evaluator
-from rose_jax.models import load_pretrained, load_tokenizer
-from rose_jax.training import step as step_lib
+from rose_jax.models import as_apply_fn, load_pretrained, load_tokenizer
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,8 +51,8 @@ def main(argv=None) -> int:
                          else data_lib.load_hub(task, 'validation', adversarial=True))
   model = load_pretrained(args.model, num_labels=task.num_labels, dtype=jnp.dtype(args.dtype))
   tokenizer = load_tokenizer(args.model, model.config)
-  graphdef, params = step_lib.split_model(model)
-  evaluator = Evaluator(graphdef, args.batch_size, sharded=jax.device_count() > 1,
+  apply_fn, params = as_apply_fn(model)
+  evaluator = Evaluator(apply_fn, args.batch_size, sharded=jax.device_count() > 1,
                         buckets=batching.default_buckets(args.max_length))
   params = evaluator.place_params(params)
   accuracies = {}

@@ -365,9 +365,13 @@ def initial_mask(params, selectable):
   the others; raises ValueError when ``selectable`` ranks nothing."""
   ranked = resolve_tree_of_bools(selectable, params, 'selectable')
   if not any(jax.tree.leaves(ranked)):
+    paths = [jax.tree_util.keystr(path, simple=True, separator='.')
+             for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    shown = ', '.join(paths[:5]) + (f' (and {len(paths) - 5} more)' if len(paths) > 5 else '')
     raise ValueError(
-        'selectable marks no parameter tensor, so ROSE would never mask '
-        'anything; check the selection rule against your parameter names, '
+        'selectable marks no parameter tensor, so ROSE would never mask anything. '
+        f'The parameters are {shown}; rose_jax.selection.authors_selectable ranks Hugging '
+        'Face names that contain "layer" and "weight". Write a rule for these names, '
         'or use optax.adamw.')
   return jax.tree.map(
       lambda _, s: jnp.ones((), jnp.float32) if s else optax.MaskedNode(), params, ranked)

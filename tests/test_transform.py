@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from jax.sharding import PartitionSpec as P
 
 import rose_jax
-from rose_jax import transform
+from rose_jax import selection, transform
 
 
 def _random_tree(rng, shapes=None):
@@ -215,6 +215,20 @@ def test_selectable_must_match_params():
     rose_jax.rose(1e-3, upper=0.5, selectable={'a': True, 'b': 'yes'}).init(params)
   with pytest.raises(ValueError, match='marks no parameter'):
     rose_jax.rose(1e-3, upper=0.5, selectable=lambda p: {'a': False, 'b': False}).init(params)
+
+
+@pytest.mark.parametrize('make', [
+    lambda: rose_jax.rose(1e-3, upper=0.5, selectable=selection.authors_selectable),
+    lambda: rose_jax.selective(optax.adam(1e-3), upper=0.5,
+                               selectable=selection.authors_selectable),
+])
+def test_hugging_face_rule_on_other_names_names_the_params(make):
+  # A Flax Linen classifier's names: none holds both "layer" and "weight".
+  params = {'params': {f'Dense_{i}': {'kernel': jnp.ones((2, 2)), 'bias': jnp.ones(2)}
+                       for i in range(4)}}
+  with pytest.raises(ValueError, match=r'params\.Dense_0\.bias, params\.Dense_0\.kernel, '
+                                       r'.*\(and 3 more\).*authors_selectable'):
+    make().init(params)
 
 
 def test_update_errors_name_the_problem():

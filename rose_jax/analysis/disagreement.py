@@ -8,15 +8,13 @@ ROSE's KL term should lower it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-# apply_fn(params, batch, dropout_key or None) -> logits [rows, classes]
-ApplyFn = Callable[[Any, dict, jax.Array | None], jax.Array]
+from rose_jax.training.apply_fn import ApplyFn
 
 
 def pass_predictions(apply_fn: ApplyFn, params, batch: dict, key: jax.Array | None,
@@ -24,10 +22,10 @@ def pass_predictions(apply_fn: ApplyFn, params, batch: dict, key: jax.Array | No
   """``[passes, rows]`` predicted labels, one row of dropout per pass
   (``key`` None: dropout off, every pass the same)."""
   if key is None:
-    return jnp.broadcast_to(jnp.argmax(apply_fn(params, batch, None), -1),
+    return jnp.broadcast_to(jnp.argmax(apply_fn(params, batch, dropout_key=None), -1),
                             (passes, len(batch['input_ids'])))
   keys = jax.random.split(key, passes)
-  return jax.vmap(lambda k: jnp.argmax(apply_fn(params, batch, k), -1))(keys)
+  return jax.vmap(lambda k: jnp.argmax(apply_fn(params, batch, dropout_key=k), -1))(keys)
 
 
 def dropout_disagreement(apply_fn: ApplyFn, params, batches: Iterable[tuple[dict, int]],
@@ -36,7 +34,7 @@ def dropout_disagreement(apply_fn: ApplyFn, params, batches: Iterable[tuple[dict
   the same label (for two passes: predict different labels).
 
   Args:
-    apply_fn: ``(params, batch, dropout_key or None) -> logits``.
+    apply_fn: ``apply_fn(params, batch, *, dropout_key) -> logits``, dropout off for a None key.
     params: the parameters.
     batches: ``(batch, real_rows)`` pairs; rows past ``real_rows`` are padding.
     key: dropout's key (folded with each batch's index); None: dropout off,

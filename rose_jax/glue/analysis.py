@@ -21,15 +21,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 
 from rose_jax import atomic
 from rose_jax.analysis import disagreement as disagreement_lib
 from rose_jax.analysis import landscape as landscape_lib
 from rose_jax.glue import batching, plots
 from rose_jax.glue import data as data_lib
-from rose_jax.models import load_pretrained, load_tokenizer
-from rose_jax.training import step as step_lib
+from rose_jax.models import ModuleApply, as_apply_fn, load_pretrained, load_tokenizer
+from rose_jax.training.apply_fn import ApplyFn
 
 FLATNESS = 'flatness.json'
 
@@ -39,7 +38,7 @@ class Run:
   """A finished run's best model and settings."""
   path: Path
   config: dict
-  graphdef: nnx.GraphDef
+  apply_fn: ModuleApply
   params: Any
   tokenizer: Any
 
@@ -63,8 +62,8 @@ def load_run(path: str | Path) -> Run:
   model = load_pretrained(path / 'best_model', num_labels=task.num_labels,
                           hidden_dropout=config['dropout'], attention_dropout=config['dropout'])
   tokenizer = load_tokenizer(str(path / 'best_model'), model.config)
-  graphdef, params = step_lib.split_model(model)
-  return Run(path, config, graphdef, params, tokenizer)
+  apply_fn, params = as_apply_fn(model)
+  return Run(path, config, apply_fn, params, tokenizer)
 
 
 def evaluation_subset(run: Run, examples: int = 512, batch_size: int | None = None,
@@ -88,7 +87,7 @@ def evaluation_subset(run: Run, examples: int = 512, batch_size: int | None = No
           weights.reshape(shape))
 
 
-def subset_loss(graphdef: nnx.GraphDef, batches: dict[str, np.ndarray],
+def subset_loss(apply_fn: ApplyFn, batches: dict[str, np.ndarray],
                 weights: np.ndarray) -> Callable[[Any], tuple[jax.Array, jax.Array]]:
   """``params -> (mean cross-entropy, accuracy)`` over the subset, dropout off."""
   batches = jax.tree.map(jnp.asarray, batches)
@@ -97,7 +96,7 @@ def subset_loss(graphdef: nnx.GraphDef, batches: dict[str, np.ndarray],
   def loss_fn(params):
     def one(totals, xs):
       batch, w = xs
-      logits = step_lib.apply_model(graphdef, params, batch).astype(jnp.float32)
+      logits = apply_fn(params, batch, dropout_key=None).astype(jnp.float32)
       ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch['labels'])
       correct = jnp.argmax(logits, -1) == batch['labels']
       return (totals[0] + jnp.sum(ce * w), totals[1] + jnp.sum(correct * w)), None
@@ -135,7 +134,7 @@ def landscape(run_dir: str | Path, *, points: int = 51, low: float = -0.25,
   """
   run = load_run(run_dir)
   axis = landscape_lib.grid(low, high, points)
-  loss_fn = subset_loss(run.graphdef, *evaluation_subset(run, examples))
+  loss_fn = subset_loss(run.apply_fn, *evaluation_subset(run, examples))
   delta_key, eta_key = jax.random.split(jax.random.key(seed))
   delta = landscape_lib.filter_normalized_direction(delta_key, run.params)
   eta = landscape_lib.filter_normalized_direction(eta_key, run.params)
@@ -175,7 +174,7 @@ def interpolate(first_dir: str | Path, second_dir: str | Path, output_dir: str |
   landscape_lib.check_same_architecture(first.params, second.params,
                                         (str(first.path), str(second.path)))
   alphas = landscape_lib.grid(low, high, points)
-  loss_fn = subset_loss(first.graphdef, *evaluation_subset(first, examples))
+  loss_fn = subset_loss(first.apply_fn, *evaluation_subset(first, examples))
   bar = _bar(points, progress, 'interpolation')
   try:
     result = landscape_lib.interpolation(loss_fn, first.params, second.params, alphas,
@@ -207,10 +206,9 @@ def disagreement(run_dir: str | Path, *, passes: int = 2, examples: int = 512,
   run = load_run(run_dir)
   batches, weights = evaluation_subset(run, examples)
   real = weights.sum(1).astype(int)
-  apply = lambda p, b, k: step_lib.apply_model(run.graphdef, p, b, k)
   pairs = (({k: v[i] for k, v in batches.items()}, int(real[i])) for i in range(len(real)))
   share = disagreement_lib.dropout_disagreement(
-      apply, run.params, pairs, jax.random.key(seed) if dropout else None, passes=passes)
+      run.apply_fn, run.params, pairs, jax.random.key(seed) if dropout else None, passes=passes)
   _record_flatness(run.path, disagreement=share, disagreement_passes=passes)
   return share
 

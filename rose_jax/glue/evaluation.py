@@ -8,12 +8,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from rose_jax.glue import batching
 from rose_jax.training import step as step_lib
+from rose_jax.training.apply_fn import ApplyFn
 
 
 class Evaluator:
@@ -24,7 +24,7 @@ class Evaluator:
   are replicated on it; otherwise one device evaluates.
 
   Args:
-    graphdef: the model's graph (:func:`rose_jax.training.split_model`).
+    apply_fn: the model (:func:`rose_jax.models.as_apply_fn`).
     batch_size: examples per global batch; rounded up to a multiple of the
       device count when sharded.
     sharded: split batches over all devices.
@@ -32,11 +32,11 @@ class Evaluator:
       by default to its longest example.
   """
 
-  def __init__(self, graphdef: nnx.GraphDef, batch_size: int, *, sharded: bool = False,
+  def __init__(self, apply_fn: ApplyFn, batch_size: int, *, sharded: bool = False,
                buckets: Sequence[int] | None = None):
     self.buckets = buckets
     self._predict = jax.jit(
-        lambda params, batch: jnp.argmax(step_lib.apply_model(graphdef, params, batch), -1))
+        lambda params, batch: jnp.argmax(apply_fn(params, batch, dropout_key=None), -1))
     self.mesh = step_lib.data_mesh() if sharded else None
     devices = jax.device_count() if sharded else 1
     self.batch_size = -(-batch_size // devices) * devices

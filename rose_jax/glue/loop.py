@@ -43,7 +43,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from rose_jax import atomic, child_tuning
 from rose_jax.glue import batching, seeds
@@ -53,7 +52,13 @@ from rose_jax.glue.config import ConfigError, TrainConfig, flag
 from rose_jax.glue.evaluation import Evaluator
 from rose_jax.glue.metrics_log import MaskLog, MetricsLog, trim_lines
 from rose_jax.glue.optimizers import build_optimizer, sweep_optimizer
-from rose_jax.models import load_pretrained, load_tokenizer, save_pretrained
+from rose_jax.models import (
+  ModuleApply,
+  as_apply_fn,
+  load_pretrained,
+  load_tokenizer,
+  save_pretrained,
+)
 from rose_jax.models.loading import looks_like_a_path, read_config, resolve_checkpoint
 from rose_jax.training import fisher as fisher_lib
 from rose_jax.training import step as step_lib
@@ -70,7 +75,7 @@ class TrainingDiverged(ValueError):
   """A loss became NaN or infinite."""
 
 
-def fisher_pass(config: TrainConfig, data: Data, graphdef, params):
+def fisher_pass(config: TrainConfig, data: Data, apply_fn: ModuleApply, params):
   """CHILD-TUNING_D's fixed mask from one shuffled pass over the training data
   (every process reads all of it, so all derive the same mask)."""
   included = child_tuning.included_tensors(params)
@@ -81,7 +86,7 @@ def fisher_pass(config: TrainConfig, data: Data, graphdef, params):
   bar.set_description('fisher')
   try:
     estimate = fisher_lib.fisher_information(
-        graphdef, params, (b.arrays for b in batches), seeds.stream_key(config.seed, 'noise'),
+        apply_fn, params, (b.arrays for b in batches), seeds.stream_key(config.seed, 'noise'),
         included=included, max_grad_norm=config.max_grad_norm or 1.0, progress=bar.update)
   finally:
     bar.close()
@@ -350,7 +355,7 @@ class Shared:
     self.tokenizer = load_tokenizer(config.model, model.config)
     self.data = Data(config, self.tokenizer)
     self.total_steps = self.data.steps_per_epoch * config.epochs
-    self.graphdef, params = step_lib.split_model(model)
+    self.apply_fn, params = as_apply_fn(model)
     self.param_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
     self._loaded = {config.seed: params}
 
@@ -358,7 +363,7 @@ class Shared:
     """The pre-trained params with ``config``'s newly initialised head."""
     if config.seed in self._loaded:
       return self._loaded.pop(config.seed)
-    return step_lib.split_model(_load_model(config))[1]
+    return as_apply_fn(_load_model(config))[1]
 
 
 def _load_model(config: TrainConfig):
@@ -398,8 +403,9 @@ class _Alone:
   """One run's params and optimizer state, and its step, data parallel as
   ``config.parallel`` says."""
 
-  def __init__(self, config: TrainConfig, graphdef, tx, method: Method, params, opt_state):
-    self._step = step_lib.make_train_step(graphdef, tx, method, parallel=config.parallel,
+  def __init__(self, config: TrainConfig, apply_fn: ModuleApply, tx, method: Method, params,
+               opt_state):
+    self._step = step_lib.make_train_step(apply_fn, tx, method, parallel=config.parallel,
                                           cotangents=config.cotangents)
     mesh = step_lib.data_mesh() if config.parallel == 'shard_map' else None
     self._place = {'none': lambda b: b, 'pmap': step_lib.split_for_pmap,
@@ -432,9 +438,9 @@ class _Stacked:
   """A sweep's runs stacked along a leading member axis, one vmapped step for
   all; each member's batch is padded to the longest of the step's batches."""
 
-  def __init__(self, config: TrainConfig, graphdef, tx, method: Method, params: list,
+  def __init__(self, config: TrainConfig, apply_fn: ModuleApply, tx, method: Method, params: list,
                opt_states: list, pad_id: int):
-    self._step = sweep_lib.make_sweep_step(graphdef, tx, method, cotangents=config.cotangents)
+    self._step = sweep_lib.make_sweep_step(apply_fn, tx, method, cotangents=config.cotangents)
     self.params, self.opt_state = sweep_lib.stack(params), sweep_lib.stack(opt_states)
     self._pad_id = pad_id
 
@@ -522,7 +528,7 @@ class _Member:
     self.checkpoints.save(step, self.state)
 
   def end_epoch(self, epoch: int, step: int, seconds: float, params, evaluator: Evaluator,
-                data: Data, graphdef, tokenizer) -> None:
+                data: Data, apply_fn: ModuleApply, tokenizer) -> None:
     """Evaluates the epoch's params and writes the epoch's files (not the checkpoint)."""
     sums = self.state['epoch_sums']
     record = {'epoch': epoch + 1, 'step': step, 'seconds': round(seconds, 2),
@@ -553,7 +559,7 @@ class _Member:
     self.results.update(_best(self.results['epochs']))
     if self.is_main and self.results['best_epoch'] == epoch + 1:
       # The best epoch's model, loadable by load_pretrained and transformers.
-      model = nnx.merge(graphdef, jax.device_get(params))
+      model = apply_fn.merge(jax.device_get(params))
       atomic.write_directory(out / 'best_model', lambda d, m=model: (
           save_pretrained(m, d), tokenizer.save_pretrained(str(d))))
     # Results first, then the checkpoint: a resume redoes an epoch whose
@@ -583,7 +589,7 @@ def train_group(configs: list[TrainConfig], shared: Shared,
   Returns:
     Each run's results, with ``final_params``.
   """
-  method, data, graphdef = shared.method, shared.data, shared.graphdef
+  method, data, apply_fn = shared.method, shared.data, shared.apply_fn
   first, alone = configs[0], len(configs) == 1 and not swept
   numbers = tuple(name for name in swept if name != 'seed')
 
@@ -640,7 +646,7 @@ def train_group(configs: list[TrainConfig], shared: Shared,
       # The mask lives in the optimizer state; a checkpoint at step 0 keeps a
       # resumed run from redoing the pass.
       for member in members:
-        mask = fisher_pass(member.config, data, graphdef, member.state['params'])
+        mask = fisher_pass(member.config, data, apply_fn, member.state['params'])
         member.state['opt_state'] = plain(initial_state(member.config, member.state['params'],
                                                         mask))
         member.checkpoints.save(0, member.state)
@@ -654,10 +660,10 @@ def train_group(configs: list[TrainConfig], shared: Shared,
       log.info('Resuming at epoch %d, batch %d (step %d).', completed + 1,
                int(position['batch']), global_step)
     if alone:
-      trainer = _Alone(first, graphdef, tx, method, members[0].state['params'],
+      trainer = _Alone(first, apply_fn, tx, method, members[0].state['params'],
                        members[0].state['opt_state'])
     else:
-      trainer = _Stacked(first, graphdef, tx, method, [m.state['params'] for m in members], [
+      trainer = _Stacked(first, apply_fn, tx, method, [m.state['params'] for m in members], [
           initial_state(m.config, m.state['params'])._replace(inner_state=m.state['opt_state'])
           for m in members], data.train.pad_id)
     _train(members, trainer, shared)
@@ -670,7 +676,7 @@ def _train(members: list[_Member], trainer, shared: Shared) -> None:
   global_step = int(position['step'])
   start_epoch, start_batch = int(position['epoch']), int(position['batch'])
   dropout_keys = [jax.random.wrap_key_data(np.asarray(m.state['dropout_key'])) for m in members]
-  evaluator = Evaluator(shared.graphdef, config.eval_batch_size,
+  evaluator = Evaluator(shared.apply_fn, config.eval_batch_size,
                         sharded=config.parallel != 'none', buckets=config.buckets)
   pending: list = []
   has_started = False
@@ -731,7 +737,7 @@ def _train(members: list[_Member], trainer, shared: Shared) -> None:
       seconds = time.time() - began
       for index, member in enumerate(members):
         member.end_epoch(epoch, global_step, seconds, trainer.member(index)[0], evaluator, data,
-                         shared.graphdef, shared.tokenizer)
+                         shared.apply_fn, shared.tokenizer)
       save(epoch + 1, 0)
     for member in members:
       member.finish()

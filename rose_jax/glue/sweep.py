@@ -162,7 +162,7 @@ def automatic_chunk(configs: Sequence[TrainConfig], shared: loop.Shared,
   batch = {key: jax.ShapeDtypeStruct((rows, length), 'int32')
            for key in shared.data.train.tokens}
   batch['labels'] = jax.ShapeDtypeStruct((rows,), shared.data.train.labels.dtype)
-  estimate = sweep_lib.member_memory(shared.graphdef, tx, shared.method, params, opt_state,
+  estimate = sweep_lib.member_memory(shared.apply_fn, tx, shared.method, params, opt_state,
                                      batch, cotangents=first.cotangents)
   if estimate is None:
     log.warning('This backend gives no memory estimate; the sweep trains all %d members at '

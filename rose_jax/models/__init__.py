@@ -6,8 +6,9 @@ _versions.check('flax')
 
 # ruff: noqa: E402
 
+from rose_jax.models.apply import ModuleApply, as_apply_fn, call_encoder
 from rose_jax.models.config import EncoderConfig
-from rose_jax.models.encoder import EmbeddingPerturbation, EncoderForSequenceClassification
+from rose_jax.models.encoder import EncoderForSequenceClassification
 from rose_jax.models.loading import (
     CheckpointError,
     check_tokenizer,
@@ -16,6 +17,7 @@ from rose_jax.models.loading import (
     resolve_checkpoint,
     save_pretrained,
 )
+from rose_jax.training.apply_fn import EmbeddingPerturbation
 
 __all__ = [
     'CheckpointError',
@@ -24,6 +26,9 @@ __all__ = [
     'EncoderForSequenceClassification',
     'check_tokenizer',
     'load_pretrained',
+    'ModuleApply',
+    'as_apply_fn',
+    'call_encoder',
     'load_tokenizer',
     'resolve_checkpoint',
     'save_pretrained',

@@ -19,29 +19,15 @@ feed-forward block's forward and backward took 175 ms that way against
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from rose_jax.models.config import EncoderConfig
+from rose_jax.training.apply_fn import EmbeddingPerturbation
 
 Rngs = nnx.Rngs | None
-
-
-class EmbeddingPerturbation(NamedTuple):
-  """Additive perturbations of the embeddings, each ``[batch, length, hidden]``
-  or None. Adversarial training differentiates the loss with respect to them.
-
-  Attributes:
-    word: added to the word-embedding lookup, before the position and type
-      embeddings and the LayerNorm (FreeLB's ``delta``).
-    output: added to the embedding layer's output, after its LayerNorm and
-      dropout, where the encoder reads it (SMART's noise).
-  """
-  word: jax.Array | None = None
-  output: jax.Array | None = None
 
 
 def _add(x: jax.Array, delta: jax.Array | None) -> jax.Array:

@@ -1,35 +1,44 @@
-"""Losses, methods and the train step: what any JAX fine-tuning code reuses."""
+"""Losses, methods, gradients and the train step: what any JAX fine-tuning code
+reuses, for any model given as ``apply_fn(params, batch, *, dropout_key)``
+(:mod:`rose_jax.training.apply_fn`). Needs jax and optax, not flax."""
 
+from rose_jax.training.apply_fn import ApplyFn, EmbeddingPerturbation
+from rose_jax.training.gradients import Gradients, compute_gradients, metric_names
 from rose_jax.training.losses import accuracy, cross_entropy, symmetric_kl
 from rose_jax.training.methods import METHOD_NAMES, Method, get_method
 from rose_jax.training.step import (
-    apply_model,
+    NoDropoutWarning,
     data_mesh,
     find_rose_state,
     make_eval_step,
     make_train_step,
     replicate,
+    replicate_on_mesh,
     shard_batch,
     split_for_pmap,
-    split_model,
     unreplicate,
 )
 
 __all__ = [
     'METHOD_NAMES',
+    'ApplyFn',
+    'EmbeddingPerturbation',
+    'Gradients',
     'Method',
+    'NoDropoutWarning',
     'accuracy',
-    'apply_model',
+    'compute_gradients',
     'cross_entropy',
     'data_mesh',
     'find_rose_state',
     'get_method',
     'make_eval_step',
     'make_train_step',
+    'metric_names',
     'replicate',
+    'replicate_on_mesh',
     'shard_batch',
     'split_for_pmap',
-    'split_model',
     'symmetric_kl',
     'unreplicate',
 ]

@@ -1,7 +1,8 @@
 """The adversarial baselines, SMART and FreeLB, as gradient rules for the step.
 
 Both perturb the embeddings through the model's one hook,
-:class:`rose_jax.models.EmbeddingPerturbation`, and return the gradient the
+:class:`rose_jax.training.EmbeddingPerturbation` (see
+:mod:`rose_jax.training.apply_fn`), and return the gradient the
 optimizer applies, so the train step runs them jitted and data-parallel like
 every other method. What the official code does, and where it departs from
 the papers, is summarised in each class.
@@ -16,8 +17,8 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from rose_jax.models import EmbeddingPerturbation
 from rose_jax.training import losses
+from rose_jax.training.apply_fn import EmbeddingPerturbation
 
 # apply(params, perturbation, dropout_key) -> logits
 Apply = Callable[[object, EmbeddingPerturbation | None, jax.Array], jax.Array]

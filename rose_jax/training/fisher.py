@@ -16,8 +16,9 @@ from collections.abc import Iterable, Mapping
 import jax
 import jax.numpy as jnp
 
+from rose_jax.training import apply_fn as apply_fn_lib
 from rose_jax.training import losses
-from rose_jax.training.step import INPUT_KEYS, apply_model
+from rose_jax.training.apply_fn import ApplyFn
 
 
 def _clip_like_torch(grad: jax.Array, max_norm: float) -> jax.Array:
@@ -26,13 +27,13 @@ def _clip_like_torch(grad: jax.Array, max_norm: float) -> jax.Array:
   return jnp.where(coefficient < 1.0, grad * coefficient, grad)
 
 
-def fisher_information(graphdef, params, batches: Iterable[Mapping[str, jax.Array]],
+def fisher_information(apply: ApplyFn, params, batches: Iterable[Mapping[str, jax.Array]],
                        key: jax.Array, *, included, max_grad_norm: float = 1.0,
                        progress=None):
   """CHILD-TUNING_D's Fisher estimate over ``batches``.
 
   Args:
-    graphdef: the model's graph (:func:`rose_jax.training.step.split_model`).
+    apply: the model, ``apply_fn(params, batch, *, dropout_key) -> logits``.
     params: the parameters, pre-trained encoder and fresh head.
     batches: one pass over the training data (dicts with ``labels`` and the
       model's inputs), shuffled as training batches are.
@@ -50,8 +51,7 @@ def fisher_information(graphdef, params, batches: Iterable[Mapping[str, jax.Arra
   """
   def batch_gradient(p, batch, batch_key):
     def loss(p):
-      logits = apply_model(graphdef, p, {k: batch[k] for k in INPUT_KEYS if k in batch},
-                           batch_key)
+      logits = apply_fn_lib.call(apply, p, batch, batch_key)
       return losses.cross_entropy(logits, batch['labels'])
     return jax.grad(loss)(p)
 

@@ -17,7 +17,7 @@ which keeps them in the optimizer state, so vmapping the state vmaps them:
       variant='ensemble', selectable=selection.authors_selectable)
   states = [sweep.with_hyperparams(tx.init(p), learning_rate=lr, upper=u)
             for p, lr, u in members]
-  step = sweep.make_sweep_step(graphdef, tx, method)
+  step = sweep.make_sweep_step(apply_fn, tx, method)
   params, opt_state, metrics = step(sweep.stack(params), sweep.stack(states),
                                     sweep.stack(batches), keys)
 
@@ -36,11 +36,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
 
 from rose_jax import memory
+from rose_jax.training.apply_fn import ApplyFn, EmbeddingShape, resolve_embedding_shape
+from rose_jax.training.gradients import Cotangents, check_embedding_shape
 from rose_jax.training.methods import Method
-from rose_jax.training.step import Cotangents, local_step
+from rose_jax.training.step import check_dropout_once, local_step
 
 # Arguments of rose_jax.rose that are not numbers to sweep.
 ROSE_STATIC = ('schedule', 'variant', 'granularity', 'selectable', 'weight_decay_mask',
@@ -108,18 +109,23 @@ def member(tree, index: int):
   return jax.tree.map(lambda x: x[index], tree)
 
 
-def make_sweep_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, method: Method,
-                    *, donate: bool = True, cotangents: Cotangents = 'sequential'):
+def make_sweep_step(apply: ApplyFn, tx: optax.GradientTransformation, method: Method, *,
+                    embedding_shape: EmbeddingShape | None = None, donate: bool = True,
+                    cotangents: Cotangents = 'sequential'):
   """``step(params, opt_state, batch, key) -> (params, opt_state, metrics)``,
   each with a leading member axis: the train step of
   :func:`rose_jax.training.step.make_train_step` vmapped over members, on
   one device, compiled once for all of them."""
-  body = functools.partial(local_step, graphdef=graphdef, tx=tx, method=method,
-                           axis_name=None, cotangents=cotangents)
-  return jax.jit(jax.vmap(body), donate_argnums=(0, 1) if donate else ())
+  embedding_shape = resolve_embedding_shape(apply, embedding_shape)
+  check_embedding_shape(method, embedding_shape)
+  body = functools.partial(local_step, apply=apply, tx=tx, method=method,
+                           embedding_shape=embedding_shape, axis_name=None,
+                           cotangents=cotangents)
+  return check_dropout_once(jax.jit(jax.vmap(body), donate_argnums=(0, 1) if donate else ()),
+                            method)
 
 
-def member_memory(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, method: Method,
+def member_memory(apply: ApplyFn, tx: optax.GradientTransformation, method: Method,
                   params, opt_state, batch, *,
                   cotangents: Cotangents = 'sequential') -> tuple[int, int] | None:
   """The sweep step's memory as ``(fixed, per_member)`` bytes.
@@ -129,7 +135,7 @@ def member_memory(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, meth
   the step grows by ``per_member`` with each member. None where the backend
   gives no estimate.
   """
-  step = make_sweep_step(graphdef, tx, method, cotangents=cotangents)
+  step = make_sweep_step(apply, tx, method, cotangents=cotangents)
   key = jax.random.key(0)
 
   def at(members: int) -> int | None:

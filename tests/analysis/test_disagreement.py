@@ -5,16 +5,15 @@ import numpy as np
 import pytest
 
 from rose_jax.analysis import disagreement
-from rose_jax.training import step as step_lib
+from rose_jax.models import as_apply_fn
 from tests.helpers import tiny_batch, tiny_model
 
 
 @pytest.fixture(scope='module')
 def tiny():
-  graphdef, params = step_lib.split_model(tiny_model(dropout=0.3))
-  apply = lambda p, b, k: step_lib.apply_model(graphdef, p, b, k)
+  apply_fn, params = as_apply_fn(tiny_model(dropout=0.3))
   batches = [(tiny_batch(i, size=16), 16 - 3 * i) for i in range(3)]  # padded rows at the end
-  return apply, params, batches
+  return apply_fn, params, batches
 
 
 def test_no_dropout_no_disagreement(tiny):
@@ -30,7 +29,7 @@ def test_disagreement_is_a_direct_count(tiny, passes):
   disagreeing = total = 0
   for index, (batch, real) in enumerate(batches):
     keys = jax.random.split(jax.random.fold_in(key, index), passes)
-    labels = [np.argmax(np.asarray(apply(params, batch, k)), -1)[:real] for k in keys]
+    labels = [np.argmax(np.asarray(apply(params, batch, dropout_key=k)), -1)[:real] for k in keys]
     disagreeing += sum(len({int(p[i]) for p in labels}) > 1 for i in range(real))
     total += real
   assert share == disagreeing / total

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rose_jax.analysis import landscape
-from rose_jax.training import step as step_lib
+from rose_jax.models import as_apply_fn
 from tests.helpers import tiny_batch, tiny_model
 
 
@@ -37,9 +37,9 @@ def test_each_filter_has_the_norm_of_its_parameter_filter(seed, rows, cols):
   assert not np.allclose(direction['dense']['kernel'], params['dense']['kernel'])
 
 
-def _loss_fn(graphdef, batch):
+def _loss_fn(apply_fn, batch):
   def loss_fn(params):
-    logits = step_lib.apply_model(graphdef, params, batch)
+    logits = apply_fn(params, batch, dropout_key=None)
     return (optax.softmax_cross_entropy_with_integer_labels(logits, batch['labels']).mean(),
             jnp.mean(jnp.argmax(logits, -1) == batch['labels']))
   return loss_fn
@@ -47,10 +47,10 @@ def _loss_fn(graphdef, batch):
 
 @pytest.fixture(scope='module')
 def tiny():
-  graphdef, params = step_lib.split_model(tiny_model(dropout=0.0))
-  _, other = step_lib.split_model(tiny_model(dropout=0.0, seed=1))
+  apply_fn, params = as_apply_fn(tiny_model(dropout=0.0))
+  _, other = as_apply_fn(tiny_model(dropout=0.0, seed=1))
   batch = tiny_batch(3)
-  return params, other, _loss_fn(graphdef, batch)
+  return params, other, _loss_fn(apply_fn, batch)
 
 
 def test_the_surface_is_the_loss_at_each_point_in_any_chunking(tiny):

@@ -13,8 +13,7 @@ from examples import report as report_cli
 from rose_jax.glue import analysis, loop
 from rose_jax.glue import data as data_lib
 from rose_jax.glue.metrics_log import read_masks
-from rose_jax.models import load_pretrained, load_tokenizer
-from rose_jax.training import step as step_lib
+from rose_jax.models import as_apply_fn, load_pretrained, load_tokenizer
 from tests import helpers
 from tests.helpers import fails
 
@@ -42,13 +41,13 @@ def _subset_loss(model_dir, run_dir) -> float:
   config = json.loads((run_dir / 'results.json').read_text())['config']
   model = load_pretrained(model_dir, num_labels=2)
   tokenizer = load_tokenizer(str(model_dir), model.config)
-  graphdef, params = step_lib.split_model(model)
+  apply_fn, params = as_apply_fn(model)
   dev = data_lib.load_local(data_lib.get_task('sst2'), config['dev_file']).take(EXAMPLES)
   losses = []
   for (text,), label in zip(dev.texts, dev.labels, strict=True):
     ids = tokenizer(text, truncation=True, max_length=config['max_length'])
     batch = {k: jnp.asarray([v]) for k, v in ids.items()}
-    logits = np.asarray(step_lib.apply_model(graphdef, params, batch), np.float64)[0]
+    logits = np.asarray(apply_fn(params, batch, dropout_key=None), np.float64)[0]
     losses.append(np.log(np.sum(np.exp(logits))) - logits[label])
   return float(np.mean(losses))
 

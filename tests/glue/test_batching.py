@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from rose_jax.glue import batching, loop
 from rose_jax.glue.config import ConfigError, TrainConfig
 from rose_jax.glue.data import Split
-from rose_jax.models import load_pretrained, load_tokenizer
+from rose_jax.models import as_apply_fn, load_pretrained, load_tokenizer
 from rose_jax.training import losses
 from rose_jax.training import step as step_lib
 from tests import helpers
@@ -51,7 +51,7 @@ def test_bucketed_batches_are_the_fixed_batches_with_less_padding(tiny):
   fixed = list(batching.train_batches(encoded, 8, 5, 0, buckets=(24,)))
   bucketed = list(batching.train_batches(encoded, 8, 5, 0, buckets=buckets))
   assert len(fixed) == len(bucketed) == 8
-  graphdef, params = step_lib.split_model(tiny['model'])
+  apply_fn, params = as_apply_fn(tiny['model'])
   for f, b in zip(fixed, bucketed, strict=True):
     width = b.arrays['input_ids'].shape[1]
     assert width in buckets and width >= b.arrays['attention_mask'].sum(1).max()
@@ -62,7 +62,7 @@ def test_bucketed_batches_are_the_fixed_batches_with_less_padding(tiny):
       assert not f.arrays['attention_mask'][:, width:].any()
     assert b.real_tokens == f.real_tokens and b.padded_tokens == 8 * width
     # Dropout off: the same losses to float tolerance.
-    ce = [float(losses.cross_entropy(step_lib.apply_model(graphdef, params, x.arrays),
+    ce = [float(losses.cross_entropy(apply_fn(params, x.arrays, dropout_key=None),
                                      x.arrays['labels'])) for x in (f, b)]
     np.testing.assert_allclose(ce[1], ce[0], rtol=1e-5)
   assert sum(b.padded_tokens for b in bucketed) < sum(f.padded_tokens for f in fixed)

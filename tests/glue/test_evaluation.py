@@ -8,7 +8,7 @@ import pytest
 
 from rose_jax.glue import batching
 from rose_jax.glue.evaluation import Evaluator
-from rose_jax.training import step as step_lib
+from rose_jax.models import as_apply_fn
 from tests.helpers import tiny_model
 
 
@@ -25,13 +25,14 @@ def _encoded(n: int, seed: int = 0) -> batching.Encoded:
 
 @pytest.fixture(scope='module')
 def model():
-  return step_lib.split_model(tiny_model(dropout=0.1, seed=3))
+  return as_apply_fn(tiny_model(dropout=0.1, seed=3))
 
 
-def _alone(graphdef, params, data: batching.Encoded) -> np.ndarray:
+def _alone(apply_fn, params, data: batching.Encoded) -> np.ndarray:
   """Each example's prediction from its own unpadded tokens, dropout off."""
-  predict = jax.jit(lambda ids: step_lib.apply_model(
-      graphdef, params, {'input_ids': ids, 'attention_mask': jnp.ones_like(ids)}).argmax(-1))
+  predict = jax.jit(lambda ids: apply_fn(
+      params, {'input_ids': ids, 'attention_mask': jnp.ones_like(ids)},
+      dropout_key=None).argmax(-1))
   return np.array([int(predict(data.take(np.array([i]), int(data.lengths[i]))['input_ids'])[0])
                    for i in range(len(data))])
 
@@ -42,11 +43,11 @@ def _alone(graphdef, params, data: batching.Encoded) -> np.ndarray:
     (5, (12,), True),        # over 8 devices: 5 rounds up to 8 rows a batch
 ])
 def test_predictions_are_each_examples_own(model, batch_size, buckets, sharded):
-  graphdef, params = model
+  apply_fn, params = model
   data = _encoded(21)
-  expected = _alone(graphdef, params, data)
+  expected = _alone(apply_fn, params, data)
   assert 0 < expected.sum() < len(expected), 'a constant model would prove nothing'
-  evaluator = Evaluator(graphdef, batch_size, sharded=sharded, buckets=buckets)
+  evaluator = Evaluator(apply_fn, batch_size, sharded=sharded, buckets=buckets)
   assert evaluator.batch_size == (8 if sharded else batch_size)
   predictions, accuracy = evaluator(evaluator.place_params(params), data)
   np.testing.assert_array_equal(predictions, expected)

@@ -157,7 +157,7 @@ def test_the_automatic_chunk_follows_the_memory_estimate(files, tmp_path):
   opt_state = jax.eval_shape(tx.init, shared.param_shapes)
   batch = {k: jax.ShapeDtypeStruct((8, 12), 'int32') for k in shared.data.train.tokens}
   batch['labels'] = jax.ShapeDtypeStruct((8,), shared.data.train.labels.dtype)
-  fixed, per_member = sweep_lib.member_memory(shared.graphdef, tx, shared.method,
+  fixed, per_member = sweep_lib.member_memory(shared.apply_fn, tx, shared.method,
                                               shared.param_shapes, opt_state, batch)
   # Each member brings its own params, optimizer state and batch.
   state_bytes = sum(x.size * x.dtype.itemsize

@@ -27,6 +27,7 @@ def steps(process_id: int, num_processes: int, port: int, out_file: str) -> None
   import numpy as np
 
   from rose_jax.glue import batching
+  from rose_jax.models import as_apply_fn
   from rose_jax.training import step as step_lib
   from rose_jax.training.methods import get_method
   from tests.helpers import rose_chain, tiny_batch, tiny_model
@@ -36,9 +37,9 @@ def steps(process_id: int, num_processes: int, port: int, out_file: str) -> None
                              num_processes=num_processes, process_id=process_id)
   assert jax.device_count() == 4 * num_processes and jax.local_device_count() == 4
   method = get_method('rdrop-rose-ensemble')
-  graphdef, params = step_lib.split_model(tiny_model(dropout=0.0))
+  apply_fn, params = as_apply_fn(tiny_model(dropout=0.0))
   tx = rose_chain()
-  step = step_lib.make_train_step(graphdef, tx, method, parallel='shard_map')
+  step = step_lib.make_train_step(apply_fn, tx, method, parallel='shard_map')
   mesh = step_lib.data_mesh()
   opt_state = tx.init(params)
   for i in range(3):

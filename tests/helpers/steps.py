@@ -9,10 +9,10 @@ import numpy as np
 from rose_jax.training import step as step_lib
 
 
-def runner(parallel: str, tx, graphdef, method):
+def runner(parallel: str, tx, apply_fn, method):
   """A function that runs steps over batches from given params; the step is
   compiled once for all its calls."""
-  step = step_lib.make_train_step(graphdef, tx, method, parallel=parallel)
+  step = step_lib.make_train_step(apply_fn, tx, method, parallel=parallel)
   mesh = step_lib.data_mesh()
 
   def run(params, batches, seed=0):

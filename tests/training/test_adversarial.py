@@ -8,33 +8,33 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
-from rose_jax.models import EmbeddingPerturbation
+from rose_jax.models import EmbeddingPerturbation, as_apply_fn
 from rose_jax.training import adversarial, methods
 from rose_jax.training import step as step_lib
 from tests.helpers import definitions, recording_optimizer, tiny_batch, tiny_model
 
 
 def _setup(dropout=0.1):
-  graphdef, params = step_lib.split_model(tiny_model(dropout=dropout))
+  apply_fn, params = as_apply_fn(tiny_model(dropout=dropout))
   batch = tiny_batch(2)
   inputs = {k: batch[k] for k in ('input_ids', 'attention_mask')}
-  return graphdef, params, batch, inputs
+  return apply_fn, params, batch, inputs
 
 
 def test_a_zero_perturbation_gives_exactly_the_clean_logits():
   # mt-dnn's current code feeds embeddings + noise back as inputs_embeds, adding
   # positions and LayerNorm twice: even zero noise changes its logits. Ours may not.
-  graphdef, params, _, inputs = _setup()
+  apply_fn, params, _, inputs = _setup()
   shape = (*inputs['input_ids'].shape, 16)
   zeros = jnp.zeros(shape, jnp.float32)
   for key in (None, jax.random.key(4)):
-    clean = step_lib.apply_model(graphdef, params, inputs, key)
+    clean = apply_fn(params, inputs, dropout_key=key)
     for perturbation in (EmbeddingPerturbation(word=zeros), EmbeddingPerturbation(output=zeros),
                          EmbeddingPerturbation(word=zeros, output=zeros)):
       chex.assert_trees_all_equal(
-          step_lib.apply_model(graphdef, params, inputs, key, perturbation), clean)
-    moved = step_lib.apply_model(graphdef, params, inputs, key,
-                                 EmbeddingPerturbation(output=zeros + 0.1))
+          apply_fn(params, inputs, dropout_key=key, perturbation=perturbation), clean)
+    moved = apply_fn(params, inputs, dropout_key=key,
+                     perturbation=EmbeddingPerturbation(output=zeros + 0.1))
     assert not np.allclose(moved, clean)
 
 
@@ -44,12 +44,13 @@ def _kl(p_logits, q_logits):
 
 
 def test_smart_gradient_equals_its_definition():
-  graphdef, params, batch, inputs = _setup()
+  apply_fn, params, batch, inputs = _setup()
   smart = adversarial.Smart(alpha=3.0, steps=2, step_size=1e-3, noise_var=1e-5)
   labels = batch['labels']
   dropout_key, noise_key = jax.random.key(1), jax.random.key(2)
   shape = (*inputs['input_ids'].shape, 16)
-  apply = lambda p, perturbation, key: step_lib.apply_model(graphdef, p, inputs, key, perturbation)
+  apply = lambda p, perturbation, key: apply_fn(p, inputs, dropout_key=key,
+                                                perturbation=perturbation)
 
   # The definition, step by step, with every "detached" value a constant.
   keys = jax.random.split(dropout_key, smart.steps + 2)
@@ -85,13 +86,14 @@ def test_smart_gradient_equals_its_definition():
 @pytest.mark.parametrize('norm, init_mag, max_norm', [('l2', 1.0, 0.6), ('linf', 0.1, 0.05),
                                                       ('l2', 0.0, 0.0)])
 def test_freelb_gradient_equals_the_hugging_face_loop(norm, init_mag, max_norm):
-  graphdef, params, batch, inputs = _setup()
+  apply_fn, params, batch, inputs = _setup()
   freelb = adversarial.FreeLB(steps=3, step_size=0.1, init_mag=init_mag, max_norm=max_norm,
                               norm=norm)
   labels, mask = batch['labels'], batch['attention_mask']
   dropout_key, noise_key = jax.random.key(1), jax.random.key(2)
   shape = (*inputs['input_ids'].shape, 16)
-  apply = lambda p, perturbation, key: step_lib.apply_model(graphdef, p, inputs, key, perturbation)
+  apply = lambda p, perturbation, key: apply_fn(p, inputs, dropout_key=key,
+                                                perturbation=perturbation)
 
   # run_glue_freelb.py, transcribed: NumPy for delta, jax.grad for one pass.
   m = np.asarray(mask, np.float64)[:, :, None]
@@ -169,12 +171,12 @@ def test_bad_adversarial_settings_fail_at_construction(make, match):
 @pytest.mark.parametrize('parallel', ['shard_map', 'pmap'])
 def test_adversarial_steps_on_eight_devices_average_the_devices_gradients(name, parallel):
   method = methods.get_method(name)
-  graphdef, params, batch, _ = _setup()
+  apply_fn, params, batch, _ = _setup()
   key = jax.random.key(7)
   devices = jax.device_count()
   rows = 16 // devices
   expected = []
-  one = step_lib.make_train_step(graphdef, recording_optimizer(), method, donate=False)
+  one = step_lib.make_train_step(apply_fn, recording_optimizer(), method, donate=False)
   for d in range(devices):
     local = {k: v[d * rows:(d + 1) * rows] for k, v in batch.items()}
     state = recording_optimizer().init(params)
@@ -183,7 +185,7 @@ def test_adversarial_steps_on_eight_devices_average_the_devices_gradients(name, 
     expected.append(state.grads)
   mean = jax.tree.map(lambda *g: sum(g) / devices, *expected)
   tx = recording_optimizer()
-  step = step_lib.make_train_step(graphdef, tx, method, parallel=parallel, donate=False)
+  step = step_lib.make_train_step(apply_fn, tx, method, parallel=parallel, donate=False)
   if parallel == 'pmap':
     _, state, _ = step(step_lib.replicate(params), step_lib.replicate(tx.init(params)),
                        step_lib.split_for_pmap(batch), key)
@@ -195,13 +197,14 @@ def test_adversarial_steps_on_eight_devices_average_the_devices_gradients(name, 
 
 
 def test_smarts_bregman_term_against_its_definition():
-  graphdef, params, batch, inputs = _setup()
+  apply_fn, params, batch, inputs = _setup()
   teacher = jax.tree.map(lambda p: p * 0.9, params)
   smart = adversarial.Smart(alpha=1.0, steps=1, bregman_mu=2.0)
   plain = adversarial.Smart(alpha=1.0, steps=1)
   labels, shape = batch['labels'], (*inputs['input_ids'].shape, 16)
   dropout_key, noise_key = jax.random.key(1), jax.random.key(2)
-  apply = lambda p, perturbation, key: step_lib.apply_model(graphdef, p, inputs, key, perturbation)
+  apply = lambda p, perturbation, key: apply_fn(p, inputs, dropout_key=key,
+                                                perturbation=perturbation)
   clean_key = jax.random.split(dropout_key, 3)[0]
   taught = apply(teacher, None, clean_key)
 
@@ -222,9 +225,9 @@ def test_smart_with_a_teacher_trains_in_the_step():
 
   import rose_jax
   method = methods.get_method('smart', smart=adversarial.Smart(bregman_mu=1.0))
-  graphdef, params, batch, _ = _setup()
+  apply_fn, params, batch, _ = _setup()
   tx = optax.chain(rose_jax.hf_adamw(1e-3), rose_jax.params_ema(0.9))
-  step = step_lib.make_train_step(graphdef, tx, method, donate=False)
+  step = step_lib.make_train_step(apply_fn, tx, method, donate=False)
   state = tx.init(params)
   new_params, state, metrics = step(params, state, batch, jax.random.key(0))
   assert np.isfinite(float(metrics['loss']))

@@ -5,25 +5,25 @@ import numpy as np
 import pytest
 
 from rose_jax import child_tuning
+from rose_jax.models import as_apply_fn
 from rose_jax.training import fisher
-from rose_jax.training import step as step_lib
 from tests.helpers import definitions, tiny_batch, tiny_model
 
 
 def test_fisher_is_the_mean_of_per_tensor_clipped_squared_batch_gradients():
-  graphdef, params = step_lib.split_model(tiny_model(dropout=0.1))
+  apply_fn, params = as_apply_fn(tiny_model(dropout=0.1))
   included = child_tuning.included_tensors(params)
   batches = [tiny_batch(i, size=4) for i in range(3)]
   key = jax.random.key(5)
   calls = []
-  got = fisher.fisher_information(graphdef, params, batches, key, included=included,
+  got = fisher.fisher_information(apply_fn, params, batches, key, included=included,
                                   max_grad_norm=2e-3, progress=calls.append)
   assert calls == [1, 1, 1]
   total = jax.tree.map(np.zeros_like, params)
   clipped_somewhere = False
   # Compiled once for the three batches (op by op, the reference took 20 s).
   gradient = jax.jit(jax.grad(lambda p, x, labels, k: definitions.cross_entropy(
-      step_lib.apply_model(graphdef, p, x, k), labels)))
+      apply_fn(p, x, dropout_key=k), labels)))
   for i, batch in enumerate(batches):
     inputs = {k: batch[k] for k in ('input_ids', 'attention_mask')}
     grads = gradient(params, inputs, batch['labels'], jax.random.fold_in(key, i))
@@ -44,7 +44,7 @@ def test_fisher_is_the_mean_of_per_tensor_clipped_squared_batch_gradients():
 
 
 def test_a_fisher_pass_over_no_data_fails():
-  graphdef, params = step_lib.split_model(tiny_model())
+  apply_fn, params = as_apply_fn(tiny_model())
   with pytest.raises(ValueError, match='needs training data'):
-    fisher.fisher_information(graphdef, params, [], jax.random.key(0),
+    fisher.fisher_information(apply_fn, params, [], jax.random.key(0),
                               included=child_tuning.included_tensors(params))

@@ -8,14 +8,16 @@ from pathlib import Path
 import chex
 import jax
 import numpy as np
+import pytest
 
-from rose_jax.training import step as step_lib
+from rose_jax.models import as_apply_fn
 from rose_jax.training.methods import get_method
 from tests.helpers import free_port, rose_chain, runner, tiny_batch, tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.filterwarnings('ignore::rose_jax.training.NoDropoutWarning')  # dropout 0 on purpose
 def test_two_processes_equal_one_process(tmp_path):
   port, out = free_port(), tmp_path / 'params.npz'
   workers = [subprocess.Popen(
@@ -26,8 +28,8 @@ def test_two_processes_equal_one_process(tmp_path):
   assert all(w.returncode == 0 for w in workers), '\n'.join(logs)
 
   method = get_method('rdrop-rose-ensemble')
-  graphdef, params = step_lib.split_model(tiny_model(dropout=0.0))
-  expected, _ = runner('none', rose_chain(), graphdef, method)(params, [tiny_batch(i)
+  apply_fn, params = as_apply_fn(tiny_model(dropout=0.0))
+  expected, _ = runner('none', rose_chain(), apply_fn, method)(params, [tiny_batch(i)
                                                                     for i in range(3)])
   flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(expected)[0]}
   got = dict(np.load(out))

@@ -10,7 +10,7 @@ import optax
 import pytest
 from flax import nnx
 
-from rose_jax.models import EncoderForSequenceClassification
+from rose_jax.models import EncoderForSequenceClassification, as_apply_fn
 from rose_jax.training import losses, methods
 from rose_jax.training import step as step_lib
 from tests.helpers import (
@@ -32,14 +32,14 @@ PASS_METHODS = [m for m in methods.METHOD_NAMES if methods.get_method(m).adversa
 def _reference(passes):
   """Model, batch, key and the CE and KL gradients, by plain jax.grad of the
   tests' own loss definitions."""
-  graphdef, params = step_lib.split_model(tiny_model())
+  apply_fn, params = as_apply_fn(tiny_model())
   batch, key = tiny_batch(), jax.random.key(3)
 
   def terms(p):
     inputs = {k: batch[k] for k in ('input_ids', 'attention_mask')}
     if passes == 2:
       inputs = {k: np.concatenate([v, v]) for k, v in inputs.items()}
-    logits = step_lib.apply_model(graphdef, p, inputs, key)
+    logits = apply_fn(p, inputs, dropout_key=key)
     if passes == 1:
       return definitions.cross_entropy(logits, batch['labels']), jnp.float32(0)
     a, b = jnp.split(logits, 2)
@@ -49,17 +49,17 @@ def _reference(passes):
 
   ce_grad = jax.jit(jax.grad(lambda p: terms(p)[0]))(params)
   kl_grad = jax.jit(jax.grad(lambda p: terms(p)[1]))(params)
-  return graphdef, params, batch, key, ce_grad, kl_grad, jax.jit(terms)(params)
+  return apply_fn, params, batch, key, ce_grad, kl_grad, jax.jit(terms)(params)
 
 
 @pytest.mark.parametrize('name, cotangents', [(m, 'sequential') for m in PASS_METHODS]
                          + [('rose-ensemble', 'vmap'), ('rdrop-rose-first', 'vmap')])
 def test_each_method_gets_the_gradients_it_asks_for(name, cotangents):
   method = methods.get_method(name, rdrop_alpha=0.7)
-  graphdef, params, batch, key, ce_grad, kl_grad, (ce, kl) = _reference(method.passes)
+  apply_fn, params, batch, key, ce_grad, kl_grad, (ce, kl) = _reference(method.passes)
   counting = CountingOptimizer(recording_optimizer())
   tx = counting.tx
-  step = step_lib.make_train_step(graphdef, tx, method, donate=False, cotangents=cotangents)
+  step = step_lib.make_train_step(apply_fn, tx, method, donate=False, cotangents=cotangents)
   _, state, metrics = step(params, tx.init(params), batch, key)
   # R-Drop's alpha weighs R-Drop's KL, (KL(p||q) + KL(q||p)) / 2: twice ROSE's.
   combined = jax.tree.map(lambda c, k: c + 0.7 * 2 * k * (method.kl_weight > 0), ce_grad, kl_grad)
@@ -81,10 +81,10 @@ def test_each_method_gets_the_gradients_it_asks_for(name, cotangents):
                                   if methods.get_method(m).uses_rose])
 def test_rose_methods_train_and_report_the_kept_fraction(name):
   method = methods.get_method(name)
-  graphdef, params = step_lib.split_model(tiny_model())
+  apply_fn, params = as_apply_fn(tiny_model())
   counting = CountingOptimizer(rose_chain(method.rose_variant))
   tx = counting.tx
-  step = step_lib.make_train_step(graphdef, tx, method)
+  step = step_lib.make_train_step(apply_fn, tx, method)
   opt_state = tx.init(params)
   before = jax.tree.map(np.array, params)
   kept = []
@@ -98,15 +98,16 @@ def test_rose_methods_train_and_report_the_kept_fraction(name):
   assert any(jax.tree.leaves(changed))
 
 
+@pytest.mark.filterwarnings('ignore::rose_jax.training.NoDropoutWarning')  # dropout 0 on purpose
 @pytest.mark.parametrize('parallel', ['shard_map', 'pmap'])
 def test_eight_devices_equal_one_device_without_dropout(parallel):
   assert jax.device_count() == 8
   method = methods.get_method('rose-ensemble')
-  graphdef, params = step_lib.split_model(tiny_model(dropout=0.0))
+  apply_fn, params = as_apply_fn(tiny_model(dropout=0.0))
   batches = [tiny_batch(i) for i in range(3)]
   tx = rose_chain()
-  one, one_metrics = runner('none', tx, graphdef, method)(params, batches)
-  eight, eight_metrics = runner(parallel, tx, graphdef, method)(params, batches)
+  one, one_metrics = runner('none', tx, apply_fn, method)(params, batches)
+  eight, eight_metrics = runner(parallel, tx, apply_fn, method)(params, batches)
   # Adam moves a parameter by ~lr (1e-3) whatever its gradient's size, so where
   # a gradient is ~0 the order of the device sum can flip a step's sign: allow
   # 1% of lr. A wrong average would be off by the order of lr everywhere.
@@ -116,13 +117,13 @@ def test_eight_devices_equal_one_device_without_dropout(parallel):
       np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-6)
 
 
-def _shard_gradients(graphdef, params, batch, key, devices):
+def _shard_gradients(apply_fn, params, batch, key, devices):
   """Each device's CE and KL gradients, as the step must draw them: device
   ``d`` runs its rows with the step key folded with ``d``."""
   rows = len(batch['labels']) // devices
 
   def terms(p, inputs, labels, device_key):
-    a, b = jnp.split(step_lib.apply_model(graphdef, p, inputs, device_key), 2)
+    a, b = jnp.split(apply_fn(p, inputs, dropout_key=device_key), 2)
     ce = (definitions.cross_entropy(a, labels) + definitions.cross_entropy(b, labels)) / 2
     return ce, definitions.rose_kl(a, b)
 
@@ -146,14 +147,14 @@ def test_eight_devices_with_dropout_give_the_global_batch_gradients(parallel, na
   # (the KL sums over the batch), so a device's KL gradient counts fully, not
   # 1/8: the step scales each device's KL by the device count before averaging.
   method = methods.get_method(name, rdrop_alpha=0.7)
-  graphdef, params = step_lib.split_model(tiny_model(dropout=0.2))
+  apply_fn, params = as_apply_fn(tiny_model(dropout=0.2))
   batch, key = tiny_batch(5), jax.random.key(11)
   devices = jax.device_count()
-  ce_grads, kl_grads = _shard_gradients(graphdef, params, batch, key, devices)
+  ce_grads, kl_grads = _shard_gradients(apply_fn, params, batch, key, devices)
   ce = jax.tree.map(lambda *g: sum(g) / devices, *ce_grads)
   kl = jax.tree.map(lambda *g: sum(g), *kl_grads)
   tx = recording_optimizer()
-  step = step_lib.make_train_step(graphdef, tx, method, parallel=parallel, donate=False)
+  step = step_lib.make_train_step(apply_fn, tx, method, parallel=parallel, donate=False)
   state = tx.init(params)
   if parallel == 'pmap':
     _, state, _ = step(step_lib.replicate(params), step_lib.replicate(state),
@@ -176,10 +177,10 @@ def test_selective_reports_its_kept_fraction_in_the_step():
   import rose_jax
   from rose_jax import masking, selection
   method = methods.get_method('rose-ensemble')
-  graphdef, params = step_lib.split_model(tiny_model())
+  apply_fn, params = as_apply_fn(tiny_model())
   tx = rose_jax.selective(optax.adamw(1e-3), upper=0.5,
                           selectable=selection.authors_selectable)
-  step = step_lib.make_train_step(graphdef, tx, method)
+  step = step_lib.make_train_step(apply_fn, tx, method)
   opt_state = tx.init(params)
   for i in range(3):
     params, opt_state, metrics = step(params, opt_state, tiny_batch(i), jax.random.key(i))
@@ -192,10 +193,10 @@ def test_selective_reports_its_kept_fraction_in_the_step():
 @pytest.mark.parametrize('name', [m for m in methods.METHOD_NAMES if m not in PASS_METHODS])
 def test_the_adversarial_steps_compile_once(name):
   method = methods.get_method(name)
-  graphdef, params = step_lib.split_model(tiny_model())
+  apply_fn, params = as_apply_fn(tiny_model())
   counting = CountingOptimizer(rose_chain(method.rose_variant) if method.uses_rose
                                else optax.adamw(1e-3))
-  step = step_lib.make_train_step(graphdef, counting.tx, method)
+  step = step_lib.make_train_step(apply_fn, counting.tx, method)
   opt_state = counting.tx.init(params)
   for i in range(3):
     params, opt_state, _ = step(params, opt_state, tiny_batch(i), jax.random.key(i))
@@ -205,10 +206,10 @@ def test_the_adversarial_steps_compile_once(name):
 @pytest.mark.parametrize('parallel', ['shard_map', 'pmap'])
 def test_dropout_runs_repeat_from_the_same_seed_and_compile_once(parallel):
   method = methods.get_method('rdrop-rose-ensemble')
-  graphdef, params = step_lib.split_model(tiny_model(dropout=0.2))
+  apply_fn, params = as_apply_fn(tiny_model(dropout=0.2))
   batches = [tiny_batch(i) for i in range(2)]
   counting = CountingOptimizer(rose_chain())
-  run = runner(parallel, counting.tx, graphdef, method)
+  run = runner(parallel, counting.tx, apply_fn, method)
   first, m1 = run(params, batches)
   second, m2 = run(params, batches)
   chex.assert_trees_all_equal(first, second)
@@ -222,14 +223,14 @@ def test_global_kl_is_the_sum_over_devices():
   # Per-device KL is scaled by the device count, so averaged metrics report
   # the global batch's KL, as one device would with the same dropout masks.
   method = methods.get_method('rdrop')
-  graphdef, params = step_lib.split_model(tiny_model(dropout=0.2))
+  apply_fn, params = as_apply_fn(tiny_model(dropout=0.2))
   tx = optax.sgd(0.0)
   batch = tiny_batch()
-  _, history = runner('shard_map', tx, graphdef, method)(params, [batch])
+  _, history = runner('shard_map', tx, apply_fn, method)(params, [batch])
   n = jax.device_count()
   per_device = []
   kl = jax.jit(lambda inputs, key: losses.symmetric_kl(
-      *jnp.split(step_lib.apply_model(graphdef, params, inputs, key), 2)))
+      *jnp.split(apply_fn(params, inputs, dropout_key=key), 2)))
   for d in range(n):
     rows = slice(d * 2, d * 2 + 2)
     inputs = {k: np.concatenate([batch[k][rows]] * 2) for k in ('input_ids', 'attention_mask')}
@@ -260,9 +261,9 @@ def test_method_without_second_pass_cannot_rank_by_kl():
 def test_bf16_compute_step():
   config = tiny_model().config
   model = EncoderForSequenceClassification(config, rngs=nnx.Rngs(0), dtype=jnp.bfloat16)
-  graphdef, params = step_lib.split_model(model)
+  apply_fn, params = as_apply_fn(model)
   tx = rose_chain()
-  step = step_lib.make_train_step(graphdef, tx, methods.get_method('rose-ensemble'))
+  step = step_lib.make_train_step(apply_fn, tx, methods.get_method('rose-ensemble'))
   opt_state = tx.init(params)
   params, opt_state, metrics = step(params, opt_state, tiny_batch(), jax.random.key(0))
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))

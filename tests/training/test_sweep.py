@@ -8,6 +8,7 @@ import pytest
 
 import rose_jax
 from rose_jax import selection
+from rose_jax.models import as_apply_fn
 from rose_jax.training import methods, sweep
 from rose_jax.training import step as step_lib
 from tests.helpers import CountingOptimizer, tiny_batch, tiny_model
@@ -27,12 +28,12 @@ def _optimizer():
 
 
 def _member_start(tx, settings):
-  graphdef, params = step_lib.split_model(tiny_model(dropout=0.1, seed=settings['seed']))
+  apply_fn, params = as_apply_fn(tiny_model(dropout=0.1, seed=settings['seed']))
   state = sweep.with_hyperparams(tx.init(params), learning_rate=settings['learning_rate'],
                                  upper=settings['upper'])
   batches = [tiny_batch(10 * settings['seed'] + i) for i in range(STEPS)]
   keys = [jax.random.fold_in(jax.random.key(settings['seed']), i) for i in range(STEPS)]
-  return graphdef, params, state, batches, keys
+  return apply_fn, params, state, batches, keys
 
 
 def test_a_sweep_equals_its_members_run_separately():
@@ -40,10 +41,10 @@ def test_a_sweep_equals_its_members_run_separately():
   counting = CountingOptimizer(_optimizer())
   tx = counting.tx
   starts = [_member_start(tx, m) for m in MEMBERS]
-  graphdef = starts[0][0]
+  apply_fn = starts[0][0]
 
   separate = []
-  one = step_lib.make_train_step(graphdef, tx, method, donate=False)
+  one = step_lib.make_train_step(apply_fn, tx, method, donate=False)
   for _, params, state, batches, keys in starts:
     masks = []
     for batch, key in zip(batches, keys, strict=True):
@@ -60,7 +61,7 @@ def test_a_sweep_equals_its_members_run_separately():
   assert not np.allclose(params['classifier']['out_proj']['kernel'],
                          separate[1][0]['classifier']['out_proj']['kernel'])
 
-  step = sweep.make_sweep_step(graphdef, tx, method, donate=False)
+  step = sweep.make_sweep_step(apply_fn, tx, method, donate=False)
   params = sweep.stack([s[1] for s in starts])
   state = sweep.stack([s[2] for s in starts])
   for i in range(STEPS):
@@ -81,7 +82,7 @@ def test_a_sweep_equals_its_members_run_separately():
 
 def test_with_hyperparams_names_what_it_cannot_set():
   tx = _optimizer()
-  _, params = step_lib.split_model(tiny_model())
+  _, params = as_apply_fn(tiny_model())
   with pytest.raises(ValueError, match=r"No injected hyperparameter named \['uper'\]"):
     sweep.with_hyperparams(tx.init(params), uper=0.4)
   with pytest.raises(ValueError, match='inject_hyperparams'):

@@ -1,0 +1,230 @@
+"""One batch's gradients for every method, on one device or data-parallel.
+
+:func:`compute_gradients` runs the model once or twice (two dropout passes
+over the batch, concatenated into one forward), takes the gradients the
+method asks for from a single ``jax.vjp`` (one backward per gradient, or
+``vmap`` over the cotangents) and averages them over devices: what the
+optimizer's ``update`` takes. :func:`rose_jax.training.make_train_step` is
+this plus the optimizer; a training loop of one's own calls it directly.
+
+Under data parallelism (``axis_name=``, inside ``shard_map`` or ``pmap``)
+every device draws its own dropout randomness (the key folded with the device
+index). The KL loss is a sum over the batch, so each device's KL is scaled by
+the device count before averaging: the averaged gradients are those of the
+global batch's loss.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from rose_jax.training import adversarial, apply_fn, losses
+from rose_jax.training.apply_fn import ApplyFn, Batch, EmbeddingShape
+from rose_jax.training.methods import Method
+
+Cotangents = Literal['sequential', 'vmap']
+
+
+class Gradients(NamedTuple):
+  """One batch's gradients, each a tree like the params (None where the method
+  does not use it).
+
+  Attributes:
+    update: the gradient the optimizer applies.
+    kl_grads: the KL loss's gradient, ROSE's first-order risk.
+    ce_grads: the cross-entropy's gradient, where it differs from ``update``
+      and the method ranks by it (R-Drop + ROSE's second-order risk).
+  """
+  update: Any
+  kl_grads: Any = None
+  ce_grads: Any = None
+
+  def extra_args(self) -> dict[str, Any]:
+    """The keyword arguments for the optimizer's ``update``: ``kl_grads`` and
+    ``ce_grads`` where the method computes them."""
+    return {name: tree for name, tree in (('kl_grads', self.kl_grads),
+                                          ('ce_grads', self.ce_grads)) if tree is not None}
+
+
+def metric_names(method: Method) -> tuple[str, ...]:
+  """The metrics that the method's step returns: ``disagreement`` (the share of
+  examples whose two dropout passes predict different labels) only for
+  methods with two dropout passes."""
+  names = ('loss', 'ce', 'kl', 'accuracy', 'kept_fraction')
+  return (*names, 'disagreement') if method.passes == 2 and method.adversary is None else names
+
+
+def gradient_rows(method: Method) -> list[tuple[str, tuple[float, float]]]:
+  """The gradients a step of ``method`` takes from its one forward, each as
+  its name and the (CE, KL) cotangent weights that give it: one backward each."""
+  rows = [('update', (1.0, method.rose_kl_weight))]
+  if method.kl_grads:
+    rows.append(('kl_grads', (0.0, 1.0)))
+  if method.ce_grads and method.kl_weight:
+    rows.append(('ce_grads', (1.0, 0.0)))
+  return rows
+
+
+def _varying_axes(x: jax.Array) -> tuple[str, ...]:
+  """Mesh axes over which ``x`` differs between devices, as ``shard_map``
+  tracks them (always empty under ``pmap``, which does not)."""
+  aval = jax.typeof(x)
+  varying = getattr(getattr(aval, 'manual_axis_type', None), 'varying', None)
+  if varying is None:  # jax < 0.9 keeps the varying axes as ``aval.vma``
+    varying = getattr(aval, 'vma', ())
+  return tuple(sorted(varying))
+
+
+def _typed_like(output: jax.Array, value: jax.Array) -> jax.Array:
+  """``value`` as a cotangent for ``output``: under ``shard_map`` a loss that
+  varies over devices needs a cotangent marked as varying over the same axes."""
+  axes = _varying_axes(output)
+  if not axes:
+    return value
+  if hasattr(jax.lax, 'pcast'):
+    return jax.lax.pcast(value, axes, to='varying')
+  return jax.lax.pvary(value, axes)  # jax < 0.8.1
+
+
+def _mean_over_devices(grad: jax.Array, axis_name: str, devices, tracked: bool):
+  """The mean of the devices' gradients.
+
+  Where ``shard_map`` tracks what varies over devices (``tracked``), the
+  gradient of a replicated parameter comes out of the vjp already summed over
+  devices, the transpose of its implicit broadcast, and no longer varies:
+  dividing gives the mean. Under ``pmap`` each device holds its own
+  gradient: ``pmean``.
+  """
+  if tracked and axis_name not in _varying_axes(grad):
+    return grad / devices
+  return jax.lax.pmean(grad, axis_name)
+
+
+def _two_pass_gradients(apply: ApplyFn, params, batch: Batch, labels, key, method: Method,
+                        devices, cotangents: Cotangents):
+  """The dropout passes' gradients by name, and ``(loss, ce, kl, logits,
+  disagreement)``."""
+  if method.passes == 2:
+    batch = {k: jnp.concatenate([v, v]) for k, v in batch.items()}
+  examples = method.passes * labels.shape[0]
+
+  def loss_terms(p):
+    logits = apply_fn.check_logits(apply_fn.call(apply, p, batch, key), examples)
+    if method.passes == 1:
+      return (losses.cross_entropy(logits, labels), jnp.zeros((), jnp.float32)), (logits, None)
+    first, second = jnp.split(logits, 2)
+    ce = (losses.cross_entropy(first, labels) + losses.cross_entropy(second, labels)) / 2
+    return ((ce, devices * losses.symmetric_kl(first, second)),
+            (first, losses.disagreement(first, second)))
+
+  (ce, kl), pullback, (logits, disagreement) = jax.vjp(loss_terms, params, has_aux=True)
+  cotangent = lambda w: (_typed_like(ce, w[0]), _typed_like(kl, w[1]))
+  rows = gradient_rows(method)
+  if len(rows) > 1 and cotangents == 'vmap':
+    weights = jnp.asarray([w for _, w in rows], jnp.float32)
+    stacked = jax.vmap(lambda w: pullback(cotangent(w))[0])(weights)
+    grads = {name: jax.tree.map(lambda g, i=i: g[i], stacked) for i, (name, _) in enumerate(rows)}
+  else:  # one backward per gradient, all through the same forward
+    grads = {name: pullback(cotangent(jnp.asarray(w, jnp.float32)))[0] for name, w in rows}
+  if method.ce_grads and 'ce_grads' not in grads:
+    grads['ce_grads'] = grads['update']
+  return grads, (ce + method.rose_kl_weight * kl, ce, kl, logits, disagreement)
+
+
+def _adversarial_gradients(apply: ApplyFn, params, batch: Batch, labels, key, method: Method,
+                           embedding_shape: EmbeddingShape, teacher):
+  """SMART's or FreeLB's update gradient, and ``(loss, ce, regulariser, logits)``."""
+  adversary = method.adversary
+  dropout_key, noise_key = jax.random.split(key)
+  shape = tuple(embedding_shape(batch))
+  examples = labels.shape[0]
+  perturbed = lambda p, perturbation, k: apply_fn.check_logits(
+      apply_fn.call(apply, p, batch, k, perturbation), examples)
+  if isinstance(adversary, adversarial.Smart):
+    grads, (ce, regulariser, logits) = jax.grad(adversary.loss, argnums=1, has_aux=True)(
+        perturbed, params, labels, shape, dropout_key, noise_key, teacher)
+  else:
+    mask = batch.get('attention_mask', jnp.ones(shape[:-1], jnp.int32))
+    grads, (ce, logits) = adversary.gradients(perturbed, params, labels, mask, shape,
+                                              dropout_key, noise_key)
+    regulariser = jnp.zeros((), jnp.float32)
+  loss = ce + getattr(adversary, 'alpha', 0.0) * regulariser
+  return {'update': grads}, (loss, ce, regulariser, logits, None)
+
+
+def check_embedding_shape(method: Method, embedding_shape: EmbeddingShape | None) -> None:
+  """Raises ValueError when ``method`` perturbs embeddings but the model
+  declares none."""
+  if method.adversary is not None and embedding_shape is None:
+    raise ValueError(
+        f'{method.name} perturbs the embeddings, so the model must declare them: pass '
+        'embedding_shape=lambda batch: (*token_shape, embedding_width) and make apply_fn '
+        'take perturbation= (a rose_jax.training.EmbeddingPerturbation) and add it to its '
+        'embeddings, as rose_jax.models.as_apply_fn does for our encoder.')
+
+
+def compute_gradients(apply: ApplyFn, params, batch: Batch, key: jax.Array, *,
+                      method: Method, embedding_shape: EmbeddingShape | None = None,
+                      teacher: Any = None, axis_name: str | None = None,
+                      cotangents: Cotangents = 'sequential') -> tuple[Gradients, dict]:
+  """One batch's gradients for ``method``, averaged over devices, and its metrics.
+
+  .. code-block:: python
+
+    grads, metrics = compute_gradients(apply_fn, params, batch, key, method=method)
+    updates, opt_state = tx.update(grads.update, opt_state, params, **grads.extra_args())
+
+  Args:
+    apply: ``apply_fn(params, batch, *, dropout_key) -> logits`` (see
+      :mod:`rose_jax.training.apply_fn`).
+    params: the trained parameters.
+    batch: arrays with a leading example axis, labels in ``batch['labels']``.
+    key: this step's randomness (dropout, and SMART's and FreeLB's noise).
+    method: what to compute (:func:`rose_jax.training.get_method`).
+    embedding_shape: ``embedding_shape(batch) -> shape`` of the perturbation
+      that SMART and FreeLB add (default: ``apply.embedding_shape`` if the
+      function has it).
+    teacher: SMART's momentum teacher parameters, for ``bregman_mu > 0``.
+    axis_name: the data-parallel axis when called inside ``shard_map`` or
+      ``pmap``; the gradients and metrics are then the global batch's.
+    cotangents: for methods with several gradients, ``"sequential"`` (one
+      backward each) or ``"vmap"`` (one batched backward); see
+      :func:`rose_jax.training.make_train_step`.
+
+  Returns:
+    ``(Gradients, metrics)``; the metrics are ``loss``, ``ce``, ``kl`` (the
+    global batch's summed symmetric KL, or SMART's regulariser),
+    ``accuracy`` and, for two dropout passes, ``disagreement``.
+
+  Raises:
+    ValueError: at trace time, for a batch without labels, logits that are
+      not ``[examples, classes]``, or SMART and FreeLB without an embedding
+      shape.
+  """
+  if cotangents not in ('sequential', 'vmap'):
+    raise ValueError(f'cotangents must be "sequential" or "vmap", got {cotangents!r}.')
+  embedding_shape = apply_fn.resolve_embedding_shape(apply, embedding_shape)
+  check_embedding_shape(method, embedding_shape)
+  labels = apply_fn.labels_of(batch)
+  devices = 1
+  if axis_name is not None:
+    key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+    devices = jax.lax.psum(1, axis_name)
+  if method.adversary is not None:
+    grads, (loss, ce, kl, logits, disagreement) = _adversarial_gradients(
+        apply, params, batch, labels, key, method, embedding_shape, teacher)
+  else:
+    grads, (loss, ce, kl, logits, disagreement) = _two_pass_gradients(
+        apply, params, batch, labels, key, method, devices, cotangents)
+  if axis_name is not None:
+    tracked = axis_name in _varying_axes(labels)
+    grads = jax.tree.map(lambda g: _mean_over_devices(g, axis_name, devices, tracked), grads)
+  metrics = {'loss': loss, 'ce': ce, 'kl': kl, 'accuracy': losses.accuracy(logits, labels)}
+  if disagreement is not None:
+    metrics['disagreement'] = disagreement
+  if axis_name is not None:
+    metrics = jax.lax.pmean(metrics, axis_name)
+  return Gradients(**grads), metrics
