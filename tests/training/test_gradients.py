@@ -148,7 +148,9 @@ def test_adversarial_methods_need_the_embedding_hook_when_the_step_is_built(name
 
 
 def test_the_training_package_needs_neither_flax_nor_our_encoder():
-  code = ('import sys, rose_jax.training; '
-          'print([m for m in ("flax", "rose_jax.models") if m in sys.modules])')
+  code = ('import sys, rose_jax; core = set(sys.modules); import rose_jax.training; '
+          'print(sorted(m.split(".")[0] for m in core if m.split(".")[0] in '
+          '("flax", "transformers", "torch")), '
+          '[m for m in ("flax", "rose_jax.models") if m in sys.modules])')
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
-  assert out.stdout.strip() == '[]'
+  assert out.stdout.strip() == '[] []'
