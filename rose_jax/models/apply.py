@@ -29,11 +29,15 @@ def call_encoder(module, batch: Batch, *, rngs: nnx.Rngs | None,
                  perturbation: EmbeddingPerturbation | None) -> jax.Array:
   """How :class:`rose_jax.models.EncoderForSequenceClassification` is called:
   ``input_ids``, ``attention_mask`` and ``token_type_ids`` from the batch
-  (the last two optional)."""
+  (the last two optional). A packed batch has ``segment_ids`` instead of
+  ``attention_mask``, and its ``labels`` say how many examples it holds."""
   inputs = [batch.get(k) for k in INPUT_KEYS]
+  packed = {}
+  if 'segment_ids' in batch:
+    packed = {'segment_ids': batch['segment_ids'], 'examples': jax.numpy.shape(batch['labels'])[0]}
   if perturbation is None:
-    return module(*inputs, rngs=rngs)
-  return module(*inputs, rngs=rngs, perturbation=perturbation)
+    return module(*inputs, rngs=rngs, **packed)
+  return module(*inputs, rngs=rngs, perturbation=perturbation, **packed)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rose_jax.models import segments
 from rose_jax.models.config import EncoderConfig
 from rose_jax.training.apply_fn import EmbeddingPerturbation
 
@@ -77,11 +78,14 @@ class Embeddings(nnx.Module):
     self.token_type_embeddings = make.embed(c.type_vocab_size)
     self.LayerNorm = make.layer_norm()
 
-  def __call__(self, input_ids, token_type_ids, attention_mask, rngs: Rngs,
-               perturbation: EmbeddingPerturbation | None = None):
+  def __call__(self, input_ids, token_type_ids, rngs: Rngs,
+               perturbation: EmbeddingPerturbation | None = None, segment_ids=None):
     c = self.config
     perturbation = perturbation or EmbeddingPerturbation()
-    if c.model_type == 'roberta':
+    if segment_ids is not None:  # packed rows: positions restart in every segment
+      positions = (segments.roberta_positions(input_ids, segment_ids, c.pad_token_id)
+                   if c.model_type == 'roberta' else segments.bert_positions(segment_ids))
+    elif c.model_type == 'roberta':
       # Hugging Face's create_position_ids_from_input_ids.
       not_pad = (input_ids != c.pad_token_id).astype(jnp.int32)
       positions = jnp.cumsum(not_pad, axis=1) * not_pad + c.pad_token_id
@@ -102,13 +106,14 @@ class SelfAttention(nnx.Module):
     self.value = make.linear(c.hidden_size, c.hidden_size)
 
   def __call__(self, x, attention_mask, rngs: Rngs):
-    """``x`` is ``[batch * length, hidden]``; ``attention_mask`` is ``[batch, length]``."""
+    """``x`` is ``[batch * length, hidden]``; ``attention_mask`` is ``[batch,
+    1, 1 or length, length]`` bools: which keys each query (or every query) sees."""
     c = self.config
     heads, size = c.num_attention_heads, c.hidden_size // c.num_attention_heads
-    split = lambda t: t.reshape(*attention_mask.shape, heads, size)
+    split = lambda t: t.reshape(attention_mask.shape[0], attention_mask.shape[-1], heads, size)
     q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
     scores = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32) / jnp.sqrt(size)
-    scores = jnp.where(attention_mask[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
+    scores = jnp.where(attention_mask, scores, jnp.finfo(jnp.float32).min)
     probs = _dropout(c.attention_probs_dropout_prob, jax.nn.softmax(scores, axis=-1), rngs)
     context = jnp.einsum('bhqk,bkhd->bqhd', probs.astype(v.dtype), v)
     return context.reshape(x.shape)
@@ -173,8 +178,9 @@ class Pooler(nnx.Module):
   def __init__(self, make: _Factory):
     self.dense = make.linear(make.config.hidden_size, make.config.hidden_size)
 
-  def __call__(self, hidden):
-    return jnp.tanh(self.dense(hidden[:, 0]))
+  def __call__(self, first: jax.Array) -> jax.Array:
+    """``first``: each example's first-token hidden state, ``[examples, hidden]``."""
+    return jnp.tanh(self.dense(first))
 
 
 class Backbone(nnx.Module):
@@ -187,9 +193,13 @@ class Backbone(nnx.Module):
       self.pooler = Pooler(make)
 
   def __call__(self, input_ids, token_type_ids, attention_mask, rngs: Rngs,
-               perturbation: EmbeddingPerturbation | None = None):
-    x = self.embeddings(input_ids, token_type_ids, attention_mask, rngs, perturbation)
-    flat = self.encoder(x.reshape(-1, x.shape[-1]), attention_mask.astype(bool), rngs)
+               perturbation: EmbeddingPerturbation | None = None, segment_ids=None):
+    x = self.embeddings(input_ids, token_type_ids, rngs, perturbation, segment_ids)
+    if segment_ids is None:
+      mask = attention_mask.astype(bool)[:, None, None, :]
+    else:
+      mask = segments.attention_mask(segment_ids)[:, None]
+    flat = self.encoder(x.reshape(-1, x.shape[-1]), mask, rngs)
     return flat.reshape(x.shape)
 
 
@@ -201,8 +211,8 @@ class RobertaClassificationHead(nnx.Module):
     self.dense = make.linear(c.hidden_size, c.hidden_size)
     self.out_proj = make.linear(c.hidden_size, c.num_labels)
 
-  def __call__(self, hidden, rngs: Rngs):
-    x = _dropout(self.rate, hidden[:, 0], rngs)
+  def __call__(self, first: jax.Array, rngs: Rngs):
+    x = _dropout(self.rate, first, rngs)
     x = _dropout(self.rate, jnp.tanh(self.dense(x)), rngs)
     return self.out_proj(x)
 
@@ -239,29 +249,46 @@ class EncoderForSequenceClassification(nnx.Module):
           f'({limit} tokens); truncate to max_length <= {limit}.')
 
   def hidden_states(self, input_ids, attention_mask=None, token_type_ids=None, *,
-                    rngs: Rngs = None,
+                    segment_ids=None, rngs: Rngs = None,
                     perturbation: EmbeddingPerturbation | None = None) -> jax.Array:
-    """The last layer's hidden states, shape ``[batch, length, hidden]``."""
+    """The last layer's hidden states, shape ``[rows, length, hidden]``."""
     self.check_inputs(input_ids)
-    if attention_mask is None:
+    if segment_ids is not None and attention_mask is not None:
+      raise ValueError('Give segment_ids (packed rows) or attention_mask, not both: packed '
+                       'rows take their attention from the segments.')
+    if attention_mask is None and segment_ids is None:
       attention_mask = jnp.ones_like(input_ids)
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
-    return self.backbone(input_ids, token_type_ids, attention_mask, rngs, perturbation)
+    return self.backbone(input_ids, token_type_ids, attention_mask, rngs, perturbation,
+                         segment_ids)
 
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *,
-               rngs: Rngs = None,
+               segment_ids=None, examples: int | None = None, rngs: Rngs = None,
                perturbation: EmbeddingPerturbation | None = None) -> jax.Array:
-    """Float32 logits ``[batch, num_labels]``; dropout on iff ``rngs`` is given.
+    """Float32 logits ``[examples, num_labels]``; dropout on iff ``rngs`` is given.
 
-    ``perturbation`` adds to the embeddings (:class:`EmbeddingPerturbation`);
-    a zero perturbation gives exactly the unperturbed logits.
+    Unpacked, every row is one example (``attention_mask`` marks its tokens).
+    Packed, ``segment_ids`` (``[rows, length]``: 0 padding, 1, 2, ... the
+    examples of a row, see :mod:`rose_jax.models.segments`) say which
+    tokens belong together, and ``examples`` is how many the rows hold:
+    attention stays within an example, positions restart in each, and each
+    is classified from its first token, so that with dropout off an
+    example's logits are those it has alone. ``perturbation`` adds to the
+    embeddings (:class:`EmbeddingPerturbation`); a zero perturbation gives
+    exactly the unperturbed logits.
     """
-    hidden = self.hidden_states(input_ids, attention_mask, token_type_ids, rngs=rngs,
-                                perturbation=perturbation)
-    if self.config.model_type == 'roberta':
-      logits = self.classifier(hidden, rngs)
+    if (segment_ids is None) != (examples is None):
+      raise ValueError('Packed rows need both segment_ids and examples (their number).')
+    hidden = self.hidden_states(input_ids, attention_mask, token_type_ids,
+                                segment_ids=segment_ids, rngs=rngs, perturbation=perturbation)
+    if segment_ids is None:
+      first = hidden[:, 0]
     else:
-      pooled = _dropout(self.config.head_dropout, self.backbone.pooler(hidden), rngs)
+      first = hidden.reshape(-1, hidden.shape[-1])[segments.first_tokens(segment_ids, examples)]
+    if self.config.model_type == 'roberta':
+      logits = self.classifier(first, rngs)
+    else:
+      pooled = _dropout(self.config.head_dropout, self.backbone.pooler(first), rngs)
       logits = self.classifier(pooled)
     return logits.astype(jnp.float32)
