@@ -1,0 +1,104 @@
+"""Packed batches: a batch's examples laid into rows of ``row_length`` tokens,
+several to a row, so that a step computes real tokens rather than padding.
+
+The examples of a batch are those the batch plan gives (random order or
+``--group-by-length``); packing changes only their layout. Each row holds
+whole examples (first-fit decreasing: the longest first, each into the first
+row with room), told apart by ``segment_ids`` (0 padding, 1, 2, ... in a
+row). The number of rows is rounded up to a multiple of ``row_multiple``, so
+that a run compiles one step per row count it meets, at most
+``batch_size / row_multiple`` of them. Examples are numbered row by row,
+left to right (:mod:`rose_jax.models.segments`); ``Packed.order`` maps them
+back to the batch's own order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from rose_jax.glue.batching import Encoded
+
+
+@dataclasses.dataclass(frozen=True)
+class Packed:
+  """A packed batch.
+
+  Attributes:
+    arrays: ``input_ids``, ``segment_ids`` (and ``token_type_ids`` where the
+      data has them), each ``[rows, row_length]``, and ``labels``
+      ``[examples]`` in packed order.
+    order: packed example ``j`` is the batch's example ``order[j]``.
+  """
+  arrays: dict[str, np.ndarray]
+  order: np.ndarray
+
+  @property
+  def rows(self) -> int:
+    return self.arrays['segment_ids'].shape[0]
+
+
+def first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+  """Indices of ``lengths`` per row: longest first (ties in their order), each
+  into the first row it fits; no example is split."""
+  lengths = np.asarray(lengths)
+  if lengths.size and (lengths.max() > capacity or lengths.min() < 1):
+    raise ValueError(f'Examples of {lengths.min()} to {lengths.max()} tokens cannot be packed '
+                     f'into rows of {capacity}: every example needs 1 to {capacity} tokens.')
+  rows: list[list[int]] = []
+  room: list[int] = []
+  for index in np.argsort(-lengths, kind='stable'):
+    length = int(lengths[index])
+    row = next((r for r, free in enumerate(room) if free >= length), None)
+    if row is None:
+      rows.append([])
+      room.append(capacity)
+      row = len(rows) - 1
+    rows[row].append(int(index))
+    room[row] -= length
+  return rows
+
+
+def row_count(needed: int, row_multiple: int) -> int:
+  """``needed`` rounded up to a multiple of ``row_multiple`` (at least one row)."""
+  return max(-(-needed // row_multiple), 1) * row_multiple
+
+
+def pack(data: Encoded, examples: np.ndarray, row_length: int, *,
+         row_multiple: int = 2, rows: int | None = None) -> Packed:
+  """The examples ``examples`` of ``data`` packed into rows of ``row_length``.
+
+  Args:
+    data: tokenised examples, each at most ``row_length`` tokens.
+    examples: the batch's rows of ``data``, in the batch's order.
+    row_length: tokens per row (``--max-length``).
+    row_multiple: the row count is rounded up to a multiple of this.
+    rows: the row count to use instead (for devices that must agree on
+      one); at least what the examples need.
+  """
+  lengths = data.lengths[examples]
+  placed = first_fit_decreasing(lengths, row_length)
+  count = row_count(len(placed), row_multiple) if rows is None else rows
+  if count < len(placed):
+    raise ValueError(f'{len(examples)} examples need {len(placed)} rows, more than {count}.')
+  keys = [key for key in data.tokens if key != 'attention_mask']  # segments say it
+  arrays = {key: np.zeros((count, row_length), np.int32) for key in keys}
+  arrays['input_ids'][:] = data.pad_id
+  arrays['segment_ids'] = np.zeros((count, row_length), np.int32)
+  order = []
+  for r, members in enumerate(placed):
+    at = 0
+    for segment, member in enumerate(members, start=1):
+      start, stop = data.offsets[examples[member]], data.offsets[examples[member] + 1]
+      for key in keys:
+        arrays[key][r, at:at + stop - start] = data.tokens[key][start:stop]
+      arrays['segment_ids'][r, at:at + stop - start] = segment
+      at += stop - start
+      order.append(member)
+    assert at <= row_length, 'a packed row overflowed'
+  order = np.asarray(order, np.int64)
+  assert np.array_equal(np.sort(order), np.arange(len(examples))), 'an example lost or doubled'
+  arrays['labels'] = data.labels[examples[order]]
+  return Packed(arrays, order)
