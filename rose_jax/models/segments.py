@@ -1,12 +1,9 @@
-"""The geometry of packed rows: several examples in one row, told apart by
-segment ids.
+"""What the encoder computes from packed rows' segment ids
+(:mod:`rose_jax.training.segments`): positions, attention, first tokens.
 
-A packed batch has ``segment_ids`` of shape ``[rows, length]``: 0 for
-padding, 1, 2, ... for the examples of a row in order, each example's tokens
-contiguous. Examples are numbered row by row, left to right; that order is
-the order of the logits and of the labels. Everything here is computed from
-the ids alone, so that concatenating a batch with itself (the step's two
-dropout passes) gives the packed batch of both copies.
+Everything here is computed from the ids alone, so that concatenating a
+batch with itself (the step's two dropout passes) gives the packed batch of
+both copies.
 """
 
 from __future__ import annotations
@@ -14,11 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-
-def segment_starts(segment_ids: jax.Array) -> jax.Array:
-  """``[rows, length]`` bools: True where a segment (or a padding run) begins."""
-  changes = segment_ids[:, 1:] != segment_ids[:, :-1]
-  return jnp.concatenate([jnp.ones_like(changes[:, :1]), changes], axis=1)
+from rose_jax.training.segments import segment_starts
 
 
 def start_index(segment_ids: jax.Array) -> jax.Array:

@@ -147,6 +147,21 @@ class Smart:
 Norm = Literal['l2', 'linf']
 
 
+def _per_example(segment_reduce, values: jax.Array, ids: jax.Array) -> jax.Array:
+  """``values`` (``[rows, length]``) reduced over each example's tokens, and
+  given back to every token of the example."""
+  reduced = segment_reduce(values.reshape(-1), ids.reshape(-1), num_segments=ids.size + 1)
+  return reduced[ids]
+
+
+def _example_size(reduce, segment_reduce, values: jax.Array, ids: jax.Array | None):
+  """``values`` (``[rows, length, hidden]``) reduced over each example, shaped
+  to broadcast against them: per row without ``ids``, per segment with."""
+  if ids is None:
+    return reduce(values.reshape(values.shape[0], -1), axis=1)[:, None, None]
+  return _per_example(segment_reduce, reduce(values, axis=-1), ids)[..., None]
+
+
 @dataclasses.dataclass(frozen=True)
 class FreeLB:
   """FreeLB (Zhu et al., ICLR 2020), as its Hugging Face loop runs it.
@@ -161,7 +176,9 @@ class FreeLB:
   example's unpadded length, ``H`` the embedding size); ``linf``:
   ``U(-init_mag, init_mag)``; both zero at padding, and ``delta = 0`` when
   ``init_mag`` is 0. Every pass reuses the first pass's dropout masks, as
-  fairseq's ``init_dp`` does.
+  fairseq's ``init_dp`` does. In packed rows (``example_ids``, see
+  :func:`rose_jax.training.segments.example_ids`) an example is its segment, not its row: norms,
+  lengths and the bound are per segment.
 
   ``steps`` counts passes, as the Hugging Face loop's ``adv-steps`` does;
   fairseq's ``--adv-steps m`` runs one pass more (a pass at ``delta_0``, then
@@ -191,38 +208,44 @@ class FreeLB:
     _check('FreeLB init_mag', self.init_mag)
     _check('FreeLB max_norm', self.max_norm)
 
-  def initial_delta(self, key, embedding_shape, attention_mask) -> jax.Array:
+  def initial_delta(self, key, embedding_shape, attention_mask,
+                    example_ids: jax.Array | None = None) -> jax.Array:
     mask = attention_mask.astype(jnp.float32)[:, :, None]
     if self.init_mag == 0:
       return jnp.zeros(embedding_shape, jnp.float32)
     if self.norm == 'l2':
-      lengths = jnp.sum(attention_mask, axis=1).astype(jnp.float32)
+      if example_ids is None:
+        lengths = jnp.sum(attention_mask, axis=1).astype(jnp.float32)[:, None, None]
+      else:
+        lengths = _per_example(jax.ops.segment_sum, mask[..., 0], example_ids)[..., None]
       magnitude = self.init_mag / jnp.sqrt(lengths * embedding_shape[-1])
       return jax.random.uniform(key, embedding_shape, jnp.float32, -1.0, 1.0) * mask \
-          * magnitude[:, None, None]
+          * magnitude
     return jax.random.uniform(key, embedding_shape, jnp.float32, -self.init_mag,
                               self.init_mag) * mask
 
-  def ascend(self, delta: jax.Array, grad: jax.Array) -> jax.Array:
+  def ascend(self, delta: jax.Array, grad: jax.Array,
+             example_ids: jax.Array | None = None) -> jax.Array:
     """One update of ``delta`` from its gradient, then the bound."""
-    per_example = grad.reshape(grad.shape[0], -1)
     if self.norm == 'l2':
-      size = jnp.sqrt(jnp.sum(jnp.square(per_example), axis=1))
+      size = _example_size(jnp.sum, jax.ops.segment_sum, jnp.square(grad), example_ids)
+      size = jnp.sqrt(size)
     else:
-      size = jnp.max(jnp.abs(per_example), axis=1)
-    delta = delta + self.step_size * grad / jnp.maximum(size, 1e-8)[:, None, None]
+      size = _example_size(jnp.max, jax.ops.segment_max, jnp.abs(grad), example_ids)
+    delta = delta + self.step_size * grad / jnp.maximum(size, 1e-8)
     if self.max_norm > 0:
       if self.norm == 'l2':
-        norm = jnp.sqrt(jnp.sum(jnp.square(delta.reshape(delta.shape[0], -1)), axis=1))
-        delta = delta * jnp.where(norm > self.max_norm, self.max_norm / norm, 1.0)[:, None, None]
+        norm = jnp.sqrt(_example_size(jnp.sum, jax.ops.segment_sum, jnp.square(delta),
+                                      example_ids))
+        delta = delta * jnp.where(norm > self.max_norm, self.max_norm / norm, 1.0)
       else:
         delta = jnp.clip(delta, -self.max_norm, self.max_norm)
     return delta
 
   def gradients(self, apply: Apply, params, labels, attention_mask, embedding_shape,
-                dropout_key, noise_key):
+                dropout_key, noise_key, example_ids: jax.Array | None = None):
     """``(parameter gradients, (ce, clean_logits))``; ``ce`` is the passes' mean."""
-    delta = self.initial_delta(noise_key, embedding_shape, attention_mask)
+    delta = self.initial_delta(noise_key, embedding_shape, attention_mask, example_ids)
 
     def pass_loss(p, d):
       logits = apply(p, EmbeddingPerturbation(word=d), dropout_key)  # same masks each pass
@@ -236,5 +259,5 @@ class FreeLB:
       ce = ce + loss
       first_logits = logits if first_logits is None else first_logits
       if k < self.steps - 1:
-        delta = jax.lax.stop_gradient(self.ascend(delta, delta_grad))
+        delta = jax.lax.stop_gradient(self.ascend(delta, delta_grad, example_ids))
     return total, (ce, first_logits)

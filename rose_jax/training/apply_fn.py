@@ -19,6 +19,10 @@ takes ``perturbation=``, an :class:`EmbeddingPerturbation` whose arrays are
 declared to the step (``embedding_shape=``, or an ``embedding_shape`` method
 of the apply function, as :func:`rose_jax.models.as_apply_fn` gives);
 FreeLB reads the real tokens from ``batch['attention_mask']`` when present.
+
+A batch may pack several examples into a row (:mod:`rose_jax.training.segments`):
+``batch['segment_ids']`` then says which tokens belong to which example, and
+FreeLB bounds its perturbation per example, not per row.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from typing import Any, Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rose_jax.training import adversarial, apply_fn, losses
+from rose_jax.training import adversarial, apply_fn, losses, segments
 from rose_jax.training.apply_fn import ApplyFn, Batch, EmbeddingShape
 from rose_jax.training.methods import Method
 
@@ -147,9 +147,14 @@ def _adversarial_gradients(apply: ApplyFn, params, batch: Batch, labels, key, me
     grads, (ce, regulariser, logits) = jax.grad(adversary.loss, argnums=1, has_aux=True)(
         perturbed, params, labels, shape, dropout_key, noise_key, teacher)
   else:
-    mask = batch.get('attention_mask', jnp.ones(shape[:-1], jnp.int32))
+    ids = None
+    if 'segment_ids' in batch:  # packed rows: an example is a segment
+      ids = segments.example_ids(batch['segment_ids'])
+      mask = (batch['segment_ids'] != 0).astype(jnp.int32)
+    else:
+      mask = batch.get('attention_mask', jnp.ones(shape[:-1], jnp.int32))
     grads, (ce, logits) = adversary.gradients(perturbed, params, labels, mask, shape,
-                                              dropout_key, noise_key)
+                                              dropout_key, noise_key, ids)
     regulariser = jnp.zeros((), jnp.float32)
   loss = ce + getattr(adversary, 'alpha', 0.0) * regulariser
   return {'update': grads}, (loss, ce, regulariser, logits, None)

@@ -11,10 +11,36 @@ Test modules import from here, never from each other.
 
 from tests.helpers.commands import cli_args, fails, free_port, snapshot, write
 from tests.helpers.files import SPECIAL, WORDS, run_files, run_settings, tiny_checkpoint, write_sst2
-from tests.helpers.models import tiny_batch, tiny_model
+from tests.helpers.models import (
+  pack_by_hand,
+  random_examples,
+  rows_in_order,
+  tiny_batch,
+  tiny_model,
+)
 from tests.helpers.optimizers import CountingOptimizer, Recorded, recording_optimizer, rose_chain
 from tests.helpers.steps import runner
 
-__all__ = ['SPECIAL', 'WORDS', 'CountingOptimizer', 'Recorded', 'cli_args', 'fails', 'free_port',
-           'recording_optimizer', 'rose_chain', 'run_files', 'run_settings', 'runner', 'snapshot',
-           'tiny_batch', 'tiny_checkpoint', 'tiny_model', 'write', 'write_sst2']
+__all__ = [
+    'SPECIAL',
+    'WORDS',
+    'CountingOptimizer',
+    'Recorded',
+    'cli_args',
+    'fails',
+    'free_port',
+    'pack_by_hand',
+    'random_examples',
+    'recording_optimizer',
+    'rose_chain',
+    'rows_in_order',
+    'run_files',
+    'run_settings',
+    'runner',
+    'snapshot',
+    'tiny_batch',
+    'tiny_checkpoint',
+    'tiny_model',
+    'write',
+    'write_sst2',
+]

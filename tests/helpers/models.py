@@ -1,4 +1,5 @@
-"""A tiny encoder and batches for it, for the step, sweep and analysis tests."""
+"""A tiny encoder and batches for it, unpacked and packed by hand (independently
+of rose_jax.glue.packing), for the step, sweep, model and analysis tests."""
 
 from __future__ import annotations
 
@@ -29,3 +30,35 @@ def tiny_batch(seed: int = 0, size: int = 16, length: int = 8) -> dict[str, np.n
   ids[mask == 0] = 1
   return {'input_ids': ids, 'attention_mask': mask,
           'labels': rng.integers(0, 2, size=size).astype(np.int32)}
+
+
+def random_examples(rng, lengths):
+  """Token ids for tiny_model, one array per example."""
+  return [rng.integers(3, 50, size=n).astype(np.int32) for n in lengths]
+
+
+def pack_by_hand(examples, rows_of, row_length, type_of, pad=1):
+  """Each row's examples laid side by side, in the order given; segment ``s``
+  has token type ``type_of(s)``."""
+  ids = np.full((len(rows_of), row_length), pad, np.int32)
+  types = np.zeros_like(ids)
+  segment_ids = np.zeros_like(ids)
+  for r, members in enumerate(rows_of):
+    at = 0
+    for s, m in enumerate(members, start=1):
+      n = len(examples[m])
+      ids[r, at:at + n], segment_ids[r, at:at + n], types[r, at:at + n] = examples[m], s, type_of(s)
+      at += n
+  return {'input_ids': ids, 'segment_ids': segment_ids, 'token_type_ids': types}
+
+
+def rows_in_order(lengths, row_length, count=None):
+  """Consecutive examples while they fit, then a new row; empty rows up to
+  ``count`` (at least one)."""
+  rows, used = [[]], 0
+  for i, n in enumerate(lengths):
+    if used + n > row_length:
+      rows, used = [*rows, []], 0
+    rows[-1].append(i)
+    used += n
+  return rows + [[] for _ in range(max((count or 0) - len(rows), 1))]

@@ -15,40 +15,15 @@ from hypothesis import strategies as st
 from rose_jax.models import as_apply_fn, load_pretrained, segments
 from rose_jax.training import methods
 from rose_jax.training import step as step_lib
-from tests.helpers import recording_optimizer, tiny_model
+from tests.helpers import (
+  pack_by_hand,
+  random_examples,
+  recording_optimizer,
+  rows_in_order,
+  tiny_model,
+)
 
 PAD = 1  # tiny_model's pad id
-
-
-def _examples(rng, lengths):
-  return [rng.integers(3, 50, size=n).astype(np.int32) for n in lengths]
-
-
-def _packed(examples, rows_of, row_length, type_of):
-  """Each row's examples laid side by side, in the order given; segment ``s``
-  has token type ``type_of(s)``."""
-  ids = np.full((len(rows_of), row_length), PAD, np.int32)
-  types = np.zeros_like(ids)
-  segment_ids = np.zeros_like(ids)
-  for r, members in enumerate(rows_of):
-    at = 0
-    for s, m in enumerate(members, start=1):
-      n = len(examples[m])
-      ids[r, at:at + n], segment_ids[r, at:at + n], types[r, at:at + n] = examples[m], s, type_of(s)
-      at += n
-  return {'input_ids': ids, 'segment_ids': segment_ids, 'token_type_ids': types}
-
-
-def _rows(lengths, row_length, count=None):
-  """Consecutive examples while they fit, then a new row; empty rows up to
-  ``count`` (at least one)."""
-  rows, used = [[]], 0
-  for i, n in enumerate(lengths):
-    if used + n > row_length:
-      rows, used = [*rows, []], 0
-    rows[-1].append(i)
-    used += n
-  return rows + [[] for _ in range(max((count or 0) - len(rows), 1))]
 
 
 def test_segment_geometry_by_hand():
@@ -81,9 +56,9 @@ def _setup(model_type):
 def test_each_packed_example_has_its_logits_alone(model_type, lengths, seed):
   # Six examples in seven rows of 10, whatever the lengths: one compiled shape.
   forward, alone, params = _setup(model_type)
-  examples = _examples(np.random.default_rng(seed), lengths)
-  rows = _rows(lengths, 10, count=7)
-  got = np.asarray(forward(params, _packed(examples, rows, 10, type_of=lambda s: 0), 6))
+  examples = random_examples(np.random.default_rng(seed), lengths)
+  rows = rows_in_order(lengths, 10, count=7)
+  got = np.asarray(forward(params, pack_by_hand(examples, rows, 10, type_of=lambda s: 0), 6))
   for j, m in enumerate(m for members in rows for m in members):
     np.testing.assert_allclose(got[j], alone(params, examples[m][None]), atol=2e-5, rtol=1e-5)
 
@@ -91,11 +66,11 @@ def test_each_packed_example_has_its_logits_alone(model_type, lengths, seed):
 @pytest.mark.parametrize('model_type', ['roberta', 'bert'])
 def test_the_step_on_packed_rows_gives_the_unpacked_gradients(model_type):
   lengths = [7, 3, 8, 2, 5, 1, 6, 4]
-  examples = _examples(np.random.default_rng(3), lengths)
+  examples = random_examples(np.random.default_rng(3), lengths)
   labels = np.arange(8, dtype=np.int32) % 2
-  rows = _rows(lengths, 10)
+  rows = rows_in_order(lengths, 10)
   order = [m for members in rows for m in members]
-  packed = {**_packed(examples, rows, 10, type_of=lambda s: 0), 'labels': labels[order]}
+  packed = {**pack_by_hand(examples, rows, 10, type_of=lambda s: 0), 'labels': labels[order]}
   unpacked = {'input_ids': np.full((8, 8), PAD, np.int32), 'attention_mask':
               np.zeros((8, 8), np.int32), 'labels': labels}
   for i, e in enumerate(examples):
@@ -129,10 +104,10 @@ def test_packed_logits_match_transformers_on_each_example_alone(tmp_path, kind):
   reference.eval().save_pretrained(tmp_path)
   apply_fn, params = as_apply_fn(load_pretrained(tmp_path))
   lengths = [6, 2, 9, 4, 3, 5]
-  examples = _examples(np.random.default_rng(1), lengths)
-  rows = _rows(lengths, 12)
+  examples = random_examples(np.random.default_rng(1), lengths)
+  rows = rows_in_order(lengths, 12)
   type_of = (lambda s: 0) if kind == 'roberta' else (lambda s: s % 2)
-  packed = {**_packed(examples, rows, 12, type_of), 'labels': np.zeros(6, np.int32)}
+  packed = {**pack_by_hand(examples, rows, 12, type_of), 'labels': np.zeros(6, np.int32)}
   got = np.asarray(apply_fn(params, packed, dropout_key=None))
   for j, (r, members) in enumerate((r, m) for r, ms in enumerate(rows) for m in ms):
     m, segment = members, rows[r].index(members) + 1
