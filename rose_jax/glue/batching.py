@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -149,22 +149,37 @@ def process_rows(rows: np.ndarray, process_index: int = 0, process_count: int = 
 
 @dataclasses.dataclass(frozen=True)
 class Batch:
-  """This process's share of a global batch, and the global batch's token counts."""
+  """This process's share of a global batch, and the global batch's token counts.
+
+  ``order`` is set for packed batches (:mod:`rose_jax.glue.packing`): the
+  ``j``-th example of the global packed order is the batch's ``order[j]``.
+  """
   arrays: dict[str, np.ndarray]
   real_tokens: int
   padded_tokens: int
+  order: np.ndarray | None = None
+
+
+# layout(data, global batch rows, process_index, process_count) -> Batch
+Layout = Callable[[Encoded, np.ndarray, int, int], Batch]
 
 
 def train_batches(data: Encoded, batch_size: int, data_seed: int, epoch: int, *,
                   buckets: Sequence[int], group_by_length: bool = False, start: int = 0,
-                  process_index: int = 0, process_count: int = 1) -> Iterator[Batch]:
-  """The epoch's batches from batch ``start`` on, each padded to its bucket.
+                  process_index: int = 0, process_count: int = 1,
+                  layout: Layout | None = None) -> Iterator[Batch]:
+  """The epoch's batches from batch ``start`` on, each padded to its bucket,
+  or laid out by ``layout`` (packed rows: :func:`rose_jax.glue.packing.layout`);
+  the same examples either way.
 
   Each process gathers only its own rows of every global batch.
   """
   lengths = data.lengths
   plan = epoch_batches(lengths, batch_size, data_seed, epoch, group_by_length=group_by_length)
   for rows in plan[start:]:
+    if layout is not None:
+      yield layout(data, rows, process_index, process_count)
+      continue
     length = bucket_of(lengths[rows].max(), buckets)
     yield Batch(data.take(process_rows(rows, process_index, process_count), length),
                 int(lengths[rows].sum()), len(rows) * length)

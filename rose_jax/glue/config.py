@@ -95,6 +95,9 @@ class TrainConfig:
   group_by_length: bool = option(False, 'draw batches from length-sorted chunks of 50 '
                                  'batches and shuffle their order (less padding; batches '
                                  'hold examples of similar length)')
+  packing: bool = option(True, 'pack each batch\'s examples into rows of --max-length '
+                         '(several examples to a row, attention within each), so that steps '
+                         'compute real tokens; --no-packing pads each batch to its bucket')
   # Optimisation.
   preset: str | None = option('paper-base', "per-task learning rate and upper threshold "
                               "('none': 2e-5 and 0.6)", choices=[*sorted(PRESETS), 'none'])

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rose_jax import atomic, child_tuning
-from rose_jax.glue import batching, seeds
+from rose_jax.glue import batching, packing, seeds
 from rose_jax.glue import data as data_lib
 from rose_jax.glue.checkpoints import Checkpoints, restore_together
 from rose_jax.glue.config import ConfigError, TrainConfig, flag
@@ -81,7 +81,8 @@ def fisher_pass(config: TrainConfig, data: Data, apply_fn: ModuleApply, params):
   included = child_tuning.included_tensors(params)
   batches = batching.train_batches(
       data.train, config.batch_size, seeds.stream_seed(config.seed, 'noise'), 0,
-      buckets=config.buckets, group_by_length=config.group_by_length)
+      buckets=config.buckets, group_by_length=config.group_by_length,
+      layout=batch_layout(config))
   bar = _progress(data.steps_per_epoch, 0, config.progress)
   bar.set_description('fisher')
   try:
@@ -375,6 +376,14 @@ def _load_model(config: TrainConfig):
                          ignore_mismatched_head=True)
 
 
+def batch_layout(config: TrainConfig) -> batching.Layout | None:
+  """Packed rows over the step's devices (``--packing``), or None for buckets."""
+  if not config.packing:
+    return None
+  devices = 1 if config.parallel == 'none' else jax.device_count()
+  return packing.layout(packing.Packing(config.max_length, devices))
+
+
 def run(config: TrainConfig) -> dict[str, Any]:
   """Fine-tunes, evaluates and writes one run; returns its results."""
   config = preflight(config)
@@ -445,8 +454,12 @@ class _Stacked:
     self._pad_id = pad_id
 
   def step(self, batches: list[batching.Batch], keys: list[jax.Array]) -> dict:
-    length = max(b.arrays['input_ids'].shape[1] for b in batches)
-    padded = [batching.pad_to(b.arrays, length, self._pad_id) for b in batches]
+    if 'segment_ids' in batches[0].arrays:  # packed: the members' row counts may differ
+      rows = max(b.arrays['segment_ids'].shape[0] for b in batches)
+      padded = [packing.pad_rows(b.arrays, rows, self._pad_id) for b in batches]
+    else:
+      length = max(b.arrays['input_ids'].shape[1] for b in batches)
+      padded = [batching.pad_to(b.arrays, length, self._pad_id) for b in batches]
     arrays = {key: np.stack([p[key] for p in padded]) for key in padded[0]}
     self.params, self.opt_state, metrics = self._step(self.params, self.opt_state, arrays,
                                                       jnp.stack(keys))
@@ -677,7 +690,8 @@ def _train(members: list[_Member], trainer, shared: Shared) -> None:
   start_epoch, start_batch = int(position['epoch']), int(position['batch'])
   dropout_keys = [jax.random.wrap_key_data(np.asarray(m.state['dropout_key'])) for m in members]
   evaluator = Evaluator(shared.apply_fn, config.eval_batch_size,
-                        sharded=config.parallel != 'none', buckets=config.buckets)
+                        sharded=config.parallel != 'none', buckets=config.buckets,
+                        row_length=config.max_length if config.packing else None)
   pending: list = []
   has_started = False
 
@@ -710,7 +724,8 @@ def _train(members: list[_Member], trainer, shared: Shared) -> None:
       streams = [batching.train_batches(
           data.train, config.batch_size, seeds.stream_seed(member.config.seed, 'data'), epoch,
           buckets=config.buckets, group_by_length=config.group_by_length, start=first,
-          process_index=jax.process_index(), process_count=jax.process_count())
+          process_index=jax.process_index(), process_count=jax.process_count(),
+          layout=batch_layout(config))
           for member in members]
       for index, batches in enumerate(zip(*streams, strict=True), start=first):
         keys = [jax.random.fold_in(key, global_step) for key in dropout_keys]

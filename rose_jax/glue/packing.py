@@ -15,11 +15,28 @@ back to the batch's own order.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from rose_jax.glue.batching import Encoded
+from rose_jax.glue.batching import Batch, Encoded, process_rows
+
+ROW_MULTIPLE = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Packing:
+  """How batches are packed.
+
+  Attributes:
+    row_length: tokens per row (``--max-length``).
+    devices: the devices a global batch is split over; each device's share
+      is packed on its own, all into the same number of rows.
+    row_multiple: the row count is rounded up to a multiple of this.
+  """
+  row_length: int
+  devices: int = 1
+  row_multiple: int = ROW_MULTIPLE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +76,12 @@ def first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int
     rows[row].append(int(index))
     room[row] -= length
   return rows
+
+
+def packed_order(lengths: Sequence[int], capacity: int) -> np.ndarray:
+  """The order in which :func:`pack` lays out examples of these lengths."""
+  return np.asarray([i for row in first_fit_decreasing(lengths, capacity) for i in row],
+                    np.int64)
 
 
 def row_count(needed: int, row_multiple: int) -> int:
@@ -102,3 +125,49 @@ def pack(data: Encoded, examples: np.ndarray, row_length: int, *,
   assert np.array_equal(np.sort(order), np.arange(len(examples))), 'an example lost or doubled'
   arrays['labels'] = data.labels[examples[order]]
   return Packed(arrays, order)
+
+
+def packed_batch(data: Encoded, rows: np.ndarray, packing: Packing, *, process_index: int = 0,
+                 process_count: int = 1) -> Batch:
+  """A global batch (``rows`` of ``data``) packed, this process's share of it.
+
+  The batch is split over ``packing.devices`` in order; every device's share
+  is packed on its own into as many rows as the fullest share needs (rounded
+  up), and this process's devices' packs are concatenated, rows after rows
+  and labels after labels, as ``shard_batch`` hands them out again.
+  ``Batch.order[j]`` is the batch position of the ``j``-th example in the
+  global packed order.
+  """
+  if len(rows) % packing.devices:
+    raise ValueError(f'The batch of {len(rows)} does not divide over {packing.devices} devices.')
+  shares = np.split(np.asarray(rows), packing.devices)
+  lengths = data.lengths
+  needed = max(len(first_fit_decreasing(lengths[share], packing.row_length)) for share in shares)
+  count = row_count(needed, packing.row_multiple)
+  local = process_rows(np.arange(packing.devices), process_index, process_count)
+  packs = [pack(data, shares[d], packing.row_length, rows=count) for d in local]
+  arrays = {key: np.concatenate([p.arrays[key] for p in packs]) for key in packs[0].arrays}
+  size = len(rows) // packing.devices
+  order = np.concatenate([d * size + packed_order(lengths[share], packing.row_length)
+                          for d, share in enumerate(shares)])
+  return Batch(arrays, int(lengths[rows].sum()), packing.devices * count * packing.row_length,
+               order)
+
+
+def layout(packing: Packing) -> Callable[[Encoded, np.ndarray, int, int], Batch]:
+  """:func:`packed_batch` as a ``layout`` for :func:`rose_jax.glue.batching.train_batches`."""
+  return lambda data, rows, process_index, process_count: packed_batch(
+      data, rows, packing, process_index=process_index, process_count=process_count)
+
+
+def pad_rows(arrays: dict[str, np.ndarray], rows: int, pad_id: int) -> dict[str, np.ndarray]:
+  """A packed batch with empty rows added up to ``rows`` (so that batches of
+  several row counts stack)."""
+  out = {}
+  for key, value in arrays.items():
+    extra = rows - value.shape[0] if key != 'labels' else 0
+    if extra < 0:
+      raise ValueError(f'{key} has {value.shape[0]} rows, more than {rows}.')
+    out[key] = np.pad(value, ((0, extra), (0, 0)),
+                      constant_values=pad_id if key == 'input_ids' else 0) if extra else value
+  return out

@@ -217,7 +217,9 @@ class FreeLB:
       if example_ids is None:
         lengths = jnp.sum(attention_mask, axis=1).astype(jnp.float32)[:, None, None]
       else:
-        lengths = _per_example(jax.ops.segment_sum, mask[..., 0], example_ids)[..., None]
+        # Padding (example 0) counts no tokens; 1 keeps its zero start finite.
+        lengths = jnp.maximum(
+            _per_example(jax.ops.segment_sum, mask[..., 0], example_ids), 1.0)[..., None]
       magnitude = self.init_mag / jnp.sqrt(lengths * embedding_shape[-1])
       return jax.random.uniform(key, embedding_shape, jnp.float32, -1.0, 1.0) * mask \
           * magnitude

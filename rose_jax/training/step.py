@@ -193,16 +193,15 @@ def data_mesh(axis_name: str = 'data') -> jax.sharding.Mesh:
                        axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def _check_divisible(batch: Mapping[str, Any], devices: int) -> int:
-  sizes = {np.shape(v)[0] for v in batch.values()}
-  if len(sizes) != 1:
-    raise ValueError(f'Batch entries have different leading sizes {sorted(sizes)}.')
-  size = sizes.pop()
-  if size % devices:
-    raise ValueError(
-        f'The batch of {size} examples does not divide over {devices} devices; '
-        f'use a batch size that is a multiple of {devices} (per process).')
-  return size
+def _check_divisible(batch: Mapping[str, Any], devices: int) -> None:
+  """Every entry's leading axis divides over the devices (a packed batch's
+  rows and its examples may differ in number, each dividing)."""
+  for name, value in batch.items():
+    size = np.shape(value)[0]
+    if size % devices:
+      raise ValueError(
+          f'The batch of {size} ({name}) does not divide over {devices} devices; '
+          f'use a batch size that is a multiple of {devices} (per process).')
 
 
 def shard_batch(batch: Mapping[str, Any], mesh: jax.sharding.Mesh,

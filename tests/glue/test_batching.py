@@ -138,7 +138,11 @@ def test_bad_buckets_fail_before_training():
   assert TrainConfig(max_length=40).resolved().buckets == (16, 32, 40)
 
 
-def test_one_compilation_per_bucket_and_none_after_the_first_epoch(tiny, tmp_path, monkeypatch):
+@pytest.mark.parametrize('packing', [False, True])
+def test_one_compilation_per_shape_and_none_after_the_first_epoch(tiny, tmp_path, monkeypatch,
+                                                                   packing):
+  # Buckets: one shape per bucket (3). Packed: rows of 24, 8 examples in 2, 4,
+  # 6 or 8 rows.
   traced_shapes, compiles, phase = [], [], {'epoch': 0}
   real_local_step, real_batches = step_lib.local_step, batching.train_batches
 
@@ -159,8 +163,12 @@ def test_one_compilation_per_bucket_and_none_after_the_first_epoch(tiny, tmp_pat
       task='sst2', method='rose-ensemble', model=tiny['dir'], train_file=tiny['train_file'],
       dev_file=tiny['dev_file'], adv_file=tiny['adv_file'], output_dir=str(tmp_path / 'run'),
       epochs=2, batch_size=8, max_length=24, buckets=(4, 8, 12), log_every=2,
-      progress=False, parallel='none'))
+      progress=False, parallel='none', packing=packing))
   assert len(traced_shapes) == len(set(traced_shapes)) <= 4
+  if packing:
+    assert all(rows in (2, 4, 6, 8) and length == 24 for rows, length in traced_shapes)
+  else:
+    assert all(length in (4, 8, 12, 24) for _, length in traced_shapes)
   assert phase['epoch'] == 1 and compiles and 1 not in compiles
   for record in results['epochs']:
     assert 0 < record['padding_efficiency'] <= 1 and record['tokens_per_second'] > 0

@@ -37,18 +37,22 @@ def _alone(apply_fn, params, data: batching.Encoded) -> np.ndarray:
                    for i in range(len(data))])
 
 
-@pytest.mark.parametrize('batch_size, buckets, sharded', [
-    (4, None, False),        # each batch padded to its longest example; the last one short
-    (6, (8, 12), False),     # padded to buckets
-    (5, (12,), True),        # over 8 devices: 5 rounds up to 8 rows a batch
+@pytest.mark.parametrize('batch_size, buckets, sharded, row_length', [
+    (4, None, False, None),        # each batch padded to its longest example; the last one short
+    (6, (8, 12), False, None),     # padded to buckets
+    (5, (12,), True, None),        # over 8 devices: 5 rounds up to 8 rows a batch
+    (6, None, False, 12),          # packed into rows of 12
+    (16, None, True, 12),          # packed, each device's 2 examples on their own
 ])
-def test_predictions_are_each_examples_own(model, batch_size, buckets, sharded):
+def test_predictions_are_each_examples_own(model, batch_size, buckets, sharded, row_length):
   apply_fn, params = model
   data = _encoded(21)
+  assert data.lengths.max() <= 12
   expected = _alone(apply_fn, params, data)
   assert 0 < expected.sum() < len(expected), 'a constant model would prove nothing'
-  evaluator = Evaluator(apply_fn, batch_size, sharded=sharded, buckets=buckets)
-  assert evaluator.batch_size == (8 if sharded else batch_size)
+  evaluator = Evaluator(apply_fn, batch_size, sharded=sharded, buckets=buckets,
+                        row_length=row_length)
+  assert evaluator.batch_size == (-(-batch_size // 8) * 8 if sharded else batch_size)
   predictions, accuracy = evaluator(evaluator.place_params(params), data)
   np.testing.assert_array_equal(predictions, expected)
   assert accuracy == np.mean(expected == data.labels)

@@ -291,3 +291,17 @@ def test_freelb_on_packed_rows_gives_the_unpacked_gradients(norm):
                             for x in (packed, unpacked))
   chex.assert_trees_all_close(a.grads, b.grads, atol=1e-6, rtol=1e-5)
   np.testing.assert_allclose(ma['ce'], mb['ce'], rtol=1e-6)
+
+
+def test_freelb_start_in_packed_rows_is_scaled_by_each_example_and_zero_at_padding():
+  segment_ids = jnp.asarray([[1, 1, 1, 1, 2, 2, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1]])
+  mask = (segment_ids != 0).astype(jnp.int32)
+  freelb = adversarial.FreeLB(init_mag=1.0, norm='l2')
+  delta = np.asarray(freelb.initial_delta(jax.random.key(0), (2, 8, 4), mask,
+                                          segments.example_ids(segment_ids)))
+  assert np.all(np.isfinite(delta)) and np.all(delta[0, 6:] == 0)
+  # U(-1, 1) * init_mag / sqrt(length * H): the bound per example's tokens.
+  for row, tokens, length in ((0, slice(0, 4), 4), (0, slice(4, 6), 2), (1, slice(0, 8), 8)):
+    bound = 1.0 / np.sqrt(length * 4)
+    assert np.abs(delta[row, tokens]).max() <= bound
+    assert np.abs(delta[row, tokens]).max() > bound / 2
