@@ -15,10 +15,11 @@ checkpoints that a plain ``--resume`` continues), so the report reads both.
 A member's numbers equal its separate run's to float tolerance (vmapped
 matmuls round differently); two exceptions make them differ further:
 
-* with several ``--buckets``, a step pads every member's batch to the longest
-  of the members' buckets, and dropout draws its bits for that shape; runs
-  that vary only optimizer numbers share their batches and are unaffected,
-  and ``--buckets MAX_LENGTH`` removes the difference for seeds too;
+* a step pads every member's batch to the most rows among the members'
+  packed batches (with ``--no-packing``, to the longest of their buckets),
+  and dropout draws its bits for that shape; runs that vary only optimizer
+  numbers share their batches and are unaffected, and ``--no-packing
+  --buckets MAX_LENGTH`` removes the difference for seeds too;
 * a member whose loss becomes NaN or infinite is marked ``"diverged"`` in its
   ``results.json`` and left unfinished, while the others go on.
 

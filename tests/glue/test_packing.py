@@ -1,12 +1,18 @@
 """The packer: every example of a batch once, whole, in rows that do not
 overflow, with a bounded number of row counts."""
 
+import chex
 import hypothesis
+import jax
 import numpy as np
 import pytest
 from hypothesis import strategies as st
 
 from rose_jax.glue import batching, packing
+from rose_jax.models import as_apply_fn
+from rose_jax.training import methods
+from rose_jax.training import step as step_lib
+from tests.helpers import recording_optimizer, tiny_model
 
 
 def _encoded(lengths, seed=0, pad=1):
@@ -73,3 +79,61 @@ def test_a_row_count_too_small_for_the_examples_is_refused():
   data = _encoded([8, 8, 8])
   with pytest.raises(ValueError, match='3 examples need 3 rows, more than 2'):
     packing.pack(data, np.arange(3), 8, rows=2)
+
+
+@hypothesis.settings(max_examples=25, deadline=None)
+@hypothesis.given(lengths=st.lists(st.integers(1, 12), min_size=16, max_size=40),
+                  group=st.booleans(), devices=st.sampled_from([1, 2, 4]), seed=st.integers(0, 9))
+def test_packed_steps_hold_the_examples_of_the_unpacked_steps(lengths, group, devices, seed):
+  # The first token of every example is its own index (+3), so a packed
+  # batch's examples can be read back from its rows.
+  data = _encoded(lengths, seed)
+  data.tokens['input_ids'][data.offsets[:-1]] = np.arange(len(lengths)) + 3
+  common = dict(buckets=(12,), group_by_length=group)
+  plain = batching.train_batches(data, 8, seed, 1, **common)
+  packed = batching.train_batches(data, 8, seed, 1, layout=packing.layout(
+      packing.Packing(12, devices=devices)), **common)
+  for a, b in zip(plain, packed, strict=True):
+    want = a.arrays['input_ids'][:, 0] - 3
+    firsts = _firsts(b.arrays)
+    assert len(firsts) == 8
+    # Devices in order, each device's share of the batch's examples.
+    for d in range(devices):
+      share = slice(d * 8 // devices, (d + 1) * 8 // devices)
+      assert sorted(firsts[share]) == sorted(want[share])
+    np.testing.assert_array_equal(np.asarray(firsts)[np.argsort(b.order)], want)
+    assert b.real_tokens == a.real_tokens
+    assert b.arrays['segment_ids'].shape[0] % (2 * devices) == 0
+
+
+def _firsts(arrays):
+  """The example index at each segment's first token, in packed order."""
+  ids, segment_ids = arrays['input_ids'], arrays['segment_ids']
+  starts = np.ones_like(segment_ids, bool)
+  starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+  return list(ids[starts & (segment_ids != 0)] - 3)
+
+
+@pytest.mark.filterwarnings('ignore::rose_jax.training.NoDropoutWarning')  # dropout 0 on purpose
+def test_eight_devices_on_packed_shares_equal_one_device_on_the_whole_batch():
+  # Each device packs its own 2 of the 16 examples; one device packs all 16.
+  lengths = np.random.default_rng(5).integers(1, 9, size=16)
+  data = _encoded(lengths, seed=5)
+  data.tokens['input_ids'][:] %= 50  # tiny_model's vocabulary
+  data.tokens['token_type_ids'][:] = 0
+  rows = np.random.default_rng(6).permutation(16)
+  apply_fn, params = as_apply_fn(tiny_model(dropout=0.0))
+  method = methods.get_method('rdrop-rose-ensemble')
+  tx = recording_optimizer()
+  mesh = step_lib.data_mesh()
+  got = {}
+  for parallel, devices in (('none', 1), ('shard_map', 8)):
+    batch = packing.packed_batch(data, rows, packing.Packing(12, devices=devices)).arrays
+    if parallel == 'shard_map':
+      batch = step_lib.shard_batch(batch, mesh)
+    step = step_lib.make_train_step(apply_fn, tx, method, parallel=parallel, donate=False)
+    got[parallel] = step(params, tx.init(params), batch, jax.random.key(0))[1:]
+  (one, one_metrics), (eight, eight_metrics) = got['none'], got['shard_map']
+  chex.assert_trees_all_close(eight.grads, one.grads, atol=1e-6, rtol=1e-5)
+  for name in ('loss', 'ce', 'accuracy'):
+    np.testing.assert_allclose(eight_metrics[name], one_metrics[name], rtol=1e-5)

@@ -24,12 +24,17 @@ def _config(files, out, **overrides):
                                                  **{'epochs': 2, 'save_every': 4, **overrides}))
 
 
+# Packed rows (the default) on one device and on 8, and buckets on one.
+MODES = {'none': {'parallel': 'none'}, 'shard_map': {'parallel': 'shard_map'},
+         'buckets': {'parallel': 'none', 'packing': False}}
+
+
 @pytest.fixture(scope='module')
 def whole(files, tmp_path_factory):
-  """Uninterrupted runs, one per parallel mode."""
+  """Uninterrupted runs, one per mode."""
   out = tmp_path_factory.mktemp('whole')
-  return {mode: (loop.run(_config(files, out / mode, parallel=mode)), out / mode)
-          for mode in ('none', 'shard_map')}
+  return {mode: (loop.run(_config(files, out / mode, **settings)), out / mode)
+          for mode, settings in MODES.items()}
 
 
 @pytest.fixture(scope='module')
@@ -39,9 +44,9 @@ def killed(files, tmp_path_factory):
   it. Copy one before resuming it."""
   out = tmp_path_factory.mktemp('killed')
   with pytest.MonkeyPatch.context() as monkeypatch:
-    for mode in ('none', 'shard_map'):
-      run_killed_at(monkeypatch, 11, _config(files, out / mode, parallel=mode))
-  return {mode: out / mode for mode in ('none', 'shard_map')}
+    for mode, settings in MODES.items():
+      run_killed_at(monkeypatch, 11, _config(files, out / mode, **settings))
+  return {mode: out / mode for mode in MODES}
 
 
 def _copy(run, tmp_path):
@@ -49,24 +54,25 @@ def _copy(run, tmp_path):
   return tmp_path / 'run'
 
 
-@pytest.mark.parametrize('parallel', ['none', 'shard_map'])
-def test_killed_mid_epoch_resumes_bit_identical(files, tmp_path, whole, killed, parallel):
+@pytest.mark.parametrize('mode', sorted(MODES))
+def test_killed_mid_epoch_resumes_bit_identical(files, tmp_path, whole, killed, mode):
   assert jax.device_count() == 8
-  expected, whole_dir = whole[parallel]
-  out = _copy(killed[parallel], tmp_path)
+  expected, whole_dir = whole[mode]
+  settings = MODES[mode]
+  out = _copy(killed[mode], tmp_path)
   lines = (out / 'metrics.jsonl').read_text().splitlines()
   assert [json.loads(x).get('step') for x in lines][-1] == 10
   assert checkpoints.Checkpoints(out / 'checkpoints').steps()[-1] == 8
   with pytest.raises(ConfigError, match='--resume'):
-    loop.run(_config(files, out, parallel=parallel))
+    loop.run(_config(files, out, **settings))
 
-  resumed = loop.run(_config(files, out, parallel=parallel, resume=True))
+  resumed = loop.run(_config(files, out, **settings, resume=True))
   chex.assert_trees_all_equal(resumed['final_params'], expected['final_params'])
   assert read_run(out) == read_run(whole_dir)
   steps = [x['step'] for x in read_run(out)['metrics'] if 'type' not in x]
   assert steps == list(range(2, 2 * STEPS_PER_EPOCH + 1, 2))
   with pytest.raises(ConfigError, match='finished run'):
-    loop.run(_config(files, out, parallel=parallel, resume=True))
+    loop.run(_config(files, out, **settings, resume=True))
 
 
 def test_killed_during_evaluation_redoes_the_epoch(files, tmp_path, monkeypatch, whole):
