@@ -19,16 +19,17 @@ from rose_jax.training.apply_fn import ApplyFn
 
 def pass_predictions(apply_fn: ApplyFn, params, batch: dict, key: jax.Array | None,
                      passes: int) -> jax.Array:
-  """``[passes, rows]`` predicted labels, one row of dropout per pass
+  """``[passes, examples]`` predicted labels, one draw of dropout per pass
   (``key`` None: dropout off, every pass the same)."""
   if key is None:
-    return jnp.broadcast_to(jnp.argmax(apply_fn(params, batch, dropout_key=None), -1),
-                            (passes, len(batch['input_ids'])))
+    predicted = jnp.argmax(apply_fn(params, batch, dropout_key=None), -1)
+    return jnp.broadcast_to(predicted, (passes, *predicted.shape))
   keys = jax.random.split(key, passes)
   return jax.vmap(lambda k: jnp.argmax(apply_fn(params, batch, dropout_key=k), -1))(keys)
 
 
-def dropout_disagreement(apply_fn: ApplyFn, params, batches: Iterable[tuple[dict, int]],
+def dropout_disagreement(apply_fn: ApplyFn, params,
+                         batches: Iterable[tuple[dict, int | np.ndarray]],
                          key: jax.Array | None, *, passes: int = 2) -> float:
   """The share of examples whose ``passes`` dropout passes do not all predict
   the same label (for two passes: predict different labels).
@@ -36,7 +37,9 @@ def dropout_disagreement(apply_fn: ApplyFn, params, batches: Iterable[tuple[dict
   Args:
     apply_fn: ``apply_fn(params, batch, *, dropout_key) -> logits``, dropout off for a None key.
     params: the parameters.
-    batches: ``(batch, real_rows)`` pairs; rows past ``real_rows`` are padding.
+    batches: ``(batch, real)`` pairs: ``real`` counts the batch's first
+      examples that are real (the rest are filler), or is a boolean mask
+      over its examples (packed batches put filler anywhere).
     key: dropout's key (folded with each batch's index); None: dropout off,
       and the share is 0.
     passes: forward passes per example, at least 2.
@@ -50,9 +53,11 @@ def dropout_disagreement(apply_fn: ApplyFn, params, batches: Iterable[tuple[dict
   disagreeing = total = 0
   for index, (batch, real) in enumerate(batches):
     batch_key = None if key is None else jax.random.fold_in(key, index)
-    predictions = np.asarray(predict(params, batch, batch_key))[:, :real]
+    predictions = np.asarray(predict(params, batch, batch_key))
+    keep = np.arange(predictions.shape[1]) < real if np.ndim(real) == 0 else np.asarray(real)
+    predictions = predictions[:, keep]
     disagreeing += int(np.sum(np.any(predictions != predictions[:1], axis=0)))
-    total += real
+    total += int(keep.sum())
   if not total:
     raise ValueError('No examples to measure disagreement on.')
   return disagreeing / total

@@ -25,7 +25,7 @@ import optax
 from rose_jax import atomic
 from rose_jax.analysis import disagreement as disagreement_lib
 from rose_jax.analysis import landscape as landscape_lib
-from rose_jax.glue import batching, plots
+from rose_jax.glue import batching, packing, plots
 from rose_jax.glue import data as data_lib
 from rose_jax.models import ModuleApply, as_apply_fn, load_pretrained, load_tokenizer
 from rose_jax.training.apply_fn import ApplyFn
@@ -68,10 +68,14 @@ def load_run(path: str | Path) -> Run:
 
 def evaluation_subset(run: Run, examples: int = 512, batch_size: int | None = None,
                       ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-  """The first ``examples`` GLUE dev examples as ``[batches, batch_size, length]``
-  arrays, one length for all, and ``[batches, batch_size]`` weights (0 for filler rows).
-  By default one batch holds them all: grid points, not examples, are what
-  the evaluation splits into chunks, and XLA's FLOP count is exact without a loop."""
+  """The first ``examples`` GLUE dev examples as ``[batches, ...]`` arrays and
+  ``[batches, batch_size]`` weights (0 for filler examples).
+
+  Each batch is padded to one length for all, or, for a run that trained on
+  packed rows, packed into one row count for all (its labels and weights in
+  packed order). By default one batch holds them all: grid points, not
+  examples, are what the evaluation splits into chunks, and XLA's FLOP count
+  is exact without a loop."""
   task = data_lib.get_task(run.config['task'])
   dev = (data_lib.load_local(task, run.config['dev_file']) if run.config.get('dev_file')
          else data_lib.load_hub(task, task.hub_validation_split)).take(examples)
@@ -79,12 +83,18 @@ def evaluation_subset(run: Run, examples: int = 512, batch_size: int | None = No
   n = len(encoded)
   batch_size = batch_size or n
   batches = -(-n // batch_size)
-  rows = np.minimum(np.arange(batches * batch_size), n - 1)
-  arrays = encoded.take(rows, int(encoded.lengths.max()))
-  weights = (np.arange(batches * batch_size) < n).astype(np.float32)
-  shape = (batches, batch_size)
-  return ({k: v.reshape(*shape, *v.shape[1:]) for k, v in arrays.items()},
-          weights.reshape(shape))
+  rows = np.minimum(np.arange(batches * batch_size), n - 1).reshape(batches, batch_size)
+  weights = (np.arange(batches * batch_size) < n).astype(np.float32).reshape(batches, batch_size)
+  if not run.config.get('packing', False):
+    arrays = encoded.take(rows.reshape(-1), int(encoded.lengths.max()))
+    return ({k: v.reshape(batches, batch_size, *v.shape[1:]) for k, v in arrays.items()},
+            weights)
+  length = run.config['max_length']
+  count = max(packing.row_count(len(packing.first_fit_decreasing(encoded.lengths[r], length)),
+                                packing.ROW_MULTIPLE) for r in rows)
+  packs = [packing.pack(encoded, r, length, rows=count) for r in rows]
+  return ({k: np.stack([p.arrays[k] for p in packs]) for k in packs[0].arrays},
+          np.stack([w[p.order] for w, p in zip(weights, packs, strict=True)]))
 
 
 def subset_loss(apply_fn: ApplyFn, batches: dict[str, np.ndarray],
@@ -205,8 +215,7 @@ def disagreement(run_dir: str | Path, *, passes: int = 2, examples: int = 512,
   ``analysis/flatness.json``."""
   run = load_run(run_dir)
   batches, weights = evaluation_subset(run, examples)
-  real = weights.sum(1).astype(int)
-  pairs = (({k: v[i] for k, v in batches.items()}, int(real[i])) for i in range(len(real)))
+  pairs = (({k: v[i] for k, v in batches.items()}, weights[i] > 0) for i in range(len(weights)))
   share = disagreement_lib.dropout_disagreement(
       run.apply_fn, run.params, pairs, jax.random.key(seed) if dropout else None, passes=passes)
   _record_flatness(run.path, disagreement=share, disagreement_passes=passes)
