@@ -1,23 +1,27 @@
-"""Training speed through the real data pipeline: fixed padding, buckets, grouping.
+"""Training speed through the real data pipeline: fixed padding, buckets, grouping, packing.
 
   python benchmarks/e2e_benchmark.py            # SST-2 rows from ../shared/data, MiniLM
   python benchmarks/e2e_benchmark.py --torch    # adds the authors' PyTorch recipe
 
 For vanilla and ROSE-Ensemble, times N training steps of the fine-tuning
-command's own pipeline (the batches of one epoch's random order, gathered
-and padded on the host, then the jitted step) three ways:
+command's own pipeline (the batches of one epoch's random order of the
+first ``--rows`` rows after ``numpy.random.default_rng(0).permutation``,
+gathered and laid out on the host, then the jitted step) four ways:
 
 * ``fixed``: every batch padded to ``--max-length``;
 * ``buckets``: each batch padded to the smallest multiple of 16 that holds
   it (the default of ``finetune.py``);
-* ``grouped``: ``--group-by-length`` batches, padded by bucket.
+* ``grouped``: ``--group-by-length`` batches, padded by bucket;
+* ``packed``: the random batches packed into rows of ``--max-length``
+  (the default of ``finetune.py``: the same examples in every step).
 
-Each mode first runs one step per bucket width it will meet, so the timed
+Each mode first runs one step per batch shape it will meet, so the timed
 steps include no compilation (the compile time is reported beside them).
-With ``--torch`` it then times the authors' recipe in PyTorch on the same
-checkpoint and the same random batches, each padded to its own longest
-example as Hugging Face's ``DataCollatorWithPadding`` does. Ratios are
-taken within this one run. Results also go to a JSON file.
+With ``--torch`` it then times each method's PyTorch recipe (the authors'
+ROSE-Ensemble; ``torch.optim.AdamW`` for vanilla) on the same checkpoint
+and the same random batches, each padded to its own longest example as
+Hugging Face's ``DataCollatorWithPadding`` does. Ratios are taken within
+this one run. Results also go to a JSON file.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 if not __package__:  # run as a script: its sibling module is found from the repository root
   sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -39,10 +45,12 @@ from rose_jax.glue.cli import run_as_process
 
 ROOT = Path(__file__).resolve().parent.parent
 SST2 = ROOT.parent / 'shared' / 'data' / 'glue-sst2' / 'train.tsv'
-MODES = ('fixed', 'buckets', 'grouped')
+MODES = ('fixed', 'buckets', 'grouped', 'packed')
 TARGETS = [('rose-ensemble', 'buckets', 'fixed', 0.75), ('rose-ensemble', 'grouped', 'fixed', 0.45),
            ('vanilla', 'buckets', 'fixed', 0.75), ('vanilla', 'grouped', 'fixed', 0.45),
-           ('rose-ensemble', 'buckets', 'torch', 0.8), ('rose-ensemble', 'grouped', 'torch', 0.5)]
+           ('rose-ensemble', 'buckets', 'torch', 0.8), ('rose-ensemble', 'grouped', 'torch', 0.5),
+           ('rose-ensemble', 'packed', 'buckets', 0.5), ('vanilla', 'packed', 'buckets', 0.5),
+           ('rose-ensemble', 'packed', 'torch', 0.45), ('vanilla', 'packed', 'torch', 0.55)]
 
 
 def default_model() -> str | None:
@@ -58,7 +66,9 @@ def load(args):
   from rose_jax.glue import data as data_lib
   from rose_jax.models import load_pretrained, load_tokenizer
   task = data_lib.get_task('sst2')
-  split = data_lib.load_local(task, args.train_file).take(args.rows)
+  full = data_lib.load_local(task, args.train_file)
+  order = np.random.default_rng(0).permutation(len(full))[:args.rows]
+  split = data_lib.Split([full.texts[i] for i in order], full.labels[order])
   model = load_pretrained(args.model, num_labels=2, hidden_dropout=0.1, attention_dropout=0.1)
   tokenizer = load_tokenizer(args.model, model.config)
   return model, tokenizer, split, batching.tokenize(tokenizer, split, args.max_length)
@@ -68,7 +78,7 @@ def bench_jax(model, encoded, method_name: str, mode: str, args) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from rose_jax.glue import batching, seeds
+  from rose_jax.glue import batching, packing, seeds
   from rose_jax.glue.config import TrainConfig
   from rose_jax.glue.optimizers import build_optimizer
   from rose_jax.models import as_apply_fn
@@ -83,18 +93,20 @@ def bench_jax(model, encoded, method_name: str, mode: str, args) -> dict:
   opt_state = tx.init(params)
   step = step_lib.make_train_step(apply_fn, tx, method)
   buckets = (args.max_length,) if mode == 'fixed' else config.buckets
+  layout = (packing.layout(packing.Packing(args.max_length)) if mode == 'packed'
+            else None)
 
   def batches():
     return itertools.islice(batching.train_batches(
         encoded, args.batch_size, seeds.stream_seed(1, 'data'), 0, buckets=buckets,
-        group_by_length=mode == 'grouped'), args.steps)
+        group_by_length=mode == 'grouped', layout=layout), args.steps)
 
   key = jax.random.key(0)
   started, seen = time.perf_counter(), set()
-  for batch in batches():  # compile each width the timed steps will meet
-    width = batch.arrays['input_ids'].shape[1]
-    if width not in seen:
-      seen.add(width)
+  for batch in batches():  # compile each shape the timed steps will meet
+    shape = batch.arrays['input_ids'].shape
+    if shape not in seen:
+      seen.add(shape)
       params, opt_state, metrics = step(params, opt_state, batch.arrays, key)
       jax.block_until_ready(metrics)
   compile_s = time.perf_counter() - started
@@ -109,10 +121,25 @@ def bench_jax(model, encoded, method_name: str, mode: str, args) -> dict:
   return {'method': method_name, 'padding': mode, 'steps': args.steps, 'wall_s': wall,
           'step_s': wall / args.steps, 'padding_efficiency': real / padded,
           'tokens_per_s': real / wall, 'compile_and_warmup_s': compile_s,
-          'widths': sorted(seen)}
+          'widths': sorted({width for _, width in seen}),
+          'shapes': [list(shape) for shape in sorted(seen)]}
 
 
-def bench_torch(tokenizer, split, encoded, args) -> dict | None:
+def torch_vanilla_step(model, *, lr: float = 2e-5):
+  """Vanilla fine-tuning in PyTorch: one forward, CE backward, AdamW."""
+  import torch
+  optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+
+  def one_step(ids, mask, labels):
+    optimizer.zero_grad()
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    torch.nn.functional.cross_entropy(logits, labels).backward()
+    optimizer.step()
+
+  return one_step
+
+
+def bench_torch(tokenizer, split, encoded, method_name: str, args) -> dict | None:
   try:
     import torch
     import transformers
@@ -124,7 +151,8 @@ def bench_torch(tokenizer, split, encoded, args) -> dict | None:
   model = transformers.AutoModelForSequenceClassification.from_pretrained(
       args.model, num_labels=2, hidden_dropout_prob=0.1,
       attention_probs_dropout_prob=0.1).train()
-  one_step = torch_rose_ensemble_step(model, lr=2e-5, upper=0.4)
+  one_step = (torch_rose_ensemble_step(model, lr=2e-5, upper=0.4)
+              if method_name == 'rose-ensemble' else torch_vanilla_step(model))
   plan = batching.epoch_batches(encoded.lengths, args.batch_size, seeds.stream_seed(1, 'data'),
                                 0)[:args.steps]
   columns = list(zip(*split.texts, strict=True))
@@ -143,7 +171,7 @@ def bench_torch(tokenizer, split, encoded, args) -> dict | None:
     r, p = run(rows)
     real, padded = real + r, padded + p
   wall = time.perf_counter() - started
-  return {'method': 'rose-ensemble', 'padding': 'torch (per-batch longest)', 'steps': len(plan),
+  return {'method': method_name, 'padding': 'torch (per-batch longest)', 'steps': len(plan),
           'wall_s': wall, 'step_s': wall / len(plan), 'padding_efficiency': real / padded,
           'tokens_per_s': real / wall, 'torch_version': torch.__version__,
           'threads': torch.get_num_threads()}
@@ -152,10 +180,10 @@ def bench_torch(tokenizer, split, encoded, args) -> dict | None:
 def ratios(rows: list[dict]) -> list[dict]:
   """Each target's measured ratio of wall times, from rows of one run."""
   by = {(r['method'], r['padding']): r['wall_s'] for r in rows}
-  torch_row = next((r for r in rows if r['padding'].startswith('torch')), None)
+  torch_wall = {r['method']: r['wall_s'] for r in rows if r['padding'].startswith('torch')}
   out = []
   for method, mode, against, target in TARGETS:
-    base = torch_row['wall_s'] if against == 'torch' and torch_row else by.get((method, against))
+    base = torch_wall.get(method) if against == 'torch' else by.get((method, against))
     if (method, mode) in by and base:
       out.append({'method': method, 'padding': mode, 'against': against,
                   'ratio': by[(method, mode)] / base, 'target': target})
@@ -199,9 +227,10 @@ def main(argv=None) -> int:
     rows.append(bench_jax(model, encoded, method, mode, args))
     print(f'{method} {mode}: {rows[-1]["step_s"]:.3f} s/step', file=sys.stderr, flush=True)
   if args.torch:
-    torch_row = bench_torch(tokenizer, split, encoded, args)
-    if torch_row:
-      rows.append(torch_row)
+    for method in args.methods:
+      torch_row = bench_torch(tokenizer, split, encoded, method, args)
+      if torch_row:
+        rows.append(torch_row)
   measured = ratios(rows)
   meta = {'jax': jax.__version__, 'backend': jax.default_backend(),
           'device_kind': jax.devices()[0].device_kind, 'cpu_count': os.cpu_count(),

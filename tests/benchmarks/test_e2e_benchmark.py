@@ -28,21 +28,26 @@ def test_every_method_and_padding_is_timed_and_the_ratios_follow(tmp_path, capsy
   result = json.loads(output.read_text())
   rows = {(r['method'], r['padding']): r for r in result['rows']}
   for method in ('vanilla', 'rose-ensemble'):
-    fixed, buckets, grouped = (rows[(method, m)] for m in e2e_benchmark.MODES)
-    assert all(r['wall_s'] > 0 and r['steps'] == 3 for r in (fixed, buckets, grouped))
-    assert fixed['widths'] == [32] and fixed['padding_efficiency'] < 0.5
-    assert buckets['padding_efficiency'] > fixed['padding_efficiency']
-    assert grouped['padding_efficiency'] >= buckets['padding_efficiency']
-  torch_row = rows[('rose-ensemble', 'torch (per-batch longest)')]
-  # The same random batches, each padded to exactly its longest sentence.
-  assert torch_row['wall_s'] > 0
-  assert torch_row['padding_efficiency'] >= rows[('rose-ensemble', 'buckets')]['padding_efficiency']
+    mode = {m: rows[(method, m)] for m in e2e_benchmark.MODES}
+    assert all(r['wall_s'] > 0 and r['steps'] == 3 for r in mode.values())
+    assert mode['fixed']['widths'] == [32] and mode['fixed']['padding_efficiency'] < 0.5
+    assert mode['buckets']['padding_efficiency'] > mode['fixed']['padding_efficiency']
+    assert mode['grouped']['padding_efficiency'] >= mode['buckets']['padding_efficiency']
+    # Packed rows of 32: 8 short sentences fill 2 rows (rounded to a multiple of 2).
+    assert mode['packed']['widths'] == [32]
+    assert all(rows_ % 2 == 0 for rows_, _ in mode['packed']['shapes'])
+    assert mode['packed']['padding_efficiency'] > mode['grouped']['padding_efficiency']
+    torch_row = rows[(method, 'torch (per-batch longest)')]
+    # The same random batches, each padded to exactly its longest sentence.
+    assert torch_row['wall_s'] > 0
+    assert torch_row['padding_efficiency'] >= mode['buckets']['padding_efficiency']
   measured = {(r['method'], r['padding'], r['against']): r for r in result['ratios']}
   assert len(measured) == len(e2e_benchmark.TARGETS)
   for (method, mode, against), r in measured.items():
-    base = torch_row if against == 'torch' else rows[(method, against)]
+    base = rows[(method, 'torch (per-batch longest)' if against == 'torch' else against)]
     assert r['ratio'] == pytest.approx(rows[(method, mode)]['wall_s'] / base['wall_s'])
   out = capsys.readouterr().out
   assert '| method | padding | s/step | padding efficiency |' in out
   assert '| rose-ensemble grouped / PyTorch recipe |' in out
+  assert '| vanilla packed / PyTorch recipe |' in out
   assert result['meta']['malloc']
