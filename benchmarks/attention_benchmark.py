@@ -1,0 +1,116 @@
+"""What attention costs on packed rows, and which implementation to run it with.
+
+  python benchmarks/attention_benchmark.py
+
+Times one self-attention block's forward and backward (scores, mask,
+softmax, context; no projections) at MiniLM-L6's shapes (12 heads of 32)
+for SST-2 batches of 32 sentences at ``--max-length 64``:
+
+* ``unpacked``: 32 rows of 64 with a key mask (fixed padding);
+* ``packed``: the same sentences packed into 8 rows of 64, with the
+  block-diagonal mask of their segments;
+
+each two ways: the encoder's own einsums (``rose_jax.models.encoder``) and
+``jax.nn.dot_product_attention`` with the same boolean mask (XLA's
+implementation; on GPU ``implementation="cudnn"`` takes the mask as well).
+Beside them it prints what attention's FLOPs are of a layer's at these
+lengths. Median of ``--repeats`` timed calls after a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+if not __package__:  # run as a script: the package is found from the repository root
+  sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from rose_jax.glue import cpu_malloc
+from rose_jax.glue.cli import run_as_process
+
+HEADS, HEAD_SIZE, INTERMEDIATE = 12, 32, 1536
+
+
+def einsum_attention(q, k, v, mask):
+  """The encoder's attention: ``mask`` broadcasts to ``[rows, heads, q, k]``."""
+  import jax
+  import jax.numpy as jnp
+  scores = jnp.einsum('bqhd,bkhd->bhqk', q, k) / jnp.sqrt(q.shape[-1])
+  scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+  return jnp.einsum('bhqk,bkhd->bqhd', jax.nn.softmax(scores, axis=-1), v)
+
+
+def library_attention(q, k, v, mask):
+  import jax
+  return jax.nn.dot_product_attention(q, k, v, mask=mask)
+
+
+def layouts(rng, rows: int, length: int):
+  """Token counts of 32 SST-2-like sentences (mean about 13), unpacked and packed."""
+  import numpy as np
+
+  from rose_jax.glue import packing
+  lengths = np.clip(rng.geometric(1 / 13.4, size=32), 3, length)
+  key_mask = np.arange(length)[None, :] < lengths[:, None]
+  placed = packing.first_fit_decreasing(lengths, length)
+  segment_ids = np.zeros((max(rows, len(placed)), length), np.int32)
+  for r, members in enumerate(placed):
+    at = 0
+    for s, m in enumerate(members, start=1):
+      segment_ids[r, at:at + lengths[m]] = s
+      at += lengths[m]
+  same = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, None, :] != 0)
+  return {'unpacked': key_mask[:, None, None, :], 'packed': same[:, None]}, lengths
+
+
+def time_one(fn, mask, repeats: int) -> float:
+  import jax
+  import jax.numpy as jnp
+  rows, length = mask.shape[0], mask.shape[-1]
+  keys = jax.random.split(jax.random.key(0), 3)
+  q, k, v = (jax.random.normal(key, (rows, length, HEADS, HEAD_SIZE)) for key in keys)
+  mask = jnp.asarray(mask)
+  loss = lambda q, k, v: jnp.sum(fn(q, k, v, mask) ** 2)
+  step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+  jax.block_until_ready(step(q, k, v))
+  times = []
+  for _ in range(repeats):
+    started = time.perf_counter()
+    jax.block_until_ready(step(q, k, v))
+    times.append(time.perf_counter() - started)
+  return statistics.median(times)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--length', type=int, default=64)
+  parser.add_argument('--rows', type=int, default=8, help='packed rows (at least those needed)')
+  parser.add_argument('--repeats', type=int, default=20)
+  args = parser.parse_args(argv)
+  import jax
+  import numpy as np
+  masks, lengths = layouts(np.random.default_rng(0), args.rows, args.length)
+  hidden = HEADS * HEAD_SIZE
+  layer_per_token = 2 * (4 * hidden * hidden + 2 * hidden * INTERMEDIATE)
+  print(f'# attention forward + backward, {HEADS} heads of {HEAD_SIZE}, 32 sentences of mean '
+        f'{lengths.mean():.1f} tokens, length {args.length}; {jax.devices()[0].device_kind}, '
+        f'{os.cpu_count()} CPUs, {platform.machine()}, malloc: {cpu_malloc.setting()}\n')
+  print('| layout | rows | einsum (ms) | dot_product_attention (ms) | attention FLOPs / layer |')
+  print('|---|---|---|---|---|')
+  for name, mask in masks.items():
+    rows = mask.shape[0]
+    attention = 4 * rows * args.length * args.length * hidden
+    layer = rows * args.length * layer_per_token + attention
+    ours = time_one(einsum_attention, mask, args.repeats) * 1e3
+    library = time_one(library_attention, mask, args.repeats) * 1e3
+    print(f'| {name} | {rows} | {ours:.2f} | {library:.2f} | {attention / layer:.1%} |')
+  return 0
+
+
+if __name__ == '__main__':
+  run_as_process(main)
