@@ -28,7 +28,10 @@ def _order_statistic_quantile(values, q):
 
 
 @hypothesis.settings(max_examples=30, deadline=None)
-@hypothesis.given(_leaves(st.one_of(finite, tied)), st.floats(0, 1, width=32))
+# No subnormal q: XLA:CPU flushes subnormal results to zero (q = 5e-40 between
+# 0 and 1 gives 0.0), which NumPy does not; that is the platform, not the rule.
+@hypothesis.given(_leaves(st.one_of(finite, tied)),
+                  st.floats(0, 1, width=32, allow_subnormal=False))
 def test_tree_quantile_is_the_exact_linear_quantile(leaves, q):
   hypothesis.assume(sum(np.size(v) for v in leaves) > 0)
   got = quantile.tree_quantile(list(leaves), [q])[0]

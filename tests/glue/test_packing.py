@@ -127,13 +127,21 @@ def test_eight_devices_on_packed_shares_equal_one_device_on_the_whole_batch():
   tx = recording_optimizer()
   mesh = step_lib.data_mesh()
   got = {}
-  for parallel, devices in (('none', 1), ('shard_map', 8)):
+  for parallel, devices in (('none', 1), ('shard_map', 8), ('pmap', 8)):
     batch = packing.packed_batch(data, rows, packing.Packing(12, devices=devices)).arrays
-    if parallel == 'shard_map':
-      batch = step_lib.shard_batch(batch, mesh)
+    state = tx.init(params)
     step = step_lib.make_train_step(apply_fn, tx, method, parallel=parallel, donate=False)
-    got[parallel] = step(params, tx.init(params), batch, jax.random.key(0))[1:]
-  (one, one_metrics), (eight, eight_metrics) = got['none'], got['shard_map']
-  chex.assert_trees_all_close(eight.grads, one.grads, atol=1e-6, rtol=1e-5)
-  for name in ('loss', 'ce', 'accuracy'):
-    np.testing.assert_allclose(eight_metrics[name], one_metrics[name], rtol=1e-5)
+    if parallel == 'shard_map':
+      got[parallel] = step(params, state, step_lib.shard_batch(batch, mesh), jax.random.key(0))
+    elif parallel == 'pmap':
+      got[parallel] = step_lib.unreplicate(step(
+          step_lib.replicate(params), step_lib.replicate(state), step_lib.split_for_pmap(batch),
+          jax.random.key(0)))
+    else:
+      got[parallel] = step(params, state, batch, jax.random.key(0))
+  _, one, one_metrics = got['none']
+  for parallel in ('shard_map', 'pmap'):
+    _, eight, eight_metrics = got[parallel]
+    chex.assert_trees_all_close(eight.grads, one.grads, atol=1e-6, rtol=1e-5)
+    for name in ('loss', 'ce', 'accuracy'):
+      np.testing.assert_allclose(eight_metrics[name], one_metrics[name], rtol=1e-5)
