@@ -86,7 +86,8 @@ def bench_jax(model, encoded, method_name: str, mode: str, args) -> dict:
   from rose_jax.training import step as step_lib
   method = methods.get_method(method_name)
   config = TrainConfig(method=method_name, learning_rate=2e-5, upper=0.4, parallel='none',
-                       max_length=args.max_length, batch_size=args.batch_size).resolved()
+                       max_length=args.max_length, batch_size=args.batch_size,
+                       packing=mode == 'packed').resolved()
   tx = build_optimizer(config, method, total_steps=args.steps)
   apply_fn, params = as_apply_fn(model)
   params = jax.tree.map(jnp.array, params)  # the step donates its inputs

@@ -89,9 +89,9 @@ class TrainConfig:
   max_length: int = option(128, 'tokens per example, longer ones are truncated',
                            check=_check(lambda v: v >= 2, 'at least 2'))
   buckets: tuple[int, ...] | None = option(
-      None, 'pad each batch to the smallest of these lengths that holds its longest example '
-      '(default: multiples of 16 up to --max-length; --buckets MAX_LENGTH pads every batch '
-      'to --max-length)')
+      None, 'with --no-packing, pad each batch to the smallest of these lengths that holds '
+      'its longest example (default: multiples of 16 up to --max-length; --buckets '
+      'MAX_LENGTH pads every batch to --max-length)')
   group_by_length: bool = option(False, 'draw batches from length-sorted chunks of 50 '
                                  'batches and shuffle their order (less padding; batches '
                                  'hold examples of similar length)')
@@ -202,12 +202,18 @@ class TrainConfig:
         learning_rate=lr if self.learning_rate is None else self.learning_rate,
         upper=upper if self.upper is None else self.upper,
         batch_size=self.batch_size or (16 if task.name == 'rte' else 32), parallel=parallel)
-    try:
-      buckets = batching.check_buckets(
-          out.buckets or batching.default_buckets(out.max_length), out.max_length)
-    except ValueError as error:
-      raise ConfigError(str(error)) from None
-    out = dataclasses.replace(out, buckets=buckets)
+    if out.packing and out.buckets is not None:
+      raise ConfigError(
+          f'--buckets {" ".join(map(str, out.buckets))} pads unpacked batches, but batches are '
+          'packed into rows of --max-length (the default): add --no-packing to use --buckets, '
+          'or leave --buckets out.')
+    if not out.packing:
+      try:
+        buckets = batching.check_buckets(
+            out.buckets or batching.default_buckets(out.max_length), out.max_length)
+      except ValueError as error:
+        raise ConfigError(str(error)) from None
+      out = dataclasses.replace(out, buckets=buckets)
     if out.lower > out.upper:
       raise ConfigError(f'--lower ({out.lower}) must not exceed --upper ({out.upper}).')
     devices = device_count if parallel != 'none' else 1

@@ -129,13 +129,18 @@ def test_padding_efficiency_of_a_hand_made_set():
 
 def test_bad_buckets_fail_before_training():
   with pytest.raises(ConfigError, match=r'--buckets must increase, got \[32, 16\]'):
-    TrainConfig(buckets=(32, 16)).resolved()
+    TrainConfig(buckets=(32, 16), packing=False).resolved()
   with pytest.raises(ConfigError, match='go past --max-length 64'):
-    TrainConfig(buckets=(32, 128), max_length=64).resolved()
+    TrainConfig(buckets=(32, 128), max_length=64, packing=False).resolved()
   with pytest.raises(ConfigError, match='positive'):
-    TrainConfig(buckets=(0, 16), max_length=64).resolved()
-  assert TrainConfig(buckets=(16, 32), max_length=64).resolved().buckets == (16, 32, 64)
-  assert TrainConfig(max_length=40).resolved().buckets == (16, 32, 40)
+    TrainConfig(buckets=(0, 16), max_length=64, packing=False).resolved()
+  assert TrainConfig(buckets=(16, 32), max_length=64,
+                     packing=False).resolved().buckets == (16, 32, 64)
+  assert TrainConfig(max_length=40, packing=False).resolved().buckets == (16, 32, 40)
+  # Packed batches have no buckets: given ones would be ignored, so they are refused.
+  assert TrainConfig(max_length=40).resolved().buckets is None
+  with pytest.raises(ConfigError, match=r'--buckets 16 32 pads unpacked batches.*--no-packing'):
+    TrainConfig(buckets=(16, 32), max_length=64).resolved()
 
 
 @pytest.mark.parametrize('packing', [False, True])
@@ -162,8 +167,8 @@ def test_one_compilation_per_shape_and_none_after_the_first_epoch(tiny, tmp_path
   results = loop.run(TrainConfig(
       task='sst2', method='rose-ensemble', model=tiny['dir'], train_file=tiny['train_file'],
       dev_file=tiny['dev_file'], adv_file=tiny['adv_file'], output_dir=str(tmp_path / 'run'),
-      epochs=2, batch_size=8, max_length=24, buckets=(4, 8, 12), log_every=2,
-      progress=False, parallel='none', packing=packing))
+      epochs=2, batch_size=8, max_length=24, buckets=None if packing else (4, 8, 12),
+      log_every=2, progress=False, parallel='none', packing=packing))
   assert len(traced_shapes) == len(set(traced_shapes)) <= 4
   if packing:
     assert all(rows in (2, 4, 6, 8) and length == 24 for rows, length in traced_shapes)

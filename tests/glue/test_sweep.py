@@ -25,9 +25,9 @@ GRID = ['learning_rate=1e-3,3e-3', 'seed=1,2']
 
 
 def _base(files, out, **overrides):
-  # One bucket: members with other seeds draw other batches, and dropout's bits
-  # follow the padded shape (see rose_jax.glue.sweep).
-  settings = dict(epochs=2, buckets=(12,), save_every=4, **overrides)
+  # Packed rows (the default): members with other seeds draw other batches, and
+  # a step pads them all to the most rows among them (see rose_jax.glue.sweep).
+  settings = dict(epochs=2, save_every=4, **overrides)
   return loop.TrainConfig(**helpers.run_settings(files, out, **settings))
 
 
