@@ -88,7 +88,7 @@ def fisher_pass(config: TrainConfig, data: Data, apply_fn: ModuleApply, params):
   try:
     estimate = fisher_lib.fisher_information(
         apply_fn, params, (b.arrays for b in batches), seeds.stream_key(config.seed, 'noise'),
-        included=included, max_grad_norm=config.max_grad_norm or 1.0, progress=bar.update)
+        included=included, max_grad_norm=config.max_grad_norm, progress=bar.update)
   finally:
     bar.close()
   return child_tuning.fisher_mask(estimate, reserve_p=config.reserve_p, included=included)

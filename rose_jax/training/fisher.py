@@ -28,7 +28,7 @@ def _clip_like_torch(grad: jax.Array, max_norm: float) -> jax.Array:
 
 
 def fisher_information(apply: ApplyFn, params, batches: Iterable[Mapping[str, jax.Array]],
-                       key: jax.Array, *, included, max_grad_norm: float = 1.0,
+                       key: jax.Array, *, included, max_grad_norm: float | None = 1.0,
                        progress=None):
   """CHILD-TUNING_D's Fisher estimate over ``batches``.
 
@@ -39,7 +39,8 @@ def fisher_information(apply: ApplyFn, params, batches: Iterable[Mapping[str, ja
       model's inputs), shuffled as training batches are.
     key: dropout randomness; batch ``i`` uses ``fold_in(key, i)``.
     included: a tree of bools: the tensors to estimate (others get zeros).
-    max_grad_norm: the per-tensor clip of each batch gradient.
+    max_grad_norm: the per-tensor clip of each batch gradient; 0 or None: no
+      clipping (as ``--max-grad-norm 0`` means for the update).
     progress: an optional callable, called once per batch (a progress bar's
       ``update``).
 
@@ -55,12 +56,13 @@ def fisher_information(apply: ApplyFn, params, batches: Iterable[Mapping[str, ja
       return losses.cross_entropy(logits, batch['labels'])
     return jax.grad(loss)(p)
 
+  clip = (lambda g: _clip_like_torch(g, max_grad_norm)) if max_grad_norm else (lambda g: g)
+
   @jax.jit
   def accumulate(total, p, batch, batch_key):
     grads = batch_gradient(p, batch, batch_key)
-    return jax.tree.map(
-        lambda t, g, i: t + jnp.square(_clip_like_torch(g, max_grad_norm)) if i else t,
-        total, grads, included)
+    return jax.tree.map(lambda t, g, i: t + jnp.square(clip(g)) if i else t,
+                        total, grads, included)
 
   total = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
   count = 0

@@ -10,14 +10,15 @@ from rose_jax.training import fisher
 from tests.helpers import definitions, tiny_batch, tiny_model
 
 
-def test_fisher_is_the_mean_of_per_tensor_clipped_squared_batch_gradients():
+@pytest.mark.parametrize('max_grad_norm', [2e-3, 0.0])  # 0: no clipping
+def test_fisher_is_the_mean_of_per_tensor_clipped_squared_batch_gradients(max_grad_norm):
   apply_fn, params = as_apply_fn(tiny_model(dropout=0.1))
   included = child_tuning.included_tensors(params)
   batches = [tiny_batch(i, size=4) for i in range(3)]
   key = jax.random.key(5)
   calls = []
   got = fisher.fisher_information(apply_fn, params, batches, key, included=included,
-                                  max_grad_norm=2e-3, progress=calls.append)
+                                  max_grad_norm=max_grad_norm, progress=calls.append)
   assert calls == [1, 1, 1]
   total = jax.tree.map(np.zeros_like, params)
   clipped_somewhere = False
@@ -33,10 +34,11 @@ def test_fisher_is_the_mean_of_per_tensor_clipped_squared_batch_gradients():
         continue
       g = np.asarray(g, np.float64)
       norm = np.sqrt(np.sum(g * g))
-      coefficient = 2e-3 / (norm + 1e-6)  # torch.nn.utils.clip_grad_norm_
+      # torch.nn.utils.clip_grad_norm_
+      coefficient = max_grad_norm / (norm + 1e-6) if max_grad_norm else np.inf
       clipped_somewhere |= coefficient < 1
       path_total += (g * min(coefficient, 1.0)) ** 2 / len(batches)
-  assert clipped_somewhere
+  assert clipped_somewhere == (max_grad_norm > 0)
   for a, b, inc in zip(jax.tree.leaves(got), jax.tree.leaves(total), jax.tree.leaves(included),
                        strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-12)
