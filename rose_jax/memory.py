@@ -25,7 +25,10 @@ def compiled_bytes(compiled) -> int | None:
 
 
 def chunk_size(members: int, fixed: int, per_member: int, budget: int) -> int:
-  """How many members to train at once within ``budget`` bytes (at least one)."""
+  """How many members to train at once within ``budget`` bytes (at least one);
+  all of them when a member adds nothing measurable."""
+  if per_member <= 0:
+    return max(1, members)
   return int(max(1, min(members, (budget - fixed) // per_member)))
 
 

@@ -244,6 +244,9 @@ def flat_area(surface: np.ndarray, alphas: np.ndarray, betas: np.ndarray, *,
   """The area of the plane (in units of ``a`` x ``b``) where the loss is within
   ``rise`` of the loss at the centre (the grid point nearest (0, 0)): the
   share of grid points times the plane's area; larger is flatter."""
+  if not rise >= 0:
+    raise ValueError(f'The flat area\'s rise must be 0 or more (a loss within RISE of the '
+                     f'centre), got {rise}.')
   centre = surface[np.argmin(np.abs(alphas)), np.argmin(np.abs(betas))]
   plane_area = (alphas[-1] - alphas[0]) * (betas[-1] - betas[0])
   return float(np.mean(surface <= centre + rise) * plane_area)

@@ -142,6 +142,9 @@ def landscape(run_dir: str | Path, *, points: int = 51, low: float = -0.25,
   (:func:`rose_jax.analysis.flat_area`, loss within ``rise`` of the centre)
   into ``analysis/flatness.json``. Returns the summary, with throughput.
   """
+  if not rise >= 0:
+    raise ValueError(f'--rise must be 0 or more (the flat area is where the loss is within '
+                     f'RISE of the centre), got {rise}.')
   run = load_run(run_dir)
   axis = landscape_lib.grid(low, high, points)
   loss_fn = subset_loss(run.apply_fn, *evaluation_subset(run, examples))

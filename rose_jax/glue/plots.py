@@ -50,8 +50,10 @@ def _pyplot():
 
 
 def save(fig, stem: Path, formats: Sequence[str] = ('png', 'svg')) -> list[Path]:
-  """Writes ``fig`` as ``stem.png`` and ``stem.svg`` (atomically) and closes it."""
+  """Writes ``fig`` as ``stem.png`` and ``stem.svg`` (atomically, creating
+  their folder) and closes it."""
   plt = _pyplot()
+  Path(stem).parent.mkdir(parents=True, exist_ok=True)
   paths = []
   for suffix in formats:
     buffer = io.BytesIO()

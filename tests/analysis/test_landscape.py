@@ -107,6 +107,8 @@ def test_flatness_numbers_of_known_shapes():
   assert area == pytest.approx(np.pi / 4, rel=0.02)
   assert landscape.flat_area(4 * (a**2 + b**2), axis, axis, rise=0.25) == pytest.approx(
       np.pi / 16, rel=0.03)  # sharper: a quarter of the area
+  with pytest.raises(ValueError, match='rise must be 0 or more'):
+    landscape.flat_area(a**2 + b**2, axis, axis, rise=-1)
   alphas = landscape.grid(-0.5, 1.5, 41)
   assert landscape.endpoint_sharpness(3 * (alphas - 1)**2, alphas, 1.0) == pytest.approx(6)
   assert landscape.endpoint_sharpness(3 * alphas**2, alphas, 0.0) == pytest.approx(6)

@@ -118,9 +118,10 @@ def test_mask_maps_and_curves_are_drawn(runs, tmp_path):
   for line in windows:
     kept = masks[(steps > line['step'] - every) & (steps <= line['step'])].mean()
     np.testing.assert_allclose(kept, line['kept_fraction'], rtol=1e-6)
+  # An output folder that does not exist yet is made.
   assert analyze.main(['curves', str(runs['a']), str(runs['vanilla']), '--output-dir',
-                       str(tmp_path)]) == 0
-  _figure(tmp_path / 'curves')
+                       str(tmp_path / 'new' / 'folder')]) == 0
+  _figure(tmp_path / 'new' / 'folder' / 'curves')
 
 
 def test_the_report_adds_curves_and_flatness(runs, tmp_path):
@@ -147,6 +148,8 @@ def test_bad_input_is_refused_in_one_line(runs, tmp_path, capsys):
                         '--output-dir', str(tmp_path), '--no-progress'], capsys,
          'different architectures')
   fails(analyze.main, ['landscape', str(tmp_path)], capsys, 'not a run directory')
+  fails(analyze.main, ['landscape', str(runs['a']), '--rise', '-1'], capsys,
+        '--rise must be 0 or more')
   fails(analyze.main, ['landscape', str(runs['a']), '--points', '0'], capsys,
          '--points must be at least 1')
   fails(analyze.main, ['disagreement', str(runs['a']), '--passes', '1'], capsys,
