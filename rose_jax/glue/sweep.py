@@ -45,6 +45,7 @@ from rose_jax.glue import loop
 from rose_jax.glue.config import ConfigError, TrainConfig, flag
 from rose_jax.glue.optimizers import SWEPT_NUMBERS, sweep_optimizer
 from rose_jax.training import sweep as sweep_lib
+from rose_jax.training.methods import Method
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +124,31 @@ def run_name(config: TrainConfig, member: dict[str, tuple[str, Any]]) -> str:
   return f'{config.task}-{config.method}{numbers}-seed{config.seed}'
 
 
+def _unused_by(method: Method, name: str) -> str | None:
+  """Why ``method`` ignores the setting ``name``, or None if it uses it."""
+  if name in ('upper', 'lower') and not method.uses_rose:
+    return 'only the ROSE methods rank parameters by a threshold'
+  if name == 'gamma' and method.rose_variant != 'ensemble':
+    return 'only ROSE-Ensemble mixes two masks'
+  return None
+
+
 def member_configs(base: TrainConfig, grid: Grid, output_root: str | Path) -> list[TrainConfig]:
   """One config per combination of ``grid``'s values, each in its own run
   directory under ``output_root``; ``base`` gives every other setting (its
-  seed too, unless the grid varies it)."""
+  seed too, unless the grid varies it).
+
+  Raises:
+    ConfigError: for a setting that ``base``'s method does not use: its
+      runs would train the same model under different names.
+  """
+  method = base.build_method()
+  for name in grid.names:
+    reason = _unused_by(method, name)
+    if reason:
+      raise ConfigError(f'--sweep {name}: --method {base.method} does not use {flag(name)} '
+                        f'({reason}), so its runs would all be the same; leave {name} out '
+                        'of the sweep.')
   configs = []
   for member in grid.members():
     values = {name: value for name, (_, value) in member.items()}

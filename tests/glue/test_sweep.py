@@ -187,6 +187,10 @@ def test_the_automatic_chunk_follows_the_memory_estimate(files, tmp_path):
     (['--sweep', 'seed=1,2', '--distributed'], 'runs on one host'),
     (['--sweep', 'seed=1,2', '--sweep-chunk', '0'], '--sweep-chunk must be at least 1'),
     (['--sweep-chunk', '2'], '--sweep-chunk needs --sweep'),
+    (['--method', 'vanilla', '--sweep', 'upper=0.3,0.5'],
+     '--method vanilla does not use --upper'),
+    (['--method', 'rose-first', '--sweep', 'gamma=0.3,0.5'],
+     '--method rose-first does not use --gamma (only ROSE-Ensemble'),
 ])
 def test_a_sweep_refuses_what_cannot_vary(files, tmp_path, capsys, options, message):
   args = [a for a in cli_args(files, tmp_path / 'runs', parallel=None) if a]
