@@ -92,8 +92,13 @@ def main(argv=None) -> int:
     summary = analysis.interpolate(args.first, args.second, args.output_dir, points=args.points,
                                    low=args.low, high=args.high, examples=args.examples,
                                    chunk=args.chunk, progress=args.progress)
-    print(f'barrier {summary["barrier"]:.4f}; sharpness {summary["first_sharpness"]:.4f} at '
-          f'{args.first}, {summary["second_sharpness"]:.4f} at {args.second}; wrote '
+    sharpness = []
+    for run, name, side in ((args.first, 'first_sharpness', '--low below 0'),
+                            (args.second, 'second_sharpness', '--high above 1')):
+      value = summary[name]
+      sharpness.append(f'{value:.4f} at {run}' if value is not None else
+                       f'none at {run} (the line has no point past it; give {side})')
+    print(f'barrier {summary["barrier"]:.4f}; sharpness {", ".join(sharpness)}; wrote '
           f'{args.output_dir}/interpolation.*')
   elif args.command == 'disagreement':
     for run in args.runs:

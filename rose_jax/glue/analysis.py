@@ -181,7 +181,9 @@ def interpolate(first_dir: str | Path, second_dir: str | Path, output_dir: str |
 
   Writes ``interpolation.npz`` and the plot into ``output_dir``, and each
   run's curvature along the line at its own end (``interpolation_sharpness``)
-  into its ``analysis/flatness.json``. ValueError for two architectures.
+  into its ``analysis/flatness.json``; a run whose end has no grid point
+  beyond it (``low`` 0 or ``high`` 1) gets none, and its summary entry is
+  None. ValueError for two architectures.
   """
   first, second = load_run(first_dir), load_run(second_dir)
   landscape_lib.check_same_architecture(first.params, second.params,
@@ -201,14 +203,25 @@ def interpolate(first_dir: str | Path, second_dir: str | Path, output_dir: str |
   plots.interpolation(alphas, result.loss, result.accuracy, out / 'interpolation',
                       labels=(first.label, second.label))
   summary = {'barrier': landscape_lib.interpolation_barrier(result.loss, alphas),
-             'first_sharpness': landscape_lib.endpoint_sharpness(result.loss, alphas, 0.0),
-             'second_sharpness': landscape_lib.endpoint_sharpness(result.loss, alphas, 1.0),
+             'first_sharpness': _sharpness_at(result.loss, alphas, 0.0),
+             'second_sharpness': _sharpness_at(result.loss, alphas, 1.0),
              'points_per_second': result.points_per_second}
-  _record_flatness(first.path, interpolation_sharpness=summary['first_sharpness'])
-  _record_flatness(second.path, interpolation_sharpness=summary['second_sharpness'])
+  # A line that ends at a run has no point past it: no curvature there.
+  for run, name in ((first, 'first_sharpness'), (second, 'second_sharpness')):
+    if summary[name] is not None:
+      _record_flatness(run.path, interpolation_sharpness=summary[name])
   atomic.write_json(out / 'interpolation.json', {
       'first': str(first.path), 'second': str(second.path), **summary})
   return summary
+
+
+def _sharpness_at(losses: np.ndarray, alphas: np.ndarray, at: float) -> float | None:
+  """:func:`rose_jax.analysis.endpoint_sharpness` at ``at``, or None where the
+  grid has no point on one side of it."""
+  try:
+    return landscape_lib.endpoint_sharpness(losses, alphas, at)
+  except ValueError:
+    return None
 
 
 def disagreement(run_dir: str | Path, *, passes: int = 2, examples: int = 512,

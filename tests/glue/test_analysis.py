@@ -93,6 +93,21 @@ def test_interpolation_ends_at_each_runs_loss(runs, tmp_path):
   assert analysis.flatness(runs['b'])['interpolation_sharpness'] == summary['second_sharpness']
 
 
+def test_a_line_from_end_to_end_is_drawn_without_the_curvature_it_cannot_have(runs, tmp_path,
+                                                                              capsys):
+  before = analysis.flatness(runs['a']).get('interpolation_sharpness')
+  assert analyze.main(['interpolate', str(runs['a']), str(runs['b']), '--points', '3',
+                       '--low', '0', '--high', '1', '--examples', str(EXAMPLES),
+                       '--output-dir', str(tmp_path), '--no-progress']) == 0
+  _figure(tmp_path / 'interpolation')
+  summary = json.loads((tmp_path / 'interpolation.json').read_text())
+  assert summary['first_sharpness'] is None and summary['second_sharpness'] is None
+  assert np.isfinite(summary['barrier'])
+  out = capsys.readouterr().out
+  assert 'none at' in out and 'give --low below 0' in out and 'give --high above 1' in out
+  assert analysis.flatness(runs['a']).get('interpolation_sharpness') == before
+
+
 def test_disagreement_is_zero_without_dropout_and_plotted_over_training(runs, tmp_path):
   assert analysis.disagreement(runs['a'], examples=EXAMPLES, dropout=False) == 0
   assert analyze.main(['disagreement', str(runs['a']), str(runs['b']), '--examples',
