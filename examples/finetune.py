@@ -8,8 +8,9 @@ examples/report.py. A grid of learning rates, thresholds and seeds trains as
 one vmapped program, each run in its own directory:
 
   python examples/finetune.py --task sst2 --sweep learning_rate=1e-5,2e-5 upper=0.4,0.6 seed=1,2
- On several hosts, run the same command on each with
---distributed (a TPU pod slice, SLURM or MPI launch is detected by itself).
+
+On several hosts, run the same command on each with --distributed (a TPU pod
+slice, SLURM or MPI launch is detected by itself).
 """
 
 from __future__ import annotations

@@ -67,7 +67,9 @@ def hf_adamw(
     weight_decay_mask: Any = None,
     moment_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""AdamW in Hugging Face's form: :func:`rose` with every parameter kept.
+  r"""AdamW in Hugging Face's form: :func:`rose` with every parameter kept, at
+  the same ``b2`` (Hugging Face's default 0.999 here; :func:`rose` defaults to
+  the authors' 0.98).
 
   .. math::
     p \leftarrow p - \eta \frac{\sqrt{1-\beta_2^t}}{1-\beta_1^t}

@@ -127,8 +127,10 @@ def child_tuning_d(
 
   Usage::
 
-    fisher = rose_jax.training.fisher.fisher_information(apply_fn, params, batches, key)
-    mask = rose_jax.child_tuning.fisher_mask(fisher, reserve_p=0.3)
+    included = rose_jax.child_tuning.included_tensors(params)
+    fisher = rose_jax.training.fisher.fisher_information(apply_fn, params, batches, key,
+                                                         included=included)
+    mask = rose_jax.child_tuning.fisher_mask(fisher, reserve_p=0.3, included=included)
     tx = optax.chain(optax.clip_by_global_norm(1.0),  # on the unmasked gradient
                      rose_jax.child_tuning_d(2e-5, mask=mask,
                                              weight_decay_mask=selection.authors_decay_mask))
