@@ -29,6 +29,7 @@ from rose_jax.glue import batching, packing, plots
 from rose_jax.glue import data as data_lib
 from rose_jax.models import ModuleApply, as_apply_fn, load_pretrained, load_tokenizer
 from rose_jax.training.apply_fn import ApplyFn
+from rose_jax.training.methods import get_method
 
 FLATNESS = 'flatness.json'
 
@@ -306,21 +307,34 @@ def mask_map(run_dirs: list[str | Path], stem: str | Path) -> list[Path]:
   return plots.mask_maps(panels, Path(stem))
 
 
-def training_curves(run_dirs: list[str | Path], stem: str | Path) -> list[Path]:
-  """Loss, CE, KL and kept fraction per logged step and dev accuracies per
-  epoch, every run overlaid."""
+def curve_series(run_dirs: list[str | Path]) -> dict[str, dict]:
+  """Each run's logged series for :func:`rose_jax.glue.plots.curves`, by label;
+  without the KL of a method that computes none (one dropout pass, not
+  SMART) and the kept fraction of one that masks nothing (not ROSE)."""
   runs = {}
   for run_dir in map(Path, run_dirs):
     results, steps, epochs = _read_lines(run_dir)
+    method = get_method(results['config']['method'])
+    computed = {'loss', 'ce'}
+    if method.passes == 2 or method.name == 'smart':
+      computed.add('kl')
+    if method.uses_rose:
+      computed.add('kept_fraction')
     data = {'steps': {}, 'epochs': {}}
     for metric in ('loss', 'ce', 'kl', 'kept_fraction'):
-      if steps and metric in steps[0]:
+      if steps and metric in steps[0] and metric in computed:
         data['steps'][metric] = ([x['step'] for x in steps], [x[metric] for x in steps])
     for metric in ('glue_dev_accuracy', 'adv_dev_accuracy'):
       if epochs and metric in epochs[0]:
         data['epochs'][metric] = ([x['epoch'] for x in epochs], [x[metric] for x in epochs])
     runs[_label(run_dir, results['config'], runs)] = data
-  return plots.curves(runs, Path(stem))
+  return runs
+
+
+def training_curves(run_dirs: list[str | Path], stem: str | Path) -> list[Path]:
+  """Loss, CE, KL and kept fraction per logged step and dev accuracies per
+  epoch, every run overlaid; a panel only for what some run computed."""
+  return plots.curves(curve_series(run_dirs), Path(stem))
 
 
 def disagreement_over_steps(run_dirs: list[str | Path], stem: str | Path) -> list[Path]:

@@ -122,19 +122,34 @@ def lines_over_steps(series: dict[str, tuple[np.ndarray, np.ndarray]], stem: Pat
   return save(fig, stem)
 
 
+CURVE_PANELS = (('loss', 'loss', 'steps'), ('ce', 'cross-entropy', 'steps'),
+                ('kl', 'KL (or regulariser)', 'steps'),
+                ('kept_fraction', 'kept fraction', 'steps'),
+                ('glue_dev_accuracy', 'GLUE dev accuracy (%)', 'epochs'),
+                ('adv_dev_accuracy', 'AdvGLUE dev accuracy (%)', 'epochs'))
+
+
+def curve_panels(runs: dict[str, dict]) -> list[tuple[str, str, str]]:
+  """The panels of :func:`curves` that some run has data for."""
+  return [panel for panel in CURVE_PANELS
+          if any(panel[0] in data[panel[2]] for data in runs.values())]
+
+
 def curves(runs: dict[str, dict], stem: Path) -> list[Path]:
   """Training curves of several runs: per-step loss, CE, KL and kept fraction,
-  and per-epoch GLUE and AdvGLUE dev accuracy. ``runs`` maps a label to
-  ``{"steps": {metric: (steps, values)}, "epochs": {metric: (epochs, values)}}``."""
+  and per-epoch GLUE and AdvGLUE dev accuracy, each panel only where some
+  run logged it. ``runs`` maps a label to ``{"steps": {metric: (steps,
+  values)}, "epochs": {metric: (epochs, values)}}``."""
   plt = _pyplot()
-  panels = [('loss', 'loss', 'steps'), ('ce', 'cross-entropy', 'steps'),
-            ('kl', 'KL (or regulariser)', 'steps'), ('kept_fraction', 'kept fraction', 'steps'),
-            ('glue_dev_accuracy', 'GLUE dev accuracy (%)', 'epochs'),
-            ('adv_dev_accuracy', 'AdvGLUE dev accuracy (%)', 'epochs')]
+  panels = curve_panels(runs) or list(CURVE_PANELS[:1])
   from matplotlib.ticker import MaxNLocator
   style = styles(runs)
-  fig, axes = plt.subplots(2, 3, figsize=(14, 7.5))
-  for ax, (metric, name, kind) in zip(axes.ravel(), panels, strict=True):
+  columns = min(3, len(panels))
+  fig, axes = plt.subplots(-(-len(panels) // columns), columns, squeeze=False,
+                           figsize=(14 * columns / 3, 3.75 * -(-len(panels) // columns)))
+  for ax in axes.ravel()[len(panels):]:
+    ax.set_visible(False)
+  for ax, (metric, name, kind) in zip(axes.ravel(), panels, strict=False):
     for label, data in runs.items():
       if metric not in data[kind]:
         continue

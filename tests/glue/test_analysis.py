@@ -10,7 +10,7 @@ import pytest
 
 from examples import analyze
 from examples import report as report_cli
-from rose_jax.glue import analysis, loop
+from rose_jax.glue import analysis, loop, plots
 from rose_jax.glue import data as data_lib
 from rose_jax.glue.metrics_log import read_masks
 from rose_jax.models import as_apply_fn, load_pretrained, load_tokenizer
@@ -133,6 +133,10 @@ def test_mask_maps_and_curves_are_drawn(runs, tmp_path):
   for line in windows:
     kept = masks[(steps > line['step'] - every) & (steps <= line['step'])].mean()
     np.testing.assert_allclose(kept, line['kept_fraction'], rtol=1e-6)
+  # Vanilla computes no KL and masks nothing: alone, it gets no such panels.
+  panels = lambda run_dirs: [p[0] for p in plots.curve_panels(analysis.curve_series(run_dirs))]
+  assert panels([runs['vanilla']]) == ['loss', 'ce', 'glue_dev_accuracy', 'adv_dev_accuracy']
+  assert panels([runs['a'], runs['vanilla']]) == [p[0] for p in plots.CURVE_PANELS]
   # An output folder that does not exist yet is made.
   assert analyze.main(['curves', str(runs['a']), str(runs['vanilla']), '--output-dir',
                        str(tmp_path / 'new' / 'folder')]) == 0
