@@ -13,6 +13,7 @@ from tests.helpers.commands import cli_args, fails, free_port, snapshot, write
 from tests.helpers.files import SPECIAL, WORDS, run_files, run_settings, tiny_checkpoint, write_sst2
 from tests.helpers.models import (
   pack_by_hand,
+  packed_and_unpacked,
   random_examples,
   rows_in_order,
   tiny_batch,
@@ -30,6 +31,7 @@ __all__ = [
     'fails',
     'free_port',
     'pack_by_hand',
+    'packed_and_unpacked',
     'random_examples',
     'recording_optimizer',
     'rose_chain',

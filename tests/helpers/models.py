@@ -62,3 +62,20 @@ def rows_in_order(lengths, row_length, count=None):
     rows[-1].append(i)
     used += n
   return rows + [[] for _ in range(max((count or 0) - len(rows), 1))]
+
+
+def packed_and_unpacked(seed: int, lengths=(7, 3, 8, 2, 5, 1, 6, 4), row_length: int = 10,
+                        pad: int = 1) -> tuple[dict, dict]:
+  """The same labelled examples for tiny_model packed by hand into rows of
+  ``row_length`` (token type 0) and unpacked, one padded row each."""
+  examples = random_examples(np.random.default_rng(seed), lengths)
+  labels = np.arange(len(lengths), dtype=np.int32) % 2
+  rows = rows_in_order(lengths, row_length)
+  order = [m for members in rows for m in members]
+  packed = {**pack_by_hand(examples, rows, row_length, lambda s: 0, pad), 'labels': labels[order]}
+  longest = max(lengths)
+  unpacked = {'input_ids': np.full((len(lengths), longest), pad, np.int32),
+              'attention_mask': np.zeros((len(lengths), longest), np.int32), 'labels': labels}
+  for i, e in enumerate(examples):
+    unpacked['input_ids'][i, :len(e)], unpacked['attention_mask'][i, :len(e)] = e, 1
+  return packed, unpacked

@@ -17,6 +17,7 @@ from rose_jax.training import methods
 from rose_jax.training import step as step_lib
 from tests.helpers import (
   pack_by_hand,
+  packed_and_unpacked,
   random_examples,
   recording_optimizer,
   rows_in_order,
@@ -65,16 +66,7 @@ def test_each_packed_example_has_its_logits_alone(model_type, lengths, seed):
 
 @pytest.mark.parametrize('model_type', ['roberta', 'bert'])
 def test_the_step_on_packed_rows_gives_the_unpacked_gradients(model_type):
-  lengths = [7, 3, 8, 2, 5, 1, 6, 4]
-  examples = random_examples(np.random.default_rng(3), lengths)
-  labels = np.arange(8, dtype=np.int32) % 2
-  rows = rows_in_order(lengths, 10)
-  order = [m for members in rows for m in members]
-  packed = {**pack_by_hand(examples, rows, 10, type_of=lambda s: 0), 'labels': labels[order]}
-  unpacked = {'input_ids': np.full((8, 8), PAD, np.int32), 'attention_mask':
-              np.zeros((8, 8), np.int32), 'labels': labels}
-  for i, e in enumerate(examples):
-    unpacked['input_ids'][i, :len(e)], unpacked['attention_mask'][i, :len(e)] = e, 1
+  packed, unpacked = packed_and_unpacked(3)
   apply_fn, params = as_apply_fn(tiny_model(dropout=0.0, model_type=model_type))
   tx = recording_optimizer()
   step = step_lib.make_train_step(apply_fn, tx, methods.get_method('rdrop-rose-ensemble'),

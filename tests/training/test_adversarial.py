@@ -13,10 +13,8 @@ from rose_jax.training import adversarial, methods, segments
 from rose_jax.training import step as step_lib
 from tests.helpers import (
   definitions,
-  pack_by_hand,
-  random_examples,
+  packed_and_unpacked,
   recording_optimizer,
-  rows_in_order,
   tiny_batch,
   tiny_model,
 )
@@ -272,16 +270,7 @@ def test_freelb_on_packed_rows_gives_the_unpacked_gradients(norm):
   # Dropout off and a zero start make FreeLB deterministic; a bound of 0.15
   # binds after the second pass. Normalising per row instead of per example
   # changes every packed example's delta.
-  lengths = [7, 3, 8, 2, 5, 1, 6, 4]
-  examples = random_examples(np.random.default_rng(4), lengths)
-  labels = np.arange(8, dtype=np.int32) % 2
-  rows = rows_in_order(lengths, 10)
-  order = [m for members in rows for m in members]
-  packed = {**pack_by_hand(examples, rows, 10, lambda s: 0), 'labels': labels[order]}
-  unpacked = {'input_ids': np.ones((8, 8), np.int32),
-              'attention_mask': np.zeros((8, 8), np.int32), 'labels': labels}
-  for i, e in enumerate(examples):
-    unpacked['input_ids'][i, :len(e)], unpacked['attention_mask'][i, :len(e)] = e, 1
+  packed, unpacked = packed_and_unpacked(4)
   apply_fn, params = as_apply_fn(tiny_model(dropout=0.0))
   method = methods.get_method('freelb', freelb=adversarial.FreeLB(
       steps=3, step_size=0.1, init_mag=0.0, max_norm=0.15, norm=norm))
