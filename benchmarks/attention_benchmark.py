@@ -54,18 +54,17 @@ def layouts(rng, rows: int, length: int):
   """Token counts of 32 SST-2-like sentences (mean about 13), unpacked and packed."""
   import numpy as np
 
-  from rose_jax.glue import packing
+  from rose_jax.glue import batching, packing
+  from rose_jax.models import segments
   lengths = np.clip(rng.geometric(1 / 13.4, size=32), 3, length)
   key_mask = np.arange(length)[None, :] < lengths[:, None]
-  placed = packing.first_fit_decreasing(lengths, length)
-  segment_ids = np.zeros((max(rows, len(placed)), length), np.int32)
-  for r, members in enumerate(placed):
-    at = 0
-    for s, m in enumerate(members, start=1):
-      segment_ids[r, at:at + lengths[m]] = s
-      at += lengths[m]
-  same = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, None, :] != 0)
-  return {'unpacked': key_mask[:, None, None, :], 'packed': same[:, None]}, lengths
+  # Only the layout matters here: token ids and labels are placeholders.
+  data = batching.Encoded({'input_ids': np.zeros(lengths.sum(), np.int32)},
+                          np.concatenate([[0], np.cumsum(lengths)]), np.zeros(32, np.int32), 0)
+  count = max(rows, packing.common_row_count(data, [np.arange(32)], length, 1))
+  packed = packing.pack(data, np.arange(32), length, rows=count)
+  mask = np.asarray(segments.attention_mask(packed.arrays['segment_ids']))
+  return {'unpacked': key_mask[:, None, None, :], 'packed': mask[:, None]}, lengths
 
 
 def time_one(fn, mask, repeats: int) -> float:

@@ -28,6 +28,7 @@ from rose_jax.analysis import landscape as landscape_lib
 from rose_jax.glue import batching, packing, plots
 from rose_jax.glue import data as data_lib
 from rose_jax.models import ModuleApply, as_apply_fn, load_pretrained, load_tokenizer
+from rose_jax.training.adversarial import Smart
 from rose_jax.training.apply_fn import ApplyFn
 from rose_jax.training.methods import get_method
 
@@ -91,8 +92,7 @@ def evaluation_subset(run: Run, examples: int = 512, batch_size: int | None = No
     return ({k: v.reshape(batches, batch_size, *v.shape[1:]) for k, v in arrays.items()},
             weights)
   length = run.config['max_length']
-  count = max(packing.row_count(len(packing.first_fit_decreasing(encoded.lengths[r], length)),
-                                packing.ROW_MULTIPLE) for r in rows)
+  count = packing.common_row_count(encoded, rows, length)
   packs = [packing.pack(encoded, r, length, rows=count) for r in rows]
   return ({k: np.stack([p.arrays[k] for p in packs]) for k in packs[0].arrays},
           np.stack([w[p.order] for w, p in zip(weights, packs, strict=True)]))
@@ -316,7 +316,7 @@ def curve_series(run_dirs: list[str | Path]) -> dict[str, dict]:
     results, steps, epochs = _read_lines(run_dir)
     method = get_method(results['config']['method'])
     computed = {'loss', 'ce'}
-    if method.passes == 2 or method.name == 'smart':
+    if method.passes == 2 or isinstance(method.adversary, Smart):
       computed.add('kl')
     if method.uses_rose:
       computed.add('kept_fraction')

@@ -185,18 +185,23 @@ def train_batches(data: Encoded, batch_size: int, data_seed: int, epoch: int, *,
                 int(lengths[rows].sum()), len(rows) * length)
 
 
+def eval_rows(examples: int, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
+  """In-order global batches of ``batch_size`` example indices (the last filled
+  up with copies of the last example), each with its count of real ones."""
+  for start in range(0, examples, batch_size):
+    yield (np.minimum(np.arange(start, start + batch_size), examples - 1),
+           min(batch_size, examples - start))
+
+
 def eval_batches(data: Encoded, batch_size: int, *, buckets: Sequence[int],
                  process_index: int = 0,
                  process_count: int = 1) -> Iterator[tuple[dict[str, np.ndarray], int]]:
   """In-order global batches of ``batch_size`` rows (the last filled up with
   copies of the last row), each padded to its bucket: this process's share,
   and the count of real rows in the global batch."""
-  n, lengths = len(data), data.lengths
-  for start in range(0, n, batch_size):
-    rows = np.minimum(np.arange(start, start + batch_size), n - 1)
-    length = bucket_of(lengths[rows].max(), buckets)
-    yield data.take(process_rows(rows, process_index, process_count), length), \
-        min(batch_size, n - start)
+  for rows, real in eval_rows(len(data), batch_size):
+    length = bucket_of(data.lengths[rows].max(), buckets)
+    yield data.take(process_rows(rows, process_index, process_count), length), real
 
 
 def pad_to(arrays: dict[str, np.ndarray], length: int, pad_id: int) -> dict[str, np.ndarray]:

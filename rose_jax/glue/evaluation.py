@@ -59,11 +59,9 @@ class Evaluator:
   def _packed_batches(self, data: batching.Encoded, process_index: int, process_count: int):
     """In-order global batches, as :func:`batching.eval_batches` cuts them, packed;
     the labels stay in, for the packed encoder counts examples by them."""
-    n = len(data)
-    for start in range(0, n, self.batch_size):
-      rows = np.minimum(np.arange(start, start + self.batch_size), n - 1)
+    for rows, real in batching.eval_rows(len(data), self.batch_size):
       yield (packing.packed_batch(data, rows, self.packing, process_index=process_index,
-                                  process_count=process_count), min(self.batch_size, n - start))
+                                  process_count=process_count), real)
 
   def __call__(self, params, data: batching.Encoded) -> tuple[np.ndarray, float]:
     """Predictions for every example of ``data`` and their accuracy; ``params``

@@ -89,6 +89,14 @@ def row_count(needed: int, row_multiple: int) -> int:
   return max(-(-needed // row_multiple), 1) * row_multiple
 
 
+def common_row_count(data: Encoded, groups: Sequence[np.ndarray], row_length: int,
+                     row_multiple: int = ROW_MULTIPLE) -> int:
+  """One row count that packs every group of examples (rows of ``data``): what
+  the fullest group needs, rounded up to a multiple of ``row_multiple``."""
+  needed = max(len(first_fit_decreasing(data.lengths[g], row_length)) for g in groups)
+  return row_count(needed, row_multiple)
+
+
 def pack(data: Encoded, examples: np.ndarray, row_length: int, *,
          row_multiple: int = 2, rows: int | None = None) -> Packed:
   """The examples ``examples`` of ``data`` packed into rows of ``row_length``.
@@ -142,8 +150,7 @@ def packed_batch(data: Encoded, rows: np.ndarray, packing: Packing, *, process_i
     raise ValueError(f'The batch of {len(rows)} does not divide over {packing.devices} devices.')
   shares = np.split(np.asarray(rows), packing.devices)
   lengths = data.lengths
-  needed = max(len(first_fit_decreasing(lengths[share], packing.row_length)) for share in shares)
-  count = row_count(needed, packing.row_multiple)
+  count = common_row_count(data, shares, packing.row_length, packing.row_multiple)
   local = process_rows(np.arange(packing.devices), process_index, process_count)
   packs = [pack(data, shares[d], packing.row_length, rows=count) for d in local]
   arrays = {key: np.concatenate([p.arrays[key] for p in packs]) for key in packs[0].arrays}

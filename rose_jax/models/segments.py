@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from rose_jax.training.segments import segment_starts
+from rose_jax.training.segments import first_token_mask, segment_starts
 
 
 def start_index(segment_ids: jax.Array) -> jax.Array:
@@ -46,5 +46,4 @@ def attention_mask(segment_ids: jax.Array) -> jax.Array:
 def first_tokens(segment_ids: jax.Array, examples: int) -> jax.Array:
   """The flat ``rows * length`` index of each example's first token, in
   example order; ``examples`` is their number (static)."""
-  first = segment_starts(segment_ids) & (segment_ids != 0)
-  return jnp.nonzero(first.reshape(-1), size=examples, fill_value=0)[0]
+  return jnp.nonzero(first_token_mask(segment_ids).reshape(-1), size=examples, fill_value=0)[0]

@@ -177,8 +177,8 @@ class FreeLB:
   ``U(-init_mag, init_mag)``; both zero at padding, and ``delta = 0`` when
   ``init_mag`` is 0. Every pass reuses the first pass's dropout masks, as
   fairseq's ``init_dp`` does. In packed rows (``example_ids``, see
-  :func:`rose_jax.training.segments.example_ids`) an example is its segment, not its row: norms,
-  lengths and the bound are per segment.
+  :func:`rose_jax.training.segments.example_ids`) an example is its segment,
+  not its row: norms, lengths and the bound are per segment.
 
   ``steps`` counts passes, as the Hugging Face loop's ``adv-steps`` does;
   fairseq's ``--adv-steps m`` runs one pass more (a pass at ``delta_0``, then

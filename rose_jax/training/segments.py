@@ -16,9 +16,13 @@ def segment_starts(segment_ids: jax.Array) -> jax.Array:
   return jnp.concatenate([jnp.ones_like(changes[:, :1]), changes], axis=1)
 
 
+def first_token_mask(segment_ids: jax.Array) -> jax.Array:
+  """``[rows, length]`` bools: True at each example's first token."""
+  return segment_starts(segment_ids) & (segment_ids != 0)
+
+
 def example_ids(segment_ids: jax.Array) -> jax.Array:
   """``[rows, length]``: each token's example, numbered 1, 2, ... in example
   order, 0 at padding."""
-  real = segment_ids != 0
-  starts = segment_starts(segment_ids) & real
-  return jnp.cumsum(starts.reshape(-1)).reshape(segment_ids.shape) * real
+  firsts = first_token_mask(segment_ids).reshape(-1)
+  return jnp.cumsum(firsts).reshape(segment_ids.shape) * (segment_ids != 0)
