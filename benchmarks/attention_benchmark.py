@@ -30,7 +30,7 @@ from pathlib import Path
 if not __package__:  # run as a script: the package is found from the repository root
   sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rose_jax.glue import cpu_malloc
+from rose_jax._src import cpu_malloc
 from rose_jax.glue.cli import run_as_process
 
 HEADS, HEAD_SIZE, INTERMEDIATE = 12, 32, 1536

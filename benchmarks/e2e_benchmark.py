@@ -40,7 +40,7 @@ import numpy as np
 if not __package__:  # run as a script: its sibling module is found from the repository root
   sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rose_jax.glue import cpu_malloc
+from rose_jax._src import cpu_malloc
 from rose_jax.glue.cli import run_as_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,7 +78,8 @@ def bench_jax(model, encoded, method_name: str, mode: str, args) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from rose_jax.glue import batching, packing, seeds
+  from rose_jax._src import seeds
+  from rose_jax.glue import batching, packing
   from rose_jax.glue.config import TrainConfig
   from rose_jax.glue.optimizers import build_optimizer
   from rose_jax.models import as_apply_fn
@@ -147,7 +148,8 @@ def bench_torch(tokenizer, split, encoded, method_name: str, args) -> dict | Non
   except ImportError:
     return None
   from benchmarks.step_benchmark import torch_rose_ensemble_step
-  from rose_jax.glue import batching, seeds
+  from rose_jax._src import seeds
+  from rose_jax.glue import batching
   torch.manual_seed(0)
   model = transformers.AutoModelForSequenceClassification.from_pretrained(
       args.model, num_labels=2, hidden_dropout_prob=0.1,
@@ -244,7 +246,7 @@ def main(argv=None) -> int:
   output = Path(args.output or ROOT / 'benchmarks' / 'results' /
                 f'e2e-{time.strftime("%Y%m%d-%H%M%S")}.json')
   output.parent.mkdir(parents=True, exist_ok=True)
-  from rose_jax import atomic
+  from rose_jax._src import atomic
   atomic.write_text(output, json.dumps({'meta': meta, 'rows': rows, 'ratios': measured},
                                        indent=2))
   print(f'wrote {output}')

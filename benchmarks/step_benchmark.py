@@ -16,7 +16,7 @@ On CPUs, page faults are counted per step: XLA:CPU allocates each step's
 temporaries afresh, and glibc's default malloc gives large blocks back to
 the system, so every step would fault its working set in again (1.6 GB for
 vanilla at base shapes, 3.6 GB for ROSE). The script first sets glibc's
-malloc to keep freed memory (:mod:`rose_jax.glue.cpu_malloc`), as the
+malloc to keep freed memory (:mod:`rose_jax._src.cpu_malloc`), as the
 fine-tuning command does; ``ROSE_JAX_SYSTEM_MALLOC=1`` leaves it as it is,
 and a preloaded allocator (``LD_PRELOAD=libtcmalloc_minimal.so.4``) is
 used as it is. The allocator in use is recorded with the results.
@@ -41,11 +41,12 @@ import optax
 from flax import nnx
 
 import rose_jax
-from rose_jax import masking, memory, selection
-from rose_jax.glue import cpu_malloc
+from rose_jax import masking, selection
+from rose_jax._src import cpu_malloc, memory
+from rose_jax.baselines import adversarial
 from rose_jax.glue.cli import run_as_process
 from rose_jax.models import EncoderConfig, EncoderForSequenceClassification, as_apply_fn
-from rose_jax.training import adversarial, gradients, methods, sweep
+from rose_jax.training import gradients, methods, sweep
 from rose_jax.training import step as step_lib
 
 if not __package__:  # run as a script: its sibling module is found from the repository root

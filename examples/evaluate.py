@@ -14,7 +14,7 @@ import argparse
 import jax
 import jax.numpy as jnp
 
-from rose_jax import atomic
+from rose_jax._src import atomic
 from rose_jax.glue import batching
 from rose_jax.glue import config as config_lib
 from rose_jax.glue import data as data_lib

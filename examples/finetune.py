@@ -18,8 +18,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rose_jax._src import distributed
 from rose_jax.glue import config as config_lib
-from rose_jax.glue import distributed, loop, sweep
+from rose_jax.glue import loop, sweep
 from rose_jax.glue.cli import one_line_errors, run_as_process
 
 

@@ -1,16 +1,17 @@
 """rose_jax: robust selective fine-tuning (ROSE, EMNLP 2022) for JAX and optax."""
 
-from rose_jax import _versions
+from rose_jax._src import versions
 
-_versions.check('jax', 'jaxlib', 'optax', 'chex')
+versions.check('jax', 'jaxlib', 'optax', 'chex')
 
 # ruff: noqa: E402
 
-from rose_jax import child_tuning, selection
+from rose_jax import selection
 from rose_jax.alias import hf_adamw, rose
-from rose_jax.child_tuning import child_tuning_d
+from rose_jax.baselines import child_tuning
+from rose_jax.baselines.child_tuning import child_tuning_d
+from rose_jax.baselines.params_ema import ParamsEmaState, params_ema
 from rose_jax.masking import ensemble_mask, kept_fraction, quantile_mask
-from rose_jax.params_ema import ParamsEmaState, params_ema
 from rose_jax.quantile import sorted_quantile, tree_quantile
 from rose_jax.risks import first_order_risk, second_order_risk
 from rose_jax.selective import SelectiveState, selective

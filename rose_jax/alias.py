@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from rose_jax import masking
-from rose_jax._hparams import concrete_float
+from rose_jax._src.hparams import concrete_float
 from rose_jax.risks import Granularity
 from rose_jax.transform import (
     ScaleByRoseState,

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from rose_jax import quantile
-from rose_jax._hparams import concrete_float
+from rose_jax._src.hparams import concrete_float
 from rose_jax.risks import Granularity
 
 

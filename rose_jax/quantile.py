@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from rose_jax._hparams import concrete_float
+from rose_jax._src.hparams import concrete_float
 
 _DIGIT_BITS = 16
 _NUM_BINS = 1 << _DIGIT_BITS

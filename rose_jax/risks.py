@@ -12,7 +12,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from rose_jax._hparams import one_minus
+from rose_jax._src.hparams import one_minus
 
 Granularity = Literal['tensor', 'element']
 GRANULARITIES = ('tensor', 'element')

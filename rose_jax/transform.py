@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from rose_jax import masking, risks
-from rose_jax._hparams import concrete_float, one_minus
+from rose_jax._src.hparams import concrete_float, one_minus
 from rose_jax.risks import GRANULARITIES, Granularity
 
 Variant = Literal['first', 'second', 'ensemble']

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rose_jax.training.apply_fn import ApplyFn
+from rose_jax._src.apply_fn import ApplyFn
 
 
 def pass_predictions(apply_fn: ApplyFn, params, batch: dict, key: jax.Array | None,

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rose_jax import memory
+from rose_jax._src import memory
 
 Params = Any
 # loss_fn(params) -> (loss, accuracy), both scalars.

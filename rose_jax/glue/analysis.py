@@ -22,14 +22,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rose_jax import atomic
+from rose_jax._src import atomic
+from rose_jax._src.apply_fn import ApplyFn
 from rose_jax.analysis import disagreement as disagreement_lib
 from rose_jax.analysis import landscape as landscape_lib
+from rose_jax.baselines.adversarial import Smart
 from rose_jax.glue import batching, packing, plots
 from rose_jax.glue import data as data_lib
 from rose_jax.models import ModuleApply, as_apply_fn, load_pretrained, load_tokenizer
-from rose_jax.training.adversarial import Smart
-from rose_jax.training.apply_fn import ApplyFn
 from rose_jax.training.methods import get_method
 
 FLATNESS = 'flatness.json'

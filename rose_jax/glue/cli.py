@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-from rose_jax.glue import cpu_malloc
+from rose_jax._src import cpu_malloc
 from rose_jax.glue.checkpoints import CheckpointError as TrainingCheckpointError
 from rose_jax.models.loading import CheckpointError as ModelCheckpointError
 

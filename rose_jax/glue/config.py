@@ -17,10 +17,10 @@ import typing
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from rose_jax.baselines import adversarial
 from rose_jax.glue import batching
 from rose_jax.glue import data as data_lib
 from rose_jax.glue.presets import PRESETS, preset_values
-from rose_jax.training import adversarial
 from rose_jax.training.methods import METHOD_NAMES, Method, get_method
 
 
@@ -75,7 +75,7 @@ class TrainConfig:
                       '(config.json, model.safetensors, tokenizer files)')
   output_dir: str = option('runs/sst2-rose-ensemble-seed1', 'the run directory',
                            cli=False)
-  seed: int = option(1, 'seed of every random stream (see rose_jax.glue.seeds)',
+  seed: int = option(1, 'seed of every random stream (see rose_jax._src.seeds)',
                      check=non_negative, cli=False)
   # Data: None reads the dataset hub.
   train_file: str | None = option(None, 'GLUE TSV, CSV, JSON lines or parquet (default: hub)')

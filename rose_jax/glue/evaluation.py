@@ -11,9 +11,9 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from rose_jax._src.apply_fn import ApplyFn
 from rose_jax.glue import batching, packing
 from rose_jax.training import step as step_lib
-from rose_jax.training.apply_fn import ApplyFn
 
 
 class Evaluator:

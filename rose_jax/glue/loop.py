@@ -44,8 +44,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rose_jax import atomic, child_tuning
-from rose_jax.glue import batching, packing, seeds
+from rose_jax._src import atomic, seeds
+from rose_jax.baselines import child_tuning
+from rose_jax.baselines import fisher as fisher_lib
+from rose_jax.glue import batching, packing
 from rose_jax.glue import data as data_lib
 from rose_jax.glue.checkpoints import Checkpoints, restore_together
 from rose_jax.glue.config import ConfigError, TrainConfig, flag
@@ -60,7 +62,6 @@ from rose_jax.models import (
   save_pretrained,
 )
 from rose_jax.models.loading import looks_like_a_path, read_config, resolve_checkpoint
-from rose_jax.training import fisher as fisher_lib
 from rose_jax.training import step as step_lib
 from rose_jax.training import sweep as sweep_lib
 from rose_jax.training.methods import Method

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rose_jax import atomic
+from rose_jax._src import atomic
 
 
 def trim_lines(path: Path, *, last_step: int, last_epoch: int) -> int:

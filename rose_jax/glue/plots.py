@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rose_jax import atomic
+from rose_jax._src import atomic
 from rose_jax.training.methods import METHOD_NAMES
 
 # Baselines in muted colours, ROSE's variants in strong ones (matplotlib's tab10 and one more).

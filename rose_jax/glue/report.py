@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rose_jax import atomic
+from rose_jax._src import atomic
 from rose_jax.glue import analysis, plots
 from rose_jax.glue.config import TrainConfig
 from rose_jax.glue.data import TASKS

@@ -40,7 +40,7 @@ from typing import Any
 
 import jax
 
-from rose_jax import memory
+from rose_jax._src import memory
 from rose_jax.glue import loop
 from rose_jax.glue.config import ConfigError, TrainConfig, flag
 from rose_jax.glue.optimizers import SWEPT_NUMBERS, sweep_optimizer

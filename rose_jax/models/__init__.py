@@ -1,11 +1,12 @@
 """The Flax RoBERTa/BERT encoder and its Hugging Face checkpoint loading."""
 
-from rose_jax import _versions
+from rose_jax._src import versions
 
-_versions.check('flax')
+versions.check('flax')
 
 # ruff: noqa: E402
 
+from rose_jax._src.apply_fn import EmbeddingPerturbation
 from rose_jax.models.apply import ModuleApply, as_apply_fn, call_encoder
 from rose_jax.models.config import EncoderConfig
 from rose_jax.models.encoder import EncoderForSequenceClassification
@@ -17,7 +18,6 @@ from rose_jax.models.loading import (
     resolve_checkpoint,
     save_pretrained,
 )
-from rose_jax.training.apply_fn import EmbeddingPerturbation
 
 __all__ = [
     'CheckpointError',

@@ -2,7 +2,7 @@
 
 :func:`as_apply_fn` splits a model into its ``nnx.Param`` leaves, which the
 optimizer trains, and a function of them
-(:mod:`rose_jax.training.apply_fn`). Everything else the model holds (RNG
+(:mod:`rose_jax._src.apply_fn`). Everything else the model holds (RNG
 streams, batch statistics, other variables) is fixed: it enters every call
 as it was when the model was split, so Adam never sees it, and a
 ``BatchNorm``'s running statistics are not updated by the step.
@@ -17,8 +17,8 @@ from typing import Any
 import jax
 from flax import nnx
 
+from rose_jax._src.apply_fn import Batch, EmbeddingPerturbation
 from rose_jax.models.encoder import EncoderForSequenceClassification
-from rose_jax.training.apply_fn import Batch, EmbeddingPerturbation
 
 # call(module, batch, *, rngs, perturbation) -> logits
 Call = Callable[..., jax.Array]

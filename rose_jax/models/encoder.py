@@ -24,9 +24,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rose_jax._src.apply_fn import EmbeddingPerturbation
 from rose_jax.models import segments
 from rose_jax.models.config import EncoderConfig
-from rose_jax.training.apply_fn import EmbeddingPerturbation
 
 Rngs = nnx.Rngs | None
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rose_jax import atomic
+from rose_jax._src import atomic
 from rose_jax.models.config import EncoderConfig
 from rose_jax.models.encoder import EncoderForSequenceClassification
 from rose_jax.selection import hf_name

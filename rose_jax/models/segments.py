@@ -1,5 +1,5 @@
 """What the encoder computes from packed rows' segment ids
-(:mod:`rose_jax.training.segments`): positions, attention, first tokens.
+(:mod:`rose_jax._src.segments`): positions, attention, first tokens.
 
 Everything here is computed from the ids alone, so that concatenating a
 batch with itself (the step's two dropout passes) gives the packed batch of
@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from rose_jax.training.segments import first_token_mask, segment_starts
+from rose_jax._src.segments import first_token_mask, segment_starts
 
 
 def start_index(segment_ids: jax.Array) -> jax.Array:

@@ -1,10 +1,10 @@
 """Losses, methods, gradients and the train step: what any JAX fine-tuning code
 reuses, for any model given as ``apply_fn(params, batch, *, dropout_key)``
-(:mod:`rose_jax.training.apply_fn`). Needs jax and optax, not flax."""
+(:class:`ApplyFn`). Needs jax and optax, not flax."""
 
-from rose_jax.training.apply_fn import ApplyFn, EmbeddingPerturbation
+from rose_jax._src.apply_fn import ApplyFn, EmbeddingPerturbation
+from rose_jax._src.losses import accuracy, cross_entropy, symmetric_kl
 from rose_jax.training.gradients import Gradients, compute_gradients, metric_names
-from rose_jax.training.losses import accuracy, cross_entropy, symmetric_kl
 from rose_jax.training.methods import METHOD_NAMES, Method, get_method
 from rose_jax.training.step import (
     NoDropoutWarning,

@@ -21,8 +21,9 @@ from typing import Any, Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rose_jax.training import adversarial, apply_fn, losses, segments
-from rose_jax.training.apply_fn import ApplyFn, Batch, EmbeddingShape
+from rose_jax._src import apply_fn, losses, segments
+from rose_jax._src.apply_fn import ApplyFn, Batch, EmbeddingShape
+from rose_jax.baselines import adversarial
 from rose_jax.training.methods import Method
 
 Cotangents = Literal['sequential', 'vmap']
@@ -184,7 +185,7 @@ def compute_gradients(apply: ApplyFn, params, batch: Batch, key: jax.Array, *,
 
   Args:
     apply: ``apply_fn(params, batch, *, dropout_key) -> logits`` (see
-      :mod:`rose_jax.training.apply_fn`).
+      :mod:`rose_jax._src.apply_fn`).
     params: the trained parameters.
     batch: arrays with a leading example axis, labels in ``batch['labels']``.
     key: this step's randomness (dropout, and SMART's and FreeLB's noise).

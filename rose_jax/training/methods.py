@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from rose_jax.training.adversarial import FreeLB, Smart
+from rose_jax.baselines.adversarial import FreeLB, Smart
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,13 +30,13 @@ class Method:
     passes: dropout passes over each batch (1 or 2).
     kl_weight: R-Drop's ``alpha``; the update gradient is that of
       ``CE + kl_weight * KL_rdrop`` (0 for CE alone), where R-Drop's KL
-      (:func:`rose_jax.training.losses.rdrop_kl`) is twice ROSE's
-      first-order loss (:func:`~rose_jax.training.losses.symmetric_kl`).
+      (:func:`rose_jax._src.losses.rdrop_kl`) is twice ROSE's
+      first-order loss (:func:`~rose_jax._src.losses.symmetric_kl`).
     kl_grads: hand the KL gradient to the optimizer (ROSE's first-order risk).
     ce_grads: hand the CE gradient to the optimizer separately (R-Drop +
       ROSE's second-order risk).
     rose_variant: the ROSE variant of the optimizer, or None for AdamW.
-    adversary: SMART's or FreeLB's rule (:mod:`rose_jax.training.adversarial`),
+    adversary: SMART's or FreeLB's rule (:mod:`rose_jax.baselines.adversarial`),
       which then computes the update gradient.
     fisher_mask: the optimizer needs CHILD-TUNING_D's Fisher mask, computed
       before training.

@@ -4,7 +4,7 @@
 the batch (:func:`rose_jax.training.compute_gradients`: one or two dropout
 passes, one forward, averaged over devices) and applies the optimizer:
 data -> step -> optimizer. The model is any ``apply_fn(params, batch, *,
-dropout_key) -> logits`` (:mod:`rose_jax.training.apply_fn`).
+dropout_key) -> logits`` (:mod:`rose_jax._src.apply_fn`).
 
 Data parallelism (``parallel=``):
 
@@ -31,16 +31,16 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from rose_jax._src import apply_fn as apply_fn_lib
+from rose_jax._src.apply_fn import ApplyFn, Batch, EmbeddingShape
+from rose_jax.baselines.params_ema import find_params_ema
 from rose_jax.masking import kept_fraction
-from rose_jax.params_ema import find_params_ema
 from rose_jax.selective import SelectiveState
-from rose_jax.training import apply_fn as apply_fn_lib
-from rose_jax.training.apply_fn import ApplyFn, Batch, EmbeddingShape
 from rose_jax.training.gradients import (
-    Cotangents,
-    check_embedding_shape,
-    compute_gradients,
-    metric_names,
+  Cotangents,
+  check_embedding_shape,
+  compute_gradients,
+  metric_names,
 )
 from rose_jax.training.methods import Method
 from rose_jax.transform import ScaleByRoseState
@@ -137,7 +137,7 @@ def make_train_step(
 
   Args:
     apply: the model, ``apply_fn(params, batch, *, dropout_key) -> logits``
-      (:mod:`rose_jax.training.apply_fn`; for our encoder
+      (:mod:`rose_jax._src.apply_fn`; for our encoder
       :func:`rose_jax.models.as_apply_fn`).
     tx: the optimizer; for ROSE methods an optimizer built by
       :func:`rose_jax.rose` with the method's variant.

@@ -37,8 +37,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rose_jax import memory
-from rose_jax.training.apply_fn import ApplyFn, EmbeddingShape, resolve_embedding_shape
+from rose_jax._src import memory
+from rose_jax._src.apply_fn import ApplyFn, EmbeddingShape, resolve_embedding_shape
 from rose_jax.training.gradients import Cotangents, check_embedding_shape
 from rose_jax.training.methods import Method
 from rose_jax.training.step import check_dropout_once, local_step

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
+from rose_jax._src import losses
 from rose_jax.glue import batching, loop
 from rose_jax.glue.config import ConfigError, TrainConfig
 from rose_jax.glue.data import Split
 from rose_jax.models import as_apply_fn, load_pretrained, load_tokenizer
-from rose_jax.training import losses
 from rose_jax.training import step as step_lib
 from tests import helpers
 

@@ -14,7 +14,8 @@ import pytest
 
 from benchmarks import e2e_benchmark, step_benchmark
 from examples import analyze, evaluate, finetune, report
-from rose_jax.glue import cli, cpu_malloc
+from rose_jax._src import cpu_malloc
+from rose_jax.glue import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = {'examples/finetune.py': finetune, 'examples/evaluate.py': evaluate,
@@ -38,7 +39,7 @@ def test_main_leaves_malloc_and_logging_as_they_are(path, monkeypatch, capsys):
 # Runs each command as a script with --help, keep_freed_memory replaced by a marker.
 ENTRY = '''
 import runpy, sys
-from rose_jax.glue import cpu_malloc
+from rose_jax._src import cpu_malloc
 cpu_malloc.keep_freed_memory = lambda: print('MALLOC SET', flush=True)
 for path in sys.argv[1:]:
   sys.argv = [path, '--help']

@@ -8,7 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from rose_jax.glue import checkpoints, loop, seeds
+from rose_jax._src import seeds
+from rose_jax.glue import checkpoints, loop
 from rose_jax.glue.config import ConfigError
 from rose_jax.training import step as step_lib
 from tests import helpers
@@ -190,7 +191,7 @@ def test_data_order_and_dropout_use_their_own_streams(files, tmp_path, monkeypat
 @pytest.mark.parametrize('method, extra', [('child-tuning-d', {}),
                                            ('smart', {'smart_bregman_mu': 1.0}), ('freelb', {})])
 def test_each_baseline_runs_and_resumes_exactly(files, tmp_path, monkeypatch, method, extra):
-  from rose_jax.training import fisher
+  from rose_jax.baselines import fisher
   passes = {'n': 0}
   real_fisher = fisher.fisher_information
 

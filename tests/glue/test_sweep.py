@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from examples import finetune
-from rose_jax import memory
+from rose_jax._src import memory
 from rose_jax.glue import loop, report, sweep
 from rose_jax.glue.config import ConfigError
 from rose_jax.glue.metrics_log import read_masks

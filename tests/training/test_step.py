@@ -10,8 +10,9 @@ import optax
 import pytest
 from flax import nnx
 
+from rose_jax._src import losses
 from rose_jax.models import EncoderForSequenceClassification, as_apply_fn
-from rose_jax.training import losses, methods
+from rose_jax.training import methods
 from rose_jax.training import step as step_lib
 from tests.helpers import (
   CountingOptimizer,

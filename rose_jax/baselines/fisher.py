@@ -16,9 +16,9 @@ from collections.abc import Iterable, Mapping
 import jax
 import jax.numpy as jnp
 
-from rose_jax.training import apply_fn as apply_fn_lib
-from rose_jax.training import losses
-from rose_jax.training.apply_fn import ApplyFn
+from rose_jax._src import apply_fn as apply_fn_lib
+from rose_jax._src import losses
+from rose_jax._src.apply_fn import ApplyFn
 
 
 def _clip_like_torch(grad: jax.Array, max_norm: float) -> jax.Array:

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
+from rose_jax._src import segments
+from rose_jax.baselines import adversarial
 from rose_jax.models import EmbeddingPerturbation, as_apply_fn
-from rose_jax.training import adversarial, methods, segments
+from rose_jax.training import methods
 from rose_jax.training import step as step_lib
 from tests.helpers import (
   definitions,

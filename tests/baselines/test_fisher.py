@@ -4,9 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from rose_jax import child_tuning
+from rose_jax.baselines import child_tuning, fisher
 from rose_jax.models import as_apply_fn
-from rose_jax.training import fisher
 from tests.helpers import definitions, tiny_batch, tiny_model
 
 

@@ -6,13 +6,13 @@ import sys
 
 import pytest
 
-from rose_jax.glue import cpu_malloc
+from rose_jax._src import cpu_malloc
 
 # Blocks allocated and freed in a worker thread, as XLA:CPU's executor threads do.
 PROGRAM = '''
 import resource, sys, threading
 import numpy as np
-from rose_jax.glue import cpu_malloc
+from rose_jax._src import cpu_malloc
 if sys.argv[1] == 'keep':
   cpu_malloc.keep_freed_memory()
 faults = []

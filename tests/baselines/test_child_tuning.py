@@ -10,7 +10,7 @@ import pytest
 from hypothesis import strategies as st
 
 import rose_jax
-from rose_jax import child_tuning
+from rose_jax.baselines import child_tuning
 
 SHAPES = {'embeddings': {'word_embeddings': {'embedding': (7, 4)}},
           'encoder': {'layer': {'0': {'query': {'kernel': (4, 4), 'bias': (4,)},

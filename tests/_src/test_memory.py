@@ -3,7 +3,7 @@
 import hypothesis
 from hypothesis import strategies as st
 
-from rose_jax import memory
+from rose_jax._src import memory
 
 
 @hypothesis.given(members=st.integers(1, 64), fixed=st.integers(0, 10**6),

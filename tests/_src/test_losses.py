@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
-from rose_jax.training import losses
+from rose_jax._src import losses
 from tests.helpers import definitions
 
 

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from rose_jax import atomic
+from rose_jax._src import atomic
 
 
 def _disk_full(*args, **kwargs):

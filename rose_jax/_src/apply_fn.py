@@ -20,7 +20,7 @@ declared to the step (``embedding_shape=``, or an ``embedding_shape`` method
 of the apply function, as :func:`rose_jax.models.as_apply_fn` gives);
 FreeLB reads the real tokens from ``batch['attention_mask']`` when present.
 
-A batch may pack several examples into a row (:mod:`rose_jax.training.segments`):
+A batch may pack several examples into a row (:mod:`rose_jax._src.segments`):
 ``batch['segment_ids']`` then says which tokens belong to which example, and
 FreeLB bounds its perturbation per example, not per row.
 """

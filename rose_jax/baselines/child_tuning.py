@@ -1,7 +1,7 @@
 """CHILD-TUNING_D (Xu et al., EMNLP 2021) as optax transformations.
 
 Before training, a Fisher pass estimates how much each weight matters for the
-task (:func:`rose_jax.training.fisher.fisher_information`). A fixed mask then
+task (:func:`rose_jax.baselines.fisher.fisher_information`). A fixed mask then
 keeps the top ``reserve_p`` fraction of the included weights, by one global
 cut over single weights, and only those are updated for the whole run. As in
 the official ``ChildTuningAdamW``:
@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import optax
 
 from rose_jax import quantile, selection
-from rose_jax._hparams import concrete_float
+from rose_jax._src.hparams import concrete_float
 from rose_jax.alias import hf_adamw
 
 
@@ -128,7 +128,7 @@ def child_tuning_d(
   Usage::
 
     included = rose_jax.child_tuning.included_tensors(params)
-    fisher = rose_jax.training.fisher.fisher_information(apply_fn, params, batches, key,
+    fisher = rose_jax.baselines.fisher.fisher_information(apply_fn, params, batches, key,
                                                          included=included)
     mask = rose_jax.child_tuning.fisher_mask(fisher, reserve_p=0.3, included=included)
     tx = optax.chain(optax.clip_by_global_norm(1.0),  # on the unmasked gradient
