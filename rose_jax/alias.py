@@ -11,23 +11,18 @@ import jax.numpy as jnp
 import optax
 
 from rose_jax import masking
+from rose_jax._src import rule, validation
 from rose_jax._src.hparams import concrete_float
-from rose_jax.risks import Granularity
-from rose_jax.transform import (
-    ScaleByRoseState,
-    Variant,
-    resolve_tree_of_bools,
-    rose_rule,
-    scale_by_masked_adam,
-)
+from rose_jax.risks import Granularity, Variant
+from rose_jax.transform import ScaleByRoseState, scale_by_masked_adam
 
 
-def decayed_after_step(step, params, rate, weight_decay_mask, mask=None):
+def _decayed_after_step(step, params, rate, weight_decay_mask, mask=None):
   """``step - rate * M * (params + step)`` on the tensors ``weight_decay_mask``
   marks: Hugging Face's AdamW decays the parameter *after* the Adam step,
   ``p <- p - lr * wd * p``. ``mask`` (default all ones) scales the decay.
   """
-  decays = resolve_tree_of_bools(weight_decay_mask, params, 'weight_decay_mask')
+  decays = validation.resolve_tree_of_bools(weight_decay_mask, params, 'weight_decay_mask')
   mask = jax.tree.map(lambda _: 1.0, params) if mask is None else mask
 
   def decayed(s, p, m, d):
@@ -36,10 +31,10 @@ def decayed_after_step(step, params, rate, weight_decay_mask, mask=None):
   return jax.tree.map(decayed, step, params, mask, decays)
 
 
-def adamw_step(direction, params, count, *, name, learning_rate, weight_decay,
+def _adamw_step(direction, params, count, *, name, learning_rate, weight_decay,
                weight_decay_mask, mask=None):
   """``-lr * direction`` and then, unless ``weight_decay`` is 0, the decay of
-  :func:`decayed_after_step`; ``lr`` is ``learning_rate`` at step ``count``."""
+  :func:`_decayed_after_step`; ``lr`` is ``learning_rate`` at step ``count``."""
   lr = learning_rate(count) if callable(learning_rate) else learning_rate
   step = jax.tree.map(lambda d: -lr * d, direction)
   if concrete_float(weight_decay) == 0.0:
@@ -47,14 +42,7 @@ def adamw_step(direction, params, count, *, name, learning_rate, weight_decay,
   if params is None:
     raise ValueError(f'{name} applies weight decay and needs params: call '
                      'update(grads, state, params, ...), or set weight_decay=0.')
-  return decayed_after_step(step, params, lr * weight_decay, weight_decay_mask, mask)
-
-
-def _check_decay(weight_decay) -> float | None:
-  decay = concrete_float(weight_decay)
-  if decay is not None and decay < 0:
-    raise ValueError(f'weight_decay must be >= 0, got {decay}.')
-  return decay
+  return _decayed_after_step(step, params, lr * weight_decay, weight_decay_mask, mask)
 
 
 def hf_adamw(
@@ -65,6 +53,7 @@ def hf_adamw(
     eps: float = 1e-8,
     weight_decay: float = 0.01,
     weight_decay_mask: Any = None,
+    mu_dtype: Any = None,
     moment_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdamW in Hugging Face's form: :func:`rose` with every parameter kept, at
@@ -86,23 +75,34 @@ def hf_adamw(
 
   Args:
     learning_rate: ``eta``, a float or an optax schedule.
-    b1: ``beta_1``. b2: ``beta_2``. eps: ``epsilon``.
+    b1: ``beta_1``, the first moment's decay.
+    b2: ``beta_2``, the second moment's decay.
+    eps: ``epsilon``, added to the uncorrected ``sqrt(v)``.
     weight_decay: the decoupled decay ``lambda``.
     weight_decay_mask: which tensors decay (tree of bools, callable, or None
       for all), like ``optax.adamw``'s ``mask``.
-    moment_dtype: dtype of Adam's moments (default: at least float32).
+    mu_dtype: dtype of Adam's moments (default: each parameter's dtype
+      promoted to at least float32).
+    moment_dtype: the old name of ``mu_dtype`` (deprecated).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a
     :class:`rose_jax.ScaleByMaskedAdamState`; ``update`` also takes the
     keyword ``mask`` of :func:`rose_jax.scale_by_masked_adam`.
+
+  References:
+    Loshchilov and Hutter, `Decoupled Weight Decay Regularization
+    <https://arxiv.org/abs/1711.05101>`_, ICLR 2019; Hugging Face
+    ``transformers.AdamW`` (``correct_bias=True``).
   """
-  _check_decay(weight_decay)
-  inner = scale_by_masked_adam(b1=b1, b2=b2, eps=eps, moment_dtype=moment_dtype)
+  validation.check_weight_decay(weight_decay)
+  inner = scale_by_masked_adam(
+      b1=b1, b2=b2, eps=eps,
+      mu_dtype=validation.renamed_mu_dtype(mu_dtype, moment_dtype, 'hf_adamw'))
 
   def update_fn(updates, state, params=None, **extra_args):
     direction, new_state = inner.update(updates, state, params, **extra_args)
-    return adamw_step(direction, params, state.count, name='hf_adamw',
+    return _adamw_step(direction, params, state.count, name='hf_adamw',
                       learning_rate=learning_rate, weight_decay=weight_decay,
                       weight_decay_mask=weight_decay_mask), new_state
 
@@ -125,6 +125,7 @@ def rose(
     weight_decay: float = 0.01,
     weight_decay_mask: Any = None,
     max_grad_norm: float | None = None,
+    mu_dtype: Any = None,
     moment_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""ROSE (Jiang et al., EMNLP 2022): robust selective fine-tuning with AdamW.
@@ -162,7 +163,9 @@ def rose(
     selectable: which tensors are ranked (tree of bools, callable, or None
       for all); the others are always updated.
     warmup_steps: no masking while ``t <= warmup_steps``.
-    b1: ``beta_1``. b2: ``beta_2``. eps: ``epsilon``.
+    b1: ``beta_1``, the first moment's decay.
+    b2: ``beta_2``, the second moment's decay.
+    eps: ``epsilon``, added to the uncorrected ``sqrt(v)``.
     weight_decay: the decoupled decay ``lambda``, masked like the update.
     weight_decay_mask: which tensors decay (tree of bools, callable, or None
       for all), like ``optax.adamw``'s ``mask``.
@@ -173,7 +176,9 @@ def rose(
       gradient with a momentum of clipped gradients. Use this rather than
       ``optax.chain(optax.clip_by_global_norm(c), rose(...))``, which clips
       the update gradient alone (see :func:`rose_jax.scale_by_rose`).
-    moment_dtype: dtype of Adam's moments (default: at least float32).
+    mu_dtype: dtype of Adam's moments (default: each parameter's dtype
+      promoted to at least float32).
+    moment_dtype: the old name of ``mu_dtype`` (deprecated).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` takes the
@@ -182,16 +187,22 @@ def rose(
 
   With ``optax.inject_hyperparams``, pass callables such as ``selectable``
   through ``static_args``, which would otherwise be taken for schedules.
+
+  References:
+    Jiang et al., `ROSE: Robust Selective Fine-tuning for Pre-trained
+    Language Models <https://aclanthology.org/2022.emnlp-main.186>`_, EMNLP
+    2022, Algorithm 1; the authors' ``SparseAdamW``.
   """
-  _check_decay(weight_decay)
-  init_fn, rule = rose_rule(
+  validation.check_weight_decay(weight_decay)
+  init_fn, step_rule = rule.rose_rule(
       variant=variant, upper=upper, lower=lower, gamma=gamma,
       granularity=granularity, selectable=selectable, warmup_steps=warmup_steps,
-      b1=b1, b2=b2, eps=eps, max_grad_norm=max_grad_norm, moment_dtype=moment_dtype)
+      b1=b1, b2=b2, eps=eps, max_grad_norm=max_grad_norm,
+      mu_dtype=validation.renamed_mu_dtype(mu_dtype, moment_dtype, 'rose'))
 
   def update_fn(updates, state: ScaleByRoseState, params=None, **extra_args):
-    direction, new_state, step_mask = rule(updates, state, params, **extra_args)
-    step = adamw_step(direction, params, state.count, name='rose',
+    direction, new_state, step_mask = step_rule(updates, state, params, **extra_args)
+    step = _adamw_step(direction, params, state.count, name='rose',
                       learning_rate=learning_rate, weight_decay=weight_decay,
                       weight_decay_mask=weight_decay_mask,
                       mask=None if params is None else masking.fill_mask(step_mask, params))

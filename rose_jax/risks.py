@@ -16,6 +16,9 @@ from rose_jax._src.hparams import one_minus
 
 Granularity = Literal['tensor', 'element']
 GRANULARITIES = ('tensor', 'element')
+# Which risks rank: ROSE-First, ROSE-Second or ROSE-Ensemble (both, mixed).
+Variant = Literal['first', 'second', 'ensemble']
+VARIANTS = ('first', 'second', 'ensemble')
 
 # A tensor whose first moment is zero while its gradient is not has departed
 # infinitely far from its trajectory. The largest finite float ranks it last

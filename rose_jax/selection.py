@@ -53,11 +53,11 @@ def authors_selectable(params):
   each of the 12 layers, 96 tensors; biases, embeddings, the embedding
   LayerNorm and the classification head are always updated.
   """
-  return jax.tree_util.tree_map_with_path(
+  return jax.tree.map_with_path(
       lambda path, _: is_authors_ranked(hf_name(path)), params)
 
 
 def authors_decay_mask(params):
   """A tree of bools: True for tensors that take weight decay."""
-  return jax.tree_util.tree_map_with_path(
+  return jax.tree.map_with_path(
       lambda path, _: is_decayed(hf_name(path)), params)

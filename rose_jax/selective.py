@@ -17,15 +17,8 @@ import jax.numpy as jnp
 import optax
 
 from rose_jax import masking
-from rose_jax.risks import Granularity
-from rose_jax.transform import (
-    Variant,
-    check_and_clip_extras,
-    check_max_grad_norm,
-    check_rose_hyperparams,
-    initial_mask,
-    risk_mask,
-)
+from rose_jax._src import rule, validation
+from rose_jax.risks import Granularity, Variant
 
 Momentum = str | Callable[[Any], Any] | None
 
@@ -44,7 +37,7 @@ class SelectiveState(NamedTuple):
   mask: optax.Updates
 
 
-def find_momentum(inner_state, momentum: Momentum):
+def _find_momentum(inner_state, momentum: Momentum):
   """The first moment in ``inner_state``: ``momentum`` names its field (found
   with ``optax.tree_utils.tree_get``) or is a callable that returns it; None
   when ``momentum`` is None."""
@@ -120,10 +113,14 @@ def selective(
     ``kl_grads`` and ``ce_grads`` like :func:`rose_jax.scale_by_rose`, and
     passes any other extra arguments to ``inner``; its state is a
     :class:`SelectiveState`.
+
+  References:
+    Jiang et al., `ROSE <https://aclanthology.org/2022.emnlp-main.186>`_,
+    EMNLP 2022, section 3 (the rule) and Algorithm 1 (its AdamW form).
   """
-  check_rose_hyperparams(variant=variant, granularity=granularity, upper=upper,
-                         lower=lower, gamma=gamma, warmup_steps=warmup_steps)
-  check_max_grad_norm(max_grad_norm)
+  validation.check_rose_hyperparams(variant=variant, granularity=granularity, upper=upper,
+                                    lower=lower, gamma=gamma, warmup_steps=warmup_steps)
+  validation.check_max_grad_norm(max_grad_norm)
   if momentum is None and variant != 'first':
     raise ValueError(
         f'variant={variant!r} ranks by the departure from momentum, but momentum=None says '
@@ -131,16 +128,16 @@ def selective(
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):
-    mask = initial_mask(params, selectable)
+    mask = rule.initial_mask(params, selectable)
     inner_state = inner.init(params)
-    find_momentum(inner_state, momentum)  # fails now, not in the first step
+    _find_momentum(inner_state, momentum)  # fails now, not in the first step
     return SelectiveState(jnp.zeros([], jnp.int32), inner_state, mask)
 
   def update_fn(updates, state, params=None, *, kl_grads=None, ce_grads=None, **extra_args):
-    updates, kl_grads, ce_grads = check_and_clip_extras(
+    updates, kl_grads, ce_grads = rule.check_and_clip_extras(
         updates, kl_grads, ce_grads, variant=variant, max_grad_norm=max_grad_norm)
-    mu = find_momentum(state.inner_state, momentum)
-    mask, extra_finite = risk_mask(
+    mu = _find_momentum(state.inner_state, momentum)
+    mask, extra_finite = rule.risk_mask(
         updates, kl_grads, ce_grads, mu, state.count, state.mask, variant=variant,
         upper=upper, lower=lower, gamma=gamma, granularity=granularity,
         warmup_steps=warmup_steps, b1=b1)
@@ -154,10 +151,6 @@ def selective(
     new_updates = jax.tree.map(lambda u, m: (m * u).astype(u.dtype), inner_updates, full)
     new_state = SelectiveState(optax.safe_increment(state.count), inner_state,
                                jax.tree.map(jnp.mean, mask))
-    if extra_finite:  # a step with non-finite extra gradients is skipped, as in rose
-      finite = jnp.all(jnp.asarray(extra_finite))
-      new_updates = jax.tree.map(lambda u: jnp.where(finite, u, 0), new_updates)
-      new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
-    return new_updates, new_state
+    return rule.skip_unless_finite(extra_finite, new_updates, new_state, state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

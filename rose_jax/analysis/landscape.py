@@ -62,7 +62,7 @@ def filter_normalized_direction(key: jax.Array, params: Params) -> Params:
     A tree like ``params``: ``d_f * ||theta_f|| / ||d_f||`` per filter ``f``,
     zero for biases and LayerNorm parameters (see :func:`filter_axes`).
   """
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  leaves, treedef = jax.tree.flatten_with_path(params)
   keys = jax.random.split(key, len(leaves))
   out = []
   for (path, leaf), leaf_key in zip(leaves, keys, strict=True):
@@ -82,7 +82,7 @@ def check_same_architecture(params: Params, other: Params, names: Sequence[str] 
   if jax.tree.structure(params) != jax.tree.structure(other):
     raise ValueError(f'{names[0]} and {names[1]} are different architectures (their parameter '
                      'trees differ); interpolate between checkpoints of one model.')
-  for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(params)[0],
+  for (path, x), y in zip(jax.tree.flatten_with_path(params)[0],
                           jax.tree.leaves(other), strict=True):
     if jnp.shape(x) != jnp.shape(y):
       raise ValueError(f'{names[0]} and {names[1]} are different architectures: '

@@ -38,7 +38,7 @@ def is_included(name: str) -> bool:
 
 def included_tensors(params):
   """A tree of bools: True for the tensors the Fisher mask ranks."""
-  return jax.tree_util.tree_map_with_path(
+  return jax.tree.map_with_path(
       lambda path, _: is_included(selection.hf_name(path)), params)
 
 
@@ -98,6 +98,10 @@ def keep_fixed_mask(mask: Any = None) -> optax.GradientTransformation:
 
   Returns:
     An ``optax.GradientTransformation`` with a :class:`FixedMaskState`.
+
+  References:
+    Xu et al., `Raise a Child in Large Language Model
+    <https://aclanthology.org/2021.emnlp-main.749>`_, EMNLP 2021, Eq. 5.
   """
   def init_fn(params):
     tree = mask(params) if callable(mask) else mask
@@ -127,19 +131,22 @@ def child_tuning_d(
 
   Usage::
 
-    included = rose_jax.child_tuning.included_tensors(params)
-    fisher = rose_jax.baselines.fisher.fisher_information(apply_fn, params, batches, key,
-                                                         included=included)
-    mask = rose_jax.child_tuning.fisher_mask(fisher, reserve_p=0.3, included=included)
+    from rose_jax import baselines, selection
+
+    included = baselines.included_tensors(params)
+    fisher = baselines.fisher_information(apply_fn, params, batches, key,
+                                          included=included)
+    mask = baselines.fisher_mask(fisher, reserve_p=0.3, included=included)
     tx = optax.chain(optax.clip_by_global_norm(1.0),  # on the unmasked gradient
-                     rose_jax.child_tuning_d(2e-5, mask=mask,
-                                             weight_decay_mask=selection.authors_decay_mask))
+                     baselines.child_tuning_d(2e-5, mask=mask,
+                                              weight_decay_mask=selection.authors_decay_mask))
 
   Args:
     learning_rate: ``eta``, a float or an optax schedule.
     mask: the fixed mask (see :func:`keep_fixed_mask`), from :func:`fisher_mask`.
-    b1, b2, eps: Adam's hyperparameters; the defaults are the official
-      code's (betas (0.9, 0.999), ``adam_epsilon`` 1e-8).
+    b1: ``beta_1`` (the official code's 0.9).
+    b2: ``beta_2`` (the official code's 0.999).
+    eps: ``epsilon`` (the official ``adam_epsilon``, 1e-8).
     weight_decay: decoupled decay, applied to every decay-group weight,
       masked ones included (official code: 0.01).
     weight_decay_mask: which tensors decay (official: not biases or
@@ -148,6 +155,11 @@ def child_tuning_d(
   Returns:
     An ``optax.GradientTransformationExtraArgs``: ``(FixedMaskState,
     ScaleByMaskedAdamState)``.
+
+  References:
+    Xu et al., `Raise a Child in Large Language Model
+    <https://aclanthology.org/2021.emnlp-main.749>`_, EMNLP 2021; the
+    official ``ChildTuningAdamW`` (``mode="ChildTuning-D"``).
   """
   return optax.chain(
       keep_fixed_mask(mask),

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from rose_jax._src import trees
+
 
 class ParamsEmaState(NamedTuple):
   """State of :func:`params_ema`."""
@@ -35,6 +37,10 @@ def params_ema(decay: optax.ScalarOrSchedule) -> optax.GradientTransformation:
 
   Returns:
     An ``optax.GradientTransformation`` with a :class:`ParamsEmaState`.
+
+  References:
+    Jiang et al., `SMART <https://aclanthology.org/2020.acl-main.197>`_, ACL
+    2020, Algorithm 1 (the momentum teacher ``theta~``).
   """
   def init_fn(params):
     # A copy, not the params' own buffers: a step that donates params and
@@ -47,9 +53,8 @@ def params_ema(decay: optax.ScalarOrSchedule) -> optax.GradientTransformation:
       raise ValueError('params_ema averages the parameters: call update(updates, state, '
                        'params).')
     beta = decay(state.count) if callable(decay) else decay
-    ema = jax.tree.map(
-        lambda e, p, u: beta * e + (1.0 - beta) * (jnp.asarray(p, jnp.float32) + u),
-        state.ema, params, updates)
+    after = jax.tree.map(lambda p, u: jnp.asarray(p, jnp.float32) + u, params, updates)
+    ema = optax.tree.update_moment(after, state.ema, beta, 1)
     return updates, ParamsEmaState(optax.safe_increment(state.count), ema)
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -57,6 +62,4 @@ def params_ema(decay: optax.ScalarOrSchedule) -> optax.GradientTransformation:
 
 def find_params_ema(opt_state) -> ParamsEmaState | None:
   """The :class:`ParamsEmaState` inside an optimizer state, if any."""
-  is_ema = lambda x: isinstance(x, ParamsEmaState)
-  found = [s for s in jax.tree.leaves(opt_state, is_leaf=is_ema) if is_ema(s)]
-  return found[0] if found else None
+  return trees.find_state(opt_state, ParamsEmaState)

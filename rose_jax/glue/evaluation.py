@@ -8,8 +8,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from rose_jax._src.apply_fn import ApplyFn
 from rose_jax.glue import batching, packing
@@ -46,9 +44,7 @@ class Evaluator:
 
   def place_params(self, params) -> Any:
     """``params`` where the evaluation step wants them (replicated over the mesh)."""
-    if self.mesh is None:
-      return params
-    return jax.device_put(jax.device_get(params), NamedSharding(self.mesh, P()))
+    return params if self.mesh is None else step_lib.replicate_on_mesh(params, self.mesh)
 
   def _gather(self, predictions: jax.Array) -> np.ndarray:
     if jax.process_count() > 1:

@@ -405,7 +405,7 @@ def _mask_row(opt_state) -> jax.Array | None:
 
 def mask_names(opt_state) -> list[str]:
   """The names of the ranked tensors, in the order of a mask row."""
-  paths = jax.tree_util.tree_flatten_with_path(step_lib.find_rose_state(opt_state).mask)[0]
+  paths = jax.tree.flatten_with_path(step_lib.find_rose_state(opt_state).mask)[0]
   return [jax.tree_util.keystr(path, simple=True, separator='/') for path, _ in paths]
 
 

@@ -191,7 +191,7 @@ def assign_weights(model: EncoderForSequenceClassification,
                             f'expected {current.shape} from config.json.')
     return jnp.asarray(value, current.dtype)
 
-  pure = jax.tree_util.tree_map_with_path(assign, pure)
+  pure = jax.tree.map_with_path(assign, pure)
   if missing:
     raise CheckpointError(f'The checkpoint lacks {len(missing)} tensors the model needs, '
                           f'e.g. {missing[:5]}.')
@@ -254,7 +254,7 @@ def save_pretrained(model: EncoderForSequenceClassification, directory: str | os
   config = model.config
   pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   tensors = {}
-  for path, value in jax.tree_util.tree_flatten_with_path(pure)[0]:
+  for path, value in jax.tree.flatten_with_path(pure)[0]:
     leaf = str(getattr(path[-1], 'key', path[-1]))
     array = np.asarray(value, np.float32)
     tensors[hf_name(path)] = np.ascontiguousarray(array.T if leaf == 'kernel' else array)

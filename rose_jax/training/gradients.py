@@ -50,12 +50,16 @@ class Gradients(NamedTuple):
                                           ('ce_grads', self.ce_grads)) if tree is not None}
 
 
+# Every metric a step may return, in the order of metric_names.
+METRIC_NAMES = ('loss', 'ce', 'kl', 'accuracy', 'kept_fraction', 'disagreement')
+
+
 def metric_names(method: Method) -> tuple[str, ...]:
   """The metrics that the method's step returns: ``disagreement`` (the share of
   examples whose two dropout passes predict different labels) only for
   methods with two dropout passes."""
-  names = ('loss', 'ce', 'kl', 'accuracy', 'kept_fraction')
-  return (*names, 'disagreement') if method.passes == 2 and method.adversary is None else names
+  two_passes = method.passes == 2 and method.adversary is None
+  return METRIC_NAMES if two_passes else METRIC_NAMES[:-1]
 
 
 def gradient_rows(method: Method) -> list[tuple[str, tuple[float, float]]]:

@@ -32,6 +32,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from rose_jax._src import apply_fn as apply_fn_lib
+from rose_jax._src import trees
 from rose_jax._src.apply_fn import ApplyFn, Batch, EmbeddingShape
 from rose_jax.baselines.params_ema import find_params_ema
 from rose_jax.masking import kept_fraction
@@ -58,9 +59,7 @@ def find_rose_state(opt_state) -> ScaleByRoseState | SelectiveState | None:
   ``inject_hyperparams``...): :func:`rose_jax.rose`'s and
   :func:`rose_jax.scale_by_rose`'s, or :func:`rose_jax.selective`'s. Both
   have ``mask``, one value per ranked tensor; the outermost is returned."""
-  is_rose = lambda x: isinstance(x, (ScaleByRoseState, SelectiveState))
-  found = [s for s in jax.tree.leaves(opt_state, is_leaf=is_rose) if is_rose(s)]
-  return found[0] if found else None
+  return trees.find_state(opt_state, ScaleByRoseState, SelectiveState)
 
 
 def local_step(params, opt_state, batch: Batch, key: jax.Array, *, apply: ApplyFn,
