@@ -198,6 +198,28 @@ def test_bf16_params_with_float32_moments():
   chex.assert_trees_all_equal(new, expected)
 
 
+MU_DTYPE_TAKERS = {
+    'rose': lambda **kw: rose_jax.rose(1e-2, upper=0.6, **kw),
+    'hf_adamw': lambda **kw: rose_jax.hf_adamw(1e-2, **kw),
+    'scale_by_rose': lambda **kw: rose_jax.scale_by_rose(upper=0.6, **kw),
+    'scale_by_masked_adam': lambda **kw: rose_jax.scale_by_masked_adam(**kw),
+}
+
+
+@pytest.mark.parametrize('name', sorted(MU_DTYPE_TAKERS))
+@pytest.mark.parametrize('dtype', [jnp.bfloat16, jnp.float32])
+def test_mu_dtype_sets_both_moments_and_its_old_name_still_works_with_a_warning(name, dtype):
+  make = MU_DTYPE_TAKERS[name]
+  params = _trees(np.random.default_rng(0))
+  state = make(mu_dtype=dtype).init(params)
+  assert all(m.dtype == dtype for m in jax.tree.leaves((state.mu, state.nu)))
+  with pytest.warns(DeprecationWarning, match='renamed mu_dtype'):
+    old = make(moment_dtype=dtype)
+  chex.assert_trees_all_equal(old.init(params), state)
+  with pytest.raises(TypeError, match='both mu_dtype and its old name'):
+    make(mu_dtype=dtype, moment_dtype=dtype)
+
+
 def test_weight_decay_needs_params():
   tx = rose_jax.rose(1e-2, upper=0.6, variant='second')
   params = {'w': jnp.ones((2, 2))}

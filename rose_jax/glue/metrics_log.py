@@ -1,4 +1,5 @@
-"""A run's metric lines: ``metrics.jsonl`` and, when asked, TensorBoard events.
+"""What a run reports as it goes: its metric lines (``metrics.jsonl`` and,
+when asked, TensorBoard events), its masks and the progress bar.
 
 Step lines are ``{"step": S, "epoch": E, ...}``; epoch lines carry
 ``"type": "epoch"``. On resume, :meth:`MetricsLog.trim` drops what was
@@ -154,3 +155,11 @@ def read_masks(directory: str | Path) -> tuple[list[str], np.ndarray, np.ndarray
   raw = np.fromfile(directory / MASK_FILE, np.uint8)
   rows = raw[:len(raw) // dtype.itemsize * dtype.itemsize].view(dtype)
   return tensors, rows['step'].copy(), rows['mask'].copy()
+
+
+def progress_bar(total: int, initial: int, enabled: bool):
+  """A tqdm bar of ``total`` steps from ``initial``; nothing shown unless ``enabled``."""
+  from tqdm.auto import tqdm
+  # The default format shows the elapsed time and the estimated time left.
+  return tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=True,
+              desc='train', unit='step')

@@ -45,7 +45,7 @@ from rose_jax.training.step import check_dropout_once, local_step
 
 # Arguments of rose_jax.rose that are not numbers to sweep.
 ROSE_STATIC = ('schedule', 'variant', 'granularity', 'selectable', 'weight_decay_mask',
-               'warmup_steps', 'moment_dtype', 'max_grad_norm')
+               'warmup_steps', 'mu_dtype', 'moment_dtype', 'max_grad_norm')
 
 
 def with_peak_learning_rate(factory: Callable[..., optax.GradientTransformation]):

@@ -10,7 +10,7 @@ import pytest
 from examples import evaluate as evaluate_cli
 from examples import finetune
 from rose_jax.glue import data as data_lib
-from rose_jax.glue import loop
+from rose_jax.glue import loop, trainers
 from rose_jax.models import CheckpointError
 from tests import helpers
 from tests.helpers import write
@@ -38,7 +38,7 @@ def test_a_selective_optimizer_logs_its_kept_fraction_and_masks(files, tmp_path,
   import rose_jax
   from rose_jax import selection
   from rose_jax.glue.metrics_log import read_masks
-  monkeypatch.setattr(loop, 'build_optimizer', lambda *a, **k: rose_jax.selective(
+  monkeypatch.setattr(trainers, 'build_optimizer', lambda *a, **k: rose_jax.selective(
       optax.adamw(1e-3), upper=0.5, selectable=selection.authors_selectable))
   out = tmp_path / 'run'
   loop.run(_config(files, out, max_train_samples=16, log_every=1))
@@ -141,12 +141,3 @@ def test_tensorboard_has_the_metrics_of_metrics_jsonl(finished_run):
     assert scalars[f'train/{name}'] == pytest.approx({x['step']: x[name] for x in steps})
   assert scalars['epoch/glue_dev_accuracy'] == pytest.approx(
       {x['step']: x['glue_dev_accuracy'] for x in epochs})
-
-
-def test_progress_bar_shows_elapsed_and_remaining_time():
-  bar = loop._progress(total=10, initial=4, enabled=True)
-  try:
-    text = str(bar)
-  finally:
-    bar.close()
-  assert '4/10' in text and '<' in text.split('[')[1]  # [elapsed<remaining, rate]

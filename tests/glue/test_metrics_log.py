@@ -87,3 +87,12 @@ def test_mask_file_layout_and_a_run_without_masks(tmp_path):
   assert np.frombuffer(raw[8:16], '<f4').tolist() == [1.0, 0.5]
   with pytest.raises(FileNotFoundError, match='only ROSE methods record masks'):
     read_masks(tmp_path / 'missing')
+
+
+def test_progress_bar_shows_elapsed_and_remaining_time():
+  bar = metrics_log.progress_bar(total=10, initial=4, enabled=True)
+  try:
+    text = str(bar)
+  finally:
+    bar.close()
+  assert '4/10' in text and '<' in text.split('[')[1]  # [elapsed<remaining, rate]

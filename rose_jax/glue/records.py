@@ -1,0 +1,219 @@
+"""A run's records while it trains: the state its checkpoints hold
+(:class:`RunState`) and what it writes as it goes (:class:`RunRecord`:
+running metric means, metric lines, masks, each epoch's predictions, results
+and best model)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from rose_jax._src import atomic, seeds
+from rose_jax.glue import batching
+from rose_jax.glue.checkpoints import Checkpoints
+from rose_jax.glue.config import TrainConfig
+from rose_jax.glue.evaluation import Evaluator
+from rose_jax.glue.metrics_log import MaskLog, MetricsLog
+from rose_jax.glue.run_dir import best_epoch
+from rose_jax.glue.shared import Data
+from rose_jax.models import ModuleApply, save_pretrained
+from rose_jax.training.gradients import METRIC_NAMES
+
+log = logging.getLogger(__name__)
+
+Sums = dict[str, np.ndarray]
+
+
+class TrainingDiverged(ValueError):
+  """A loss became NaN or infinite."""
+
+
+def zero_sums() -> Sums:
+  """Running sums of every metric, the step count and the tokens, all zero
+  (float64 host arrays, so that a checkpoint keeps them exactly)."""
+  return {name: np.zeros((), np.float64)
+          for name in (*METRIC_NAMES, 'count', 'real_tokens', 'padded_tokens')}
+
+
+def _add(sums: Sums, metrics: dict) -> None:
+  for name in metrics:
+    sums[name] = sums[name] + np.float64(metrics[name])
+  sums['count'] = sums['count'] + 1
+
+
+def _means(sums: Sums, names: tuple[str, ...]) -> dict[str, float]:
+  return {name: float(sums[name] / sums['count']) for name in names}
+
+
+@dataclasses.dataclass
+class RunState:
+  """What a run's checkpoint holds.
+
+  Attributes:
+    params: the trained parameters.
+    opt_state: the optimizer state (a sweep's without its settings).
+    step: global steps taken.
+    epoch: epochs completed.
+    batch: batches of the current epoch taken.
+    dropout_key: the run's dropout key data (each step folds in its number).
+    epoch_sums: the running sums of this epoch's metrics.
+    window_sums: those since the last metric line.
+  """
+  params: Any
+  opt_state: Any
+  step: int = 0
+  epoch: int = 0
+  batch: int = 0
+  dropout_key: np.ndarray | None = None
+  epoch_sums: Sums = dataclasses.field(default_factory=zero_sums)
+  window_sums: Sums = dataclasses.field(default_factory=zero_sums)
+
+  @classmethod
+  def initial(cls, config: TrainConfig, params, opt_state) -> RunState:
+    # Host arrays: a process-local device array cannot be saved by several processes.
+    key = np.asarray(jax.random.key_data(seeds.stream_key(config.seed, 'dropout')))
+    return cls(params, opt_state, dropout_key=key)
+
+  def tree(self) -> dict[str, Any]:
+    """The checkpoint's pytree (the layout every version has written)."""
+    position = {'step': np.asarray(self.step, np.int64), 'epoch': np.asarray(self.epoch, np.int64),
+                'batch': np.asarray(self.batch, np.int64)}
+    return {'params': self.params, 'opt_state': self.opt_state, 'position': position,
+            'dropout_key': self.dropout_key, 'epoch_sums': self.epoch_sums,
+            'window_sums': self.window_sums}
+
+  @classmethod
+  def from_tree(cls, tree: dict[str, Any]) -> RunState:
+    position = tree['position']
+    return cls(tree['params'], tree['opt_state'], step=int(position['step']),
+               epoch=int(position['epoch']), batch=int(position['batch']),
+               dropout_key=np.asarray(tree['dropout_key']), epoch_sums=tree['epoch_sums'],
+               window_sums=tree['window_sums'])
+
+
+@dataclasses.dataclass
+class RunRecord:
+  """One run directory while it trains, alone or in a sweep.
+
+  Attributes:
+    config: the run's settings.
+    out: its directory.
+    results: what ``results.json`` holds.
+    checkpoints: its checkpoints.
+    started: to be called after the first step (a replaced run is then deleted).
+    state: what its next checkpoint will hold.
+    alone: a run alone (a divergence raises) or in a sweep (it stops only this one).
+    is_main: this process writes the files.
+    names: the metrics the method's step returns.
+  """
+  config: TrainConfig
+  out: Path
+  results: dict
+  checkpoints: Checkpoints
+  started: Callable[[], None]
+  state: RunState
+  alone: bool
+  is_main: bool
+  names: tuple[str, ...]
+  metrics_log: MetricsLog | None = None
+  mask_log: MaskLog | None = None
+  timed_tokens: int = 0
+
+  @property
+  def diverged(self) -> str | None:
+    return self.results.get('diverged')
+
+  def add(self, metrics: dict, step: int) -> None:
+    """Adds one step's host metrics to the running sums; a non-finite loss
+    raises TrainingDiverged (alone) or marks the run diverged (in a sweep,
+    the others go on)."""
+    if self.diverged:
+      return
+    mask = metrics.pop('mask', None)
+    bad = [k for k in ('loss', 'ce', 'kl') if not np.isfinite(metrics[k])]
+    if bad:
+      message = (f'Training diverged at step {step}: {", ".join(bad)} is {metrics[bad[0]]}. '
+                 'Lower --learning-rate or check the data; the checkpoints written before it '
+                 f'remain in {self.out / "checkpoints"}.')
+      if self.alone:
+        raise TrainingDiverged(message)
+      log.warning('%s: %s', self.out, message)
+      self.results['diverged'] = message
+      if self.is_main:
+        atomic.write_json(self.out / 'results.json', self.results)
+      return
+    for sums in (self.state.epoch_sums, self.state.window_sums):
+      _add(sums, metrics)
+    if mask is not None and self.mask_log is not None:
+      self.mask_log.write(np.asarray([step]), np.asarray(mask)[None])
+
+  def count_tokens(self, batch: batching.Batch) -> None:
+    self.timed_tokens += batch.real_tokens
+    self.state.epoch_sums['real_tokens'] += batch.real_tokens
+    self.state.epoch_sums['padded_tokens'] += batch.padded_tokens
+
+  def log_window(self, step: int, epoch: int) -> dict[str, float] | None:
+    if self.diverged:
+      return None
+    means = _means(self.state.window_sums, self.names)
+    self.state.window_sums.update(zero_sums())
+    self.metrics_log.write({'step': step, 'epoch': epoch + 1, **means}, step=step)
+    return means
+
+  def save(self, params, opt_state, step: int, epoch: int, batch: int) -> None:
+    self.state = dataclasses.replace(self.state, params=params, opt_state=opt_state, step=step,
+                                     epoch=epoch, batch=batch)
+    self.checkpoints.save(step, self.state.tree())
+
+  def end_epoch(self, epoch: int, step: int, seconds: float, params, evaluator: Evaluator,
+                data: Data, apply_fn: ModuleApply, tokenizer) -> None:
+    """Evaluates the epoch's params and writes the epoch's files (not the checkpoint)."""
+    sums = self.state.epoch_sums
+    record = {'epoch': epoch + 1, 'step': step, 'seconds': round(seconds, 2),
+              # Timed from this process's start of the epoch (or of the resume).
+              'tokens_per_second': round(self.timed_tokens / seconds, 1),
+              'padding_efficiency': float(sums['real_tokens'] / sums['padded_tokens'])}
+    self.timed_tokens = 0
+    diverged = self.diverged
+    if not diverged:
+      record.update({f'train_{k}': v for k, v in _means(sums, self.names).items()})
+    sums.update(zero_sums())
+    self.state.window_sums.update(zero_sums())
+    if diverged:
+      return
+    out = self.out
+    eval_params = evaluator.place_params(params)
+    if self.is_main:
+      (out / 'predictions').mkdir(exist_ok=True)
+    for split, encoded in data.eval.items():
+      predictions, accuracy = evaluator(eval_params, encoded)
+      record[f'{split}_accuracy'] = accuracy
+      if self.is_main:
+        atomic.write_text(out / 'predictions' / f'epoch{epoch + 1}-{split}.jsonl', ''.join(
+            json.dumps({'idx': i, 'prediction': int(p), 'label': int(y)}) + '\n'
+            for i, (p, y) in enumerate(zip(predictions, encoded.labels, strict=True))))
+    self.metrics_log.write({'type': 'epoch', **record}, step=step, prefix='epoch')
+    self.results['epochs'].append(record)
+    self.results.update(best_epoch(self.results['epochs']))
+    if self.is_main and self.results['best_epoch'] == epoch + 1:
+      # The best epoch's model, loadable by load_pretrained and transformers.
+      model = apply_fn.merge(jax.device_get(params))
+      atomic.write_directory(out / 'best_model', lambda d, m=model: (
+          save_pretrained(m, d), tokenizer.save_pretrained(str(d))))
+    # Results first, then the checkpoint: a resume redoes an epoch whose
+    # checkpoint is missing and trims the results to the checkpoint.
+    if self.is_main:
+      atomic.write_json(out / 'results.json', self.results)
+
+  def finish(self) -> None:
+    if not self.diverged:
+      self.results['finished'] = True
+    if self.is_main:
+      atomic.write_json(self.out / 'results.json', self.results)

@@ -1,0 +1,126 @@
+"""What the runs of a group share: the method, the tokenizer, the tokenised
+data, the model's graph and the schedule's length; and the one pass over the
+data that CHILD-TUNING_D makes before training."""
+
+from __future__ import annotations
+
+import logging
+
+import jax
+import jax.numpy as jnp
+
+from rose_jax._src import seeds
+from rose_jax.baselines import child_tuning
+from rose_jax.baselines import fisher as fisher_lib
+from rose_jax.glue import batching, packing
+from rose_jax.glue import data as data_lib
+from rose_jax.glue.config import ConfigError, TrainConfig
+from rose_jax.glue.metrics_log import progress_bar
+from rose_jax.models import ModuleApply, as_apply_fn, load_pretrained, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class Data:
+  """Tokenised train, GLUE dev and AdvGLUE dev arrays for a run."""
+
+  def __init__(self, config: TrainConfig, tokenizer):
+    task = data_lib.get_task(config.task)
+    if config.train_file:
+      train = data_lib.load_local(task, config.train_file)
+    else:
+      train = data_lib.load_hub(task, 'train')
+    if config.dev_file:
+      dev = data_lib.load_local(task, config.dev_file)
+    else:
+      dev = data_lib.load_hub(task, task.hub_validation_split)
+    adv = None
+    if not config.no_adv:
+      adv = (data_lib.load_adv_glue_file(task, config.adv_file) if config.adv_file
+             else data_lib.load_hub(task, 'validation', adversarial=True))
+    train = train.take(config.max_train_samples)
+    if len(train) < config.batch_size:
+      raise data_lib.DataError(f'{len(train)} training examples make no batch of '
+                               f'{config.batch_size}; lower --batch-size.')
+    self.train = self._tokenize(tokenizer, train, 'train', config.max_length)
+    self.eval = {'glue_dev': self._tokenize(tokenizer, dev.take(config.max_eval_samples),
+                                            'glue_dev', config.max_length)}
+    if adv is not None:
+      self.eval['adv_dev'] = self._tokenize(tokenizer, adv.take(config.max_eval_samples),
+                                            'adv_dev', config.max_length)
+    self.steps_per_epoch = len(train) // config.batch_size
+
+  @staticmethod
+  def _tokenize(tokenizer, split: data_lib.Split, name: str,
+                max_length: int) -> batching.Encoded:
+    encoded = batching.tokenize(tokenizer, split, max_length)
+    if encoded.truncated:
+      log.warning('%d of %d %s examples (%.1f%%) are longer than --max-length %d and were '
+                  'truncated.', encoded.truncated, len(encoded), name,
+                  100 * encoded.truncated / len(encoded), max_length)
+    return encoded
+
+
+class Shared:
+  """What the runs of one group share: the method, the tokenizer, the data,
+  the model's graph and the schedule's length. Checks ``--max-length``
+  against the model's position table.
+
+  Args:
+    config: any run of the group (they differ only in what a sweep varies).
+  """
+
+  def __init__(self, config: TrainConfig):
+    self.method = config.build_method()
+    model = _load_model(config)
+    if config.max_length > model.config.max_sequence_length:
+      raise ConfigError(f'--max-length {config.max_length} exceeds what {config.model}\'s '
+                        f'position table holds ({model.config.max_sequence_length}).')
+    self.tokenizer = load_tokenizer(config.model, model.config)
+    self.data = Data(config, self.tokenizer)
+    self.total_steps = self.data.steps_per_epoch * config.epochs
+    self.apply_fn, params = as_apply_fn(model)
+    self.param_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+    self._loaded = {config.seed: params}
+
+  def params(self, config: TrainConfig):
+    """The pre-trained params with ``config``'s newly initialised head."""
+    if config.seed in self._loaded:
+      return self._loaded.pop(config.seed)
+    return as_apply_fn(_load_model(config))[1]
+
+
+def _load_model(config: TrainConfig):
+  task = data_lib.get_task(config.task)
+  return load_pretrained(config.model, num_labels=task.num_labels,
+                         hidden_dropout=config.dropout, attention_dropout=config.dropout,
+                         dtype=jnp.dtype(config.dtype),
+                         seed=seeds.stream_seed(config.seed, 'head'),
+                         ignore_mismatched_head=True)
+
+
+def batch_layout(config: TrainConfig) -> batching.Layout | None:
+  """Packed rows over the step's devices (``--packing``), or None for buckets."""
+  if not config.packing:
+    return None
+  devices = 1 if config.parallel == 'none' else jax.device_count()
+  return packing.layout(packing.Packing(config.max_length, devices))
+
+
+def fisher_pass(config: TrainConfig, data: Data, apply_fn: ModuleApply, params):
+  """CHILD-TUNING_D's fixed mask from one shuffled pass over the training data
+  (every process reads all of it, so all derive the same mask)."""
+  included = child_tuning.included_tensors(params)
+  batches = batching.train_batches(
+      data.train, config.batch_size, seeds.stream_seed(config.seed, 'noise'), 0,
+      buckets=config.buckets, group_by_length=config.group_by_length,
+      layout=batch_layout(config))
+  bar = progress_bar(data.steps_per_epoch, 0, config.progress)
+  bar.set_description('fisher')
+  try:
+    estimate = fisher_lib.fisher_information(
+        apply_fn, params, (b.arrays for b in batches), seeds.stream_key(config.seed, 'noise'),
+        included=included, max_grad_norm=config.max_grad_norm, progress=bar.update)
+  finally:
+    bar.close()
+  return child_tuning.fisher_mask(estimate, reserve_p=config.reserve_p, included=included)

@@ -1,0 +1,170 @@
+"""The trainers: one run alone (on one device or data parallel, as its config
+says) or a sweep's runs stacked into one vmapped step, behind one interface
+(:class:`Trainer`); and the optimizer they train with (:class:`Optimizers`)."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from rose_jax.glue import batching, packing
+from rose_jax.glue.config import TrainConfig
+from rose_jax.glue.optimizers import build_optimizer, sweep_optimizer
+from rose_jax.models import ModuleApply
+from rose_jax.training import step as step_lib
+from rose_jax.training import sweep as sweep_lib
+from rose_jax.training.methods import Method
+
+
+class Optimizers:
+  """The group's optimizer and each run's state in it.
+
+  Alone, the optimizer is :func:`build_optimizer`'s; in a sweep it is
+  :func:`sweep_optimizer`'s, whose state carries each member's ``swept``
+  settings (``seed`` aside) as traced hyperparameters.
+  """
+
+  def __init__(self, config: TrainConfig, method: Method, total_steps: int, *, alone: bool,
+               swept: tuple[str, ...] = ()):
+    self._config, self._method, self._total_steps = config, method, total_steps
+    self.alone = alone
+    self.numbers = tuple(name for name in swept if name != 'seed')
+
+  def tx(self, fisher_mask=None) -> optax.GradientTransformation:
+    if self.alone:
+      return build_optimizer(self._config, self._method, self._total_steps,
+                             fisher_mask=fisher_mask)
+    return sweep_optimizer(self._config, self._method, self._total_steps, self.numbers,
+                           fisher_mask=fisher_mask)
+
+  def initial_state(self, config: TrainConfig, params, fisher_mask=None):
+    """The optimizer state to train with (a sweep member's carries its settings)."""
+    state = self.tx(fisher_mask).init(params)
+    if self.alone:
+      if config.parallel == 'shard_map':
+        # Replicated over the mesh, as the step returns them; a checkpoint
+        # restores to the target's placement.
+        state = step_lib.replicate_on_mesh(state, step_lib.data_mesh())
+      return state
+    return sweep_lib.with_hyperparams(state, **{n: getattr(config, n) for n in self.numbers})
+
+  def plain(self, state):
+    """``state`` as a run's checkpoint holds it (without a sweep's settings)."""
+    return state if self.alone else state.inner_state
+
+
+class Trainer(Protocol):
+  """Trains the runs of a group together, one step at a time."""
+
+  def step(self, batches: list[batching.Batch], keys: list[jax.Array]) -> dict:
+    """One step of every run on its batch and dropout key; the metrics (with
+    ROSE's ``mask`` row), on device, as :meth:`split` takes them."""
+
+  def split(self, metrics: dict) -> list[dict]:
+    """Each run's own metrics out of a step's."""
+
+  def member(self, index: int) -> tuple[Any, Any]:
+    """Run ``index``'s params and optimizer state as its checkpoint holds them."""
+
+
+@jax.jit
+def _stack_mask(mask) -> jax.Array:
+  return jnp.stack([jnp.asarray(leaf, jnp.float32) for leaf in jax.tree.leaves(mask)], -1)
+
+
+def _mask_row(opt_state) -> jax.Array | None:
+  """ROSE's mask in the state, one value per ranked tensor in the order of
+  :func:`mask_names` (a leading axis stays), or None without ROSE."""
+  rose_state = step_lib.find_rose_state(opt_state)
+  return None if rose_state is None else _stack_mask(rose_state.mask)
+
+
+def mask_names(opt_state) -> list[str]:
+  """The names of the ranked tensors, in the order of a mask row."""
+  paths = jax.tree.flatten_with_path(step_lib.find_rose_state(opt_state).mask)[0]
+  return [jax.tree_util.keystr(path, simple=True, separator='/') for path, _ in paths]
+
+
+class Alone:
+  """One run's params and optimizer state, and its step, data parallel as
+  ``config.parallel`` says."""
+
+  def __init__(self, config: TrainConfig, apply_fn: ModuleApply, tx, method: Method, params,
+               opt_state):
+    self._step = step_lib.make_train_step(apply_fn, tx, method, parallel=config.parallel,
+                                          cotangents=config.cotangents)
+    mesh = step_lib.data_mesh() if config.parallel == 'shard_map' else None
+    self._place = {'none': lambda b: b, 'pmap': step_lib.split_for_pmap,
+                   'shard_map': lambda b: step_lib.shard_batch(b, mesh)}[config.parallel]
+    if config.parallel == 'pmap':
+      params, opt_state = step_lib.replicate(params), step_lib.replicate(opt_state)
+    # One copy of a replicated tree: pmap's carry a leading device axis.
+    self._single = step_lib.unreplicate if config.parallel == 'pmap' else (lambda t: t)
+    self.params, self.opt_state = params, opt_state
+    self._pmap = config.parallel == 'pmap'
+
+  def step(self, batches: list[batching.Batch], keys: list[jax.Array]) -> dict:
+    self.params, self.opt_state, metrics = self._step(
+        self.params, self.opt_state, self._place(batches[0].arrays), keys[0])
+    metrics = self._single(metrics)
+    mask = _mask_row(self.opt_state)
+    if mask is not None:
+      metrics['mask'] = mask[0] if self._pmap else mask
+    return metrics
+
+  def split(self, metrics: dict) -> list[dict]:
+    return [metrics]
+
+  def member(self, index: int) -> tuple[Any, Any]:
+    return self._single(self.params), self._single(self.opt_state)
+
+
+class Stacked:
+  """A sweep's runs stacked along a leading member axis, one vmapped step for
+  all; each member's batch is padded to the longest of the step's batches."""
+
+  def __init__(self, config: TrainConfig, apply_fn: ModuleApply, tx, method: Method, params: list,
+               opt_states: list, pad_id: int):
+    self._step = sweep_lib.make_sweep_step(apply_fn, tx, method, cotangents=config.cotangents)
+    self.params, self.opt_state = sweep_lib.stack(params), sweep_lib.stack(opt_states)
+    self._pad_id = pad_id
+
+  def step(self, batches: list[batching.Batch], keys: list[jax.Array]) -> dict:
+    if 'segment_ids' in batches[0].arrays:  # packed: the members' row counts may differ
+      rows = max(b.arrays['segment_ids'].shape[0] for b in batches)
+      padded = [packing.pad_rows(b.arrays, rows, self._pad_id) for b in batches]
+    else:
+      length = max(b.arrays['input_ids'].shape[1] for b in batches)
+      padded = [batching.pad_to(b.arrays, length, self._pad_id) for b in batches]
+    arrays = {key: np.stack([p[key] for p in padded]) for key in padded[0]}
+    self.params, self.opt_state, metrics = self._step(self.params, self.opt_state, arrays,
+                                                      jnp.stack(keys))
+    mask = _mask_row(self.opt_state)
+    return metrics if mask is None else {**metrics, 'mask': mask}
+
+  def split(self, metrics: dict) -> list[dict]:
+    count = len(next(iter(metrics.values())))
+    return [{name: value[i] for name, value in metrics.items()} for i in range(count)]
+
+  def member(self, index: int) -> tuple[Any, Any]:
+    # Without the injected hyperparameters, as a plain run's checkpoint holds it.
+    return (sweep_lib.member(self.params, index),
+            sweep_lib.member(self.opt_state, index).inner_state)
+
+
+def make_trainer(optimizers: Optimizers, apply_fn: ModuleApply, method: Method,
+                 runs: list[tuple[TrainConfig, Any, Any]], pad_id: int) -> Trainer:
+  """The trainer of ``runs``, each ``(config, params, opt_state)`` with the
+  state as its checkpoint holds it: :class:`Alone` for one run, else
+  :class:`Stacked`."""
+  tx = optimizers.tx()
+  if optimizers.alone:
+    config, params, opt_state = runs[0]
+    return Alone(config, apply_fn, tx, method, params, opt_state)
+  return Stacked(runs[0][0], apply_fn, tx, method, [params for _, params, _ in runs], [
+      optimizers.initial_state(config, params)._replace(inner_state=opt_state)
+      for config, params, opt_state in runs], pad_id)
