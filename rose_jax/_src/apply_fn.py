@@ -1,29 +1,5 @@
-"""What the train step asks of a model: an ``apply_fn``.
-
-Any model reaches the step as a function
-
-.. code-block:: python
-
-  apply_fn(params, batch, *, dropout_key) -> logits
-
-* ``params``: the pytree that the optimizer trains;
-* ``batch``: the step's batch as given (a mapping of arrays, labels in
-  ``batch['labels']``, shape ``[examples]``); for the two dropout passes the
-  step concatenates every entry with itself along the first axis;
-* ``dropout_key``: a ``jax.random`` key for dropout, or None for no dropout;
-* ``logits``: ``[examples, classes]``, floating point.
-
-SMART and FreeLB perturb the embeddings, so for them the function also
-takes ``perturbation=``, an :class:`EmbeddingPerturbation` whose arrays are
-``embedding_shape(batch)``, and adds them where the class says. The shape is
-declared to the step (``embedding_shape=``, or an ``embedding_shape`` method
-of the apply function, as :func:`rose_jax.models.as_apply_fn` gives);
-FreeLB reads the real tokens from ``batch['attention_mask']`` when present.
-
-A batch may pack several examples into a row (:mod:`rose_jax._src.segments`):
-``batch['segment_ids']`` then says which tokens belong to which example, and
-FreeLB bounds its perturbation per example, not per row.
-"""
+"""The contract between a model and the train step (:class:`ApplyFn`), and
+the helpers the step calls it through."""
 
 from __future__ import annotations
 
@@ -53,7 +29,33 @@ class EmbeddingPerturbation(NamedTuple):
 
 
 class ApplyFn(Protocol):
-  """``apply_fn(params, batch, *, dropout_key) -> logits`` (see the module doc)."""
+  """What the train step asks of a model: ``apply_fn(params, batch, *,
+  dropout_key) -> logits``.
+
+  Any model reaches the step as a function
+
+  .. code-block:: python
+
+    apply_fn(params, batch, *, dropout_key) -> logits
+
+  * ``params``: the pytree that the optimizer trains;
+  * ``batch``: the step's batch as given (a mapping of arrays, labels in
+    ``batch['labels']``, shape ``[examples]``); for the two dropout passes the
+    step concatenates every entry with itself along the first axis;
+  * ``dropout_key``: a ``jax.random`` key for dropout, or None for no dropout;
+  * ``logits``: ``[examples, classes]``, floating point.
+
+  SMART and FreeLB perturb the embeddings, so for them the function also
+  takes ``perturbation=``, an :class:`EmbeddingPerturbation` whose arrays are
+  ``embedding_shape(batch)``, and adds them where the class says. The shape is
+  declared to the step (``embedding_shape=``, or an ``embedding_shape`` method
+  of the apply function, as :func:`rose_jax.models.as_apply_fn` gives);
+  FreeLB reads the real tokens from ``batch['attention_mask']`` when present.
+
+  A batch may pack several examples into a row (:func:`rose_jax.training.segment_starts`):
+  ``batch['segment_ids']`` then says which tokens belong to which example, and
+  FreeLB bounds its perturbation per example, not per row.
+  """
 
   def __call__(self, params: Any, batch: Batch, *, dropout_key: jax.Array | None) -> jax.Array:
     ...

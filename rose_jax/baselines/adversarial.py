@@ -2,7 +2,7 @@
 
 Both perturb the embeddings through the model's one hook,
 :class:`rose_jax.training.EmbeddingPerturbation` (see
-:mod:`rose_jax._src.apply_fn`), and return the gradient the
+:class:`rose_jax.training.ApplyFn`), and return the gradient the
 optimizer applies, so the train step runs them jitted and data-parallel like
 every other method. What the official code does, and where it departs from
 the papers, is summarised in each class.
@@ -177,7 +177,7 @@ class FreeLB:
   ``U(-init_mag, init_mag)``; both zero at padding, and ``delta = 0`` when
   ``init_mag`` is 0. Every pass reuses the first pass's dropout masks, as
   fairseq's ``init_dp`` does. In packed rows (``example_ids``, see
-  :func:`rose_jax._src.segments.example_ids`) an example is its segment,
+  :func:`rose_jax.training.example_ids`) an example is its segment,
   not its row: norms, lengths and the bound are per segment.
 
   ``steps`` counts passes, as the Hugging Face loop's ``adv-steps`` does;

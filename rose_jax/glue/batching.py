@@ -111,7 +111,7 @@ def bucket_of(length: int, buckets: Sequence[int]) -> int:
 
 def epoch_order(num_examples: int, data_seed: int, epoch: int) -> np.ndarray:
   """The shuffled order of an epoch: a function of (data seed, epoch) alone.
-  ``data_seed`` is the run's ``data`` stream (:mod:`rose_jax._src.seeds`)."""
+  ``data_seed`` is the run's ``data`` stream (``stream_seed(seed, "data")``)."""
   return np.random.default_rng([data_seed, epoch]).permutation(num_examples)
 
 

@@ -75,7 +75,7 @@ class TrainConfig:
                       '(config.json, model.safetensors, tokenizer files)')
   output_dir: str = option('runs/sst2-rose-ensemble-seed1', 'the run directory',
                            cli=False)
-  seed: int = option(1, 'seed of every random stream (see rose_jax._src.seeds)',
+  seed: int = option(1, 'seed of every random stream (head, dropout, data, noise)',
                      check=non_negative, cli=False)
   # Data: None reads the dataset hub.
   train_file: str | None = option(None, 'GLUE TSV, CSV, JSON lines or parquet (default: hub)')

@@ -2,7 +2,7 @@
 
 :func:`as_apply_fn` splits a model into its ``nnx.Param`` leaves, which the
 optimizer trains, and a function of them
-(:mod:`rose_jax._src.apply_fn`). Everything else the model holds (RNG
+(:class:`rose_jax.training.ApplyFn`). Everything else the model holds (RNG
 streams, batch statistics, other variables) is fixed: it enters every call
 as it was when the model was split, so Adam never sees it, and a
 ``BatchNorm``'s running statistics are not updated by the step.

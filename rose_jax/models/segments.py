@@ -1,5 +1,5 @@
 """What the encoder computes from packed rows' segment ids
-(:mod:`rose_jax._src.segments`): positions, attention, first tokens.
+(:func:`rose_jax.training.segment_starts`): positions, attention, first tokens.
 
 Everything here is computed from the ids alone, so that concatenating a
 batch with itself (the step's two dropout passes) gives the packed batch of

@@ -2,8 +2,9 @@
 reuses, for any model given as ``apply_fn(params, batch, *, dropout_key)``
 (:class:`ApplyFn`). Needs jax and optax, not flax."""
 
-from rose_jax._src.apply_fn import ApplyFn, EmbeddingPerturbation
-from rose_jax._src.losses import accuracy, cross_entropy, symmetric_kl
+from rose_jax._src.apply_fn import ApplyFn, Batch, EmbeddingPerturbation, EmbeddingShape
+from rose_jax._src.losses import accuracy, cross_entropy, rdrop_kl, symmetric_kl
+from rose_jax._src.segments import example_ids, first_token_mask, segment_starts
 from rose_jax.training.gradients import Gradients, compute_gradients, metric_names
 from rose_jax.training.methods import METHOD_NAMES, Method, get_method
 from rose_jax.training.step import (
@@ -22,7 +23,9 @@ from rose_jax.training.step import (
 __all__ = [
     'METHOD_NAMES',
     'ApplyFn',
+    'Batch',
     'EmbeddingPerturbation',
+    'EmbeddingShape',
     'Gradients',
     'Method',
     'NoDropoutWarning',
@@ -30,13 +33,17 @@ __all__ = [
     'compute_gradients',
     'cross_entropy',
     'data_mesh',
+    'example_ids',
     'find_rose_state',
+    'first_token_mask',
     'get_method',
     'make_eval_step',
     'make_train_step',
     'metric_names',
     'replicate',
+    'rdrop_kl',
     'replicate_on_mesh',
+    'segment_starts',
     'shard_batch',
     'split_for_pmap',
     'symmetric_kl',

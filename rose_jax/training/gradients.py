@@ -189,7 +189,7 @@ def compute_gradients(apply: ApplyFn, params, batch: Batch, key: jax.Array, *,
 
   Args:
     apply: ``apply_fn(params, batch, *, dropout_key) -> logits`` (see
-      :mod:`rose_jax._src.apply_fn`).
+      :class:`rose_jax.training.ApplyFn`).
     params: the trained parameters.
     batch: arrays with a leading example axis, labels in ``batch['labels']``.
     key: this step's randomness (dropout, and SMART's and FreeLB's noise).

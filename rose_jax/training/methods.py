@@ -30,8 +30,8 @@ class Method:
     passes: dropout passes over each batch (1 or 2).
     kl_weight: R-Drop's ``alpha``; the update gradient is that of
       ``CE + kl_weight * KL_rdrop`` (0 for CE alone), where R-Drop's KL
-      (:func:`rose_jax._src.losses.rdrop_kl`) is twice ROSE's
-      first-order loss (:func:`~rose_jax._src.losses.symmetric_kl`).
+      (:func:`rose_jax.training.rdrop_kl`) is twice ROSE's
+      first-order loss (:func:`~rose_jax.training.symmetric_kl`).
     kl_grads: hand the KL gradient to the optimizer (ROSE's first-order risk).
     ce_grads: hand the CE gradient to the optimizer separately (R-Drop +
       ROSE's second-order risk).

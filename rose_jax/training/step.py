@@ -4,7 +4,7 @@
 the batch (:func:`rose_jax.training.compute_gradients`: one or two dropout
 passes, one forward, averaged over devices) and applies the optimizer:
 data -> step -> optimizer. The model is any ``apply_fn(params, batch, *,
-dropout_key) -> logits`` (:mod:`rose_jax._src.apply_fn`).
+dropout_key) -> logits`` (:class:`rose_jax.training.ApplyFn`).
 
 Data parallelism (``parallel=``):
 
@@ -136,7 +136,7 @@ def make_train_step(
 
   Args:
     apply: the model, ``apply_fn(params, batch, *, dropout_key) -> logits``
-      (:mod:`rose_jax._src.apply_fn`; for our encoder
+      (:class:`rose_jax.training.ApplyFn`; for our encoder
       :func:`rose_jax.models.as_apply_fn`).
     tx: the optimizer; for ROSE methods an optimizer built by
       :func:`rose_jax.rose` with the method's variant.
