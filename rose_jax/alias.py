@@ -143,14 +143,27 @@ def rose(
   Face's AdamW (and the authors' SparseAdamW built on it) does, so with
   ``granularity="tensor"`` the trajectory is the authors' step for step.
 
-  Usage::
+  Usage, with a toy parameter tree in Hugging Face's layout (the gradients
+  come from your step; :func:`rose_jax.training.compute_gradients` computes
+  them for any model):
 
-    tx = rose_jax.rose(2e-5, variant="ensemble", upper=0.4,
-                       selectable=rose_jax.selection.authors_selectable,
-                       weight_decay_mask=rose_jax.selection.authors_decay_mask)
-    state = tx.init(params)
-    updates, state = tx.update(grads, state, params, kl_grads=kl_grads)
-    params = optax.apply_updates(params, updates)
+  >>> params = {f'layer_{i}': {'weight': jnp.full((4, 4), 0.1 * i)} for i in range(4)}
+  >>> params['classifier'] = {'bias': jnp.zeros(4)}
+  >>> tx = rose_jax.rose(2e-5, variant='ensemble', upper=0.5,
+  ...                    selectable=rose_jax.selection.authors_selectable,
+  ...                    weight_decay_mask=rose_jax.selection.authors_decay_mask)
+  >>> state = tx.init(params)
+  >>> grads = jax.tree.map(jnp.ones_like, params)
+  >>> kl_grads = jax.tree.map(lambda p: p + 1.0, params)  # norms rise with i
+  >>> updates, state = tx.update(grads, state, params, kl_grads=kl_grads)
+  >>> params = optax.apply_updates(params, updates)
+  >>> # Step 1: the KL risk keeps layers 0 and 1; the momentum risk keeps all
+  >>> # (there is no momentum yet); the ensemble averages the two masks.
+  >>> [float(state.mask[f'layer_{i}']['weight']) for i in range(4)]
+  [1.0, 1.0, 0.5, 0.5]
+  >>> updates, state = tx.update(grads, state, params, kl_grads=kl_grads)
+  >>> float(rose_jax.kept_fraction(state.mask))
+  0.5
 
   Args:
     learning_rate: the learning rate ``eta``, a float or an optax schedule.

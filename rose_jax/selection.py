@@ -61,3 +61,7 @@ def authors_decay_mask(params):
   """A tree of bools: True for tensors that take weight decay."""
   return jax.tree.map_with_path(
       lambda path, _: is_decayed(hf_name(path)), params)
+
+
+__all__ = ['authors_decay_mask', 'authors_selectable', 'hf_name', 'is_authors_ranked',
+           'is_decayed']

@@ -5,7 +5,10 @@ loss function and parameters are all they need.
 
 from rose_jax.analysis.disagreement import dropout_disagreement
 from rose_jax.analysis.landscape import (
+    Evaluation,
     endpoint_sharpness,
+    evaluate_points,
+    filter_axes,
     filter_normalized_direction,
     flat_area,
     interpolation,
@@ -13,5 +16,6 @@ from rose_jax.analysis.landscape import (
     loss_surface,
 )
 
-__all__ = ['dropout_disagreement', 'endpoint_sharpness', 'filter_normalized_direction',
-           'flat_area', 'interpolation', 'interpolation_barrier', 'loss_surface']
+__all__ = ['Evaluation', 'dropout_disagreement', 'endpoint_sharpness', 'evaluate_points',
+           'filter_axes', 'filter_normalized_direction', 'flat_area', 'interpolation',
+           'interpolation_barrier', 'loss_surface']

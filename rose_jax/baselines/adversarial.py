@@ -82,7 +82,7 @@ class Smart:
   an option (``bregman_mu > 0``): ``mu * [KL(P_teacher || P) + KL(P || P_teacher)]
   / batch`` between the clean pass and the same pass (same dropout) of a
   momentum teacher, whose parameters are an average of the model's kept by
-  :func:`rose_jax.params_ema` in the optimizer state (the paper: ``mu = 1``,
+  :func:`rose_jax.baselines.params_ema` in the optimizer state (the paper: ``mu = 1``,
   ``beta`` 0.99 for the first 10% of updates, then 0.999). Off by default,
   as in the official code.
 

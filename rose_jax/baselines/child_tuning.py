@@ -129,17 +129,26 @@ def child_tuning_d(
 ) -> optax.GradientTransformationExtraArgs:
   """CHILD-TUNING_D: Hugging Face AdamW on the gradient times a fixed mask.
 
-  Usage::
+  Usage, with a toy model (any ``apply_fn(params, batch, *, dropout_key)``):
 
-    from rose_jax import baselines, selection
-
-    included = baselines.included_tensors(params)
-    fisher = baselines.fisher_information(apply_fn, params, batches, key,
-                                          included=included)
-    mask = baselines.fisher_mask(fisher, reserve_p=0.3, included=included)
-    tx = optax.chain(optax.clip_by_global_norm(1.0),  # on the unmasked gradient
-                     baselines.child_tuning_d(2e-5, mask=mask,
-                                              weight_decay_mask=selection.authors_decay_mask))
+  >>> from rose_jax import baselines, selection
+  >>> params = {'layer': {'weight': jnp.linspace(-1, 1, 40).reshape(10, 4)},
+  ...           'classifier': {'bias': jnp.zeros(4)}}
+  >>> def apply_fn(params, batch, *, dropout_key):
+  ...   return batch['x'] @ params['layer']['weight'] + params['classifier']['bias']
+  >>> batches = [{'x': jax.random.normal(jax.random.key(1), (8, 10)),
+  ...             'labels': jnp.arange(8) % 4}]
+  >>> included = baselines.included_tensors(params)  # the encoder layers
+  >>> fisher = baselines.fisher_information(apply_fn, params, batches, jax.random.key(0),
+  ...                                       included=included)
+  >>> mask = baselines.fisher_mask(fisher, reserve_p=0.3, included=included)
+  >>> tx = optax.chain(optax.clip_by_global_norm(1.0),  # on the unmasked gradient
+  ...                  baselines.child_tuning_d(2e-5, mask=mask,
+  ...                                           weight_decay_mask=selection.authors_decay_mask))
+  >>> state = tx.init(params)
+  >>> # The top 30% of the layer's weights by Fisher information; the head always.
+  >>> round(float(mask['layer']['weight'].mean()), 3), bool(mask['classifier']['bias'].all())
+  (0.3, True)
 
   Args:
     learning_rate: ``eta``, a float or an optax schedule.

@@ -36,7 +36,7 @@ class Method:
     ce_grads: hand the CE gradient to the optimizer separately (R-Drop +
       ROSE's second-order risk).
     rose_variant: the ROSE variant of the optimizer, or None for AdamW.
-    adversary: SMART's or FreeLB's rule (:mod:`rose_jax.baselines.adversarial`),
+    adversary: SMART's or FreeLB's rule (:mod:`rose_jax.baselines`),
       which then computes the update gradient.
     fisher_mask: the optimizer needs CHILD-TUNING_D's Fisher mask, computed
       before training.

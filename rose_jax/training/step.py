@@ -140,7 +140,7 @@ def make_train_step(
       :func:`rose_jax.models.as_apply_fn`).
     tx: the optimizer; for ROSE methods an optimizer built by
       :func:`rose_jax.rose` with the method's variant.
-    method: what to compute (:func:`rose_jax.training.methods.get_method`).
+    method: what to compute (:func:`rose_jax.training.get_method`).
     embedding_shape: for SMART and FreeLB, ``embedding_shape(batch)``, the
       shape of the perturbation that ``apply_fn(..., perturbation=)`` adds
       (default: ``apply.embedding_shape`` if the function has it).

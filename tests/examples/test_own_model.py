@@ -31,12 +31,19 @@ def test_the_example_fine_tunes_both_models_on_one_device_and_on_all(capsys):
   assert len(accuracies) == 4 and min(accuracies) > 0.9, output
 
 
+def _first_python_block(text: str, after: str) -> str:
+  return text.split(after, 1)[1].split('```python\n', 1)[1].split('```', 1)[0]
+
+
 def _readme_code() -> str:
-  readme = (ROOT / 'README.md').read_text()
-  section = readme.split('## ROSE in your own training loop', 1)[1]
-  code = section.split('```python\n', 1)[1].split('```', 1)[0]
+  code = _first_python_block((ROOT / 'README.md').read_text(), '## ROSE in your own training loop')
   assert len(code.splitlines()) <= 40, 'the README promises about 40 lines'
   return code
+
+
+def test_the_guide_shows_the_readme_loop():
+  guide = (ROOT / 'docs' / 'guides' / 'own_loop.md').read_text()
+  assert _first_python_block(guide, '# ROSE in your own training loop') == _readme_code()
 
 
 @pytest.mark.parametrize('devices', [1, 8])
