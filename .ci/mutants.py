@@ -27,14 +27,14 @@ MUTANTS = [
   ),
   (
     'KL without device scaling',
-    'rose_jax/training/step.py',
+    'rose_jax/training/gradients.py',
     'devices * losses.symmetric_kl(first, second)',
     'losses.symmetric_kl(first, second)',
     'tests/training/test_step.py -k global',
   ),
   (
     'eps inside the corrected root',
-    'rose_jax/transform.py',
+    'rose_jax/_src/rule.py',
     'lambda m_, mu_, nu_: m_ * step_factor * mu_ / (jnp.sqrt(nu_) + eps),',
     'lambda m_, mu_, nu_: m_ * step_factor * mu_ / (jnp.sqrt(nu_) + eps * jnp.sqrt(correction2)),',
     'tests/test_alias.py tests/test_transform.py',
@@ -55,7 +55,7 @@ MUTANTS = [
   ),
   (
     'ce_grads not clipped',
-    'rose_jax/transform.py',
+    'rose_jax/_src/rule.py',
     'return tuple(clip_like_global_norm(updates, (kl_grads, ce_grads), max_grad_norm))',
     'u, k, _ = clip_like_global_norm(updates, (kl_grads, ce_grads), max_grad_norm); return u, k, ce_grads',
     'tests/test_transform.py tests/test_alias.py -k clip',
@@ -98,7 +98,7 @@ MUTANTS = [
   (
     'Fisher with no per-tensor clip',
     'rose_jax/baselines/fisher.py',
-    'jnp.square(_clip_like_torch(g, max_grad_norm))',
+    'jnp.square(clip(g))',
     'jnp.square(g)',
     'tests/baselines/test_fisher.py',
   ),
@@ -238,8 +238,8 @@ MUTANTS = [
   (
     'disagreement counts padded rows',
     'rose_jax/analysis/disagreement.py',
-    'predictions = np.asarray(predict(params, batch, batch_key))[:, :real]',
-    'predictions = np.asarray(predict(params, batch, batch_key))',
+    'predictions = predictions[:, keep]',
+    'pass',
     'tests/analysis/test_disagreement.py',
   ),
 ]

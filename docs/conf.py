@@ -39,6 +39,10 @@ autodoc_default_options = {'members': False, 'show-inheritance': False}
 autodoc_member_order = 'bysource'
 autodoc_typehints = 'signature'
 autodoc_preserve_defaults = True
+# Short names for the long unions behind optax's and our type aliases.
+autodoc_type_aliases = {name: name for name in (
+    'optax.ScalarOrSchedule', 'optax.Updates', 'optax.Params', 'optax.OptState',
+    'Granularity', 'Variant', 'Momentum', 'Batch', 'EmbeddingShape', 'Cotangents', 'ApplyFn')}
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
@@ -50,7 +54,7 @@ nitpick_ignore_regex = [
     (r'py:.*', r'(jax|jnp|jaxlib|optax|chex|flax|nnx|numpy|np|transformers|torch)(\..*)?'),
     (r'py:.*', r'(typing|collections|collections\.abc|os|pathlib|enum|dataclasses)\..*'),
     (r'py:class', r'(Any|Callable|Mapping|Sequence|Iterable|Iterator|NamedTuple|Protocol|'
-                  r'Literal|PyTree|ArrayTree|T|optional)'),
+                  r'Literal|PyTree|ArrayTree|T|optional|TypeAliasForwardRef)'),
     (r'py:class', r'rose_jax\._src\..*'),
     (r'py:class', r'(Granularity|Variant|Momentum|Batch|EmbeddingShape|Cotangents|Updates|'
                   r'Params|Array|ScalarOrSchedule|Parallel)'),
