@@ -19,6 +19,20 @@ ROOT = Path(__file__).resolve().parents[1]
 # (name, file, original text, mutated text, pytest arguments)
 MUTANTS = [
   (
+    'non-finite extra gradients not skipped',
+    'rose_jax/_src/rule.py',
+    'ok = jnp.all(jnp.asarray(finite))',
+    'ok = jnp.asarray(True)',
+    'tests/test_transform.py tests/test_selective.py -k non_finite',
+  ),
+  (
+    'checkpoint position swapped on restore',
+    'rose_jax/glue/records.py',
+    "epoch=int(position['epoch']), batch=int(position['batch'])",
+    "epoch=int(position['batch']), batch=int(position['epoch'])",
+    'tests/glue/test_records.py',
+  ),
+  (
     'KL halved',
     'rose_jax/_src/losses.py',
     'jnp.sum(q * (log_q - log_p))) / 4.0',

@@ -173,3 +173,25 @@ def test_selective_jits_once_and_passes_clipping_through():
                                                                         kl))
   chex.assert_trees_all_close(u1, u2, rtol=1e-5, atol=1e-8)
   assert jnp.isfinite(norm)
+
+
+@pytest.mark.parametrize(('variant', 'argument'), [
+    ('first', 'kl_grads'), ('ensemble', 'kl_grads'), ('ensemble', 'ce_grads')])
+@pytest.mark.parametrize('bad', [np.nan, np.inf])
+def test_a_step_with_non_finite_extra_gradients_is_skipped_as_in_rose(variant, argument, bad):
+  rng = np.random.default_rng(3)
+  params = _tree(rng)
+  tx = rose_jax.selective(optax.adamw(1e-2, weight_decay=0.1), variant=variant, upper=0.5,
+                          selectable=RANKED)
+  updates, state = tx.update(_tree(rng), tx.init(params), params, kl_grads=_tree(rng))
+  params = optax.apply_updates(params, updates)
+  poisoned = _tree(rng)
+  poisoned['a'] = poisoned['a'].at[(0,) * poisoned['a'].ndim].set(bad)  # one scalar
+  extra = {'kl_grads': _tree(rng), argument: poisoned}
+  grads = _tree(rng)
+  updates, skipped = tx.update(grads, state, params, **extra)
+  chex.assert_trees_all_equal(updates, jax.tree.map(jnp.zeros_like, params))
+  chex.assert_trees_all_equal(skipped, state)
+  clean = {'kl_grads': _tree(rng)}
+  assert not all(bool(jnp.all(u == 0)) for u in jax.tree.leaves(
+      tx.update(grads, skipped, params, **clean)[0]))
