@@ -16,7 +16,7 @@ from rose_jax.glue import batching, packing
 from rose_jax.glue import data as data_lib
 from rose_jax.glue.config import ConfigError, TrainConfig
 from rose_jax.glue.metrics_log import progress_bar
-from rose_jax.models import ModuleApply, as_apply_fn, load_pretrained, load_tokenizer
+from rose_jax.models import ModuleApply, Pretrained, as_apply_fn, load_tokenizer, read_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +63,21 @@ class Data:
 
 class Shared:
   """What the runs of one group share: the method, the tokenizer, the data,
-  the model's graph and the schedule's length. Checks ``--max-length``
-  against the model's position table.
+  the checkpoint (read once; each seed builds only its own head), the model's
+  graph and the schedule's length. Checks ``--max-length`` against the
+  model's position table.
 
   Args:
     config: any run of the group (they differ only in what a sweep varies).
+    runs: how many runs will ask for their :meth:`params`; the checkpoint's
+      tensors are then let go (asked once more, it is read again).
   """
 
-  def __init__(self, config: TrainConfig):
+  def __init__(self, config: TrainConfig, *, runs: int = 1):
     self.method = config.build_method()
-    model = _load_model(config)
+    self._pretrained: Pretrained | None = _read_checkpoint(config)
+    self._runs_left = runs
+    model = _build_model(self._pretrained, config)
     if config.max_length > model.config.max_sequence_length:
       raise ConfigError(f'--max-length {config.max_length} exceeds what {config.model}\'s '
                         f'position table holds ({model.config.max_sequence_length}).')
@@ -85,18 +90,27 @@ class Shared:
 
   def params(self, config: TrainConfig):
     """The pre-trained params with ``config``'s newly initialised head."""
+    self._runs_left -= 1
     if config.seed in self._loaded:
-      return self._loaded.pop(config.seed)
-    return as_apply_fn(_load_model(config))[1]
+      params = self._loaded.pop(config.seed)
+    else:
+      pretrained = self._pretrained or _read_checkpoint(config)
+      params = as_apply_fn(_build_model(pretrained, config))[1]
+    if self._runs_left <= 0:
+      self._pretrained = None  # every run has its params: free the host copy
+    return params
 
 
-def _load_model(config: TrainConfig):
-  task = data_lib.get_task(config.task)
-  return load_pretrained(config.model, num_labels=task.num_labels,
+def _read_checkpoint(config: TrainConfig) -> Pretrained:
+  return read_pretrained(config.model, num_labels=data_lib.get_task(config.task).num_labels,
                          hidden_dropout=config.dropout, attention_dropout=config.dropout,
-                         dtype=jnp.dtype(config.dtype),
-                         seed=seeds.stream_seed(config.seed, 'head'),
                          ignore_mismatched_head=True)
+
+
+def _build_model(pretrained: Pretrained, config: TrainConfig):
+  # The head's stream: a seed's head is the same whether it trains alone or in a sweep.
+  return pretrained.model(dtype=jnp.dtype(config.dtype),
+                          seed=seeds.stream_seed(config.seed, 'head'))
 
 
 def batch_layout(config: TrainConfig) -> batching.Layout | None:

@@ -229,7 +229,7 @@ def run_sweep(configs: Sequence[TrainConfig], *, chunk: int | None = None,
   configs = [loop.preflight(c, finished_ok=c.resume) for c in configs]
   if len({c.output_dir for c in configs}) < len(configs):
     raise ConfigError('Two members of the sweep share a run directory.')
-  shared = loop.Shared(configs[0])
+  shared = loop.Shared(configs[0], runs=len(configs))
   if chunk is None:
     chunk = automatic_chunk(configs, shared, swept, memory_budget)
   results = []

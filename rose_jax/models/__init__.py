@@ -12,9 +12,11 @@ from rose_jax.models.config import EncoderConfig
 from rose_jax.models.encoder import EncoderForSequenceClassification
 from rose_jax.models.loading import (
     CheckpointError,
+    Pretrained,
     check_tokenizer,
     load_pretrained,
     load_tokenizer,
+    read_pretrained,
     resolve_checkpoint,
     save_pretrained,
 )
@@ -27,9 +29,11 @@ __all__ = [
     'check_tokenizer',
     'load_pretrained',
     'ModuleApply',
+    'Pretrained',
     'as_apply_fn',
     'call_encoder',
     'load_tokenizer',
+    'read_pretrained',
     'resolve_checkpoint',
     'save_pretrained',
 ]

@@ -124,30 +124,50 @@ def _num_labels_in(state: dict[str, np.ndarray], model_type: str) -> int | None:
   return None if key not in state else int(state[key].shape[0])
 
 
-def load_pretrained(
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+  """A checkpoint read into host memory, to build models from without
+  reading it again (a sweep's seeds differ only in their new head).
+
+  Attributes:
+    config: the model's configuration, with the run's labels and dropout.
+    state: the checkpoint's tensors by Hugging Face name (float32 NumPy),
+      without a head that is to be initialised anew.
+  """
+  config: EncoderConfig
+  state: dict[str, np.ndarray]
+
+  def model(self, *, dtype=jnp.float32, seed: int = 0) -> EncoderForSequenceClassification:
+    """A model with these weights; the tensors the checkpoint lacks (the
+    classification head, a BERT pooler) newly initialised from ``seed``.
+
+    Args:
+      dtype: computation dtype; parameters are float32.
+      seed: seed for newly initialised tensors.
+    """
+    model = EncoderForSequenceClassification(self.config, rngs=nnx.Rngs(seed), dtype=dtype)
+    assign_weights(model, self.state)
+    return model
+
+
+def read_pretrained(
     name_or_path: str | os.PathLike,
     *,
     num_labels: int | None = None,
     hidden_dropout: float | None = None,
     attention_dropout: float | None = None,
-    dtype=jnp.float32,
-    seed: int = 0,
     ignore_mismatched_head: bool = False,
-) -> EncoderForSequenceClassification:
-  """A Flax encoder with a checkpoint's weights.
-
-  The classification head is newly initialised when the checkpoint has none
-  (as ``transformers`` does); the pooler of a BERT checkpoint without one
-  too. Every other tensor must be present.
+) -> Pretrained:
+  """A checkpoint's configuration and tensors, read once (see :func:`load_pretrained`).
 
   Args:
     name_or_path: a local checkpoint directory or a hub name (``roberta-base``).
     num_labels: output classes; defaults to the checkpoint's.
-    hidden_dropout, attention_dropout: override the config's dropout rates.
-    dtype: computation dtype; parameters are float32.
-    seed: seed for newly initialised tensors.
-    ignore_mismatched_head: reinitialise a checkpoint head whose number of
-      labels differs from ``num_labels`` instead of raising.
+    hidden_dropout: overrides the config's hidden dropout rate.
+    attention_dropout: overrides the config's attention dropout rate.
+    ignore_mismatched_head: leave out a checkpoint head whose number of
+      labels differs from ``num_labels`` (to be initialised anew) instead of
+      raising.
   """
   directory = resolve_checkpoint(name_or_path)
   config = read_config(directory).with_dropout(hidden_dropout, attention_dropout)
@@ -162,11 +182,40 @@ def load_pretrained(
           f'head, which has {head_labels} labels; pass num_labels={head_labels}, or '
           'ignore_mismatched_head=True to start a new head.')
     state = {k: v for k, v in state.items() if not k.startswith('classifier.')}
-  config = EncoderConfig.from_hf(
-      {**config.__dict__, 'num_labels': num_labels})
-  model = EncoderForSequenceClassification(config, rngs=nnx.Rngs(seed), dtype=dtype)
-  assign_weights(model, state)
-  return model
+  return Pretrained(EncoderConfig.from_hf({**config.__dict__, 'num_labels': num_labels}), state)
+
+
+def load_pretrained(
+    name_or_path: str | os.PathLike,
+    *,
+    num_labels: int | None = None,
+    hidden_dropout: float | None = None,
+    attention_dropout: float | None = None,
+    dtype=jnp.float32,
+    seed: int = 0,
+    ignore_mismatched_head: bool = False,
+) -> EncoderForSequenceClassification:
+  """A Flax encoder with a checkpoint's weights.
+
+  The classification head is newly initialised when the checkpoint has none
+  (as ``transformers`` does); the pooler of a BERT checkpoint without one
+  too. Every other tensor must be present. ``read_pretrained(...).model(...)``
+  does the same in two steps, reading the checkpoint once for many models.
+
+  Args:
+    name_or_path: a local checkpoint directory or a hub name (``roberta-base``).
+    num_labels: output classes; defaults to the checkpoint's.
+    hidden_dropout: overrides the config's hidden dropout rate.
+    attention_dropout: overrides the config's attention dropout rate.
+    dtype: computation dtype; parameters are float32.
+    seed: seed for newly initialised tensors.
+    ignore_mismatched_head: reinitialise a checkpoint head whose number of
+      labels differs from ``num_labels`` instead of raising.
+  """
+  return read_pretrained(
+      name_or_path, num_labels=num_labels, hidden_dropout=hidden_dropout,
+      attention_dropout=attention_dropout,
+      ignore_mismatched_head=ignore_mismatched_head).model(dtype=dtype, seed=seed)
 
 
 def assign_weights(model: EncoderForSequenceClassification,
