@@ -4,9 +4,11 @@ import importlib.metadata
 import re
 from pathlib import Path
 
-import tomllib
+import pytest
 
 import rose_jax
+
+tomllib = pytest.importorskip('tomllib')  # Python 3.11+, as in test_versions
 
 ROOT = Path(__file__).resolve().parents[1]
 
