@@ -19,6 +19,7 @@ from rose_jax.transform import (
     ScaleByMaskedAdamState,
     ScaleByRoseState,
     masked_adam_update,
+    rose_masks,
     scale_by_masked_adam,
     scale_by_rose,
 )
@@ -40,6 +41,7 @@ __all__ = [
     'params_ema',
     'quantile_mask',
     'rose',
+    'rose_masks',
     'scale_by_masked_adam',
     'scale_by_rose',
     'second_order_risk',

@@ -183,3 +183,58 @@ __all__ = [
     'ScaleByMaskedAdamState', 'ScaleByRoseState', 'masked_adam_update',
     'scale_by_masked_adam', 'scale_by_rose',
 ]
+
+
+def rose_masks(
+    grads,
+    state: ScaleByRoseState,
+    *,
+    kl_grads,
+    ce_grads=None,
+    upper: float,
+    lower: float = 0.0,
+    gamma: float = 0.5,
+    granularity: Granularity = 'tensor',
+    warmup_steps: int = 0,
+    b1: float = 0.9,
+    max_grad_norm: float | None = None,
+) -> dict[str, Any]:
+  """The masks a ROSE-Ensemble step computes from ``state``, before it mixes
+  them: what to record beside the mixed mask that the state keeps.
+
+  Call it with the state and the gradients that the optimizer's ``update``
+  is about to take (for example from the ``extra_metrics`` hook of
+  :func:`rose_jax.training.make_train_step`) and the optimizer's own
+  settings. It computes what :func:`scale_by_rose` computes, and keeps
+  nothing.
+
+  Args:
+    grads: the update gradient.
+    state: the :class:`ScaleByRoseState` before the update (see
+      :func:`rose_jax.training.find_rose_state`).
+    kl_grads: the KL loss's gradient.
+    ce_grads: R-Drop + ROSE's cross-entropy gradient, or None.
+    upper, lower, gamma, granularity, warmup_steps, b1, max_grad_norm: the
+      optimizer's, as in :func:`rose_jax.rose`.
+
+  Returns:
+    ``{"first": M_first, "second": M_second, "ensemble": M}``, each a tree
+    like ``state.mask`` (a scalar per ranked tensor, at ``"element"``
+    granularity the tensor's mean). ``M`` is
+    ``gamma * M_first + (1 - gamma) * M_second`` (Eq. 5): the mask the state
+    holds after the update.
+
+  References:
+    Jiang et al., `ROSE <https://aclanthology.org/2022.emnlp-main.186>`_,
+    Eqs. 2-5.
+  """
+  validation.check_rose_hyperparams(variant='ensemble', granularity=granularity, upper=upper,
+                                    lower=lower, gamma=gamma, warmup_steps=warmup_steps)
+  grads, kl_grads, ce_grads = rule.check_and_clip_extras(
+      grads, kl_grads, ce_grads, variant='ensemble', max_grad_norm=max_grad_norm)
+  settings = dict(upper=upper, lower=lower, gamma=gamma, granularity=granularity,
+                  warmup_steps=warmup_steps, b1=b1)
+  masks = {variant: rule.risk_mask(grads, kl_grads, ce_grads, state.mu, state.count,
+                                   state.mask, variant=variant, **settings)[0]
+           for variant in ('first', 'second', 'ensemble')}
+  return {name: jax.tree.map(jnp.mean, mask) for name, mask in masks.items()}

@@ -385,3 +385,47 @@ def test_pmap_with_different_gradients_per_device_updates_on_their_mean():
                               rtol=1e-5, atol=1e-8)
   one_device, _ = tx.update(per_device[0], state, params, kl_grads=kl_per_device[0])
   assert not all(jax.tree.leaves(jax.tree.map(np.allclose, one_device, expected)))
+
+
+@hypothesis.settings(max_examples=12, deadline=None)
+@hypothesis.given(st.integers(0, 2**16), st.sampled_from(['tensor', 'element']),
+                  st.sampled_from([None, 0.5]), st.booleans())
+def test_rose_masks_are_the_masks_each_variant_steps_with(seed, granularity, max_grad_norm,
+                                                          with_ce):
+  # The masks are recomputed outside the optimizer: each must equal the mask
+  # that rose() of that variant keeps after the same step.
+  rng = np.random.default_rng(seed)
+  params, settings = _random_tree(rng), dict(upper=0.6, lower=0.1, gamma=0.3, b1=0.8,
+                                             granularity=granularity, warmup_steps=1,
+                                             max_grad_norm=max_grad_norm)
+  extras = dict(kl_grads=_random_tree(rng), ce_grads=_random_tree(rng) if with_ce else None)
+  steps = [(_random_tree(rng), _random_tree(rng)) for _ in range(3)]
+  txs = {v: rose_jax.rose(1e-3, variant=v, **settings) for v in ('first', 'second', 'ensemble')}
+  states = {v: tx.init(params) for v, tx in txs.items()}
+  for grads, kl in steps:
+    step_extras = {**extras, 'kl_grads': kl}
+    masks = rose_jax.rose_masks(grads, states['ensemble'], **step_extras, **settings)
+    for variant, tx in txs.items():
+      expected = rose_jax.rose_masks(grads, states[variant], **step_extras, **settings)[variant]
+      _, states[variant] = tx.update(grads, states[variant], params, **step_extras)
+      chex.assert_trees_all_close(expected, states[variant].mask, atol=1e-7)
+    chex.assert_trees_all_close(masks['ensemble'], states['ensemble'].mask, atol=1e-7)
+    mixed = rose_jax.ensemble_mask(masks['first'], masks['second'], gamma=0.3)
+    chex.assert_trees_all_close(mixed, masks['ensemble'], atol=1e-6)
+  # After the warm-up step the masks rank: not all ones.
+  assert min(float(np.min(m)) for m in jax.tree.leaves(masks['first'])) < 1
+
+
+def test_rose_masks_give_the_hand_computed_first_and_second_order_masks():
+  # The case of test_ensemble_mask_is_gamma_first_plus_one_minus_gamma_second.
+  params = {k: jnp.zeros((2,), jnp.float32) for k in 'abcd'}
+  vector = lambda values: {k: jnp.asarray([v, 0.0], jnp.float32)
+                           for k, v in zip('abcd', values, strict=True)}
+  state = rose_jax.scale_by_rose(variant='ensemble', upper=0.5).init(params)._replace(
+      count=jnp.asarray(1, jnp.int32), mu=vector((1, 1, 1, 1)))
+  masks = rose_jax.rose_masks(vector((10, 0, 30, 9)), state, kl_grads=vector((1, 2, 3, 4)),
+                              upper=0.5, gamma=0.3)
+  assert {k: float(v) for k, v in masks['first'].items()} == {'a': 1, 'b': 1, 'c': 0, 'd': 0}
+  assert {k: float(v) for k, v in masks['second'].items()} == {'a': 1, 'b': 0, 'c': 0, 'd': 1}
+  with pytest.raises(ValueError, match='kl_grads'):
+    rose_jax.rose_masks(vector((1, 1, 1, 1)), state, kl_grads=None, upper=0.5)

@@ -39,6 +39,7 @@ from rose_jax.masking import kept_fraction
 from rose_jax.selective import SelectiveState
 from rose_jax.training.gradients import (
   Cotangents,
+  Gradients,
   check_embedding_shape,
   compute_gradients,
   metric_names,
@@ -48,6 +49,7 @@ from rose_jax.transform import ScaleByRoseState
 
 Parallel = Literal['none', 'pmap', 'shard_map']
 Step = Callable[[Any, Any, Batch, jax.Array], tuple[Any, Any, dict]]
+ExtraMetrics = Callable[[Any, Any, Gradients], Mapping[str, Any]]
 
 
 class NoDropoutWarning(UserWarning):
@@ -65,16 +67,23 @@ def find_rose_state(opt_state) -> ScaleByRoseState | SelectiveState | None:
 def local_step(params, opt_state, batch: Batch, key: jax.Array, *, apply: ApplyFn,
                tx: optax.GradientTransformation, method: Method, axis_name: str | None,
                embedding_shape: EmbeddingShape | None = None,
-               cotangents: Cotangents = 'sequential'):
+               cotangents: Cotangents = 'sequential',
+               extra_metrics: ExtraMetrics | None = None):
   """The per-device step: :func:`compute_gradients`, then the optimizer.
 
   ``axis_name`` names the data-parallel axis, if any; ``cotangents`` is how
-  several gradients leave the one forward (see :func:`make_train_step`).
+  several gradients leave the one forward and ``extra_metrics`` what else
+  the step reports (see :func:`make_train_step`).
   """
   ema = find_params_ema(opt_state)
   grads, metrics = compute_gradients(
       apply, params, batch, key, method=method, embedding_shape=embedding_shape,
       teacher=None if ema is None else ema.ema, axis_name=axis_name, cotangents=cotangents)
+  extra = {} if extra_metrics is None else dict(extra_metrics(params, opt_state, grads))
+  clashing = sorted(set(extra) & {*metrics, 'kept_fraction'})
+  if clashing:
+    raise ValueError(f'extra_metrics returned {clashing}, which the step reports itself; '
+                     'give them other names.')
   updates, opt_state = tx.update(grads.update, opt_state, params, **grads.extra_args())
   params = optax.apply_updates(params, updates)
   rose_state = find_rose_state(opt_state)
@@ -82,7 +91,7 @@ def local_step(params, opt_state, batch: Batch, key: jax.Array, *, apply: ApplyF
   if axis_name is not None:
     kept = jax.lax.pmean(kept, axis_name)
   metrics = {**metrics, 'kept_fraction': kept}
-  return params, opt_state, {name: metrics[name] for name in metric_names(method)}
+  return params, opt_state, {**{name: metrics[name] for name in metric_names(method)}, **extra}
 
 
 class _DropoutCheck:
@@ -131,6 +140,7 @@ def make_train_step(
     axis_name: str = 'data',
     donate: bool = True,
     cotangents: Cotangents = 'sequential',
+    extra_metrics: ExtraMetrics | None = None,
 ) -> Step:
   """``step(params, opt_state, batch, key) -> (params, opt_state, metrics)``.
 
@@ -158,6 +168,13 @@ def make_train_step(
       first; on our 2-core CPU (RoBERTa-base, batch 8) ROSE-Ensemble steps
       took 8.2 s sequential and 10.2 s vmapped. Measure both on your
       hardware with ``benchmarks/step_benchmark.py``.
+    extra_metrics: ``extra_metrics(params, opt_state, grads) -> {name:
+      value}``, called in the step with the params and optimizer state
+      before the update and the step's
+      :class:`~rose_jax.training.Gradients` (averaged over devices); its
+      values join the metrics under their names. They are computed from
+      values every device shares, so they are not averaged. For example
+      :func:`rose_jax.rose_masks`, to record the masks ROSE-Ensemble mixes.
   """
   if cotangents not in ('sequential', 'vmap'):
     raise ValueError(f'cotangents must be "sequential" or "vmap", got {cotangents!r}.')
@@ -168,7 +185,8 @@ def make_train_step(
   donate_argnums = (0, 1) if donate else ()
   body = functools.partial(local_step, apply=apply, tx=tx, method=method,
                            embedding_shape=embedding_shape, cotangents=cotangents,
-                           axis_name=None if parallel == 'none' else axis_name)
+                           axis_name=None if parallel == 'none' else axis_name,
+                           extra_metrics=extra_metrics)
   if parallel == 'none':
     step = jax.jit(body, donate_argnums=donate_argnums)
   elif parallel == 'pmap':
