@@ -54,9 +54,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
-
 import numpy as np
+import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
