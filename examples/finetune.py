@@ -5,7 +5,8 @@ evaluating each epoch on the GLUE and AdvGLUE dev sets.
 
 Each seed writes to OUTPUT_ROOT/TASK-METHOD-seedN; summarise them with
 examples/report.py. A grid of learning rates, thresholds and seeds trains as
-one vmapped program, each run in its own directory:
+one vmapped program, each run in its own directory, its members sharded over
+all devices (of all hosts with --distributed):
 
   python examples/finetune.py --task sst2 --sweep learning_rate=1e-5,2e-5 upper=0.4,0.6 seed=1,2
 
@@ -72,8 +73,10 @@ def configs(args: argparse.Namespace) -> list[config_lib.TrainConfig]:
 @one_line_errors
 def main(argv=None) -> int:
   args = parse_args(argv)
-  if args.sweep and args.distributed:
-    raise config_lib.ConfigError('A sweep runs on one host; leave out --distributed.')
+  if args.devices_per_member != 1 and not args.sweep:
+    raise config_lib.ConfigError('--devices-per-member sets how a sweep shares out its '
+                                 'devices; a run alone uses --parallel. Add --sweep or leave '
+                                 'it out.')
   distributed.initialize(distributed=args.distributed,
                          coordinator_address=args.coordinator_address,
                          num_processes=args.num_processes, process_id=args.process_id)

@@ -154,6 +154,10 @@ class TrainConfig:
                       choices=('float32', 'bfloat16'))
   parallel: str | None = option(None, 'data parallelism (default: shard_map on several '
                                 'devices)', choices=('none', 'shard_map', 'pmap'))
+  devices_per_member: int = option(
+      1, "a sweep's devices per member: each member's batch is split over this many devices "
+      '(members x data, each member trained as a --parallel shard_map run over them); 1: '
+      'each device trains whole members', check=at_least_one)
   cotangents: str = option('sequential', "how ROSE's two gradients are taken: one backward "
                            'each, or one vmapped backward', choices=('sequential', 'vmap'))
   log_every: int = option(50, 'steps between metric lines', check=at_least_one,
@@ -216,7 +220,7 @@ class TrainConfig:
       out = dataclasses.replace(out, buckets=buckets)
     if out.lower > out.upper:
       raise ConfigError(f'--lower ({out.lower}) must not exceed --upper ({out.upper}).')
-    devices = device_count if parallel != 'none' else 1
+    devices = device_count if parallel != 'none' else out.devices_per_member
     if out.batch_size % devices:
       raise ConfigError(f'--batch-size {out.batch_size} does not divide over {devices} '
                         f'devices; use a multiple of {devices}.')
@@ -249,12 +253,17 @@ class TrainConfig:
     for field in dataclasses.fields(self):
       if not field.metadata['resume'] or field.name == 'output_dir':
         continue
-      saved, now = other.get(field.name), getattr(self, field.name)
+      saved = other.get(field.name, _ABSENT_MEANS.get(field.name))
+      now = getattr(self, field.name)
       if isinstance(now, tuple):  # as JSON stores it
         now = list(now)
       if saved != now:
         found.append(f'{flag(field.name)}: {saved!r} when started, {now!r} now')
     return found
+
+
+# Settings added after runs were saved without them, and what those runs did.
+_ABSENT_MEANS = {'devices_per_member': 1}
 
 
 def _base_type(annotation) -> type:

@@ -44,7 +44,9 @@ class Evaluator:
 
   def place_params(self, params) -> Any:
     """``params`` where the evaluation step wants them (replicated over the mesh)."""
-    return params if self.mesh is None else step_lib.replicate_on_mesh(params, self.mesh)
+    if self.mesh is None:
+      return jax.device_put(params)  # a sweep member's arrive on the host
+    return step_lib.replicate_on_mesh(params, self.mesh)
 
   def _gather(self, predictions: jax.Array) -> np.ndarray:
     if jax.process_count() > 1:

@@ -39,7 +39,15 @@ from rose_jax.glue.optimizers import build_optimizer
 from rose_jax.glue.records import RunRecord, RunState, TrainingDiverged
 from rose_jax.glue.run_dir import data_digests, output_dir, preflight, read_results, trim_to
 from rose_jax.glue.shared import Shared, batch_layout, fisher_pass
-from rose_jax.glue.trainers import Optimizers, Trainer, make_trainer, mask_names
+from rose_jax.glue.trainers import (
+  MASK_METRICS,
+  Optimizers,
+  SweepLayout,
+  Trainer,
+  ensemble_masks,
+  make_trainer,
+  mask_names,
+)
 from rose_jax.training import step as step_lib
 
 log = logging.getLogger(__name__)
@@ -51,24 +59,29 @@ def run(config: TrainConfig) -> dict[str, Any]:
   return train_group([config], Shared(config))[0]
 
 
-def train_group(configs: list[TrainConfig], shared: Shared,
-                swept: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+def train_group(configs: list[TrainConfig], shared: Shared, swept: tuple[str, ...] = (),
+                layout: SweepLayout | None = None) -> list[dict[str, Any]]:
   """Trains ``configs`` together and writes each one's run directory.
 
   One config trains alone, data parallel as it says. Several train as one
-  vmapped program (:func:`rose_jax.training.sweep.make_sweep_step`): they
-  must differ only in the seed and the optimizer settings ``swept`` (each
-  one of :data:`rose_jax.glue.optimizers.SWEPT_NUMBERS`), which enter as
-  traced hyperparameters. Each run's directory, checkpoints included, is
-  what the run alone would write. Call :func:`preflight` on each config
-  first.
+  vmapped program (:func:`rose_jax.training.sweep.make_sweep_step`), on
+  one device or as ``layout`` places them: they must differ only in the
+  seed and the optimizer settings ``swept`` (each one of
+  :data:`rose_jax.glue.optimizers.SWEPT_NUMBERS`), which enter as traced
+  hyperparameters. Each run's directory, checkpoints included, is what the
+  run alone would write. Call :func:`preflight` on each config first.
 
   Returns:
     Each run's results, with ``final_params``.
   """
   method, data, apply_fn = shared.method, shared.data, shared.apply_fn
-  first, alone = configs[0], len(configs) == 1 and not swept
+  first, alone = configs[0], len(configs) == 1 and not swept and layout is None
   optimizers = Optimizers(first, method, shared.total_steps, alone=alone, swept=swept)
+  # A sweep's states live on the host between steps: every process holds
+  # every member's, as its checkpoints are written and restored.
+  own = (lambda tree: tree) if alone else jax.device_get
+  extra_metrics = ensemble_masks(first, shared.total_steps) if (
+      first.record_masks and method.rose_variant == 'ensemble') else None
   # One process writes the run's files; every process computes.
   is_main = jax.process_index() == 0
   with contextlib.ExitStack() as stack:
@@ -77,13 +90,13 @@ def train_group(configs: list[TrainConfig], shared: Shared,
       out, started = stack.enter_context(output_dir(config, is_main))
       checkpoints = Checkpoints(out / 'checkpoints')
       stack.callback(checkpoints.close)
-      params = shared.params(config)
+      params = own(shared.params(config))
       if alone and config.parallel == 'shard_map':
         params = step_lib.replicate_on_mesh(params, step_lib.data_mesh())
       results = {'config': dataclasses.asdict(config), 'epochs': [], 'finished': False,
                  'data_digests': data_digests(config)}
       state = RunState.initial(
-          config, params, optimizers.plain(optimizers.initial_state(config, params)))
+          config, params, own(optimizers.plain(optimizers.initial_state(config, params))))
       records.append(RunRecord(config, out, results, checkpoints, started, state, alone=alone,
                                is_main=is_main, names=step_lib.metric_names(method)))
     restored = restore_together([(r.checkpoints, r.state.tree()) for r in records]) \
@@ -100,8 +113,8 @@ def train_group(configs: list[TrainConfig], shared: Shared,
       # resumed run from redoing the pass.
       for record in records:
         mask = fisher_pass(record.config, data, apply_fn, record.state.params)
-        record.state.opt_state = optimizers.plain(
-            optimizers.initial_state(record.config, record.state.params, mask))
+        record.state.opt_state = own(optimizers.plain(
+            optimizers.initial_state(record.config, record.state.params, mask)))
         record.checkpoints.save(0, record.state.tree())
     completed, global_step = records[0].state.epoch, records[0].state.step
     for record in records:
@@ -112,14 +125,17 @@ def train_group(configs: list[TrainConfig], shared: Shared,
       log.info('Resuming at epoch %d, batch %d (step %d).', completed + 1,
                records[0].state.batch, global_step)
     trainer = make_trainer(optimizers, apply_fn, method, [
-        (r.config, r.state.params, r.state.opt_state) for r in records], data.train.pad_id)
-    _train(records, trainer, shared)
+        (r.config, r.state.params, r.state.opt_state) for r in records], data.train.pad_id,
+        layout, extra_metrics)
+    _train(records, trainer, shared, tuple(MASK_METRICS) if extra_metrics else ('mask',))
   return [{**r.results, 'final_params': trainer.member(i)[0]} for i, r in enumerate(records)]
 
 
-def _train(records: list[RunRecord], trainer: Trainer, shared: Shared) -> None:
+def _train(records: list[RunRecord], trainer: Trainer, shared: Shared,
+           mask_parts: tuple[str, ...]) -> None:
   """The epochs: steps every run, folds the metrics in, logs, checkpoints,
-  evaluates at each epoch's end and marks the runs finished."""
+  evaluates at each epoch's end and marks the runs finished; the step reports
+  the ``mask_parts`` of :data:`MASK_METRICS`."""
   config, data = records[0].config, shared.data
   global_step = records[0].state.step
   start_epoch, start_batch = records[0].state.epoch, records[0].state.batch
@@ -149,7 +165,7 @@ def _train(records: list[RunRecord], trainer: Trainer, shared: Shared) -> None:
                                     tensorboard=config.tensorboard,
                                     resume_after=global_step if global_step else None)
     if records_masks:
-      record.mask_log = MaskLog(record.out, mask_names(record.state.opt_state),
+      record.mask_log = MaskLog(record.out, mask_names(record.state.opt_state), parts=mask_parts,
                                 enabled=record.is_main, start_step=global_step)
   bar = progress_bar(data.steps_per_epoch * config.epochs, global_step, config.progress)
   try:
@@ -159,7 +175,7 @@ def _train(records: list[RunRecord], trainer: Trainer, shared: Shared) -> None:
       streams = [batching.train_batches(
           data.train, config.batch_size, seeds.stream_seed(record.config.seed, 'data'), epoch,
           buckets=config.buckets, group_by_length=config.group_by_length, start=first,
-          process_index=jax.process_index(), process_count=jax.process_count(),
+          process_index=trainer.batch_share[0], process_count=trainer.batch_share[1],
           layout=batch_layout(config))
           for record in records]
       for index, batches in enumerate(zip(*streams, strict=True), start=first):

@@ -79,11 +79,27 @@ class MetricsLog:
 
 
 MASK_FILE, MASK_HEADER = 'masks.bin', 'masks.json'
+# What a row may hold beside the step: the mask the optimizer applied and, for
+# ROSE-Ensemble, the first- and second-order masks it mixed.
+MASK_PARTS = ('mask', 'first', 'second')
 
 
-def mask_dtype(tensors: int) -> np.dtype:
-  """One row of ``masks.bin``: the global step and each ranked tensor's mask."""
-  return np.dtype([('step', '<i8'), ('mask', '<f4', (tensors,))])
+def mask_dtype(tensors: int, parts: tuple[str, ...] = ('mask',)) -> np.dtype:
+  """One row of ``masks.bin``: the global step and, for each of ``parts``,
+  each ranked tensor's mask."""
+  return np.dtype([('step', '<i8'), *((part, '<f4', (tensors,)) for part in parts)])
+
+
+def _header(tensors: list[str], parts: tuple[str, ...]) -> dict:
+  fields = ', '.join(f'("{part}", "<f4", (len(tensors),))' for part in parts)
+  return {'tensors': tensors, 'parts': list(parts),
+          'row': {'step': 'int64', **{part: f'float32[{len(tensors)}]' for part in parts}},
+          'format': f'little-endian rows, numpy.dtype([("step", "<i8"), {fields}])'}
+
+
+def _parts_of(header: dict) -> tuple[str, ...]:
+  # In row order (the JSON's keys are sorted); files before ensembles: the mask alone.
+  return tuple(header.get('parts', ['mask']))
 
 
 class MaskLog:
@@ -92,29 +108,34 @@ class MaskLog:
   ``masks.json`` names the ranked tensors (``"encoder/layer/0/attention/query/kernel"``)
   and the row layout; ``masks.bin`` holds one row per step: the step and
   each tensor's mask value (with ``granularity="element"``, the share of the
-  tensor kept), as :func:`mask_dtype` lays it out. A RoBERTa-base run ranks
-  about 200 tensors: 0.8 KB a step. Read it with :func:`read_masks`.
+  tensor kept), as :func:`mask_dtype` lays it out. ROSE-Ensemble's rows also
+  hold the first- and second-order masks that it mixed (``parts``). A
+  RoBERTa-base run ranks about 200 tensors: 0.8 KB a step and part. Read it
+  with :func:`read_masks`.
 
   Args:
     directory: the run directory.
     tensors: the ranked tensors' names, in the order of each row.
+    parts: what each row holds, from :data:`MASK_PARTS`; a file already
+      there keeps its own (a run resumed from an older version goes on
+      recording what it recorded).
     enabled: write anything at all (one process of several writes).
     start_step: the global step training starts from (a resumed run's
       checkpoint); rows after it are dropped.
   """
 
-  def __init__(self, directory: Path, tensors: list[str], *, enabled: bool = True,
-               start_step: int = 0):
+  def __init__(self, directory: Path, tensors: list[str], *, parts: tuple[str, ...] = ('mask',),
+               enabled: bool = True, start_step: int = 0):
     self.enabled = enabled
-    self._dtype = mask_dtype(len(tensors))
+    path, header_path = directory / MASK_FILE, directory / MASK_HEADER
+    if path.exists() and header_path.exists():
+      parts = _parts_of(json.loads(header_path.read_text()))
+    self.parts = parts
+    self._dtype = mask_dtype(len(tensors), parts)
     self._file = None
     if not enabled:
       return
-    header = {'tensors': tensors, 'row': {'step': 'int64', 'mask': f'float32[{len(tensors)}]'},
-              'format': 'little-endian rows, numpy.dtype([("step", "<i8"), ("mask", "<f4", '
-                        '(len(tensors),))])'}
-    atomic.write_json(directory / MASK_HEADER, header)
-    path = directory / MASK_FILE
+    atomic.write_json(header_path, _header(tensors, parts))
     if path.exists():
       rows = np.fromfile(path, np.uint8)
       whole = len(rows) // self._dtype.itemsize * self._dtype.itemsize
@@ -124,12 +145,15 @@ class MaskLog:
         atomic.write_bytes(path, kept.tobytes())
     self._file = path.open('ab')
 
-  def write(self, steps: np.ndarray, masks: np.ndarray) -> None:
-    """Appends the rows of ``steps`` (``[n]``) and ``masks`` (``[n, tensors]``)."""
+  def write(self, steps: np.ndarray, masks: dict[str, np.ndarray]) -> None:
+    """Appends the rows of ``steps`` (``[n]``) and, for each part, its masks
+    (``[n, tensors]``); parts this file does not hold are left out."""
     if self._file is None:
       return
     rows = np.empty(len(steps), self._dtype)
-    rows['step'], rows['mask'] = steps, masks
+    rows['step'] = steps
+    for part in self.parts:
+      rows[part] = masks[part]
     self._file.write(rows.tobytes())
     self._file.flush()
 
@@ -138,23 +162,36 @@ class MaskLog:
       self._file.close()
 
 
-def read_masks(directory: str | Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+def read_masks(directory: str | Path, part: str = 'mask') -> tuple[list[str], np.ndarray,
+                                                                   np.ndarray]:
   """A run's recorded masks: the tensor names, the steps ``[n]`` and the masks
-  ``[n, tensors]``.
+  ``[n, tensors]`` of ``part``: ``"mask"``, what the optimizer applied, or
+  for ROSE-Ensemble ``"first"`` or ``"second"`` (see :func:`mask_parts`).
 
   Raises:
     FileNotFoundError: the run recorded no masks, with how to record them.
+    KeyError: the run did not record ``part``.
   """
   directory = Path(directory)
   if not (directory / MASK_HEADER).exists() or not (directory / MASK_FILE).exists():
     raise FileNotFoundError(
         f'{directory} has no {MASK_FILE}: only ROSE methods record masks. Train with a '
         '--method rose-... (masks are recorded unless --no-record-masks is given).')
-  tensors = json.loads((directory / MASK_HEADER).read_text())['tensors']
-  dtype = mask_dtype(len(tensors))
+  header = json.loads((directory / MASK_HEADER).read_text())
+  parts = _parts_of(header)
+  if part not in parts:
+    raise KeyError(f'{directory}/{MASK_FILE} holds {list(parts)}, not {part!r}: only '
+                   'ROSE-Ensemble runs record the first- and second-order masks.')
+  tensors = header['tensors']
+  dtype = mask_dtype(len(tensors), parts)
   raw = np.fromfile(directory / MASK_FILE, np.uint8)
   rows = raw[:len(raw) // dtype.itemsize * dtype.itemsize].view(dtype)
-  return tensors, rows['step'].copy(), rows['mask'].copy()
+  return tensors, rows['step'].copy(), rows[part].copy()
+
+
+def mask_parts(directory: str | Path) -> tuple[str, ...]:
+  """What a run's ``masks.bin`` records (see :func:`read_masks`)."""
+  return _parts_of(json.loads((Path(directory) / MASK_HEADER).read_text()))
 
 
 def progress_bar(total: int, initial: int, enabled: bool):

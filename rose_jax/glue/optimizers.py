@@ -33,6 +33,16 @@ def learning_rate_schedule(config: TrainConfig, total_steps: int) -> optax.Sched
       [warmup])
 
 
+def rose_settings(config: TrainConfig, total_steps: int) -> dict:
+  """The settings of :func:`rose_jax.rose` that decide its masks, but the variant
+  and which tensors it ranks (for :func:`rose_jax.rose_masks` too)."""
+  return dict(upper=config.upper, lower=config.lower, gamma=config.gamma,
+              granularity=config.granularity, b1=config.b1,
+              warmup_steps=int(config.warmup_ratio * total_steps),
+              # Clips the KL and CE gradients that ROSE ranks by the same factor.
+              max_grad_norm=config.max_grad_norm or None)
+
+
 def build_optimizer(config: TrainConfig, method: Method, total_steps: int, *,
                     fisher_mask=None):
   """The method's optimizer, on one footing: Hugging Face's AdamW form
@@ -43,13 +53,11 @@ def build_optimizer(config: TrainConfig, method: Method, total_steps: int, *,
   adam = dict(b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay,
               weight_decay_mask=selection.authors_decay_mask)
   if method.uses_rose:
-    return rose_jax.rose(
-        schedule, variant=method.rose_variant, upper=config.upper, lower=config.lower,
-        gamma=config.gamma, granularity=config.granularity,
-        warmup_steps=int(config.warmup_ratio * total_steps),
-        selectable=selection.authors_selectable,
-        # Clips the KL and CE gradients that ROSE ranks by the same factor.
-        max_grad_norm=config.max_grad_norm or None, **adam)
+    return rose_jax.rose(schedule, variant=method.rose_variant,
+                         selectable=selection.authors_selectable, b2=config.b2, eps=config.eps,
+                         weight_decay=config.weight_decay,
+                         weight_decay_mask=selection.authors_decay_mask,
+                         **rose_settings(config, total_steps))
   if method.fisher_mask:
     # Official order: clip the unmasked gradient, then mask, then AdamW.
     core = rose_jax.child_tuning_d(schedule, mask=fisher_mask, **adam)

@@ -23,6 +23,7 @@ from rose_jax.glue.evaluation import Evaluator
 from rose_jax.glue.metrics_log import MaskLog, MetricsLog
 from rose_jax.glue.run_dir import best_epoch
 from rose_jax.glue.shared import Data
+from rose_jax.glue.trainers import MASK_METRICS
 from rose_jax.models import ModuleApply, save_pretrained
 from rose_jax.training.gradients import METRIC_NAMES
 
@@ -136,7 +137,7 @@ class RunRecord:
     the others go on)."""
     if self.diverged:
       return
-    mask = metrics.pop('mask', None)
+    masks = {part: metrics.pop(name) for part, name in MASK_METRICS.items() if name in metrics}
     bad = [k for k in ('loss', 'ce', 'kl') if not np.isfinite(metrics[k])]
     if bad:
       message = (f'Training diverged at step {step}: {", ".join(bad)} is {metrics[bad[0]]}. '
@@ -151,8 +152,9 @@ class RunRecord:
       return
     for sums in (self.state.epoch_sums, self.state.window_sums):
       _add(sums, metrics)
-    if mask is not None and self.mask_log is not None:
-      self.mask_log.write(np.asarray([step]), np.asarray(mask)[None])
+    if masks and self.mask_log is not None:
+      self.mask_log.write(np.asarray([step]),
+                          {part: np.asarray(mask)[None] for part, mask in masks.items()})
 
   def count_tokens(self, batch: batching.Batch) -> None:
     self.timed_tokens += batch.real_tokens

@@ -114,10 +114,13 @@ def _build_model(pretrained: Pretrained, config: TrainConfig):
 
 
 def batch_layout(config: TrainConfig) -> batching.Layout | None:
-  """Packed rows over the step's devices (``--packing``), or None for buckets."""
+  """Packed rows over the step's devices (``--packing``), or None for buckets.
+
+  A sweep member (``parallel="none"``) is split over its
+  ``devices_per_member``; a run alone over every device or none."""
   if not config.packing:
     return None
-  devices = 1 if config.parallel == 'none' else jax.device_count()
+  devices = config.devices_per_member if config.parallel == 'none' else jax.device_count()
   return packing.layout(packing.Packing(config.max_length, devices))
 
 

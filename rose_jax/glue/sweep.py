@@ -41,7 +41,7 @@ from typing import Any
 import jax
 
 from rose_jax._src import memory
-from rose_jax.glue import loop
+from rose_jax.glue import loop, trainers
 from rose_jax.glue.config import ConfigError, TrainConfig, flag
 from rose_jax.glue.optimizers import SWEPT_NUMBERS, sweep_optimizer
 from rose_jax.training import sweep as sweep_lib
@@ -173,15 +173,16 @@ def swept_names(configs: Sequence[TrainConfig]) -> tuple[str, ...]:
 
 def automatic_chunk(configs: Sequence[TrainConfig], shared: loop.Shared,
                     swept: Sequence[str], budget: int | None = None) -> int:
-  """The most members that fit ``budget`` bytes (default: 80% of the free device
-  memory), from XLA's memory estimate of the sweep step at the longest batch."""
+  """The most members that fit ``budget`` bytes on each device (default: 80%
+  of a device's free memory), from XLA's memory estimate of the sweep step at
+  the longest batch (a member's rows over its ``devices_per_member``)."""
   first = configs[0]
   numbers = [name for name in swept if name != 'seed']
   params = shared.param_shapes
   tx = sweep_optimizer(first, shared.method, shared.total_steps, numbers)
   opt_state = jax.eval_shape(tx.init, params)
   length = first.max_length
-  rows = first.batch_size
+  rows = first.batch_size // first.devices_per_member
   batch = {key: jax.ShapeDtypeStruct((rows, length), 'int32')
            for key in shared.data.train.tokens}
   batch['labels'] = jax.ShapeDtypeStruct((rows,), shared.data.train.labels.dtype)
@@ -191,12 +192,18 @@ def automatic_chunk(configs: Sequence[TrainConfig], shared: loop.Shared,
     log.warning('This backend gives no memory estimate; the sweep trains all %d members at '
                 'once (set --sweep-chunk to limit it).', len(configs))
     return len(configs)
-  budget = memory.available_memory() if budget is None else budget
+  budget = _device_budget() if budget is None else budget
   chunk = memory.chunk_size(len(configs), *estimate, budget)
-  log.info('The sweep step needs %.2f GiB + %.2f GiB per member; %.2f GiB are free: %d '
-           'members at a time.', estimate[0] / 2**30, estimate[1] / 2**30, budget / 2**30,
-           chunk)
+  log.info('The sweep step needs %.2f GiB + %.2f GiB per member on a device; %.2f GiB are '
+           'free: %d members a device.', estimate[0] / 2**30, estimate[1] / 2**30,
+           budget / 2**30, chunk)
   return chunk
+
+
+def _device_budget() -> int:
+  # A CPU's "devices" (--xla_force_host_platform_device_count) share its memory.
+  shared_by = jax.local_device_count() if jax.default_backend() == 'cpu' else 1
+  return memory.available_memory() // shared_by
 
 
 def _finished(config: TrainConfig) -> dict | None:
@@ -207,39 +214,117 @@ def _finished(config: TrainConfig) -> dict | None:
   return results if results.get('finished') else None
 
 
+def _checkpoint_steps(config: TrainConfig) -> set[int]:
+  directory = Path(config.output_dir) / 'checkpoints'
+  return {int(p.name) for p in directory.iterdir() if p.name.isdigit()} \
+      if directory.is_dir() else set()
+
+
+def sweep_layout(configs: Sequence[TrainConfig], shared: loop.Shared, swept: Sequence[str], *,
+                 chunk: int | None, memory_budget: int | None,
+                 one_device: bool) -> trainers.SweepLayout:
+  """Where the members train: one device, or their member axis over all
+  devices of all processes (``devices_per_member`` to each member), and how
+  many at a time: ``chunk``, or as many as fit each device's memory, rounded
+  up to fill every member device."""
+  data_devices = configs[0].devices_per_member
+  mesh = None
+  if not one_device and (jax.device_count() > 1 or jax.process_count() > 1):
+    mesh = sweep_lib.sweep_mesh(data_devices)
+  member_devices = 1 if mesh is None else mesh.shape[sweep_lib.MEMBERS]
+  if chunk is None:
+    width = automatic_chunk(configs, shared, swept, memory_budget) * member_devices
+  else:
+    width = -(-chunk // member_devices) * member_devices
+    if width != chunk:
+      log.info('--sweep-chunk %d rounded up to %d, a multiple of the %d member devices.',
+               chunk, width, member_devices)
+  width = min(width, -(-len(configs) // member_devices) * member_devices)
+  filler = -len(configs) % width
+  if filler:
+    log.info('%d members in chunks of %d over %d member devices: %d filler members (copies '
+             'whose results are not kept) fill the last chunk%s.', len(configs), width,
+             member_devices, filler,
+             '; --devices-per-member N would give each member several devices'
+             if len(configs) < member_devices else '')
+  return trainers.SweepLayout(width, mesh)
+
+
+def _chunks(configs: Sequence[TrainConfig], width: int) -> list[list[int]]:
+  """The members to train, by index, ``width`` at a time. A resumed sweep
+  leaves out its finished members and trains the started ones (with
+  checkpoints) apart from those yet to start.
+
+  Raises:
+    ConfigError: started members of one chunk share no checkpoint step,
+      before anything is written.
+  """
+  todo = [i for i, c in enumerate(configs) if not (c.resume and _finished(c))]
+  if not configs[0].resume:
+    return [todo[i:i + width] for i in range(0, len(todo), width)]
+  steps = {i: _checkpoint_steps(configs[i]) for i in todo}
+  started = [i for i in todo if steps[i]]
+  fresh = [i for i in todo if not steps[i]]
+  chunks = [group[i:i + width] for group in (started, fresh) for i in range(0, len(group), width)]
+  for chunk in chunks:
+    if steps[chunk[0]] and not set.intersection(*(steps[i] for i in chunk)):
+      named = ', '.join(f'{Path(configs[i].output_dir).name} {sorted(steps[i])}' for i in chunk)
+      raise ConfigError(
+          f'--resume: the members of one chunk share no checkpoint step ({named}), so they '
+          'were trained in other chunks: the sweep resumes with another --sweep-chunk or '
+          'device count than it trained with. Resume with the chunk size and devices it '
+          'started with.')
+  return chunks
+
+
 def run_sweep(configs: Sequence[TrainConfig], *, chunk: int | None = None,
               memory_budget: int | None = None) -> list[dict[str, Any]]:
   """Trains ``configs`` (runs that differ only in :data:`SWEEPABLE` settings)
-  ``chunk`` at a time as one vmapped program each, and returns each run's
-  results in order. A resumed sweep skips the chunks whose runs all finished.
+  ``chunk`` at a time as one vmapped program each, its members sharded over
+  all devices of all processes (``parallel="none"``: on one device), and
+  returns each run's results in order. A resumed sweep skips its finished
+  members.
 
   Args:
     configs: the members, e.g. from :func:`member_configs`.
-    chunk: members per program; None picks it from the memory estimate.
-    memory_budget: bytes for the automatic chunk (default: 80% of the free
-      device memory).
+    chunk: members per program; None picks it from the memory estimate. It
+      is rounded up to a multiple of the member devices, and the last
+      chunk is filled up with copies whose results are not kept, so that
+      every chunk runs one compiled step.
+    memory_budget: bytes a device may use for the automatic chunk
+      (default: 80% of a device's free memory).
   """
   if chunk is not None and chunk < 1:
     raise ConfigError(f'--sweep-chunk must be at least 1, got {chunk}.')
-  if {c.parallel for c in configs} - {None, 'none'}:
-    raise ConfigError('A sweep trains its members on one device; leave out --parallel (or '
-                      'pass --parallel none).')
+  if 'pmap' in {c.parallel for c in configs}:
+    raise ConfigError('A sweep shards its members over devices with shard_map: leave out '
+                      '--parallel pmap (or pass --parallel none to train them on one device).')
+  one_device = 'none' in {c.parallel for c in configs}
+  if one_device and configs[0].devices_per_member > 1:
+    raise ConfigError(f'--devices-per-member {configs[0].devices_per_member} splits each '
+                      'member over several devices, but --parallel none trains on one: leave '
+                      'out one of them.')
+  devices, data_devices = jax.device_count(), configs[0].devices_per_member
+  if not one_device and devices % data_devices:
+    raise ConfigError(f'--devices-per-member {data_devices} does not divide the {devices} '
+                      f'devices; use a divisor of {devices}.')
   swept = swept_names(configs)
   configs = [dataclasses.replace(c, parallel='none') for c in configs]
   configs = [loop.preflight(c, finished_ok=c.resume) for c in configs]
   if len({c.output_dir for c in configs}) < len(configs):
     raise ConfigError('Two members of the sweep share a run directory.')
   shared = loop.Shared(configs[0], runs=len(configs))
-  if chunk is None:
-    chunk = automatic_chunk(configs, shared, swept, memory_budget)
-  results = []
-  for start in range(0, len(configs), chunk):
-    group = configs[start:start + chunk]
-    done = [_finished(c) for c in group] if configs[0].resume else [None]
-    if all(done):
-      log.info('Members %d-%d finished before; skipped.', start + 1, start + len(group))
-      results += done
-      continue
-    log.info('Training members %d-%d of %d.', start + 1, start + len(group), len(configs))
-    results += loop.train_group(list(group), shared, swept)
+  layout = sweep_layout(configs, shared, swept, chunk=chunk, memory_budget=memory_budget,
+                        one_device=one_device)
+  chunks = _chunks(configs, layout.width)
+  results: list[Any] = [_finished(c) if c.resume else None for c in configs]
+  skipped = sum(r is not None for r in results)
+  if skipped:
+    log.info('%d members finished before; skipped.', skipped)
+  for indices in chunks:
+    log.info('Training members %s of %d.', ', '.join(str(i + 1) for i in indices),
+             len(configs))
+    for index, result in zip(indices, loop.train_group([configs[i] for i in indices], shared,
+                                                       swept, layout), strict=True):
+      results[index] = result
   return results

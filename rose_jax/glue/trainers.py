@@ -1,23 +1,32 @@
 """The trainers: one run alone (on one device or data parallel, as its config
-says) or a sweep's runs stacked into one vmapped step, behind one interface
+says) or a sweep's runs stacked into one vmapped step (on one device or
+sharded over a mesh, :class:`SweepLayout`), behind one interface
 (:class:`Trainer`); and the optimizer they train with (:class:`Optimizers`)."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
+import rose_jax
 from rose_jax.glue import batching, packing
 from rose_jax.glue.config import TrainConfig
-from rose_jax.glue.optimizers import build_optimizer, sweep_optimizer
+from rose_jax.glue.optimizers import build_optimizer, rose_settings, sweep_optimizer
 from rose_jax.models import ModuleApply
 from rose_jax.training import step as step_lib
 from rose_jax.training import sweep as sweep_lib
 from rose_jax.training.methods import Method
+
+# The step's metrics that hold mask rows, by the part of masks.bin they fill.
+MASK_METRICS = {'mask': 'mask', 'first': 'first_mask', 'second': 'second_mask'}
 
 
 class Optimizers:
@@ -58,7 +67,13 @@ class Optimizers:
 
 
 class Trainer(Protocol):
-  """Trains the runs of a group together, one step at a time."""
+  """Trains the runs of a group together, one step at a time.
+
+  Attributes:
+    batch_share: ``(index, count)``: this process feeds share ``index`` of
+      ``count`` of each global batch.
+  """
+  batch_share: tuple[int, int]
 
   def step(self, batches: list[batching.Batch], keys: list[jax.Array]) -> dict:
     """One step of every run on its batch and dropout key; the metrics (with
@@ -71,16 +86,41 @@ class Trainer(Protocol):
     """Run ``index``'s params and optimizer state as its checkpoint holds them."""
 
 
-@jax.jit
 def _stack_mask(mask) -> jax.Array:
   return jnp.stack([jnp.asarray(leaf, jnp.float32) for leaf in jax.tree.leaves(mask)], -1)
 
 
-def _mask_row(opt_state) -> jax.Array | None:
+@functools.cache
+def _mask_stacker(mesh: jax.sharding.Mesh | None):
+  # On a mesh, replicated: every process reads every member's row.
+  return jax.jit(_stack_mask, out_shardings=None if mesh is None else
+                 NamedSharding(mesh, P()))
+
+
+def _mask_row(opt_state, mesh: jax.sharding.Mesh | None = None) -> jax.Array | None:
   """ROSE's mask in the state, one value per ranked tensor in the order of
   :func:`mask_names` (a leading axis stays), or None without ROSE."""
   rose_state = step_lib.find_rose_state(opt_state)
-  return None if rose_state is None else _stack_mask(rose_state.mask)
+  return None if rose_state is None else _mask_stacker(mesh)(rose_state.mask)
+
+
+def ensemble_masks(config: TrainConfig, total_steps: int) -> step_lib.ExtraMetrics:
+  """The step's ``extra_metrics`` that report the first- and second-order
+  masks ROSE-Ensemble mixes (:func:`rose_jax.rose_masks`), as mask rows.
+
+  The settings are the run's (:func:`rose_settings`), but those a sweep
+  traces, which each member's optimizer state holds."""
+  settings = rose_settings(config, total_steps)
+
+  def extra_metrics(params, opt_state, grads):
+    del params
+    swept = getattr(opt_state, 'hyperparams', {})
+    masks = rose_jax.rose_masks(
+        grads.update, step_lib.find_rose_state(opt_state), kl_grads=grads.kl_grads,
+        ce_grads=grads.ce_grads, **{k: swept.get(k, v) for k, v in settings.items()})
+    return {MASK_METRICS[part]: _stack_mask(masks[part]) for part in ('first', 'second')}
+
+  return extra_metrics
 
 
 def mask_names(opt_state) -> list[str]:
@@ -94,9 +134,11 @@ class Alone:
   ``config.parallel`` says."""
 
   def __init__(self, config: TrainConfig, apply_fn: ModuleApply, tx, method: Method, params,
-               opt_state):
+               opt_state, extra_metrics: step_lib.ExtraMetrics | None = None):
     self._step = step_lib.make_train_step(apply_fn, tx, method, parallel=config.parallel,
-                                          cotangents=config.cotangents)
+                                          cotangents=config.cotangents,
+                                          extra_metrics=extra_metrics)
+    self.batch_share = (jax.process_index(), jax.process_count())
     mesh = step_lib.data_mesh() if config.parallel == 'shard_map' else None
     self._place = {'none': lambda b: b, 'pmap': step_lib.split_for_pmap,
                    'shard_map': lambda b: step_lib.shard_batch(b, mesh)}[config.parallel]
@@ -123,15 +165,60 @@ class Alone:
     return self._single(self.params), self._single(self.opt_state)
 
 
+@dataclasses.dataclass
+class SweepLayout:
+  """Where a sweep's members train and how many at a time.
+
+  Attributes:
+    width: members per program (a chunk); a chunk with fewer is filled up
+      with copies of its last member, whose results are dropped, so that
+      every chunk runs the one compiled step.
+    mesh: None for one device, else a
+      :func:`rose_jax.training.sweep.sweep_mesh` over whose member devices
+      the members are sharded (``width`` is a multiple of them).
+  """
+  width: int
+  mesh: jax.sharding.Mesh | None = None
+  _steps: dict = dataclasses.field(default_factory=dict, repr=False)
+
+  def step(self, make: Any, key: Any) -> step_lib.Step:
+    """The sweep's step for ``key``, made by ``make()`` once."""
+    if key not in self._steps:
+      self._steps[key] = make()
+    return self._steps[key]
+
+
+def _stack_on_host(trees: list) -> Any:
+  return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
+
+
 class Stacked:
   """A sweep's runs stacked along a leading member axis, one vmapped step for
-  all; each member's batch is padded to the longest of the step's batches."""
+  all (on one device or sharded over the layout's mesh); each member's batch
+  is padded to the longest of the step's batches. Every process feeds whole
+  batches of every member and keeps its devices' shards."""
 
   def __init__(self, config: TrainConfig, apply_fn: ModuleApply, tx, method: Method, params: list,
-               opt_states: list, pad_id: int):
-    self._step = sweep_lib.make_sweep_step(apply_fn, tx, method, cotangents=config.cotangents)
-    self.params, self.opt_state = sweep_lib.stack(params), sweep_lib.stack(opt_states)
+               opt_states: list, pad_id: int, layout: SweepLayout,
+               extra_metrics: step_lib.ExtraMetrics | None = None):
+    self._layout, self._mesh, self._real = layout, layout.mesh, len(params)
+    if self._real > layout.width:
+      raise ValueError(f'{self._real} members exceed the layout\'s {layout.width}.')
+    self._step = layout.step(lambda: sweep_lib.make_sweep_step(
+        apply_fn, tx, method, cotangents=config.cotangents, mesh=layout.mesh,
+        extra_metrics=extra_metrics), key=(method.name, extra_metrics is not None))
+    self.params = self._place(self._fill(params))
+    self.opt_state = self._place(self._fill(opt_states))
     self._pad_id = pad_id
+    self.batch_share = (0, 1)
+
+  def _fill(self, members: list) -> list:
+    return [*members, *[members[-1]] * (self._layout.width - len(members))]
+
+  def _place(self, trees: list, *, batch: bool = False):
+    if self._mesh is None:
+      return sweep_lib.stack(trees)
+    return sweep_lib.shard_members(_stack_on_host(trees), self._mesh, batch=batch)
 
   def step(self, batches: list[batching.Batch], keys: list[jax.Array]) -> dict:
     if 'segment_ids' in batches[0].arrays:  # packed: the members' row counts may differ
@@ -140,31 +227,36 @@ class Stacked:
     else:
       length = max(b.arrays['input_ids'].shape[1] for b in batches)
       padded = [batching.pad_to(b.arrays, length, self._pad_id) for b in batches]
-    arrays = {key: np.stack([p[key] for p in padded]) for key in padded[0]}
-    self.params, self.opt_state, metrics = self._step(self.params, self.opt_state, arrays,
-                                                      jnp.stack(keys))
-    mask = _mask_row(self.opt_state)
+    arrays = self._place(self._fill(padded), batch=True)
+    keys = self._fill(keys)
+    keys = jnp.stack(keys) if self._mesh is None else sweep_lib.shard_members(
+        jnp.stack(keys), self._mesh)
+    self.params, self.opt_state, metrics = self._step(self.params, self.opt_state, arrays, keys)
+    mask = _mask_row(self.opt_state, self._mesh)
     return metrics if mask is None else {**metrics, 'mask': mask}
 
   def split(self, metrics: dict) -> list[dict]:
-    count = len(next(iter(metrics.values())))
-    return [{name: value[i] for name, value in metrics.items()} for i in range(count)]
+    return [{name: value[i] for name, value in metrics.items()} for i in range(self._real)]
 
   def member(self, index: int) -> tuple[Any, Any]:
-    # Without the injected hyperparameters, as a plain run's checkpoint holds it.
-    return (sweep_lib.member(self.params, index),
-            sweep_lib.member(self.opt_state, index).inner_state)
+    # Host arrays, without the injected hyperparameters, as a plain run's
+    # checkpoint holds them (every process takes part in fetching them).
+    return (sweep_lib.member_on_host(self.params, index),
+            sweep_lib.member_on_host(self.opt_state, index).inner_state)
 
 
 def make_trainer(optimizers: Optimizers, apply_fn: ModuleApply, method: Method,
-                 runs: list[tuple[TrainConfig, Any, Any]], pad_id: int) -> Trainer:
+                 runs: list[tuple[TrainConfig, Any, Any]], pad_id: int,
+                 layout: SweepLayout | None = None,
+                 extra_metrics: step_lib.ExtraMetrics | None = None) -> Trainer:
   """The trainer of ``runs``, each ``(config, params, opt_state)`` with the
   state as its checkpoint holds it: :class:`Alone` for one run, else
-  :class:`Stacked`."""
+  :class:`Stacked` (``layout``, by default all runs on one device)."""
   tx = optimizers.tx()
   if optimizers.alone:
     config, params, opt_state = runs[0]
-    return Alone(config, apply_fn, tx, method, params, opt_state)
+    return Alone(config, apply_fn, tx, method, params, opt_state, extra_metrics)
   return Stacked(runs[0][0], apply_fn, tx, method, [params for _, params, _ in runs], [
       optimizers.initial_state(config, params)._replace(inner_state=opt_state)
-      for config, params, opt_state in runs], pad_id)
+      for config, params, opt_state in runs], pad_id, layout or SweepLayout(len(runs)),
+      extra_metrics)

@@ -1,5 +1,6 @@
-"""A sweep's members equal their runs alone, write the same directories, compile
-once, resume after a kill, and refuse what cannot vary."""
+"""A sweep's members, sharded over 8 devices, equal their runs alone, write the
+same directories, compile once (the last chunk padded), resume after a kill
+(on other devices too), and refuse what cannot vary."""
 
 import dataclasses
 import json
@@ -21,13 +22,15 @@ from tests import helpers
 from tests.helpers import cli_args, fails, snapshot
 from tests.helpers.runs import Killed, kill_at_step, read_run
 
-GRID = ['learning_rate=1e-3,3e-3', 'seed=1,2']
+GRID = ['learning_rate=1e-3,3e-3', 'upper=0.4,0.6', 'seed=1,2']
 
 
 def _base(files, out, **overrides):
-  # Packed rows (the default): members with other seeds draw other batches, and
-  # a step pads them all to the most rows among them (see rose_jax.glue.sweep).
-  settings = dict(epochs=2, save_every=4, **overrides)
+  # One bucket: a step pads every member's batch to the longest among them
+  # (see rose_jax.glue.sweep), and with one length that is each one's own.
+  # parallel=None: the members are sharded over the 8 devices.
+  settings = dict(epochs=2, save_every=4, packing=False, buckets=(12,), parallel=None,
+                  **overrides)
   return loop.TrainConfig(**helpers.run_settings(files, out, **settings))
 
 
@@ -54,24 +57,26 @@ def _run_files(out: Path) -> dict:
 
 @pytest.fixture(scope='module')
 def swept(files, tmp_path_factory):
-  """The grid trained as a sweep, 3 members at a time (a chunk of 3, then 1)."""
+  """The 2 x 2 x 2 grid trained as a sweep over 8 devices, a member on each."""
   root = tmp_path_factory.mktemp('swept')
   monkeypatch = pytest.MonkeyPatch()
   made = _compiles(monkeypatch)
-  results = sweep.run_sweep(_members(files, root), chunk=3)
+  results = sweep.run_sweep(_members(files, root))
   monkeypatch.undo()
   return root, results, made
 
 
-def test_a_sweep_equals_its_runs_alone(files, tmp_path, swept):
+def test_a_sweep_over_devices_equals_its_runs_alone(files, tmp_path, swept):
   root, together, made = swept
-  assert [f._cache_size() for f in made] == [1, 1], 'a chunk compiled its step more than once'
+  assert jax.device_count() == 8
+  # (The automatic chunk's estimate lowers a step without running it.)
+  assert sum(f._cache_size() for f in made) == 1, 'the sweep compiled its step more than once'
   configs = _members(files, root)
   assert sorted(p.name for p in root.iterdir()) == sorted(Path(c.output_dir).name
                                                           for c in configs)
   for config, member in zip(configs, together, strict=True):
     out = tmp_path / Path(config.output_dir).name
-    alone = loop.run(dataclasses.replace(config, output_dir=str(out)))
+    alone = loop.run(dataclasses.replace(config, output_dir=str(out), parallel='none'))
     chex.assert_trees_all_close(member['final_params'], alone['final_params'], rtol=1e-5,
                                 atol=1e-6)
     from_sweep, from_alone = _run_files(Path(config.output_dir)), _run_files(out)
@@ -91,9 +96,9 @@ def test_a_sweep_equals_its_runs_alone(files, tmp_path, swept):
       assert line.keys() == expected.keys()
       np.testing.assert_allclose([line[k] for k in sorted(line) if k != 'type'],
                                  [expected[k] for k in sorted(line) if k != 'type'], rtol=1e-5)
-  # The learning rates took effect: members of one seed ended apart.
-  assert not np.allclose(together[0]['final_params']['classifier']['kernel'],
-                         together[2]['final_params']['classifier']['kernel'])
+  # The learning rates and thresholds took effect: members of one seed ended apart.
+  heads = [member['final_params']['classifier']['kernel'] for member in together]
+  assert not np.allclose(heads[0], heads[4]) and not np.allclose(heads[0], heads[2])
 
 
 def test_the_mask_file_reproduces_the_logged_kept_fraction(swept):
@@ -112,18 +117,19 @@ def test_the_mask_file_reproduces_the_logged_kept_fraction(swept):
 def test_the_report_reads_a_sweep(swept, tmp_path):
   root, _, _ = swept
   table = report.summarise(report.collect([root]))
-  assert sorted(table) == ['rose-ensemble (learning_rate=0.001)',
-                           'rose-ensemble (learning_rate=0.003)']
+  assert len(table) == 4 and all('learning_rate=0.00' in row and 'upper=0.' in row
+                                 for row in table)
   assert all(len(cell['sst2']['glue']) == 2 for cell in table.values())  # two seeds each
 
 
-def test_a_killed_sweep_resumes_to_the_same_runs(files, tmp_path, monkeypatch, swept):
+def test_a_killed_sweep_resumes_on_other_devices_to_the_same_runs(files, tmp_path, monkeypatch,
+                                                                  swept):
   whole_root, whole, _ = swept
   root = tmp_path / 'runs'
   configs = _members(files, root)
-  restore = kill_at_step(monkeypatch, 9, sweep_lib, 'make_sweep_step')  # in the first chunk
+  restore = kill_at_step(monkeypatch, 9, sweep_lib, 'make_sweep_step')
   with pytest.raises(Killed):
-    sweep.run_sweep(configs, chunk=3)
+    sweep.run_sweep(configs, chunk=8)
   restore()
   # Killed between two members' checkpoints: the third has lost its newest one.
   third = Path(configs[2].output_dir) / 'checkpoints'
@@ -131,28 +137,61 @@ def test_a_killed_sweep_resumes_to_the_same_runs(files, tmp_path, monkeypatch, s
   assert newest == 8
   shutil.rmtree(third / str(newest))
   with pytest.raises(ConfigError, match='--resume'):
-    sweep.run_sweep(configs, chunk=3)
+    sweep.run_sweep(configs)
 
-  resumed = sweep.run_sweep([dataclasses.replace(c, resume=True) for c in configs], chunk=3)
+  # Resumed on one device, 4 members at a time, where it trained 8 over 8 devices.
+  made = _compiles(monkeypatch)
+  resumed = sweep.run_sweep([dataclasses.replace(c, resume=True, parallel='none')
+                             for c in configs], chunk=4)
+  assert sum(f._cache_size() for f in made) == 1
   for config, member, expected in zip(configs, resumed, whole, strict=True):
-    chex.assert_trees_all_equal(member['final_params'], expected['final_params'])
+    chex.assert_trees_all_close(member['final_params'], expected['final_params'], rtol=1e-5,
+                                atol=1e-6)
     mine, theirs = _run_files(Path(config.output_dir)), _run_files(
         whole_root / Path(config.output_dir).name)
-    for name in ('metrics', 'predictions'):
-      assert mine[name] == theirs[name]
+    assert mine['predictions'] == theirs['predictions']
+    assert [line['step'] for line in mine['metrics'] if 'type' not in line] == \
+        [line['step'] for line in theirs['metrics'] if 'type' not in line]
     np.testing.assert_array_equal(mine['masks'][2], theirs['masks'][2])
   # Resuming a finished sweep skips it.
   before = snapshot(root)
-  again = sweep.run_sweep([dataclasses.replace(c, resume=True) for c in configs], chunk=3)
+  again = sweep.run_sweep([dataclasses.replace(c, resume=True) for c in configs])
   assert [r['glue_dev_accuracy'] for r in again] == [r['glue_dev_accuracy'] for r in resumed]
   assert snapshot(root) == before
 
 
+def test_a_padded_last_chunk_compiles_nothing_new_and_writes_no_filler(files, tmp_path,
+                                                                      monkeypatch, swept):
+  # Five members, 4 at a time on 2 member devices (4 devices each): the
+  # second chunk is one member and three copies of it.
+  whole_root, whole, _ = swept
+  root = tmp_path / 'runs'
+  configs = [dataclasses.replace(c, devices_per_member=4) for c in _members(files, root)[:5]]
+  made = _compiles(monkeypatch)
+  results = sweep.run_sweep(configs, chunk=3)  # rounded up to 4, a multiple of 2
+  assert sum(f._cache_size() for f in made) == 1, 'the padded chunk compiled its own step'
+  assert sorted(p.name for p in root.iterdir()) == sorted(Path(c.output_dir).name
+                                                          for c in configs)
+  assert len(results) == 5 and all(r['finished'] for r in results)
+  # Data parallel over 4 devices, the members draw other dropout than on one
+  # device: they are runs of their own, not copies of the grid's.
+  assert not np.allclose(results[4]['final_params']['classifier']['kernel'],
+                         whole[4]['final_params']['classifier']['kernel'])
+  # Each is its run alone with --parallel shard_map over 4 devices: the step
+  # of rose_jax.training.sweep checks that (tests/training/test_sweep.py).
+  saved = json.loads((Path(configs[4].output_dir) / 'results.json').read_text())
+  assert saved['config']['devices_per_member'] == 4
+  with pytest.raises(ConfigError, match='--devices-per-member: 4 when started, 2 now'):
+    sweep.run_sweep([dataclasses.replace(c, resume=True, devices_per_member=2)
+                     for c in configs])
+
+
 def test_the_automatic_chunk_follows_the_memory_estimate(files, tmp_path):
-  configs = [loop.preflight(c) for c in _members(files, tmp_path)]
+  configs = [loop.preflight(dataclasses.replace(c, parallel='none'))
+             for c in _members(files, tmp_path)]
   shared = loop.Shared(configs[0])
   swept = sweep.swept_names(configs)
-  assert swept == ('learning_rate', 'seed')
+  assert swept == ('learning_rate', 'seed', 'upper')
   tx = sweep.sweep_optimizer(configs[0], shared.method, shared.total_steps, ['learning_rate'])
   opt_state = jax.eval_shape(tx.init, shared.param_shapes)
   batch = {k: jax.ShapeDtypeStruct((8, 12), 'int32') for k in shared.data.train.tokens}
@@ -183,8 +222,12 @@ def test_the_automatic_chunk_follows_the_memory_estimate(files, tmp_path):
     (['--sweep', 'upper=high'], "'high' is not a number"),
     (['--sweep', 'upper=0.4,60'], '--upper must be a fraction'),
     (['--sweep', 'seed=1,2', '--seeds', '3'], 'Give the seeds once'),
-    (['--sweep', 'seed=1,2', '--parallel', 'pmap'], 'on one device'),
-    (['--sweep', 'seed=1,2', '--distributed'], 'runs on one host'),
+    (['--sweep', 'seed=1,2', '--parallel', 'pmap'], 'with shard_map: leave out --parallel pmap'),
+    (['--sweep', 'seed=1,2', '--parallel', 'none', '--devices-per-member', '2'],
+     '--devices-per-member 2 splits each member over several devices, but --parallel none'),
+    (['--sweep', 'seed=1,2', '--devices-per-member', '3'],
+     '--devices-per-member 3 does not divide the 8 devices; use a divisor of 8'),
+    (['--devices-per-member', '2'], '--devices-per-member sets how a sweep shares out'),
     (['--sweep', 'seed=1,2', '--sweep-chunk', '0'], '--sweep-chunk must be at least 1'),
     (['--sweep-chunk', '2'], '--sweep-chunk needs --sweep'),
     (['--method', 'vanilla', '--sweep', 'upper=0.3,0.5'],
