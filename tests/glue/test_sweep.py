@@ -164,7 +164,7 @@ def test_a_padded_last_chunk_compiles_nothing_new_and_writes_no_filler(files, tm
                                                                       monkeypatch, swept):
   # Five members, 4 at a time on 2 member devices (4 devices each): the
   # second chunk is one member and three copies of it.
-  whole_root, whole, _ = swept
+  _, whole, _ = swept
   root = tmp_path / 'runs'
   configs = [dataclasses.replace(c, devices_per_member=4) for c in _members(files, root)[:5]]
   made = _compiles(monkeypatch)
