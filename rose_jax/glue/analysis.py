@@ -293,17 +293,31 @@ def _read_lines(path: Path) -> tuple[dict, list[dict], list[dict]]:
           [x for x in lines if x.get('type') == 'epoch'])
 
 
+# The panels of a ROSE-Ensemble run that recorded the masks it mixed, as the
+# paper's figure shows them side by side.
+_ENSEMBLE_PANELS = (('first', 'ROSE-First mask'), ('second', 'ROSE-Second mask'),
+                    ('mask', 'ensemble (applied)'))
+
+
 def mask_map(run_dirs: list[str | Path], stem: str | Path) -> list[Path]:
   """Heat maps of what each ROSE run kept (one panel per run), from its
-  ``masks.bin``; FileNotFoundError names a run without one and how to record it."""
-  from rose_jax.glue.metrics_log import read_masks
+  ``masks.bin``; a ROSE-Ensemble run that recorded its first- and
+  second-order masks gets three panels: those two and the ensemble it
+  applied. FileNotFoundError names a run without masks and how to record them."""
+  from rose_jax.glue.metrics_log import mask_parts, read_masks
   panels = {}
   for run_dir in map(Path, run_dirs):
     results, _, _ = _read_lines(run_dir)
+    label = _label(run_dir, results['config'], panels)
     names, _, masks = read_masks(run_dir)
     if not len(masks):
       raise ValueError(f'{run_dir}/masks.bin holds no steps yet.')
-    panels[_label(run_dir, results['config'], panels)] = mask_rows(names, masks)
+    parts = mask_parts(run_dir)
+    if not {'first', 'second'} <= set(parts):
+      panels[label] = mask_rows(names, masks)
+      continue
+    for part, title in _ENSEMBLE_PANELS:
+      panels[f'{label}: {title}'] = mask_rows(names, read_masks(run_dir, part)[2])
   return plots.mask_maps(panels, Path(stem))
 
 

@@ -49,7 +49,7 @@ class Evaluator:
     return step_lib.replicate_on_mesh(params, self.mesh)
 
   def _gather(self, predictions: jax.Array) -> np.ndarray:
-    if jax.process_count() > 1:
+    if self.mesh is not None and jax.process_count() > 1:
       from jax.experimental import multihost_utils
       return np.asarray(multihost_utils.process_allgather(predictions, tiled=True))
     return np.asarray(predictions)

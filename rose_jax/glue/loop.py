@@ -49,6 +49,7 @@ from rose_jax.glue.trainers import (
   mask_names,
 )
 from rose_jax.training import step as step_lib
+from rose_jax.transform import ScaleByRoseState
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +81,6 @@ def train_group(configs: list[TrainConfig], shared: Shared, swept: tuple[str, ..
   # A sweep's states live on the host between steps: every process holds
   # every member's, as its checkpoints are written and restored.
   own = (lambda tree: tree) if alone else jax.device_get
-  extra_metrics = ensemble_masks(first, shared.total_steps) if (
-      first.record_masks and method.rose_variant == 'ensemble') else None
   # One process writes the run's files; every process computes.
   is_main = jax.process_index() == 0
   with contextlib.ExitStack() as stack:
@@ -124,6 +123,11 @@ def train_group(configs: list[TrainConfig], shared: Shared, swept: tuple[str, ..
     if restored is not None:
       log.info('Resuming at epoch %d, batch %d (step %d).', completed + 1,
                records[0].state.batch, global_step)
+    # ROSE-Ensemble's two masks, from rose_jax.rose's state (another
+    # optimizer, such as rose_jax.selective, records the applied mask alone).
+    extra_metrics = ensemble_masks(first, shared.total_steps) if (
+        first.record_masks and method.rose_variant == 'ensemble' and isinstance(
+            step_lib.find_rose_state(records[0].state.opt_state), ScaleByRoseState)) else None
     trainer = make_trainer(optimizers, apply_fn, method, [
         (r.config, r.state.params, r.state.opt_state) for r in records], data.train.pad_id,
         layout, extra_metrics)

@@ -118,11 +118,22 @@ def test_disagreement_is_zero_without_dropout_and_plotted_over_training(runs, tm
     analysis.disagreement_over_steps([runs['vanilla']], tmp_path / 'none')
 
 
-def test_mask_maps_and_curves_are_drawn(runs, tmp_path):
+def test_mask_maps_and_curves_are_drawn(runs, tmp_path, monkeypatch):
+  drawn = []
+  real = plots.mask_maps
+  monkeypatch.setattr(plots, 'mask_maps', lambda panels, stem: drawn.append(panels) or
+                      real(panels, stem))
   assert analyze.main(['masks', str(runs['a']), str(runs['b']), '--output-dir',
                        str(tmp_path)]) == 0
   _figure(tmp_path / 'masks')
+  # Each ensemble run: its first- and second-order masks and the one it applied.
+  assert [label.split(': ')[1] for label in drawn[0]] == [
+      'ROSE-First mask', 'ROSE-Second mask', 'ensemble (applied)'] * 2
   names, steps, masks = read_masks(runs['a'])
+  first, second = read_masks(runs['a'], 'first')[2], read_masks(runs['a'], 'second')[2]
+  gamma = json.loads((runs['a'] / 'results.json').read_text())['config']['gamma']
+  np.testing.assert_allclose(gamma * first + (1 - gamma) * second, masks, atol=1e-6)
+  assert not np.array_equal(first, second)
   rows, _, values = analysis.mask_rows(names, masks)
   assert 'L0 query' in rows and values.shape == (len(rows), len(steps))
   # The mask file reproduces the kept fraction that metrics.jsonl logs (every 2 steps).

@@ -1,6 +1,7 @@
 """The fine-tuning command across two processes (4 CPU devices each, gloo
-collectives, jax.distributed started by --distributed): killed mid-epoch and
-resumed, it ends where one process of 8 devices ends uninterrupted."""
+collectives, jax.distributed started by --distributed): a run and a sweep,
+killed mid-epoch and resumed, end where one process of 8 devices ends
+uninterrupted."""
 
 import json
 import subprocess
@@ -10,9 +11,11 @@ from pathlib import Path
 import chex
 import numpy as np
 
-from rose_jax.glue import loop
+from rose_jax.glue import loop, sweep
+from rose_jax.glue.metrics_log import read_masks
 from tests import helpers
 from tests.helpers import free_port
+from tests.helpers.runs import read_run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -62,3 +65,40 @@ def test_killed_two_process_run_resumes_to_the_one_process_result(tmp_path):
   chex.assert_trees_all_close(load_file(run_dir / 'best_model' / 'model.safetensors'),
                               load_file(tmp_path / 'one' / 'best_model' / 'model.safetensors'),
                               rtol=1e-4, atol=1e-6)
+
+
+def test_killed_two_process_sweep_resumes_to_the_one_process_sweep(tmp_path):
+  model = helpers.tiny_checkpoint(tmp_path / 'model')
+  data = helpers.write_sst2(tmp_path / 'data')
+  settings = dict(task='sst2', method='rose-ensemble', model=str(model), epochs=2,
+                  batch_size=16, max_length=12, log_every=1, save_every=2,
+                  devices_per_member=2, **data)
+  grid = ['learning_rate=1e-3,3e-3', 'seed=1,2']
+  args = ['--no-progress', '--output-root', str(tmp_path / 'two'), '--sweep', *grid,
+          '--sweep-chunk', '4']
+  for name, value in settings.items():
+    args += [f'--{name.replace("_", "-")}', str(value)]
+
+  # Four members, each over 2 of the 8 devices, the member axis across both
+  # processes; 3 steps an epoch, checkpoints at steps 2, 3 and 4; killed at 5.
+  killed = _launch(args, kill_at=5)
+  assert all(code == 137 for code, _ in killed), '\n'.join(log for _, log in killed)
+  resumed = _launch([*args, '--resume'])
+  assert all(code == 0 for code, _ in resumed), '\n'.join(log for _, log in resumed)
+
+  configs = sweep.member_configs(loop.TrainConfig(**settings, progress=False),
+                                 sweep.parse_grid(grid), tmp_path / 'one')
+  whole = sweep.run_sweep(configs, chunk=4)
+  for config, expected in zip(configs, whole, strict=True):
+    two, one = tmp_path / 'two' / Path(config.output_dir).name, Path(config.output_dir)
+    mine, theirs = read_run(two), read_run(one)
+    assert mine['predictions'] == theirs['predictions']
+    for key in ('glue_dev_accuracy', 'adv_dev_accuracy', 'best_epoch', 'finished'):
+      assert mine['results'][key] == theirs['results'][key] == expected[key]
+    steps = [line['step'] for line in mine['metrics'] if 'type' not in line]
+    assert steps == list(range(1, 7))  # each step logged once despite the kill
+    np.testing.assert_allclose([line['loss'] for line in mine['metrics'] if 'type' not in line],
+                               [line['loss'] for line in theirs['metrics']
+                                if 'type' not in line], rtol=1e-5)
+    for part in ('mask', 'first', 'second'):
+      np.testing.assert_array_equal(read_masks(two, part)[2], read_masks(one, part)[2])

@@ -110,8 +110,11 @@ def test_the_mask_file_reproduces_the_logged_kept_fraction(swept):
     for line in (x for x in logged if 'type' not in x):
       window = masks[(steps > line['step'] - 2) & (steps <= line['step'])]
       np.testing.assert_allclose(window.mean(), line['kept_fraction'], rtol=1e-6)
-    # The ensemble at gamma 0.5 and tensor granularity: 0, 1/2 or 1 per tensor.
+    # The ensemble at gamma 0.5 and tensor granularity: 0, 1/2 or 1 per tensor,
+    # the mean of the two masks it mixed, each ranked at the member's own upper.
     assert set(np.unique(masks)) <= {0.0, 0.5, 1.0} and masks.min() < 1
+    first, second = read_masks(run, 'first')[2], read_masks(run, 'second')[2]
+    np.testing.assert_array_equal((first + second) / 2, masks)
 
 
 def test_the_report_reads_a_sweep(swept, tmp_path):
