@@ -5,6 +5,9 @@
   python benchmarks/step_benchmark.py --config base --torch  # adds the authors' recipe in PyTorch
   python benchmarks/step_benchmark.py --config base --profile rose-ensemble  # where time goes
 
+With several devices (on a CPU: ``XLA_FLAGS=--xla_force_host_platform_device_count=8``)
+the sweep table adds the members sharded over all of them.
+
 Prints Markdown tables and writes a JSON file with the machine, the JAX
 version and the device kind. Step time is the median over repeated steps
 after compilation (``block_until_ready``); memory is XLA's compiled estimate
@@ -273,9 +276,31 @@ def bench_state(name: str) -> list[dict]:
   return rows
 
 
+def _sharded_sweep(apply_fn, tx, method, params, states, batch, keys, steps: int,
+                   warmup: int) -> dict:
+  """The sweep step with its members sharded over all devices (padded to fill
+  them), timed, and XLA's memory estimate of one device's program."""
+  mesh = sweep.sweep_mesh()
+  width = sweep.padded_count(len(states), mesh)
+  fill = lambda xs: [*xs, *[xs[-1]] * (width - len(xs))]
+  placed = (sweep.shard_members(sweep.stack(fill([params] * len(states))), mesh),
+            sweep.shard_members(sweep.stack(fill(states)), mesh),
+            sweep.shard_members(sweep.stack(fill([batch] * len(states))), mesh, batch=True),
+            sweep.shard_members(jnp.stack(fill(list(keys))), mesh))
+  step = sweep.make_sweep_step(apply_fn, tx, method, donate=False, mesh=mesh)
+  times, _ = time_calls(lambda: step(*placed)[2], steps, warmup)
+  median = statistics.median(times)
+  return {'mode': f'sharded sweep, {jax.device_count()} devices', 'members': len(states),
+          'padded_to': width, 'median_s': median, 'config_steps_per_s': len(states) / median,
+          'device_mb': memory.compiled_bytes(step.lower(*placed).compile()) / 2**20}
+
+
 def bench_sweep(name: str, members: int, steps: int, warmup: int) -> list[dict]:
-  """ROSE-Ensemble for ``members`` settings: one vmapped sweep step against the
-  members' steps run one after another, in configurations x steps per second."""
+  """ROSE-Ensemble for ``members`` settings: one vmapped sweep step on one
+  device and, with several devices, one with the members sharded over all
+  of them, against the members' steps run one after another on one device,
+  in configurations x steps per second, with XLA's memory estimate of one
+  device's program (``device_mb``)."""
   apply_fn, params, batch = model_and_batch(name)
   method = methods.get_method('rose-ensemble')
   tx = optax.inject_hyperparams(sweep.with_peak_learning_rate(rose_jax.rose),
@@ -297,7 +322,14 @@ def bench_sweep(name: str, members: int, steps: int, warmup: int) -> list[dict]:
     median = statistics.median(times)
     rows.append({'mode': label, 'members': members, 'median_s': median,
                  'config_steps_per_s': members / median})
-  rows[1]['speedup'] = rows[0]['median_s'] / rows[1]['median_s']
+  rows[0]['device_mb'] = memory.compiled_bytes(
+      one.lower(params, states[0], batch, keys[0]).compile()) / 2**20
+  rows[1]['device_mb'] = memory.compiled_bytes(many.lower(*stacked).compile()) / 2**20
+  if jax.device_count() > 1:
+    rows.append(_sharded_sweep(apply_fn, tx, method, params, states, batch, keys, steps,
+                               warmup))
+  for row in rows[1:]:
+    row['speedup'] = rows[0]['median_s'] / row['median_s']
   # XLA's memory estimate: what each member adds, hence the chunk that fits.
   estimate = sweep.member_memory(apply_fn, tx, method, params, states[0], batch)
   if estimate is not None:
@@ -426,10 +458,11 @@ def main(argv=None) -> int:
   if args.sweep:
     result['sweep'] = bench_sweep(args.config, args.sweep, args.steps, args.warmup)
     print('\n' + markdown(result['sweep'], [
-        ('mode', f'ROSE-Ensemble, {args.sweep} settings', 's'),
+        ('mode', f'ROSE-Ensemble, {args.sweep} settings', 's'), ('padded_to', 'padded to', 'd'),
         ('median_s', 'time per step of all (s)', '.3f'),
         ('config_steps_per_s', 'configurations x steps / s', '.2f'),
-        ('speedup', 'x sequential', '.2f'), ('fixed_mb', 'step memory (MB)', '.1f'),
+        ('speedup', 'x sequential', '.2f'), ('device_mb', 'memory per device (MB)', '.1f'),
+        ('fixed_mb', 'step memory (MB)', '.1f'),
         ('per_member_mb', '+ per member (MB)', '.1f'),
         ('fits', 'members in 80% of free memory', 'd')]))
   if not args.skip_masks:

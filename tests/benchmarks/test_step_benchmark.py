@@ -41,6 +41,11 @@ def test_benchmark_runs_one_step_of_everything(tmp_path, capsys):
   assert modes['vmapped sweep']['per_member_mb'] > 0 and modes['vmapped sweep']['fits'] >= 1
   assert modes['vmapped sweep']['config_steps_per_s'] == pytest.approx(
       2 / modes['vmapped sweep']['median_s'])
+  # The test session's 8 devices: two members padded to one per device.
+  sharded = modes['sharded sweep, 8 devices']
+  assert sharded['padded_to'] == 8 and sharded['speedup'] > 0
+  # One device holds one member's program, less than the two-member vmapped one.
+  assert 0 < sharded['device_mb'] < modes['vmapped sweep']['device_mb']
   state = {r['granularity']: r for r in result['state']}
   assert state['element']['state_mb'] == state['tensor']['state_mb'] > 0
   assert state['element']['element_mask_mb'] > 0
