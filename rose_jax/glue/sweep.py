@@ -1,13 +1,17 @@
-"""A grid of fine-tuning runs trained as one vmapped program.
+"""A grid of fine-tuning runs trained as one vmapped program, over every device.
 
 ``finetune.py --sweep learning_rate=1e-5,2e-5 upper=0.4,0.6 seed=1,2,3``
 trains the product of the values (12 runs here). The runs share one
 compiled train step (:func:`rose_jax.training.sweep.make_sweep_step`), one
-tokenised data set and one model load; the optimizer's numbers enter as
-traced hyperparameters (:func:`rose_jax.glue.optimizers.sweep_optimizer`),
-so no member compiles its own step. Chunks of ``--sweep-chunk`` members
-train at a time; by default as many as XLA's memory estimate of the step
-fits into 80% of the free device memory.
+tokenised data set and one read of the checkpoint; the optimizer's numbers
+enter as traced hyperparameters
+(:func:`rose_jax.glue.optimizers.sweep_optimizer`), so no member compiles
+its own step. The members are sharded over all devices of all processes
+(``--parallel none``: one device), ``--devices-per-member`` to each
+(members x data). Chunks of ``--sweep-chunk`` members train at a time; by
+default as many a device as XLA's memory estimate of the step fits into 80%
+of its free memory, and a short last chunk is filled up with copies whose
+results are dropped (:func:`sweep_layout`).
 
 Each member writes the run directory that the same run alone would write
 (``results.json``, ``metrics.jsonl``, predictions, ``best_model/`` and

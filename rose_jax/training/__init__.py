@@ -8,6 +8,7 @@ from rose_jax._src.segments import example_ids, first_token_mask, segment_starts
 from rose_jax.training.gradients import Gradients, compute_gradients, metric_names
 from rose_jax.training.methods import METHOD_NAMES, Method, get_method
 from rose_jax.training.step import (
+    ExtraMetrics,
     NoDropoutWarning,
     data_mesh,
     find_rose_state,
@@ -26,6 +27,7 @@ __all__ = [
     'Batch',
     'EmbeddingPerturbation',
     'EmbeddingShape',
+    'ExtraMetrics',
     'Gradients',
     'Method',
     'NoDropoutWarning',

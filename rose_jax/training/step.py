@@ -50,6 +50,8 @@ from rose_jax.transform import ScaleByRoseState
 Parallel = Literal['none', 'pmap', 'shard_map']
 Step = Callable[[Any, Any, Batch, jax.Array], tuple[Any, Any, dict]]
 ExtraMetrics = Callable[[Any, Any, Gradients], Mapping[str, Any]]
+"""``extra_metrics(params, opt_state, grads) -> {name: value}``: what a step
+reports beside its metrics (see :func:`make_train_step`)."""
 
 
 class NoDropoutWarning(UserWarning):

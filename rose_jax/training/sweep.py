@@ -1,7 +1,7 @@
 """Many hyperparameter settings and seeds as one vmapped train step.
 
 The paper's stated limitation is its grid search (10 learning rates x 9
-thresholds x 5 seeds). In JAX the train step can be ``vmap``ped over a
+thresholds x 5 seeds). In JAX the train step can be vmapped (``jax.vmap``) over a
 leading *member* axis: K members share one compiled program, and small models
 fill an accelerator far better than one run does.
 
@@ -172,7 +172,7 @@ def make_sweep_step(apply: ApplyFn, tx: optax.GradientTransformation, method: Me
                     extra_metrics: ExtraMetrics | None = None):
   """``step(params, opt_state, batch, key) -> (params, opt_state, metrics)``,
   each with a leading member axis: the train step of
-  :func:`rose_jax.training.step.make_train_step` vmapped over members,
+  :func:`rose_jax.training.make_train_step` vmapped over members,
   compiled once for all of them.
 
   Args:
