@@ -242,3 +242,29 @@ def test_a_sweep_refuses_what_cannot_vary(files, tmp_path, capsys, options, mess
   args = [a for a in cli_args(files, tmp_path / 'runs', parallel=None) if a]
   fails(finetune.main, [*args, *options], capsys, message)
   assert not (tmp_path / 'runs').exists()
+
+
+def test_a_resume_groups_members_by_progress_and_refuses_chunks_without_a_common_step(
+    files, tmp_path):
+  # Six members as a killed sweep leaves them: two finished, two with
+  # checkpoints, two not started. No training: only the chunking is asked.
+  configs = [dataclasses.replace(c, resume=True)
+             for c in _members(files, tmp_path)[:6]]
+  steps = [None, None, (4, 8), (8,), (), ()]
+  for config, kept in zip(configs, steps, strict=True):
+    out = Path(config.output_dir)
+    (out / 'checkpoints').mkdir(parents=True)
+    (out / 'results.json').write_text(json.dumps({'finished': kept is None}))
+    for step in kept or ():
+      (out / 'checkpoints' / str(step)).mkdir()
+  (Path(configs[4].output_dir) / 'checkpoints' / '8.orbax-checkpoint-tmp-1').mkdir()
+  assert sweep._chunks(configs, 2) == [[2, 3], [4, 5]]
+  assert sweep._chunks(configs, 4) == [[2, 3], [4, 5]]
+  assert sweep._chunks([dataclasses.replace(c, resume=False) for c in configs], 4) == [
+      [0, 1, 2, 3], [4, 5]]
+  # Trained in other chunks: the two started members share no step.
+  shutil.rmtree(Path(configs[3].output_dir) / 'checkpoints' / '8')
+  (Path(configs[3].output_dir) / 'checkpoints' / '12').mkdir()
+  with pytest.raises(ConfigError, match=r'share no checkpoint step \(.*seed1 \[4, 8\], .*'
+                                        r'\[12\]\).*another --sweep-chunk or device count'):
+    sweep._chunks(configs, 2)
