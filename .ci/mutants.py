@@ -19,6 +19,34 @@ ROOT = Path(__file__).resolve().parents[1]
 # (name, file, original text, mutated text, pytest arguments)
 MUTANTS = [
   (
+    'sweep member trains on the whole batch, not its data shard',
+    'rose_jax/training/sweep.py',
+    'P(MEMBERS, DATA) if data_parallel else members,',
+    'members,',
+    'tests/training/test_sweep.py -k sharded',
+  ),
+  (
+    "ensemble masks recorded at the run's settings, not the member's",
+    'rose_jax/glue/trainers.py',
+    '**{k: swept.get(k, v) for k, v in settings.items()})',
+    '**settings)',
+    'tests/glue/test_sweep.py -k mask_file',
+  ),
+  (
+    'rose_masks ignores the clipping',
+    'rose_jax/transform.py',
+    "variant='ensemble', max_grad_norm=max_grad_norm)",
+    "variant='ensemble', max_grad_norm=None)",
+    'tests/test_transform.py -k rose_masks',
+  ),
+  (
+    'a resumed sweep mixes started and fresh members',
+    'rose_jax/glue/sweep.py',
+    'for group in (started, fresh)',
+    'for group in (started + fresh,)',
+    'tests/glue/test_sweep.py -k groups',
+  ),
+  (
     'non-finite extra gradients not skipped',
     'rose_jax/_src/rule.py',
     'ok = jnp.all(jnp.asarray(finite))',
