@@ -42,8 +42,9 @@ def is_authors_ranked(name: str) -> bool:
 
 
 def is_decayed(name: str) -> bool:
-  """The Hugging Face/authors' decay rule: no decay on biases and LayerNorm."""
-  return not (name.endswith('bias') or 'LayerNorm' in name or 'layer_norm' in name)
+  """The Hugging Face/authors' decay rule: no decay on biases and norms
+  (BERT's ``LayerNorm``, ModernBERT's ``attn_norm``, ``final_norm``...)."""
+  return not (name.endswith('bias') or 'norm' in name.lower())
 
 
 def authors_selectable(params):

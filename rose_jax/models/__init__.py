@@ -1,4 +1,4 @@
-"""The Flax RoBERTa/BERT encoder and its Hugging Face checkpoint loading."""
+"""Our Flax models (RoBERTa/BERT, ModernBERT) and their Hugging Face checkpoint loading."""
 
 from rose_jax._src import versions
 
@@ -11,6 +11,7 @@ from rose_jax.models.apply import ModuleApply, as_apply_fn, call_encoder
 from rose_jax.models.config import EncoderConfig
 from rose_jax.models.encoder import EncoderForSequenceClassification
 from rose_jax.models.loading import (
+    FAMILIES,
     CheckpointError,
     Pretrained,
     check_tokenizer,
@@ -20,14 +21,18 @@ from rose_jax.models.loading import (
     resolve_checkpoint,
     save_pretrained,
 )
+from rose_jax.models.modernbert import ModernBertConfig, ModernBertForSequenceClassification
 
 __all__ = [
+    'FAMILIES',
     'CheckpointError',
     'EmbeddingPerturbation',
     'EncoderConfig',
     'EncoderForSequenceClassification',
     'check_tokenizer',
     'load_pretrained',
+    'ModernBertConfig',
+    'ModernBertForSequenceClassification',
     'ModuleApply',
     'Pretrained',
     'as_apply_fn',

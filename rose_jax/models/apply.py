@@ -19,6 +19,10 @@ from flax import nnx
 
 from rose_jax._src.apply_fn import Batch, EmbeddingPerturbation
 from rose_jax.models.encoder import EncoderForSequenceClassification
+from rose_jax.models.modernbert import ModernBertForSequenceClassification
+
+# Our classification models, which call_encoder calls.
+OUR_MODELS = (EncoderForSequenceClassification, ModernBertForSequenceClassification)
 
 # call(module, batch, *, rngs, perturbation) -> logits
 Call = Callable[..., jax.Array]
@@ -27,7 +31,8 @@ INPUT_KEYS = ('input_ids', 'attention_mask', 'token_type_ids')
 
 def call_encoder(module, batch: Batch, *, rngs: nnx.Rngs | None,
                  perturbation: EmbeddingPerturbation | None) -> jax.Array:
-  """How :class:`rose_jax.models.EncoderForSequenceClassification` is called:
+  """How our models (:class:`rose_jax.models.EncoderForSequenceClassification`,
+  :class:`rose_jax.models.ModernBertForSequenceClassification`) are called:
   ``input_ids``, ``attention_mask`` and ``token_type_ids`` from the batch
   (the last two optional). A packed batch has ``segment_ids`` instead of
   ``attention_mask``, and its ``labels`` say how many examples it holds."""
@@ -107,17 +112,17 @@ def as_apply_fn(model: nnx.Module, *, call: Call | None = None,
       our encoder's (:func:`call_encoder`).
     embedding_width: for SMART and FreeLB, the width of the embeddings the
       module adds ``perturbation`` to; by default ``model.config.hidden_size``
-      for our encoder, None otherwise.
+      for our models, None otherwise.
 
   Returns:
     The apply function (:class:`ModuleApply`) and the parameters.
   """
   if call is None:
-    if not isinstance(model, EncoderForSequenceClassification):
+    if not isinstance(model, OUR_MODELS):
       raise TypeError(
           f'as_apply_fn needs call=, how to call a {type(model).__name__} on a batch: '
-          'call(module, batch, *, rngs, perturbation) -> logits; only '
-          'EncoderForSequenceClassification has a default.')
+          'call(module, batch, *, rngs, perturbation) -> logits; only our models '
+          f'({", ".join(m.__name__ for m in OUR_MODELS)}) have a default.')
     call = call_encoder
     if embedding_width is None:
       embedding_width = model.config.hidden_size

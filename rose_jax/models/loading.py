@@ -1,4 +1,5 @@
-"""Loading Hugging Face RoBERTa/BERT checkpoints into the Flax encoder.
+"""Loading Hugging Face checkpoints (RoBERTa, BERT, ModernBERT) into our
+Flax models, and saving them back in the same layout.
 
 A checkpoint is a directory, or a hub name resolved to one, holding
 ``config.json`` and ``model.safetensors`` (or a sharded
@@ -22,6 +23,7 @@ from flax import nnx
 from rose_jax._src import atomic
 from rose_jax.models.config import EncoderConfig
 from rose_jax.models.encoder import EncoderForSequenceClassification
+from rose_jax.models.modernbert import ModernBertConfig, ModernBertForSequenceClassification
 from rose_jax.selection import hf_name
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,44 @@ _HUB_FILES = ['config.json', '*.safetensors', 'model.safetensors.index.json', '*
 
 class CheckpointError(ValueError):
   """A checkpoint that cannot be loaded, with what to do about it."""
+
+
+Config = EncoderConfig | ModernBertConfig
+Model = EncoderForSequenceClassification | ModernBertForSequenceClassification
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """How a model family's checkpoints map onto our module.
+
+  Attributes:
+    config: its configuration class (``from_hf``).
+    model: its module class.
+    prefix: the base model's tensor prefix (``roberta``, ``model``).
+    head: prefixes of the tensors a new classification model initialises
+      when the checkpoint lacks them.
+    labels_tensor: the tensor whose length is the head's number of labels.
+    architecture: the transformers class that ``save_pretrained``'s files load as.
+  """
+  config: type
+  model: type
+  prefix: str
+  head: tuple[str, ...]
+  labels_tensor: str
+  architecture: str
+
+
+FAMILIES = {
+    'roberta': Family(EncoderConfig, EncoderForSequenceClassification, 'roberta',
+                      ('classifier.',), 'classifier.out_proj.bias',
+                      'RobertaForSequenceClassification'),
+    'bert': Family(EncoderConfig, EncoderForSequenceClassification, 'bert',
+                   ('classifier.', 'bert.pooler.'), 'classifier.bias',
+                   'BertForSequenceClassification'),
+    'modernbert': Family(ModernBertConfig, ModernBertForSequenceClassification, 'model',
+                         ('classifier.', 'head.'), 'classifier.bias',
+                         'ModernBertForSequenceClassification'),
+}
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
@@ -63,17 +103,18 @@ def looks_like_a_path(name: str) -> bool:
           in name))
 
 
-def read_config(directory: Path, **overrides) -> EncoderConfig:
-  """An :class:`EncoderConfig` from ``directory/config.json``."""
+def read_config(directory: Path, **overrides) -> Config:
+  """The model's configuration (its family's class) from ``directory/config.json``."""
   file = directory / 'config.json'
   if not file.exists():
     raise CheckpointError(f'{directory} has no config.json.')
   raw = json.loads(file.read_text())
-  if raw.get('model_type') not in ('roberta', 'bert'):
+  family = FAMILIES.get(raw.get('model_type'))
+  if family is None:
     raise CheckpointError(
-        f'Unknown model type {raw.get("model_type")!r} in {file}: rose_jax loads '
-        'RoBERTa and BERT checkpoints.')
-  return EncoderConfig.from_hf(raw, **overrides)
+        f'{file} is a {raw.get("model_type")!r} checkpoint (its "model_type"); rose_jax '
+        f'loads the families {", ".join(FAMILIES)}.')
+  return family.config.from_hf(raw, **overrides)
 
 
 def read_state_dict(directory: Path) -> dict[str, np.ndarray]:
@@ -106,21 +147,25 @@ def read_state_dict(directory: Path) -> dict[str, np.ndarray]:
 _LEGACY_NAMES = {'.gamma': '.weight', '.beta': '.bias'}
 
 
-def _normalise_names(state: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+# Heads of other tasks (masked language modelling) that a checkpoint may hold.
+_OTHER_HEADS = ('lm_head.', 'cls.', 'decoder.')
+
+
+def _normalise_names(state: dict[str, np.ndarray], family: Family) -> dict[str, np.ndarray]:
   """Adds the base-model prefix where missing and renames old LayerNorm keys."""
   out = {}
   for name, value in state.items():
     for old, new in _LEGACY_NAMES.items():
       if name.endswith(old):
         name = name[: -len(old)] + new
-    if not name.startswith((prefix + '.', 'classifier.', 'lm_head.', 'cls.')):
-      name = f'{prefix}.{name}'
+    if not name.startswith((family.prefix + '.', *family.head, *_OTHER_HEADS)):
+      name = f'{family.prefix}.{name}'
     out[name] = np.asarray(value, np.float32)
   return out
 
 
-def _num_labels_in(state: dict[str, np.ndarray], model_type: str) -> int | None:
-  key = 'classifier.out_proj.bias' if model_type == 'roberta' else 'classifier.bias'
+def _num_labels_in(state: dict[str, np.ndarray], family: Family) -> int | None:
+  key = family.labels_tensor
   return None if key not in state else int(state[key].shape[0])
 
 
@@ -134,10 +179,10 @@ class Pretrained:
     state: the checkpoint's tensors by Hugging Face name (float32 NumPy),
       without a head that is to be initialised anew.
   """
-  config: EncoderConfig
+  config: Config
   state: dict[str, np.ndarray]
 
-  def model(self, *, dtype=jnp.float32, seed: int = 0) -> EncoderForSequenceClassification:
+  def model(self, *, dtype=jnp.float32, seed: int = 0) -> Model:
     """A model with these weights; the tensors the checkpoint lacks (the
     classification head, a BERT pooler) newly initialised from ``seed``.
 
@@ -145,7 +190,8 @@ class Pretrained:
       dtype: computation dtype; parameters are float32.
       seed: seed for newly initialised tensors.
     """
-    model = EncoderForSequenceClassification(self.config, rngs=nnx.Rngs(seed), dtype=dtype)
+    family = FAMILIES[self.config.model_type]
+    model = family.model(self.config, rngs=nnx.Rngs(seed), dtype=dtype)
     assign_weights(model, self.state)
     return model
 
@@ -171,8 +217,9 @@ def read_pretrained(
   """
   directory = resolve_checkpoint(name_or_path)
   config = read_config(directory).with_dropout(hidden_dropout, attention_dropout)
-  state = _normalise_names(read_state_dict(directory), config.model_type)
-  head_labels = _num_labels_in(state, config.model_type)
+  family = FAMILIES[config.model_type]
+  state = _normalise_names(read_state_dict(directory), family)
+  head_labels = _num_labels_in(state, family)
   if num_labels is None:
     num_labels = head_labels or config.num_labels
   if head_labels is not None and head_labels != num_labels:
@@ -182,7 +229,7 @@ def read_pretrained(
           f'head, which has {head_labels} labels; pass num_labels={head_labels}, or '
           'ignore_mismatched_head=True to start a new head.')
     state = {k: v for k, v in state.items() if not k.startswith('classifier.')}
-  return Pretrained(EncoderConfig.from_hf({**config.__dict__, 'num_labels': num_labels}), state)
+  return Pretrained(dataclasses.replace(config, num_labels=num_labels), state)
 
 
 def load_pretrained(
@@ -194,8 +241,11 @@ def load_pretrained(
     dtype=jnp.float32,
     seed: int = 0,
     ignore_mismatched_head: bool = False,
-) -> EncoderForSequenceClassification:
-  """A Flax encoder with a checkpoint's weights.
+) -> Model:
+  """A Flax model with a checkpoint's weights: an
+  :class:`EncoderForSequenceClassification` for RoBERTa and BERT, a
+  :class:`~rose_jax.models.ModernBertForSequenceClassification` for
+  ModernBERT (``config.json``'s ``model_type`` decides).
 
   The classification head is newly initialised when the checkpoint has none
   (as ``transformers`` does); the pooler of a BERT checkpoint without one
@@ -218,8 +268,7 @@ def load_pretrained(
       ignore_mismatched_head=ignore_mismatched_head).model(dtype=dtype, seed=seed)
 
 
-def assign_weights(model: EncoderForSequenceClassification,
-                   state: dict[str, np.ndarray]) -> None:
+def assign_weights(model: Model, state: dict[str, np.ndarray]) -> None:
   """Copies Hugging Face tensors into ``model`` in place, checking shapes."""
   params = nnx.state(model, nnx.Param)
   pure = nnx.to_pure_dict(params)
@@ -228,7 +277,7 @@ def assign_weights(model: EncoderForSequenceClassification,
   def assign(path, current):
     name, leaf = hf_name(path), str(getattr(path[-1], 'key', path[-1]))
     if name not in state:
-      if name.startswith(('classifier.', f'{model.config.model_type}.pooler.')):
+      if name.startswith(FAMILIES[model.config.model_type].head):
         fresh.append(name)
         return current
       missing.append(name)
@@ -250,7 +299,7 @@ def assign_weights(model: EncoderForSequenceClassification,
   nnx.update(model, params)
 
 
-def load_tokenizer(name_or_path: str | os.PathLike, config: EncoderConfig | None = None):
+def load_tokenizer(name_or_path: str | os.PathLike, config: Config | None = None):
   """The checkpoint's tokenizer, checked against the model's vocabulary."""
   from transformers import AutoTokenizer
   directory = resolve_checkpoint(name_or_path)
@@ -272,7 +321,7 @@ _VOCABULARY_FILES = ('tokenizer.json', 'vocab.txt', 'vocab.json', '*.model')
 MIN_VOCABULARY_COVERAGE = 0.9
 
 
-def check_tokenizer(tokenizer, config: EncoderConfig) -> None:
+def check_tokenizer(tokenizer, config: Config) -> None:
   """Raises CheckpointError if the tokenizer cannot feed this model."""
   if len(tokenizer) < MIN_VOCABULARY_COVERAGE * config.vocab_size:
     raise CheckpointError(
@@ -290,7 +339,7 @@ def check_tokenizer(tokenizer, config: EncoderConfig) -> None:
         f'{config.pad_token_id}: load the tokenizer from the model\'s checkpoint.')
 
 
-def save_pretrained(model: EncoderForSequenceClassification, directory: str | os.PathLike) -> Path:
+def save_pretrained(model: Model, directory: str | os.PathLike) -> Path:
   """Writes ``config.json`` and ``model.safetensors`` in the Hugging Face layout.
 
   The result loads with :func:`load_pretrained` and with ``transformers``'
@@ -307,9 +356,9 @@ def save_pretrained(model: EncoderForSequenceClassification, directory: str | os
     leaf = str(getattr(path[-1], 'key', path[-1]))
     array = np.asarray(value, np.float32)
     tensors[hf_name(path)] = np.ascontiguousarray(array.T if leaf == 'kernel' else array)
-  architecture = ('RobertaForSequenceClassification' if config.model_type == 'roberta'
-                  else 'BertForSequenceClassification')
-  hf_config = {**dataclasses.asdict(config), 'architectures': [architecture],
+  fields = config.to_hf() if hasattr(config, 'to_hf') else dataclasses.asdict(config)
+  architecture = FAMILIES[config.model_type].architecture
+  hf_config = {**fields, 'architectures': [architecture],
                'id2label': {str(i): f'LABEL_{i}' for i in range(config.num_labels)},
                'label2id': {f'LABEL_{i}': i for i in range(config.num_labels)}}
   atomic.write_bytes(directory / 'config.json', json.dumps(hf_config, indent=2).encode())
