@@ -387,7 +387,7 @@ def test_pmap_with_different_gradients_per_device_updates_on_their_mean():
   assert not all(jax.tree.leaves(jax.tree.map(np.allclose, one_device, expected)))
 
 
-@hypothesis.settings(max_examples=12, deadline=None)
+@hypothesis.settings(max_examples=6, deadline=None)
 @hypothesis.given(st.integers(0, 2**16), st.sampled_from(['tensor', 'element']),
                   st.sampled_from([None, 0.5]), st.booleans())
 def test_rose_masks_are_the_masks_each_variant_steps_with(seed, granularity, max_grad_norm,

@@ -63,6 +63,11 @@ class ModernBertConfig:
   classifier_activation: str = 'gelu'
   classifier_pooling: str = 'cls'
   pad_token_id: int = 50283
+  # The tokenizer's special tokens, kept for the config.json we write.
+  bos_token_id: int | None = None
+  eos_token_id: int | None = None
+  cls_token_id: int | None = None
+  sep_token_id: int | None = None
   initializer_range: float = 0.02
   num_labels: int = 2
   model_type: str = 'modernbert'
@@ -138,7 +143,8 @@ class ModernBertConfig:
   def to_hf(self) -> dict[str, Any]:
     """The ``config.json`` fields, as transformers 5 reads them."""
     out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-           if f.name not in ('global_rope_theta', 'local_rope_theta')}
+           if f.name not in ('global_rope_theta', 'local_rope_theta')
+           and getattr(self, f.name) is not None}
     out['layer_types'] = list(self.layer_types)
     out['rope_parameters'] = {
         FULL: {'rope_type': 'default', 'rope_theta': self.global_rope_theta},

@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from rose_jax.models import EncoderConfig, EncoderForSequenceClassification, save_pretrained
+from rose_jax.models import (
+  EncoderConfig,
+  EncoderForSequenceClassification,
+  ModernBertConfig,
+  ModernBertForSequenceClassification,
+  save_pretrained,
+)
 
 WORDS = (
     'good', 'great', 'fine', 'bad', 'awful', 'poor', 'movie', 'film', 'plot', 'story',
@@ -19,14 +25,26 @@ SPECIAL = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]']
 
 
 def tiny_checkpoint(directory: Path, *, layers: int = 1, hidden: int = 16,
-                    num_labels: int = 2, seed: int = 0) -> Path:
-  """A random tiny BERT with a word-level vocabulary, in Hugging Face layout."""
+                    num_labels: int = 2, seed: int = 0, family: str = 'bert') -> Path:
+  """A random tiny BERT (or ModernBERT: ``layers`` of each attention kind,
+  global first, a local window of 2 either side) with a word-level
+  vocabulary, in Hugging Face layout."""
   from transformers import BertTokenizer
   directory.mkdir(parents=True, exist_ok=True)
   vocab = SPECIAL + list(WORDS)
   (directory / 'vocab.txt').write_text('\n'.join(vocab) + '\n')
   tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
   tokenizer.save_pretrained(str(directory))
+  if family == 'modernbert':
+    config = ModernBertConfig(vocab_size=len(vocab), hidden_size=hidden,
+                              intermediate_size=2 * hidden, num_hidden_layers=2 * layers,
+                              num_attention_heads=2, max_position_embeddings=64,
+                              layer_types=('full_attention', 'sliding_attention') * layers,
+                              local_attention=4, pad_token_id=0, cls_token_id=2,
+                              sep_token_id=3, bos_token_id=2, eos_token_id=3,
+                              num_labels=num_labels)
+    save_pretrained(ModernBertForSequenceClassification(config, rngs=nnx.Rngs(seed)), directory)
+    return directory
   config = EncoderConfig(model_type='bert', vocab_size=len(vocab), hidden_size=hidden,
                          num_hidden_layers=layers, num_attention_heads=2,
                          intermediate_size=2 * hidden, max_position_embeddings=64,

@@ -129,13 +129,13 @@ def test_the_authors_rule_ranks_every_layers_weights_and_norms(tmp_path):
 def test_bad_checkpoints_and_lengths_are_named(tmp_path):
   _reference(tmp_path / 'ok')
   model = load_pretrained(tmp_path / 'ok')
-  with pytest.raises(ValueError, match='exceed the model.s position table \\(64 tokens\\)'):
+  with pytest.raises(ValueError, match=r'exceed the model.s position table \(64 tokens\)'):
     model(jnp.ones((1, 65), jnp.int32))
   config = json.loads((tmp_path / 'ok' / 'config.json').read_text())
   (tmp_path / 'other').mkdir()
   (tmp_path / 'other' / 'config.json').write_text(json.dumps({**config, 'model_type': 'gpt2'}))
-  with pytest.raises(CheckpointError, match="'gpt2' checkpoint .*families roberta, bert, "
-                                            'modernbert'):
+  with pytest.raises(CheckpointError, match=r"'gpt2' checkpoint .*families roberta, bert, "
+                                            r'modernbert'):
     load_pretrained(tmp_path / 'other')
   with pytest.raises(ValueError, match='layer_types must name'):
     ModernBertConfig.from_hf({**config, 'layer_types': ['full_attention']})
