@@ -48,7 +48,13 @@ from rose_jax import masking, selection
 from rose_jax._src import cpu_malloc, memory
 from rose_jax.baselines import adversarial
 from rose_jax.glue.cli import run_as_process
-from rose_jax.models import EncoderConfig, EncoderForSequenceClassification, as_apply_fn
+from rose_jax.models import (
+  EncoderConfig,
+  EncoderForSequenceClassification,
+  ModernBertConfig,
+  ModernBertForSequenceClassification,
+  as_apply_fn,
+)
 from rose_jax.training import gradients, methods, sweep
 from rose_jax.training import step as step_lib
 
@@ -183,11 +189,46 @@ def time_method(apply_fn, params, batch, method_name: str, granularity: str, ste
           'peak_bytes': (stats or {}).get('peak_bytes_in_use')}
 
 
-def model_and_batch(name: str):
+def modernbert_config(name: str) -> ModernBertConfig:
+  """ModernBERT at the config's size (layers, widths, heads; every third layer
+  global, a local window of 128), with dropout for ROSE's two passes."""
+  layers, hidden, heads, inter, vocab, _, length = CONFIGS[name]
+  return ModernBertConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter,
+                          num_hidden_layers=layers, num_attention_heads=heads,
+                          max_position_embeddings=max(length, 128),
+                          layer_types=tuple('sliding_attention' if i % 3 else 'full_attention'
+                                            for i in range(layers)),
+                          pad_token_id=1, attention_dropout=0.1, embedding_dropout=0.1,
+                          mlp_dropout=0.1)
+
+
+def model_and_batch(name: str, family: str = 'roberta'):
   """The config's freshly initialised model, split, and its synthetic batch."""
   config, batch_size, length = encoder_config(name)
-  apply_fn, params = as_apply_fn(EncoderForSequenceClassification(config, rngs=nnx.Rngs(0)))
+  if family == 'modernbert':
+    model = ModernBertForSequenceClassification(modernbert_config(name), rngs=nnx.Rngs(0))
+  else:
+    model = EncoderForSequenceClassification(config, rngs=nnx.Rngs(0))
+  apply_fn, params = as_apply_fn(model)
   return apply_fn, params, make_batch(config, batch_size, length)
+
+
+def bench_families(name: str, steps: int, warmup: int) -> list[dict]:
+  """Vanilla and ROSE-Ensemble steps of each model family at the config's
+  size, against RoBERTa's vanilla step in the same run."""
+  rows = []
+  for family in ('roberta', 'modernbert'):
+    apply_fn, params, batch = model_and_batch(name, family)
+    count = sum(x.size for x in jax.tree.leaves(params))
+    for method_name in ('vanilla', 'rose-ensemble'):
+      timed = time_method(apply_fn, params, batch, method_name, 'tensor', steps, warmup,
+                          'sequential')
+      rows.append({'family': family, 'method': method_name, 'params_m': count / 1e6,
+                   'median_s': timed['median_s']})
+  base = rows[0]['median_s']
+  for row in rows:
+    row['ratio'] = row['median_s'] / base
+  return rows
 
 
 def profile_method(name: str, label: str, log_dir: Path, warmup: int) -> dict:
@@ -424,6 +465,8 @@ def main(argv=None) -> int:
   p.add_argument('--warmup', type=int, default=1)
   p.add_argument('--torch', action='store_true', help="also time the authors' PyTorch recipe")
   p.add_argument('--skip-masks', action='store_true')
+  p.add_argument('--families', action='store_true',
+                 help='also time each model family (RoBERTa, ModernBERT) at the same size')
   p.add_argument('--sweep', type=int, default=4, metavar='K',
                  help='members of the sweep comparison (0: skip it)')
   p.add_argument('--profile', choices=[r[0] for r in ROWS], metavar='METHOD',
@@ -465,6 +508,11 @@ def main(argv=None) -> int:
         ('fixed_mb', 'step memory (MB)', '.1f'),
         ('per_member_mb', '+ per member (MB)', '.1f'),
         ('fits', 'members in 80% of free memory', 'd')]))
+  if args.families:
+    result['families'] = bench_families(args.config, args.steps, args.warmup)
+    print('\n' + markdown(result['families'], [
+        ('family', 'family', 's'), ('method', 'method', 's'), ('params_m', 'params (M)', '.1f'),
+        ('median_s', 'step (s)', '.3f'), ('ratio', "x RoBERTa's vanilla", '.2f')]))
   if not args.skip_masks:
     masks = bench_masks(args.config, args.steps, args.warmup)
     print('\n' + markdown(masks, [('mask', 'mask', 's'), ('elements', 'ranked elements', 'd'),

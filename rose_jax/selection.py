@@ -52,7 +52,11 @@ def authors_selectable(params):
 
   For RoBERTa-base these are the 8 weight matrices and LayerNorm scales of
   each of the 12 layers, 96 tensors; biases, embeddings, the embedding
-  LayerNorm and the classification head are always updated.
+  LayerNorm and the classification head are always updated. ModernBERT's
+  names (``model.layers.N.attn.Wqkv.weight``...) select the same kind: each
+  layer's 4 weight matrices (``Wqkv``, attention ``Wo``, ``mlp.Wi``,
+  ``mlp.Wo``) and its norms (the first layer has no attention norm), while
+  the embeddings, the final norm and the head are always updated.
   """
   return jax.tree.map_with_path(
       lambda path, _: is_authors_ranked(hf_name(path)), params)

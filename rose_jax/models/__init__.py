@@ -1,4 +1,5 @@
-"""Our Flax models (RoBERTa/BERT, ModernBERT) and their Hugging Face checkpoint loading."""
+"""Our Flax models (RoBERTa/BERT, ModernBERT, DeBERTa-v2/v3) and their Hugging Face
+checkpoint loading."""
 
 from rose_jax._src import versions
 
@@ -9,6 +10,7 @@ versions.check('flax')
 from rose_jax._src.apply_fn import EmbeddingPerturbation
 from rose_jax.models.apply import ModuleApply, as_apply_fn, call_encoder
 from rose_jax.models.config import EncoderConfig
+from rose_jax.models.deberta import DebertaV2Config, DebertaV2ForSequenceClassification
 from rose_jax.models.encoder import EncoderForSequenceClassification
 from rose_jax.models.loading import (
     FAMILIES,
@@ -26,6 +28,8 @@ from rose_jax.models.modernbert import ModernBertConfig, ModernBertForSequenceCl
 __all__ = [
     'FAMILIES',
     'CheckpointError',
+    'DebertaV2Config',
+    'DebertaV2ForSequenceClassification',
     'EmbeddingPerturbation',
     'EncoderConfig',
     'EncoderForSequenceClassification',

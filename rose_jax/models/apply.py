@@ -18,11 +18,13 @@ import jax
 from flax import nnx
 
 from rose_jax._src.apply_fn import Batch, EmbeddingPerturbation
+from rose_jax.models.deberta import DebertaV2ForSequenceClassification
 from rose_jax.models.encoder import EncoderForSequenceClassification
 from rose_jax.models.modernbert import ModernBertForSequenceClassification
 
 # Our classification models, which call_encoder calls.
-OUR_MODELS = (EncoderForSequenceClassification, ModernBertForSequenceClassification)
+OUR_MODELS = (EncoderForSequenceClassification, ModernBertForSequenceClassification,
+              DebertaV2ForSequenceClassification)
 
 # call(module, batch, *, rngs, perturbation) -> logits
 Call = Callable[..., jax.Array]

@@ -1,4 +1,4 @@
-"""Loading Hugging Face checkpoints (RoBERTa, BERT, ModernBERT) into our
+"""Loading Hugging Face checkpoints (RoBERTa, BERT, ModernBERT, DeBERTa-v2/v3) into our
 Flax models, and saving them back in the same layout.
 
 A checkpoint is a directory, or a hub name resolved to one, holding
@@ -22,6 +22,7 @@ from flax import nnx
 
 from rose_jax._src import atomic
 from rose_jax.models.config import EncoderConfig
+from rose_jax.models.deberta import DebertaV2Config, DebertaV2ForSequenceClassification
 from rose_jax.models.encoder import EncoderForSequenceClassification
 from rose_jax.models.modernbert import ModernBertConfig, ModernBertForSequenceClassification
 from rose_jax.selection import hf_name
@@ -36,8 +37,9 @@ class CheckpointError(ValueError):
   """A checkpoint that cannot be loaded, with what to do about it."""
 
 
-Config = EncoderConfig | ModernBertConfig
-Model = EncoderForSequenceClassification | ModernBertForSequenceClassification
+Config = EncoderConfig | ModernBertConfig | DebertaV2Config
+Model = (EncoderForSequenceClassification | ModernBertForSequenceClassification
+         | DebertaV2ForSequenceClassification)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +73,9 @@ FAMILIES = {
     'modernbert': Family(ModernBertConfig, ModernBertForSequenceClassification, 'model',
                          ('classifier.', 'head.'), 'classifier.bias',
                          'ModernBertForSequenceClassification'),
+    'deberta-v2': Family(DebertaV2Config, DebertaV2ForSequenceClassification, 'deberta',
+                         ('classifier.', 'pooler.'), 'classifier.bias',
+                         'DebertaV2ForSequenceClassification'),
 }
 
 

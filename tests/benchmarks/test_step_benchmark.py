@@ -13,7 +13,7 @@ from rose_jax.training import methods
 
 def test_benchmark_runs_one_step_of_everything(tmp_path, capsys):
   assert step_benchmark.main(['--config', 'tiny', '--steps', '1', '--warmup', '1', '--torch',
-                              '--profile', 'rose-ensemble', '--sweep', '2',
+                              '--profile', 'rose-ensemble', '--sweep', '2', '--families',
                               '--output', str(tmp_path)]) == 0
   result = json.loads(next(tmp_path.glob('step-tiny-*.json')).read_text())
   rows = {r['method']: r for r in result['steps']}
@@ -46,6 +46,11 @@ def test_benchmark_runs_one_step_of_everything(tmp_path, capsys):
   assert sharded['padded_to'] == 8 and sharded['speedup'] > 0
   # One device holds one member's program, less than the two-member vmapped one.
   assert 0 < sharded['device_mb'] < modes['vmapped sweep']['device_mb']
+  families = {(r['family'], r['method']): r for r in result['families']}
+  assert set(families) == {(f, m) for f in ('roberta', 'modernbert')
+                           for m in ('vanilla', 'rose-ensemble')}
+  assert families['roberta', 'vanilla']['ratio'] == 1 and all(
+      r['median_s'] > 0 and r['params_m'] > 0 for r in families.values())
   state = {r['granularity']: r for r in result['state']}
   assert state['element']['state_mb'] == state['tensor']['state_mb'] > 0
   assert state['element']['element_mask_mb'] > 0
