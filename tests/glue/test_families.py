@@ -1,7 +1,8 @@
 """The fine-tuning command on every model family beside BERT (tests/glue/test_loop
-and test_resume cover it): a ModernBERT run with ROSE-Ensemble on packed rows,
-killed mid-epoch and resumed to the same parameters and files, the baselines
-that perturb embeddings or mask by Fisher information, and a sweep."""
+and test_resume cover it): for ModernBERT and DeBERTa-v3, a run with
+ROSE-Ensemble on packed rows killed mid-epoch and resumed to the same
+parameters and files; the baselines that perturb embeddings or mask by
+Fisher information; a sweep."""
 
 from pathlib import Path
 
@@ -9,40 +10,62 @@ import chex
 import numpy as np
 import pytest
 
-from rose_jax.glue import loop, sweep
-from rose_jax.models import ModernBertForSequenceClassification, load_pretrained
+from rose_jax.glue import analysis, loop, sweep
+from rose_jax.models import (
+  DebertaV2ForSequenceClassification,
+  ModernBertForSequenceClassification,
+  load_pretrained,
+)
 from tests import helpers
 from tests.helpers.runs import check_finished_run, read_run, run_killed_at
 
+FAMILIES = {'modernbert': ModernBertForSequenceClassification,
+            'deberta-v2': DebertaV2ForSequenceClassification}
+
 
 @pytest.fixture(scope='module')
-def modernbert(tmp_path_factory):
-  return str(helpers.tiny_checkpoint(tmp_path_factory.mktemp('modernbert'), family='modernbert'))
+def checkpoints(tmp_path_factory):
+  return {family: str(helpers.tiny_checkpoint(tmp_path_factory.mktemp(family), family=family))
+          for family in FAMILIES}
+
+
+@pytest.fixture
+def modernbert(checkpoints):
+  return checkpoints['modernbert']
 
 
 def _config(files, model, out, **overrides):
   return loop.TrainConfig(**helpers.run_settings(files, out, model=model, **overrides))
 
 
-def test_a_modernbert_run_resumes_exactly(files, modernbert, tmp_path, monkeypatch):
-  assert isinstance(load_pretrained(modernbert), ModernBertForSequenceClassification)
+@pytest.mark.parametrize('family', sorted(FAMILIES))
+def test_a_run_resumes_exactly(files, checkpoints, tmp_path, monkeypatch, family):
+  model = checkpoints[family]
+  assert isinstance(load_pretrained(model), FAMILIES[family])
   # 6 steps, a checkpoint at step 2, killed at 5: resumed mid-epoch.
   settings = dict(save_every=2, method='rose-ensemble')
-  expected = loop.run(_config(files, modernbert, tmp_path / 'whole', **settings))
+  expected = loop.run(_config(files, model, tmp_path / 'whole', **settings))
   check_finished_run(tmp_path / 'whole', 'rose-ensemble', epochs=1)
-  run_killed_at(monkeypatch, 5, _config(files, modernbert, tmp_path / 'run', **settings))
-  resumed = loop.run(_config(files, modernbert, tmp_path / 'run', resume=True, **settings))
+  run_killed_at(monkeypatch, 5, _config(files, model, tmp_path / 'run', **settings))
+  resumed = loop.run(_config(files, model, tmp_path / 'run', resume=True, **settings))
   chex.assert_trees_all_equal(resumed['final_params'], expected['final_params'])
   assert read_run(tmp_path / 'run') == read_run(tmp_path / 'whole')
-  # The best model is a ModernBERT checkpoint again, with the run's dropout.
+  # The best model is a checkpoint of its family again, with the run's dropout.
   saved = load_pretrained(tmp_path / 'whole' / 'best_model')
-  assert saved.config == load_pretrained(modernbert).config.with_dropout(0.1, 0.1)
+  assert saved.config == load_pretrained(model).config.with_dropout(0.1, 0.1)
+  # The analysis commands read it: the loss landscape around it, and the masks.
+  analysis.landscape(tmp_path / 'whole', points=3, examples=8, progress=False)
+  assert np.isfinite(analysis.flatness(tmp_path / 'whole')['centre_loss'])
+  analysis.mask_map([tmp_path / 'whole'], tmp_path / 'masks')
+  assert (tmp_path / 'masks.png').stat().st_size > 5000
 
 
-# SMART perturbs the embeddings as FreeLB does; CHILD-TUNING_D makes a Fisher pass.
-@pytest.mark.parametrize('method', ['smart', 'child-tuning-d'])
-def test_the_baselines_train_modernbert(files, modernbert, tmp_path, method):
-  results = loop.run(_config(files, modernbert, tmp_path / method, method=method,
+# SMART and FreeLB perturb the embeddings; CHILD-TUNING_D makes a Fisher pass.
+@pytest.mark.parametrize('family, method', [('modernbert', 'smart'),
+                                            ('modernbert', 'child-tuning-d'),
+                                            ('deberta-v2', 'freelb')])
+def test_the_baselines_train_each_family(files, checkpoints, tmp_path, family, method):
+  results = loop.run(_config(files, checkpoints[family], tmp_path / method, method=method,
                              max_train_samples=16, smart_step_size=1e-3))
   assert results['finished']
   check_finished_run(tmp_path / method, method, epochs=1)

@@ -9,6 +9,8 @@ import numpy as np
 from flax import nnx
 
 from rose_jax.models import (
+  DebertaV2Config,
+  DebertaV2ForSequenceClassification,
   EncoderConfig,
   EncoderForSequenceClassification,
   ModernBertConfig,
@@ -27,8 +29,9 @@ SPECIAL = ['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]']
 def tiny_checkpoint(directory: Path, *, layers: int = 1, hidden: int = 16,
                     num_labels: int = 2, seed: int = 0, family: str = 'bert') -> Path:
   """A random tiny BERT (or ModernBERT: ``layers`` of each attention kind,
-  global first, a local window of 2 either side) with a word-level
-  vocabulary, in Hugging Face layout."""
+  global first, a local window of 2 either side; or DeBERTa-v3: distances
+  beyond 4 in log buckets) with a word-level vocabulary, in Hugging Face
+  layout."""
   from transformers import BertTokenizer
   directory.mkdir(parents=True, exist_ok=True)
   vocab = SPECIAL + list(WORDS)
@@ -44,6 +47,13 @@ def tiny_checkpoint(directory: Path, *, layers: int = 1, hidden: int = 16,
                               sep_token_id=3, bos_token_id=2, eos_token_id=3,
                               num_labels=num_labels)
     save_pretrained(ModernBertForSequenceClassification(config, rngs=nnx.Rngs(seed)), directory)
+    return directory
+  if family == 'deberta-v2':
+    config = DebertaV2Config(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
+                             num_attention_heads=2, intermediate_size=2 * hidden,
+                             max_position_embeddings=64, position_buckets=8, pad_token_id=0,
+                             num_labels=num_labels)
+    save_pretrained(DebertaV2ForSequenceClassification(config, rngs=nnx.Rngs(seed)), directory)
     return directory
   config = EncoderConfig(model_type='bert', vocab_size=len(vocab), hidden_size=hidden,
                          num_hidden_layers=layers, num_attention_heads=2,
