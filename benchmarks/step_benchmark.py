@@ -49,6 +49,8 @@ from rose_jax._src import cpu_malloc, memory
 from rose_jax.baselines import adversarial
 from rose_jax.glue.cli import run_as_process
 from rose_jax.models import (
+  DebertaV2Config,
+  DebertaV2ForSequenceClassification,
   EncoderConfig,
   EncoderForSequenceClassification,
   ModernBertConfig,
@@ -202,11 +204,21 @@ def modernbert_config(name: str) -> ModernBertConfig:
                           mlp_dropout=0.1)
 
 
+def deberta_config(name: str) -> DebertaV2Config:
+  """DeBERTa-v3 at the config's size (256 position buckets, shared projections)."""
+  layers, hidden, heads, inter, vocab, _, length = CONFIGS[name]
+  return DebertaV2Config(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+                         num_attention_heads=heads, intermediate_size=inter,
+                         max_position_embeddings=max(length, 512), pad_token_id=1)
+
+
 def model_and_batch(name: str, family: str = 'roberta'):
   """The config's freshly initialised model, split, and its synthetic batch."""
   config, batch_size, length = encoder_config(name)
   if family == 'modernbert':
     model = ModernBertForSequenceClassification(modernbert_config(name), rngs=nnx.Rngs(0))
+  elif family == 'deberta-v2':
+    model = DebertaV2ForSequenceClassification(deberta_config(name), rngs=nnx.Rngs(0))
   else:
     model = EncoderForSequenceClassification(config, rngs=nnx.Rngs(0))
   apply_fn, params = as_apply_fn(model)
@@ -217,7 +229,7 @@ def bench_families(name: str, steps: int, warmup: int) -> list[dict]:
   """Vanilla and ROSE-Ensemble steps of each model family at the config's
   size, against RoBERTa's vanilla step in the same run."""
   rows = []
-  for family in ('roberta', 'modernbert'):
+  for family in ('roberta', 'modernbert', 'deberta-v2'):
     apply_fn, params, batch = model_and_batch(name, family)
     count = sum(x.size for x in jax.tree.leaves(params))
     for method_name in ('vanilla', 'rose-ensemble'):
@@ -466,7 +478,8 @@ def main(argv=None) -> int:
   p.add_argument('--torch', action='store_true', help="also time the authors' PyTorch recipe")
   p.add_argument('--skip-masks', action='store_true')
   p.add_argument('--families', action='store_true',
-                 help='also time each model family (RoBERTa, ModernBERT) at the same size')
+                 help='also time each model family (RoBERTa, ModernBERT, DeBERTa-v3) at the '
+                 'same size')
   p.add_argument('--sweep', type=int, default=4, metavar='K',
                  help='members of the sweep comparison (0: skip it)')
   p.add_argument('--profile', choices=[r[0] for r in ROWS], metavar='METHOD',

@@ -57,6 +57,9 @@ def authors_selectable(params):
   layer's 4 weight matrices (``Wqkv``, attention ``Wo``, ``mlp.Wi``,
   ``mlp.Wo``) and its norms (the first layer has no attention norm), while
   the embeddings, the final norm and the head are always updated.
+  DeBERTa's (``deberta.encoder.layer.N.attention.self.query_proj.weight``...)
+  select BERT's eight per layer; the relative position embeddings that all
+  layers share, and their LayerNorm, are always updated.
   """
   return jax.tree.map_with_path(
       lambda path, _: is_authors_ranked(hf_name(path)), params)

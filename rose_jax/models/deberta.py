@@ -243,13 +243,14 @@ class DisentangledSelfAttention(nnx.Module):
           if 'p2c' in c.pos_att_type else None
 
   def __call__(self, x, mask, relative, rel_embeddings, rngs: Rngs):
-    """``x`` ``[batch, length, hidden]``, ``mask`` ``[batch, 1, length, length]``,
+    """``x`` ``[batch * length, hidden]``, ``mask`` ``[batch, 1, length, length]``,
     ``relative`` ``[length, length]`` bucketed distances, ``rel_embeddings``
     ``[2 * span, hidden]``."""
     c = self.config
-    b, length, _ = x.shape
+    b, length = mask.shape[0], mask.shape[-1]
     heads = lambda t: t.reshape(*t.shape[:-1], c.num_attention_heads, c.head_dim)
-    q, k, v = heads(self.query_proj(x)), heads(self.key_proj(x)), heads(self.value_proj(x))
+    rows = lambda t: heads(t).reshape(b, length, c.num_attention_heads, c.head_dim)
+    q, k, v = rows(self.query_proj(x)), rows(self.key_proj(x)), rows(self.value_proj(x))
     scale = jnp.sqrt(jnp.float32(c.head_dim * (1 + len(c.pos_att_type))))
     scores = jnp.einsum('bqhd,bkhd->bhqk', q, k / scale.astype(k.dtype)).astype(jnp.float32)
     rel = _dropout(c.hidden_dropout_prob, rel_embeddings, rngs)
@@ -330,10 +331,14 @@ class Encoder(nnx.Module):
     rel = self.rel_embeddings.embedding[...]
     if self.LayerNorm is not None:
       rel = self.LayerNorm(rel)
-    relative = relative_positions(x.shape[1], self.config)
+    shape = x.shape
+    relative = relative_positions(shape[1], self.config)
+    # One [batch * length, hidden] matrix between the layers, as in our
+    # encoder (rose_jax.models.encoder says why).
+    x = x.reshape(-1, shape[-1])
     for layer in self.layer:
       x = layer(x, mask, relative, rel.astype(x.dtype), rngs)
-    return x
+    return x.reshape(shape)
 
 
 class Backbone(nnx.Module):

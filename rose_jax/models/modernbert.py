@@ -219,9 +219,9 @@ class Attention(nnx.Module):
     self.Wo = make.linear(c.hidden_size, c.hidden_size, c.attention_bias)
 
   def __call__(self, x, mask, cos, sin, rngs: Rngs):
-    """``x`` is ``[batch, length, hidden]``; ``mask`` ``[batch, 1, length, length]``."""
+    """``x`` is ``[batch * length, hidden]``; ``mask`` ``[batch, 1, length, length]``."""
     c = self.config
-    b, length, _ = x.shape
+    b, length = mask.shape[0], mask.shape[-1]
     qkv = self.Wqkv(x).reshape(b, length, 3, c.num_attention_heads, c.head_dim)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
@@ -276,7 +276,10 @@ class Backbone(nnx.Module):
                perturbation: EmbeddingPerturbation, segment_ids=None):
     c = self.config
     x = self.embeddings(input_ids, rngs, perturbation)
-    length = input_ids.shape[1]
+    shape, length = x.shape, input_ids.shape[1]
+    # One [batch * length, hidden] matrix between the layers, as in our
+    # encoder (rose_jax.models.encoder says why).
+    x = x.reshape(-1, shape[-1])
     if segment_ids is None:
       positions = jnp.broadcast_to(jnp.arange(length), input_ids.shape)
       full = jnp.broadcast_to(attention_mask.astype(bool)[:, None, :], (*input_ids.shape,
@@ -291,7 +294,7 @@ class Backbone(nnx.Module):
                  SLIDING: rotary(positions, c.local_rope_theta, c.head_dim)}
     for layer in self.layers:
       x = layer(x, masks[layer.attention_type], *rotations[layer.attention_type], rngs)
-    return self.final_norm(x)
+    return self.final_norm(x).reshape(shape)
 
 
 class PredictionHead(nnx.Module):

@@ -47,7 +47,7 @@ def test_benchmark_runs_one_step_of_everything(tmp_path, capsys):
   # One device holds one member's program, less than the two-member vmapped one.
   assert 0 < sharded['device_mb'] < modes['vmapped sweep']['device_mb']
   families = {(r['family'], r['method']): r for r in result['families']}
-  assert set(families) == {(f, m) for f in ('roberta', 'modernbert')
+  assert set(families) == {(f, m) for f in ('roberta', 'modernbert', 'deberta-v2')
                            for m in ('vanilla', 'rose-ensemble')}
   assert families['roberta', 'vanilla']['ratio'] == 1 and all(
       r['median_s'] > 0 and r['params_m'] > 0 for r in families.values())
