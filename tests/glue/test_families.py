@@ -10,6 +10,7 @@ import chex
 import numpy as np
 import pytest
 
+from examples import finetune
 from rose_jax.glue import analysis, loop, sweep
 from rose_jax.models import (
   DebertaV2ForSequenceClassification,
@@ -17,6 +18,7 @@ from rose_jax.models import (
   load_pretrained,
 )
 from tests import helpers
+from tests.helpers import cli_args, fails
 from tests.helpers.runs import check_finished_run, read_run, run_killed_at
 
 FAMILIES = {'modernbert': ModernBertForSequenceClassification,
@@ -60,13 +62,15 @@ def test_a_run_resumes_exactly(files, checkpoints, tmp_path, monkeypatch, family
   assert (tmp_path / 'masks.png').stat().st_size > 5000
 
 
-# SMART and FreeLB perturb the embeddings; CHILD-TUNING_D makes a Fisher pass.
-@pytest.mark.parametrize('family, method', [('modernbert', 'smart'),
-                                            ('modernbert', 'child-tuning-d'),
-                                            ('deberta-v2', 'freelb')])
-def test_the_baselines_train_each_family(files, checkpoints, tmp_path, family, method):
+# SMART and FreeLB perturb the embeddings (data parallel over the 8 devices
+# here); CHILD-TUNING_D makes a Fisher pass.
+@pytest.mark.parametrize('family, method, parallel', [('modernbert', 'smart', 'shard_map'),
+                                                      ('modernbert', 'child-tuning-d', 'none'),
+                                                      ('deberta-v2', 'freelb', 'shard_map')])
+def test_the_baselines_train_each_family(files, checkpoints, tmp_path, family, method,
+                                         parallel):
   results = loop.run(_config(files, checkpoints[family], tmp_path / method, method=method,
-                             max_train_samples=16, smart_step_size=1e-3))
+                             max_train_samples=16, smart_step_size=1e-3, parallel=parallel))
   assert results['finished']
   check_finished_run(tmp_path / method, method, epochs=1)
 
@@ -83,3 +87,12 @@ def test_a_modernbert_sweep_trains_its_members_over_devices(files, modernbert, t
     check_finished_run(Path(config.output_dir), 'rose-ensemble', epochs=1)
   kernels = [member['final_params']['classifier']['kernel'] for member in together]
   assert not np.allclose(*kernels)
+
+
+@pytest.mark.parametrize('family', sorted(FAMILIES))
+def test_a_length_beyond_the_model_is_one_line_before_anything_is_written(
+    files, checkpoints, tmp_path, capsys, family):
+  argv = cli_args(files, tmp_path / 'runs', model=checkpoints[family], max_length='100')
+  fails(finetune.main, argv, capsys, f"--max-length 100 exceeds what {checkpoints[family]}'s "
+        'position table holds (64)')
+  assert not (tmp_path / 'runs').exists()
