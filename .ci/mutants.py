@@ -19,6 +19,27 @@ ROOT = Path(__file__).resolve().parents[1]
 # (name, file, original text, mutated text, pytest arguments)
 MUTANTS = [
   (
+    "ModernBERT's sliding window one token narrower",
+    'rose_jax/models/modernbert.py',
+    'index[None, :]) <= c.local_attention // 2',
+    'index[None, :]) < c.local_attention // 2',
+    'tests/models/test_modernbert.py -k match_transformers',
+  ),
+  (
+    "DeBERTa's p2c scores not transposed to query x key",
+    'rose_jax/models/deberta.py',
+    'scores = scores + jnp.swapaxes(p2c, -1, -2) / scale',
+    'scores = scores + p2c / scale',
+    'tests/models/test_deberta.py -k match_transformers',
+  ),
+  (
+    "DeBERTa's log buckets rounded down",
+    'rose_jax/models/deberta.py',
+    'log_pos = jnp.ceil(',
+    'log_pos = jnp.floor(',
+    'tests/models/test_deberta.py -k buckets',
+  ),
+  (
     'sweep member trains on the whole batch, not its data shard',
     'rose_jax/training/sweep.py',
     'P(MEMBERS, DATA) if data_parallel else members,',
