@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from rose_jax.models import layers
+
 SUPPORTED_MODEL_TYPES = ('roberta', 'bert')
 _ACTIVATIONS = ('gelu', 'gelu_new', 'gelu_pytorch_tanh', 'relu')
 
@@ -63,16 +65,7 @@ class EncoderConfig:
   def from_hf(cls, hf_config: Any, **overrides) -> EncoderConfig:
     """From a ``transformers`` config object or a ``config.json`` dict."""
     source = hf_config if isinstance(hf_config, dict) else hf_config.to_dict()
-    if 'num_labels' not in source and 'id2label' in source:
-      source = dict(source, num_labels=len(source['id2label']))
-    fields = {f.name for f in dataclasses.fields(cls)}
-    values = {k: v for k, v in source.items() if k in fields}
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    missing = {f.name for f in dataclasses.fields(cls)
-               if f.default is dataclasses.MISSING} - set(values)
-    if missing:
-      raise ValueError(f'The configuration lacks {sorted(missing)}.')
-    return cls(**values)
+    return layers.config_from_fields(cls, source, overrides)
 
   def with_dropout(self, hidden: float | None = None,
                    attention: float | None = None) -> EncoderConfig:

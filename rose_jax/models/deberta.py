@@ -27,9 +27,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rose_jax._src.apply_fn import EmbeddingPerturbation
-from rose_jax.models import segments
+from rose_jax.models import layers, segments
 
-Rngs = nnx.Rngs | None
+# DeBERTa's feed-forward block and residual outputs are BERT's.
+from rose_jax.models.encoder import Intermediate, SelfOutput
+
+Rngs = layers.Rngs
 _ACTIVATIONS = {'gelu': functools.partial(jax.nn.gelu, approximate=False),
                 'gelu_new': functools.partial(jax.nn.gelu, approximate=True),
                 'relu': jax.nn.relu, 'tanh': jnp.tanh}
@@ -112,8 +115,6 @@ class DebertaV2Config:
         positions), each named.
     """
     source = dict(hf_config if isinstance(hf_config, dict) else hf_config.to_dict())
-    if 'num_labels' not in source and 'id2label' in source:
-      source['num_labels'] = len(source['id2label'])
     unsupported = {
         'conv_kernel_size': source.get('conv_kernel_size', 0) not in (0, None),
         'embedding_size': source.get('embedding_size') not in (None, source['hidden_size']),
@@ -132,11 +133,8 @@ class DebertaV2Config:
     if isinstance(kinds, str):
       kinds = [k.strip() for k in kinds.lower().split('|') if k.strip()]
     source['pos_att_type'] = tuple(kinds)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    values = {k: v for k, v in source.items() if k in fields}
-    values['model_type'] = cls.model_type
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return cls(**values)
+    source['model_type'] = cls.model_type
+    return layers.config_from_fields(cls, source, overrides)
 
   def with_dropout(self, hidden: float | None = None,
                    attention: float | None = None) -> DebertaV2Config:
@@ -176,34 +174,7 @@ def relative_positions(length: int, config: DebertaV2Config) -> jax.Array:
   return relative
 
 
-def _dropout(rate: float, x: jax.Array, rngs: Rngs) -> jax.Array:
-  if rngs is None or rate == 0.0:
-    return x
-  keep = jax.random.bernoulli(rngs.dropout(), 1.0 - rate, x.shape)
-  return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
-
-
-def _add(x: jax.Array, delta: jax.Array | None) -> jax.Array:
-  return x if delta is None else x + delta.astype(x.dtype)
-
-
-class _Factory:
-
-  def __init__(self, config: DebertaV2Config, dtype, rngs: nnx.Rngs):
-    self.config, self.dtype, self.rngs = config, dtype, rngs
-    self.init = nnx.initializers.normal(config.initializer_range)
-
-  def linear(self, din: int, dout: int) -> nnx.Linear:
-    return nnx.Linear(din, dout, kernel_init=self.init, dtype=self.dtype,
-                      param_dtype=jnp.float32, rngs=self.rngs)
-
-  def layer_norm(self) -> nnx.LayerNorm:
-    return nnx.LayerNorm(self.config.hidden_size, epsilon=self.config.layer_norm_eps,
-                         dtype=self.dtype, param_dtype=jnp.float32, rngs=self.rngs)
-
-  def embed(self, n: int) -> nnx.Embed:
-    return nnx.Embed(n, self.config.hidden_size, embedding_init=self.init, dtype=self.dtype,
-                     param_dtype=jnp.float32, rngs=self.rngs)
+_Factory = layers.Factory
 
 
 class Embeddings(nnx.Module):
@@ -219,13 +190,13 @@ class Embeddings(nnx.Module):
 
   def __call__(self, input_ids, token_type_ids, keep, positions, rngs: Rngs,
                perturbation: EmbeddingPerturbation):
-    x = _add(self.word_embeddings(input_ids), perturbation.word)
+    x = layers.add(self.word_embeddings(input_ids), perturbation.word)
     if self.position_embeddings is not None:
       x = x + self.position_embeddings(positions)
     if self.token_type_embeddings is not None:
       x = x + self.token_type_embeddings(token_type_ids)
     x = self.LayerNorm(x) * keep[..., None].astype(x.dtype)
-    return _add(_dropout(self.config.hidden_dropout_prob, x, rngs), perturbation.output)
+    return layers.add(layers.dropout(self.config.hidden_dropout_prob, x, rngs), perturbation.output)
 
 
 class DisentangledSelfAttention(nnx.Module):
@@ -253,7 +224,7 @@ class DisentangledSelfAttention(nnx.Module):
     q, k, v = rows(self.query_proj(x)), rows(self.key_proj(x)), rows(self.value_proj(x))
     scale = jnp.sqrt(jnp.float32(c.head_dim * (1 + len(c.pos_att_type))))
     scores = jnp.einsum('bqhd,bkhd->bhqk', q, k / scale.astype(k.dtype)).astype(jnp.float32)
-    rel = _dropout(c.hidden_dropout_prob, rel_embeddings, rngs)
+    rel = layers.dropout(c.hidden_dropout_prob, rel_embeddings, rngs)
     span = c.attention_span
     if 'c2p' in c.pos_att_type:
       pos_key = heads(self.key_proj(rel) if c.share_att_key else self.pos_key_proj(rel))
@@ -270,20 +241,9 @@ class DisentangledSelfAttention(nnx.Module):
                                                               length, length)), axis=-1)
       scores = scores + jnp.swapaxes(p2c, -1, -2) / scale
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    probs = _dropout(c.attention_probs_dropout_prob, jax.nn.softmax(scores, axis=-1), rngs)
+    probs = layers.dropout(c.attention_probs_dropout_prob, jax.nn.softmax(scores, axis=-1), rngs)
     context = jnp.einsum('bhqk,bkhd->bqhd', probs.astype(v.dtype), v)
     return context.reshape(x.shape)
-
-
-class SelfOutput(nnx.Module):
-
-  def __init__(self, make: _Factory, din: int):
-    self.rate = make.config.hidden_dropout_prob
-    self.dense = make.linear(din, make.config.hidden_size)
-    self.LayerNorm = make.layer_norm()
-
-  def __call__(self, x, residual, rngs: Rngs):
-    return self.LayerNorm(_dropout(self.rate, self.dense(x), rngs) + residual)
 
 
 class Attention(nnx.Module):
@@ -294,16 +254,6 @@ class Attention(nnx.Module):
 
   def __call__(self, x, mask, relative, rel_embeddings, rngs: Rngs):
     return self.output(self.self(x, mask, relative, rel_embeddings, rngs), x, rngs)
-
-
-class Intermediate(nnx.Module):
-
-  def __init__(self, make: _Factory):
-    self.activation = _ACTIVATIONS[make.config.hidden_act]
-    self.dense = make.linear(make.config.hidden_size, make.config.intermediate_size)
-
-  def __call__(self, x):
-    return self.activation(self.dense(x))
 
 
 class Layer(nnx.Module):
@@ -372,7 +322,7 @@ class ContextPooler(nnx.Module):
     self.dense = make.linear(c.hidden_size, c.hidden_size)
 
   def __call__(self, first, rngs: Rngs):
-    return self.activation(self.dense(_dropout(self.rate, first, rngs)))
+    return self.activation(self.dense(layers.dropout(self.rate, first, rngs)))
 
 
 class DebertaV2ForSequenceClassification(nnx.Module):
@@ -393,24 +343,12 @@ class DebertaV2ForSequenceClassification(nnx.Module):
     self.pooler = ContextPooler(make)
     self.classifier = make.linear(config.hidden_size, config.num_labels)
 
-  def check_inputs(self, input_ids) -> None:
-    """Raises ValueError for inputs longer than the model takes."""
-    length, limit = input_ids.shape[-1], self.config.max_sequence_length
-    if length > limit:
-      raise ValueError(
-          f'Sequences of length {length} exceed the model\'s position table '
-          f'({limit} tokens); truncate to max_length <= {limit}.')
-
   def hidden_states(self, input_ids, attention_mask=None, token_type_ids=None, *,
                     segment_ids=None, rngs: Rngs = None,
                     perturbation: EmbeddingPerturbation | None = None) -> jax.Array:
     """The last layer's hidden states, shape ``[rows, length, hidden]``."""
-    self.check_inputs(input_ids)
-    if segment_ids is not None and attention_mask is not None:
-      raise ValueError('Give segment_ids (packed rows) or attention_mask, not both: packed '
-                       'rows take their attention from the segments.')
-    if attention_mask is None and segment_ids is None:
-      attention_mask = jnp.ones_like(input_ids)
+    attention_mask = layers.check_inputs(input_ids, self.config.max_sequence_length,
+                                         attention_mask, segment_ids)
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
     return self.deberta(input_ids, token_type_ids, attention_mask, rngs,
@@ -421,13 +359,12 @@ class DebertaV2ForSequenceClassification(nnx.Module):
                perturbation: EmbeddingPerturbation | None = None) -> jax.Array:
     """Float32 logits ``[examples, num_labels]``; dropout on iff ``rngs`` is
     given. Packed rows as in :class:`rose_jax.models.EncoderForSequenceClassification`."""
-    if (segment_ids is None) != (examples is None):
-      raise ValueError('Packed rows need both segment_ids and examples (their number).')
+    layers.check_packed(segment_ids, examples)
     hidden = self.hidden_states(input_ids, attention_mask, token_type_ids,
                                 segment_ids=segment_ids, rngs=rngs, perturbation=perturbation)
     if segment_ids is None:
       first = hidden[:, 0]
     else:
       first = hidden.reshape(-1, hidden.shape[-1])[segments.first_tokens(segment_ids, examples)]
-    pooled = _dropout(self.config.head_dropout, self.pooler(first, rngs), rngs)
+    pooled = layers.dropout(self.config.head_dropout, self.pooler(first, rngs), rngs)
     return self.classifier(pooled).astype(jnp.float32)

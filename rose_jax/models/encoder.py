@@ -25,14 +25,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rose_jax._src.apply_fn import EmbeddingPerturbation
-from rose_jax.models import segments
+from rose_jax.models import layers, segments
 from rose_jax.models.config import EncoderConfig
 
 Rngs = nnx.Rngs | None
-
-
-def _add(x: jax.Array, delta: jax.Array | None) -> jax.Array:
-  return x if delta is None else x + delta.astype(x.dtype)
 
 
 def _activation(name: str):
@@ -41,31 +37,7 @@ def _activation(name: str):
   return functools.partial(jax.nn.gelu, approximate=name != 'gelu')
 
 
-class _Factory:
-  """Builds layers with the config's initialiser and compute dtype."""
-
-  def __init__(self, config: EncoderConfig, dtype, rngs: nnx.Rngs):
-    self.config, self.dtype, self.rngs = config, dtype, rngs
-    self.init = nnx.initializers.normal(config.initializer_range)
-
-  def linear(self, din: int, dout: int) -> nnx.Linear:
-    return nnx.Linear(din, dout, kernel_init=self.init, dtype=self.dtype,
-                      param_dtype=jnp.float32, rngs=self.rngs)
-
-  def layer_norm(self) -> nnx.LayerNorm:
-    return nnx.LayerNorm(self.config.hidden_size, epsilon=self.config.layer_norm_eps,
-                         dtype=self.dtype, param_dtype=jnp.float32, rngs=self.rngs)
-
-  def embed(self, n: int) -> nnx.Embed:
-    return nnx.Embed(n, self.config.hidden_size, embedding_init=self.init, dtype=self.dtype,
-                     param_dtype=jnp.float32, rngs=self.rngs)
-
-
-def _dropout(rate: float, x: jax.Array, rngs: Rngs) -> jax.Array:
-  if rngs is None or rate == 0.0:
-    return x
-  keep = jax.random.bernoulli(rngs.dropout(), 1.0 - rate, x.shape)
-  return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+_Factory = layers.Factory
 
 
 class Embeddings(nnx.Module):
@@ -91,9 +63,10 @@ class Embeddings(nnx.Module):
       positions = jnp.cumsum(not_pad, axis=1) * not_pad + c.pad_token_id
     else:
       positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
-    x = (_add(self.word_embeddings(input_ids), perturbation.word)
+    x = (layers.add(self.word_embeddings(input_ids), perturbation.word)
          + self.position_embeddings(positions) + self.token_type_embeddings(token_type_ids))
-    return _add(_dropout(c.hidden_dropout_prob, self.LayerNorm(x), rngs), perturbation.output)
+    return layers.add(layers.dropout(c.hidden_dropout_prob, self.LayerNorm(x), rngs),
+                      perturbation.output)
 
 
 class SelfAttention(nnx.Module):
@@ -114,7 +87,7 @@ class SelfAttention(nnx.Module):
     q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
     scores = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32) / jnp.sqrt(size)
     scores = jnp.where(attention_mask, scores, jnp.finfo(jnp.float32).min)
-    probs = _dropout(c.attention_probs_dropout_prob, jax.nn.softmax(scores, axis=-1), rngs)
+    probs = layers.dropout(c.attention_probs_dropout_prob, jax.nn.softmax(scores, axis=-1), rngs)
     context = jnp.einsum('bhqk,bkhd->bqhd', probs.astype(v.dtype), v)
     return context.reshape(x.shape)
 
@@ -127,7 +100,7 @@ class SelfOutput(nnx.Module):
     self.LayerNorm = make.layer_norm()
 
   def __call__(self, x, residual, rngs: Rngs):
-    return self.LayerNorm(_dropout(self.rate, self.dense(x), rngs) + residual)
+    return self.LayerNorm(layers.dropout(self.rate, self.dense(x), rngs) + residual)
 
 
 class Attention(nnx.Module):
@@ -212,8 +185,8 @@ class RobertaClassificationHead(nnx.Module):
     self.out_proj = make.linear(c.hidden_size, c.num_labels)
 
   def __call__(self, first: jax.Array, rngs: Rngs):
-    x = _dropout(self.rate, first, rngs)
-    x = _dropout(self.rate, jnp.tanh(self.dense(x)), rngs)
+    x = layers.dropout(self.rate, first, rngs)
+    x = layers.dropout(self.rate, jnp.tanh(self.dense(x)), rngs)
     return self.out_proj(x)
 
 
@@ -240,24 +213,12 @@ class EncoderForSequenceClassification(nnx.Module):
   def backbone(self) -> Backbone:
     return getattr(self, self.config.model_type)
 
-  def check_inputs(self, input_ids) -> None:
-    """Raises ValueError for inputs the position table cannot hold."""
-    length, limit = input_ids.shape[-1], self.config.max_sequence_length
-    if length > limit:
-      raise ValueError(
-          f'Sequences of length {length} exceed the model\'s position table '
-          f'({limit} tokens); truncate to max_length <= {limit}.')
-
   def hidden_states(self, input_ids, attention_mask=None, token_type_ids=None, *,
                     segment_ids=None, rngs: Rngs = None,
                     perturbation: EmbeddingPerturbation | None = None) -> jax.Array:
     """The last layer's hidden states, shape ``[rows, length, hidden]``."""
-    self.check_inputs(input_ids)
-    if segment_ids is not None and attention_mask is not None:
-      raise ValueError('Give segment_ids (packed rows) or attention_mask, not both: packed '
-                       'rows take their attention from the segments.')
-    if attention_mask is None and segment_ids is None:
-      attention_mask = jnp.ones_like(input_ids)
+    attention_mask = layers.check_inputs(input_ids, self.config.max_sequence_length,
+                                         attention_mask, segment_ids)
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
     return self.backbone(input_ids, token_type_ids, attention_mask, rngs, perturbation,
@@ -278,8 +239,7 @@ class EncoderForSequenceClassification(nnx.Module):
     embeddings (:class:`EmbeddingPerturbation`); a zero perturbation gives
     exactly the unperturbed logits.
     """
-    if (segment_ids is None) != (examples is None):
-      raise ValueError('Packed rows need both segment_ids and examples (their number).')
+    layers.check_packed(segment_ids, examples)
     hidden = self.hidden_states(input_ids, attention_mask, token_type_ids,
                                 segment_ids=segment_ids, rngs=rngs, perturbation=perturbation)
     if segment_ids is None:
@@ -289,6 +249,6 @@ class EncoderForSequenceClassification(nnx.Module):
     if self.config.model_type == 'roberta':
       logits = self.classifier(first, rngs)
     else:
-      pooled = _dropout(self.config.head_dropout, self.backbone.pooler(first), rngs)
+      pooled = layers.dropout(self.config.head_dropout, self.backbone.pooler(first), rngs)
       logits = self.classifier(pooled)
     return logits.astype(jnp.float32)

@@ -27,9 +27,9 @@ from flax import nnx
 
 from rose_jax._src.apply_fn import EmbeddingPerturbation
 from rose_jax._src.segments import example_ids
-from rose_jax.models import segments
+from rose_jax.models import layers, segments
 
-Rngs = nnx.Rngs | None
+Rngs = layers.Rngs
 _ACTIVATIONS = {'gelu': functools.partial(jax.nn.gelu, approximate=False),
                 'gelu_new': functools.partial(jax.nn.gelu, approximate=True),
                 'gelu_pytorch_tanh': functools.partial(jax.nn.gelu, approximate=True),
@@ -106,12 +106,10 @@ class ModernBertConfig:
     of transformers 5 (``layer_types``, ``rope_parameters``) or of the
     released checkpoints (``global_attn_every_n_layers``, ``global_rope_theta``)."""
     source = dict(hf_config if isinstance(hf_config, dict) else hf_config.to_dict())
-    if 'num_labels' not in source and 'id2label' in source:
-      source['num_labels'] = len(source['id2label'])
-    layers = source['num_hidden_layers']
+    count = source['num_hidden_layers']
     if source.get('layer_types') is None:
       every = source.get('global_attn_every_n_layers', 3)
-      source['layer_types'] = [SLIDING if i % every else FULL for i in range(layers)]
+      source['layer_types'] = [SLIDING if i % every else FULL for i in range(count)]
     rope = source.get('rope_parameters') or {}
     for layer_type, name in ((FULL, 'global_rope_theta'), (SLIDING, 'local_rope_theta')):
       if (rope.get(layer_type) or {}).get('rope_theta') is not None:
@@ -120,14 +118,7 @@ class ModernBertConfig:
         raise ValueError(f'Rotary scaling {rope[layer_type]["rope_type"]!r} is not '
                          'supported: rose_jax implements the default rotary embedding.')
     source['layer_types'] = tuple(source['layer_types'])
-    fields = {f.name for f in dataclasses.fields(cls)}
-    values = {k: v for k, v in source.items() if k in fields}
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    missing = {f.name for f in dataclasses.fields(cls)
-               if f.default is dataclasses.MISSING} - set(values)
-    if missing:
-      raise ValueError(f'The configuration lacks {sorted(missing)}.')
-    return cls(**values)
+    return layers.config_from_fields(cls, source, overrides)
 
   def with_dropout(self, hidden: float | None = None,
                    attention: float | None = None) -> ModernBertConfig:
@@ -150,17 +141,6 @@ class ModernBertConfig:
         FULL: {'rope_type': 'default', 'rope_theta': self.global_rope_theta},
         SLIDING: {'rope_type': 'default', 'rope_theta': self.local_rope_theta}}
     return out
-
-
-def _dropout(rate: float, x: jax.Array, rngs: Rngs) -> jax.Array:
-  if rngs is None or rate == 0.0:
-    return x
-  keep = jax.random.bernoulli(rngs.dropout(), 1.0 - rate, x.shape)
-  return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
-
-
-def _add(x: jax.Array, delta: jax.Array | None) -> jax.Array:
-  return x if delta is None else x + delta.astype(x.dtype)
 
 
 class _Factory:
@@ -206,8 +186,8 @@ class Embeddings(nnx.Module):
     self.norm = make.norm()
 
   def __call__(self, input_ids, rngs: Rngs, perturbation: EmbeddingPerturbation):
-    x = _add(self.tok_embeddings(input_ids), perturbation.word)
-    return _add(_dropout(self.rate, self.norm(x), rngs), perturbation.output)
+    x = layers.add(self.tok_embeddings(input_ids), perturbation.word)
+    return layers.add(layers.dropout(self.rate, self.norm(x), rngs), perturbation.output)
 
 
 class Attention(nnx.Module):
@@ -227,9 +207,9 @@ class Attention(nnx.Module):
     q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
     scores = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32) * c.head_dim ** -0.5
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    probs = _dropout(c.attention_dropout, jax.nn.softmax(scores, axis=-1), rngs)
+    probs = layers.dropout(c.attention_dropout, jax.nn.softmax(scores, axis=-1), rngs)
     context = jnp.einsum('bhqk,bkhd->bqhd', probs.astype(v.dtype), v).reshape(x.shape)
-    return _dropout(c.attention_dropout, self.Wo(context), rngs)
+    return layers.dropout(c.attention_dropout, self.Wo(context), rngs)
 
 
 class MLP(nnx.Module):
@@ -243,7 +223,7 @@ class MLP(nnx.Module):
 
   def __call__(self, x, rngs: Rngs):
     value, gate = jnp.split(self.Wi(x), 2, axis=-1)
-    return self.Wo(_dropout(self.rate, self.activation(value) * gate, rngs))
+    return self.Wo(layers.dropout(self.rate, self.activation(value) * gate, rngs))
 
 
 class Layer(nnx.Module):
@@ -329,25 +309,13 @@ class ModernBertForSequenceClassification(nnx.Module):
     self.classifier = nnx.Linear(config.hidden_size, config.num_labels, kernel_init=make.init,
                                  dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
 
-  def check_inputs(self, input_ids) -> None:
-    """Raises ValueError for inputs longer than the model was trained for."""
-    length, limit = input_ids.shape[-1], self.config.max_sequence_length
-    if length > limit:
-      raise ValueError(
-          f'Sequences of length {length} exceed the model\'s position table '
-          f'({limit} tokens); truncate to max_length <= {limit}.')
-
   def hidden_states(self, input_ids, attention_mask=None, token_type_ids=None, *,
                     segment_ids=None, rngs: Rngs = None,
                     perturbation: EmbeddingPerturbation | None = None) -> jax.Array:
     """The final norm's output, shape ``[rows, length, hidden]``."""
     del token_type_ids
-    self.check_inputs(input_ids)
-    if segment_ids is not None and attention_mask is not None:
-      raise ValueError('Give segment_ids (packed rows) or attention_mask, not both: packed '
-                       'rows take their attention from the segments.')
-    if attention_mask is None and segment_ids is None:
-      attention_mask = jnp.ones_like(input_ids)
+    attention_mask = layers.check_inputs(input_ids, self.config.max_sequence_length,
+                                         attention_mask, segment_ids)
     return self.model(input_ids, attention_mask, rngs, perturbation or EmbeddingPerturbation(),
                       segment_ids)
 
@@ -356,12 +324,11 @@ class ModernBertForSequenceClassification(nnx.Module):
                perturbation: EmbeddingPerturbation | None = None) -> jax.Array:
     """Float32 logits ``[examples, num_labels]``; dropout on iff ``rngs`` is
     given. Packed rows as in :class:`rose_jax.models.EncoderForSequenceClassification`."""
-    if (segment_ids is None) != (examples is None):
-      raise ValueError('Packed rows need both segment_ids and examples (their number).')
+    layers.check_packed(segment_ids, examples)
     hidden = self.hidden_states(input_ids, attention_mask, segment_ids=segment_ids, rngs=rngs,
                                 perturbation=perturbation)
     pooled = self._pool(hidden, attention_mask, segment_ids, examples)
-    x = _dropout(self.config.classifier_dropout, self.head(pooled), rngs)
+    x = layers.dropout(self.config.classifier_dropout, self.head(pooled), rngs)
     return self.classifier(x).astype(jnp.float32)
 
   def _pool(self, hidden, attention_mask, segment_ids, examples):
