@@ -30,7 +30,11 @@ from rose_jax.selection import hf_name
 log = logging.getLogger(__name__)
 
 _HUB_FILES = ['config.json', '*.safetensors', 'model.safetensors.index.json', '*.txt',
-              'tokenizer*', 'special_tokens_map.json', 'vocab*', 'merges.txt']
+              'tokenizer*', 'special_tokens_map.json', 'vocab*', 'merges.txt',
+              # sentencepiece vocabularies (DeBERTa-v3's spm.model)
+              '*.model']
+# Fetched only for a repository without safetensors (microsoft/deberta-v3-base).
+_HUB_TORCH_FILES = ['pytorch_model.bin', 'pytorch_model.bin.index.json', 'pytorch_model-*.bin']
 
 
 class CheckpointError(ValueError):
@@ -92,7 +96,10 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
                           'give a hub name such as roberta-base.')
   from huggingface_hub import snapshot_download
   try:
-    return Path(snapshot_download(str(name_or_path), allow_patterns=_HUB_FILES))
+    directory = Path(snapshot_download(str(name_or_path), allow_patterns=_HUB_FILES))
+    if not any(directory.glob('*.safetensors')):
+      directory = Path(snapshot_download(str(name_or_path), allow_patterns=_HUB_TORCH_FILES))
+    return directory
   except Exception as error:  # network, authentication or name errors alike
     raise CheckpointError(
         f'Could not fetch {str(name_or_path)!r} from the Hugging Face Hub '

@@ -52,9 +52,20 @@ def test_a_run_resumes_exactly(files, checkpoints, tmp_path, monkeypatch, family
   resumed = loop.run(_config(files, model, tmp_path / 'run', resume=True, **settings))
   chex.assert_trees_all_equal(resumed['final_params'], expected['final_params'])
   assert read_run(tmp_path / 'run') == read_run(tmp_path / 'whole')
-  # The best model is a checkpoint of its family again, with the run's dropout.
+  # The best model is a checkpoint of its family again, with the run's dropout,
+  # and transformers' class of the family gives its logits.
   saved = load_pretrained(tmp_path / 'whole' / 'best_model')
   assert saved.config == load_pretrained(model).config.with_dropout(0.1, 0.1)
+  torch = pytest.importorskip('torch')
+  transformers = pytest.importorskip('transformers')
+  reference = transformers.AutoModelForSequenceClassification.from_pretrained(
+      tmp_path / 'whole' / 'best_model', attn_implementation='eager').eval()
+  assert type(reference).__name__ == f'{FAMILIES[family].__name__}'
+  ids = np.asarray([[2, 10, 11, 12, 13, 3, 0, 0], [2, 14, 15, 3, 0, 0, 0, 0]])
+  mask = (ids != 0).astype(int)
+  with torch.no_grad():
+    want = reference(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits
+  np.testing.assert_allclose(saved(ids, mask), want.numpy(), atol=1e-5, rtol=1e-5)
   # The analysis commands read it: the loss landscape around it, and the masks.
   analysis.landscape(tmp_path / 'whole', points=3, examples=8, progress=False)
   assert np.isfinite(analysis.flatness(tmp_path / 'whole')['centre_loss'])

@@ -155,3 +155,25 @@ def test_hub_name_without_network_fails_fast_with_local_options(monkeypatch):
   monkeypatch.setenv('HF_HUB_OFFLINE', '1')
   with pytest.raises(CheckpointError, match='local directory'):
     resolve_checkpoint('no-such-org/no-such-model-for-rose-jax')
+
+
+def test_a_hub_repository_without_safetensors_gets_its_torch_weights(tmp_path, monkeypatch):
+  import huggingface_hub
+  fetched = []
+
+  def snapshot_download(name, allow_patterns):
+    fetched.append(list(allow_patterns))
+    if 'pytorch_model.bin' in allow_patterns:
+      (tmp_path / 'pytorch_model.bin').write_bytes(b'')
+    return str(tmp_path)
+
+  monkeypatch.setattr(huggingface_hub, 'snapshot_download', snapshot_download)
+  assert resolve_checkpoint('microsoft/deberta-v3-base') == tmp_path
+  # The config, tokenizer files (spm.model too) first; the torch weights only
+  # because no safetensors came.
+  assert '*.model' in fetched[0] and 'pytorch_model.bin' not in fetched[0]
+  assert len(fetched) == 2 and 'pytorch_model.bin' in fetched[1]
+  (tmp_path / 'model.safetensors').write_bytes(b'')
+  fetched.clear()
+  resolve_checkpoint('roberta-base')
+  assert len(fetched) == 1
