@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from rose_jax import masking
 from rose_jax._src import rule, validation
 from rose_jax._src.rule import ScaleByMaskedAdamState, ScaleByRoseState, masked_adam_update
 from rose_jax.risks import Granularity, Variant
@@ -232,9 +233,10 @@ def rose_masks(
                                     lower=lower, gamma=gamma, warmup_steps=warmup_steps)
   grads, kl_grads, ce_grads = rule.check_and_clip_extras(
       grads, kl_grads, ce_grads, variant='ensemble', max_grad_norm=max_grad_norm)
-  settings = dict(upper=upper, lower=lower, gamma=gamma, granularity=granularity,
-                  warmup_steps=warmup_steps, b1=b1)
-  masks = {variant: rule.risk_mask(grads, kl_grads, ce_grads, state.mu, state.count,
-                                   state.mask, variant=variant, **settings)[0]
-           for variant in ('first', 'second', 'ensemble')}
-  return {name: jax.tree.map(jnp.mean, mask) for name, mask in masks.items()}
+  # Each risk ranked once, then mixed as the optimizer mixes them.
+  masks, _ = rule.component_masks(grads, kl_grads, ce_grads, state.mu, state.count,
+                                  state.mask, variant='ensemble', upper=upper, lower=lower,
+                                  granularity=granularity, b1=b1)
+  masks['ensemble'] = masking.ensemble_mask(masks['first'], masks['second'], gamma=gamma)
+  return {name: jax.tree.map(jnp.mean, rule.after_warmup(mask, state.count, warmup_steps))
+          for name, mask in masks.items()}

@@ -150,9 +150,10 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def risk_mask(updates, kl_grads, ce_grads, mu, count, last_mask, *, variant, upper, lower,
-              gamma, granularity, warmup_steps, b1):
-  """This step's ROSE mask (Eqs. 2-5, warm-up, all ones before momentum).
+def component_masks(updates, kl_grads, ce_grads, mu, count, last_mask, *, variant, upper,
+                    lower, granularity, b1):
+  """The first- and/or second-order masks of this step (Eqs. 2-4, all ones
+  before momentum), before the ensemble mixes them and before the warm-up.
 
   Args:
     updates: the update gradient.
@@ -161,21 +162,21 @@ def risk_mask(updates, kl_grads, ce_grads, mu, count, last_mask, *, variant, upp
     mu: the first moment before this step, in gradient units.
     count: steps taken before this one.
     last_mask: the state's mask tree; its ``MaskedNode`` leaves are not ranked.
-    variant, upper, lower, gamma, granularity, warmup_steps, b1: as in
-      :func:`rose_jax.scale_by_rose`.
+    variant, upper, lower, granularity, b1: as in :func:`rose_jax.scale_by_rose`.
 
   Returns:
-    ``(mask, finite)``: the mask tree (``MaskedNode`` where unranked) and a
-    list of booleans, whether the extra gradients used are finite.
+    ``(masks, finite)``: ``{"first": ..., "second": ...}`` as the variant
+    ranks (mask trees, ``MaskedNode`` where unranked) and a list of
+    booleans, whether the extra gradients used are finite.
   """
   ranked = jax.tree.map(lambda m: not masking.is_masked(m), last_mask,
                         is_leaf=masking.is_masked)
   thresholds = dict(lower=lower, upper=upper, granularity=granularity)
-  masks, finite = [], []
+  masks, finite = {}, []
   if variant in ('first', 'ensemble'):
     finite.append(_all_finite(kl_grads))
     risk = risks.first_order_risk(masking.select(kl_grads, ranked), granularity=granularity)
-    masks.append(masking.quantile_mask(risk, **thresholds))
+    masks['first'] = masking.quantile_mask(risk, **thresholds)
   if variant in ('second', 'ensemble'):
     source = updates if ce_grads is None else ce_grads
     if ce_grads is not None:
@@ -184,11 +185,37 @@ def risk_mask(updates, kl_grads, ce_grads, mu, count, last_mask, *, variant, upp
         masking.select(source, ranked), masking.select(mu, ranked), b1=b1,
         granularity=granularity)
     has_momentum = count > 0
-    masks.append(jax.tree.map(lambda m: jnp.where(has_momentum, m, 1.0),
-                              masking.quantile_mask(risk, **thresholds)))
-  mask = masks[0] if len(masks) == 1 else masking.ensemble_mask(*masks, gamma=gamma)
+    masks['second'] = jax.tree.map(lambda m: jnp.where(has_momentum, m, 1.0),
+                                   masking.quantile_mask(risk, **thresholds))
+  return masks, finite
+
+
+def after_warmup(mask, count, warmup_steps):
+  """``mask``, or all ones while ``count + 1 <= warmup_steps`` (no masking)."""
   masking_on = optax.safe_increment(count) > warmup_steps
-  return jax.tree.map(lambda m: jnp.where(masking_on, m, 1.0), mask), finite
+  return jax.tree.map(lambda m: jnp.where(masking_on, m, 1.0), mask)
+
+
+def risk_mask(updates, kl_grads, ce_grads, mu, count, last_mask, *, variant, upper, lower,
+              gamma, granularity, warmup_steps, b1):
+  """This step's ROSE mask (Eqs. 2-5, warm-up, all ones before momentum).
+
+  Args:
+    updates, kl_grads, ce_grads, mu, count, last_mask: as in
+      :func:`component_masks`.
+    variant, upper, lower, gamma, granularity, warmup_steps, b1: as in
+      :func:`rose_jax.scale_by_rose`.
+
+  Returns:
+    ``(mask, finite)``: the mask tree (``MaskedNode`` where unranked) and a
+    list of booleans, whether the extra gradients used are finite.
+  """
+  masks, finite = component_masks(updates, kl_grads, ce_grads, mu, count, last_mask,
+                                  variant=variant, upper=upper, lower=lower,
+                                  granularity=granularity, b1=b1)
+  mask = masking.ensemble_mask(masks['first'], masks['second'], gamma=gamma) \
+      if variant == 'ensemble' else masks[variant]
+  return after_warmup(mask, count, warmup_steps), finite
 
 
 def skip_unless_finite(finite: list[jax.Array], updates, new_state, state):
