@@ -236,14 +236,15 @@ def sweep_layout(configs: Sequence[TrainConfig], shared: loop.Shared, swept: Seq
   if not one_device and (jax.device_count() > 1 or jax.process_count() > 1):
     mesh = sweep_lib.sweep_mesh(data_devices)
   member_devices = 1 if mesh is None else mesh.shape[sweep_lib.MEMBERS]
+  filled = (lambda n: n) if mesh is None else (lambda n: sweep_lib.padded_count(n, mesh))
   if chunk is None:
     width = automatic_chunk(configs, shared, swept, memory_budget) * member_devices
   else:
-    width = -(-chunk // member_devices) * member_devices
+    width = filled(chunk)
     if width != chunk:
       log.info('--sweep-chunk %d rounded up to %d, a multiple of the %d member devices.',
                chunk, width, member_devices)
-  width = min(width, -(-len(configs) // member_devices) * member_devices)
+  width = min(width, filled(len(configs)))
   filler = -len(configs) % width
   if filler:
     log.info('%d members in chunks of %d over %d member devices: %d filler members (copies '
@@ -254,16 +255,15 @@ def sweep_layout(configs: Sequence[TrainConfig], shared: loop.Shared, swept: Seq
   return trainers.SweepLayout(width, mesh)
 
 
-def _chunks(configs: Sequence[TrainConfig], width: int) -> list[list[int]]:
-  """The members to train, by index, ``width`` at a time. A resumed sweep
-  leaves out its finished members and trains the started ones (with
-  checkpoints) apart from those yet to start.
+def _chunks(configs: Sequence[TrainConfig], todo: list[int], width: int) -> list[list[int]]:
+  """The members ``todo`` (indices into ``configs``: the unfinished ones) to
+  train, ``width`` at a time. A resumed sweep trains its started members
+  (with checkpoints) apart from those yet to start.
 
   Raises:
     ConfigError: started members of one chunk share no checkpoint step,
       before anything is written.
   """
-  todo = [i for i, c in enumerate(configs) if not (c.resume and _finished(c))]
   if not configs[0].resume:
     return [todo[i:i + width] for i in range(0, len(todo), width)]
   steps = {i: _checkpoint_steps(configs[i]) for i in todo}
@@ -320,8 +320,8 @@ def run_sweep(configs: Sequence[TrainConfig], *, chunk: int | None = None,
   shared = loop.Shared(configs[0], runs=len(configs))
   layout = sweep_layout(configs, shared, swept, chunk=chunk, memory_budget=memory_budget,
                         one_device=one_device)
-  chunks = _chunks(configs, layout.width)
   results: list[Any] = [_finished(c) if c.resume else None for c in configs]
+  chunks = _chunks(configs, [i for i, r in enumerate(results) if r is None], layout.width)
   skipped = sum(r is not None for r in results)
   if skipped:
     log.info('%d members finished before; skipped.', skipped)

@@ -179,13 +179,13 @@ class SweepLayout:
   """
   width: int
   mesh: jax.sharding.Mesh | None = None
-  _steps: dict = dataclasses.field(default_factory=dict, repr=False)
+  _step: step_lib.Step | None = dataclasses.field(default=None, repr=False)
 
-  def step(self, make: Any, key: Any) -> step_lib.Step:
-    """The sweep's step for ``key``, made by ``make()`` once."""
-    if key not in self._steps:
-      self._steps[key] = make()
-    return self._steps[key]
+  def step(self, make: Any) -> step_lib.Step:
+    """The sweep's step, made by ``make()`` for its first chunk."""
+    if self._step is None:
+      self._step = make()
+    return self._step
 
 
 def _stack_on_host(trees: list) -> Any:
@@ -206,7 +206,7 @@ class Stacked:
       raise ValueError(f'{self._real} members exceed the layout\'s {layout.width}.')
     self._step = layout.step(lambda: sweep_lib.make_sweep_step(
         apply_fn, tx, method, cotangents=config.cotangents, mesh=layout.mesh,
-        extra_metrics=extra_metrics), key=(method.name, extra_metrics is not None))
+        extra_metrics=extra_metrics))
     self.params = self._place(self._fill(params))
     self.opt_state = self._place(self._fill(opt_states))
     self._pad_id = pad_id
@@ -228,9 +228,9 @@ class Stacked:
       length = max(b.arrays['input_ids'].shape[1] for b in batches)
       padded = [batching.pad_to(b.arrays, length, self._pad_id) for b in batches]
     arrays = self._place(self._fill(padded), batch=True)
-    keys = self._fill(keys)
-    keys = jnp.stack(keys) if self._mesh is None else sweep_lib.shard_members(
-        jnp.stack(keys), self._mesh)
+    keys = jnp.stack(self._fill(keys))  # typed keys, which _place's host stack cannot hold
+    if self._mesh is not None:
+      keys = sweep_lib.shard_members(keys, self._mesh)
     self.params, self.opt_state, metrics = self._step(self.params, self.opt_state, arrays, keys)
     mask = _mask_row(self.opt_state, self._mesh)
     return metrics if mask is None else {**metrics, 'mask': mask}

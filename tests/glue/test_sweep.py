@@ -258,13 +258,15 @@ def test_a_resume_groups_members_by_progress_and_refuses_chunks_without_a_common
     for step in kept or ():
       (out / 'checkpoints' / str(step)).mkdir()
   (Path(configs[4].output_dir) / 'checkpoints' / '8.orbax-checkpoint-tmp-1').mkdir()
-  assert sweep._chunks(configs, 2) == [[2, 3], [4, 5]]
-  assert sweep._chunks(configs, 4) == [[2, 3], [4, 5]]
-  assert sweep._chunks([dataclasses.replace(c, resume=False) for c in configs], 4) == [
-      [0, 1, 2, 3], [4, 5]]
+  todo = [i for i, c in enumerate(configs) if not sweep._finished(c)]
+  assert todo == [2, 3, 4, 5]
+  assert sweep._chunks(configs, todo, 2) == [[2, 3], [4, 5]]
+  assert sweep._chunks(configs, todo, 4) == [[2, 3], [4, 5]]
+  assert sweep._chunks([dataclasses.replace(c, resume=False) for c in configs], list(range(6)),
+                       4) == [[0, 1, 2, 3], [4, 5]]
   # Trained in other chunks: the two started members share no step.
   shutil.rmtree(Path(configs[3].output_dir) / 'checkpoints' / '8')
   (Path(configs[3].output_dir) / 'checkpoints' / '12').mkdir()
   with pytest.raises(ConfigError, match=r'share no checkpoint step \(.*seed1 \[4, 8\], .*'
                                         r'\[12\]\).*another --sweep-chunk or device count'):
-    sweep._chunks(configs, 2)
+    sweep._chunks(configs, todo, 2)
