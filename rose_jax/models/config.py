@@ -36,17 +36,8 @@ class EncoderConfig:
       raise ValueError(
           f'Unknown model type {self.model_type!r}: rose_jax implements '
           f'{SUPPORTED_MODEL_TYPES} encoders (config.json "model_type").')
-    if self.hidden_act not in _ACTIVATIONS:
-      raise ValueError(f'Unsupported hidden_act {self.hidden_act!r}; expected one of '
-                       f'{_ACTIVATIONS}.')
-    if self.hidden_size % self.num_attention_heads:
-      raise ValueError(f'hidden_size {self.hidden_size} is not a multiple of '
-                       f'num_attention_heads {self.num_attention_heads}.')
-    for name in ('hidden_dropout_prob', 'attention_probs_dropout_prob'):
-      if not 0.0 <= getattr(self, name) < 1.0:
-        raise ValueError(f'{name} must be in [0, 1), got {getattr(self, name)}.')
-    if self.num_labels < 1:
-      raise ValueError(f'num_labels must be >= 1, got {self.num_labels}.')
+    layers.check_config(self, activations={'hidden_act': _ACTIVATIONS},
+                        rates=('hidden_dropout_prob', 'attention_probs_dropout_prob'))
 
   @property
   def max_sequence_length(self) -> int:

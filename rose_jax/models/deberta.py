@@ -68,18 +68,12 @@ class DebertaV2Config:
   model_type: str = 'deberta-v2'
 
   def __post_init__(self):
-    for name in ('hidden_act', 'pooler_hidden_act'):
-      if getattr(self, name) not in _ACTIVATIONS:
-        raise ValueError(f'Unsupported {name} {getattr(self, name)!r}; expected one of '
-                         f'{sorted(_ACTIVATIONS)}.')
-    if self.hidden_size % self.num_attention_heads:
-      raise ValueError(f'hidden_size {self.hidden_size} is not a multiple of '
-                       f'num_attention_heads {self.num_attention_heads}.')
+    known = sorted(_ACTIVATIONS)
+    layers.check_config(
+        self, activations={'hidden_act': known, 'pooler_hidden_act': known},
+        rates=('hidden_dropout_prob', 'attention_probs_dropout_prob', 'pooler_dropout'))
     if set(self.pos_att_type) - {'c2p', 'p2c'}:
       raise ValueError(f'pos_att_type must hold "c2p" and/or "p2c", got {self.pos_att_type}.')
-    for name in ('hidden_dropout_prob', 'attention_probs_dropout_prob', 'pooler_dropout'):
-      if not 0.0 <= getattr(self, name) < 1.0:
-        raise ValueError(f'{name} must be in [0, 1), got {getattr(self, name)}.')
 
   @property
   def max_sequence_length(self) -> int:

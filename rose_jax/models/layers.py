@@ -69,6 +69,25 @@ def check_packed(segment_ids, examples) -> None:
     raise ValueError('Packed rows need both segment_ids and examples (their number).')
 
 
+def check_config(config, *, activations: dict[str, Any], rates: tuple[str, ...]) -> None:
+  """ValueError, naming the field, for what every family's configuration
+  must satisfy: each field in ``activations`` one of its allowed values,
+  heads that divide the hidden size, dropout ``rates`` in [0, 1), at least
+  one label."""
+  for name, allowed in activations.items():
+    if getattr(config, name) not in allowed:
+      raise ValueError(f'Unsupported {name} {getattr(config, name)!r}; expected one of '
+                       f'{allowed}.')
+  if config.hidden_size % config.num_attention_heads:
+    raise ValueError(f'hidden_size {config.hidden_size} is not a multiple of '
+                     f'num_attention_heads {config.num_attention_heads}.')
+  for name in rates:
+    if not 0.0 <= getattr(config, name) < 1.0:
+      raise ValueError(f'{name} must be in [0, 1), got {getattr(config, name)}.')
+  if config.num_labels < 1:
+    raise ValueError(f'num_labels must be >= 1, got {config.num_labels}.')
+
+
 def config_from_fields(cls, source: dict[str, Any], overrides: dict[str, Any]):
   """``cls`` (a config dataclass) from the fields of ``source`` it has, with
   ``overrides`` that are not None; ValueError naming missing fields."""

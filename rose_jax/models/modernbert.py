@@ -73,13 +73,10 @@ class ModernBertConfig:
   model_type: str = 'modernbert'
 
   def __post_init__(self):
-    for name in ('hidden_activation', 'classifier_activation'):
-      if getattr(self, name) not in _ACTIVATIONS:
-        raise ValueError(f'Unsupported {name} {getattr(self, name)!r}; expected one of '
-                         f'{sorted(_ACTIVATIONS)}.')
-    if self.hidden_size % self.num_attention_heads:
-      raise ValueError(f'hidden_size {self.hidden_size} is not a multiple of '
-                       f'num_attention_heads {self.num_attention_heads}.')
+    known = sorted(_ACTIVATIONS)
+    layers.check_config(
+        self, activations={'hidden_activation': known, 'classifier_activation': known},
+        rates=('attention_dropout', 'embedding_dropout', 'mlp_dropout', 'classifier_dropout'))
     if len(self.layer_types) != self.num_hidden_layers or set(self.layer_types) - {FULL,
                                                                                    SLIDING}:
       raise ValueError(f'layer_types must name {FULL!r} or {SLIDING!r} for each of the '
@@ -87,9 +84,6 @@ class ModernBertConfig:
     if self.classifier_pooling not in ('cls', 'mean'):
       raise ValueError(f'classifier_pooling must be "cls" or "mean", got '
                        f'{self.classifier_pooling!r}.')
-    for name in ('attention_dropout', 'embedding_dropout', 'mlp_dropout', 'classifier_dropout'):
-      if not 0.0 <= getattr(self, name) < 1.0:
-        raise ValueError(f'{name} must be in [0, 1), got {getattr(self, name)}.')
 
   @property
   def max_sequence_length(self) -> int:

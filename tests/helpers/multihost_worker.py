@@ -54,30 +54,15 @@ def steps(process_id: int, num_processes: int, port: int, out_file: str) -> None
   jax.distributed.shutdown()
 
 
-def _killing(module, name: str, kill_at: int) -> None:
-  """Makes the steps that ``module.name`` builds end the process at step ``kill_at``."""
-  real = getattr(module, name)
-
-  def make(*args, **kwargs):
-    step, calls = real(*args, **kwargs), [0]
-
-    def counted(*a):
-      calls[0] += 1
-      if calls[0] == kill_at:
-        os._exit(137)  # as SIGKILL: no clean-up, no shutdown
-      return step(*a)
-    return counted
-
-  setattr(module, name, make)
-
-
 def finetune(kill_at: int, argv: list[str]) -> int:
   from examples import finetune as cli
   from rose_jax.training import step as step_lib
   from rose_jax.training import sweep as sweep_lib
+  from tests.helpers.runs import killing
   if kill_at:
-    _killing(step_lib, 'make_train_step', kill_at)
-    _killing(sweep_lib, 'make_sweep_step', kill_at)
+    die = lambda: os._exit(137)  # as SIGKILL: no clean-up, no shutdown
+    step_lib.make_train_step = killing(step_lib.make_train_step, kill_at, die)
+    sweep_lib.make_sweep_step = killing(sweep_lib.make_sweep_step, kill_at, die)
   return cli.main(argv)
 
 

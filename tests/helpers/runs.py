@@ -21,23 +21,34 @@ class Killed(Exception):
   """Stands for SIGKILL: nothing after the raise runs."""
 
 
+def killing(build, kill_at: int, kill):
+  """``build`` (a step builder such as ``make_train_step``) whose steps call
+  ``kill()`` instead of running step ``kill_at`` (1-based, counted per built
+  step)."""
+
+  def make(*args, **kwargs):
+    step, calls = build(*args, **kwargs), [0]
+
+    def counted(*a):
+      calls[0] += 1
+      if calls[0] == kill_at:
+        kill()
+      return step(*a)
+    return counted
+
+  return make
+
+
 def kill_at_step(monkeypatch, kill_at: int, module=step_lib, name: str = 'make_train_step'):
   """Makes the steps that ``module.name`` builds raise Killed when called for
   step ``kill_at`` (1-based, counted per built step); returns a function that
   puts the real builder back."""
   real = getattr(module, name)
 
-  def make(*args, **kwargs):
-    step, calls = real(*args, **kwargs), [0]
+  def kill():
+    raise Killed(f'killed at step {kill_at}')
 
-    def counted(*a):
-      calls[0] += 1
-      if calls[0] == kill_at:
-        raise Killed(f'killed at step {kill_at}')
-      return step(*a)
-    return counted
-
-  monkeypatch.setattr(module, name, make)
+  monkeypatch.setattr(module, name, killing(real, kill_at, kill))
   return lambda: monkeypatch.setattr(module, name, real)
 
 

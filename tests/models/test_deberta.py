@@ -127,5 +127,9 @@ def test_settings_we_do_not_implement_are_named():
     DebertaV2Config.from_hf({**base, 'conv_kernel_size': 3})
   with pytest.raises(ValueError, match=r"\['embedding_size'\]"):
     DebertaV2Config.from_hf({**base, 'embedding_size': 16})
+  with pytest.raises(ValueError, match='num_labels must be >= 1, got 0'):
+    DebertaV2Config.from_hf({**base, 'num_labels': 0})
+  with pytest.raises(ValueError, match=r"Unsupported pooler_hidden_act 'swish'"):
+    DebertaV2Config.from_hf({**base, 'pooler_hidden_act': 'swish'})
   assert DebertaV2Config.from_hf({**base, 'pos_att_type': 'p2c|c2p'}).pos_att_type == ('p2c',
                                                                                      'c2p')
