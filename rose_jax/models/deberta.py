@@ -356,9 +356,6 @@ class DebertaV2ForSequenceClassification(nnx.Module):
     layers.check_packed(segment_ids, examples)
     hidden = self.hidden_states(input_ids, attention_mask, token_type_ids,
                                 segment_ids=segment_ids, rngs=rngs, perturbation=perturbation)
-    if segment_ids is None:
-      first = hidden[:, 0]
-    else:
-      first = hidden.reshape(-1, hidden.shape[-1])[segments.first_tokens(segment_ids, examples)]
+    first = segments.first_token_states(hidden, segment_ids, examples)
     pooled = layers.dropout(self.config.head_dropout, self.pooler(first, rngs), rngs)
     return self.classifier(pooled).astype(jnp.float32)

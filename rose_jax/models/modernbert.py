@@ -326,16 +326,13 @@ class ModernBertForSequenceClassification(nnx.Module):
     return self.classifier(x).astype(jnp.float32)
 
   def _pool(self, hidden, attention_mask, segment_ids, examples):
-    flat = hidden.reshape(-1, hidden.shape[-1])
     if self.config.classifier_pooling == 'cls':
-      if segment_ids is None:
-        return hidden[:, 0]
-      return flat[segments.first_tokens(segment_ids, examples)]
+      return segments.first_token_states(hidden, segment_ids, examples)
     if segment_ids is None:
       weights = jnp.ones(hidden.shape[:2]) if attention_mask is None else attention_mask
       weights = weights.astype(hidden.dtype)[..., None]
       return (hidden * weights).sum(1) / weights.sum(1)
     owner = example_ids(segment_ids).reshape(-1)  # 1, 2, ...; 0 at padding
-    sums = jax.ops.segment_sum(flat, owner, examples + 1)
+    sums = jax.ops.segment_sum(hidden.reshape(-1, hidden.shape[-1]), owner, examples + 1)
     counts = jax.ops.segment_sum(jnp.ones_like(owner, hidden.dtype), owner, examples + 1)
     return sums[1:] / counts[1:, None]

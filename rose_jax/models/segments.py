@@ -47,3 +47,12 @@ def first_tokens(segment_ids: jax.Array, examples: int) -> jax.Array:
   """The flat ``rows * length`` index of each example's first token, in
   example order; ``examples`` is their number (static)."""
   return jnp.nonzero(first_token_mask(segment_ids).reshape(-1), size=examples, fill_value=0)[0]
+
+
+def first_token_states(hidden: jax.Array, segment_ids: jax.Array | None,
+                       examples: int | None) -> jax.Array:
+  """Each example's first-token hidden state, ``[examples, hidden]``: every
+  row's first token unpacked (``segment_ids`` None), else each segment's."""
+  if segment_ids is None:
+    return hidden[:, 0]
+  return hidden.reshape(-1, hidden.shape[-1])[first_tokens(segment_ids, examples)]
