@@ -50,7 +50,7 @@ kept_share = _check(lambda v: 0 < v <= 1, 'a fraction in (0, 1]')
 
 
 def option(default, help: str, *, check=None, choices: Iterable[str] | None = None,
-           resume: bool = True, cli: bool = True):
+           resume: bool = True, cli: bool = True, absent=None):
   """A :class:`TrainConfig` field.
 
   Args:
@@ -60,9 +60,11 @@ def option(default, help: str, *, check=None, choices: Iterable[str] | None = No
     choices: the allowed values, for the parser.
     resume: whether a resumed run must keep this value (it shapes training).
     cli: whether the command line sets it.
+    absent: for a setting added after runs were saved without it, what those
+      runs did (a resume compares it with the value now).
   """
   metadata = {'help': help, 'check': check, 'choices': choices and tuple(choices),
-              'resume': resume, 'cli': cli}
+              'resume': resume, 'cli': cli, 'absent': absent}
   return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -157,7 +159,7 @@ class TrainConfig:
   devices_per_member: int = option(
       1, "a sweep's devices per member: each member's batch is split over this many devices "
       '(members x data, each member trained as a --parallel shard_map run over them); 1: '
-      'each device trains whole members', check=at_least_one)
+      'each device trains whole members', check=at_least_one, absent=1)
   cotangents: str = option('sequential', "how ROSE's two gradients are taken: one backward "
                            'each, or one vmapped backward', choices=('sequential', 'vmap'))
   log_every: int = option(50, 'steps between metric lines', check=at_least_one,
@@ -253,17 +255,13 @@ class TrainConfig:
     for field in dataclasses.fields(self):
       if not field.metadata['resume'] or field.name == 'output_dir':
         continue
-      saved = other.get(field.name, _ABSENT_MEANS.get(field.name))
+      saved = other.get(field.name, field.metadata['absent'])
       now = getattr(self, field.name)
       if isinstance(now, tuple):  # as JSON stores it
         now = list(now)
       if saved != now:
         found.append(f'{flag(field.name)}: {saved!r} when started, {now!r} now')
     return found
-
-
-# Settings added after runs were saved without them, and what those runs did.
-_ABSENT_MEANS = {'devices_per_member': 1}
 
 
 def _base_type(annotation) -> type:

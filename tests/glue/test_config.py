@@ -137,3 +137,12 @@ def test_initialize_only_when_asked_or_launched(monkeypatch):
                                 environ={})
   assert calls == [dict(coordinator_address=None, num_processes=None, process_id=None),
                    dict(coordinator_address='h:1', num_processes=2, process_id=1)]
+
+
+def test_a_setting_added_later_compares_with_what_older_runs_did():
+  # Runs saved before --devices-per-member existed trained each member whole.
+  saved = dataclasses.asdict(TrainConfig())
+  del saved['devices_per_member']
+  assert TrainConfig().differences(saved) == []
+  assert TrainConfig(devices_per_member=2).differences(saved) == [
+      '--devices-per-member: 1 when started, 2 now']
