@@ -33,6 +33,20 @@ MUTANTS = [
     'tests/models/test_deberta.py -k match_transformers',
   ),
   (
+    "DeBERTa's c2p relative positions one bucket off",
+    'rose_jax/models/deberta.py',
+    'index = jnp.clip(relative + span, 0, 2 * span - 1)',
+    'index = jnp.clip(relative + span + 1, 0, 2 * span - 1)',
+    'tests/models/test_deberta.py -k "match_transformers or packed or loads_back"',
+  ),
+  (
+    "ModernBERT's attention scores without their 1/sqrt(head_dim) scale",
+    'rose_jax/models/modernbert.py',
+    ".astype(jnp.float32) * c.head_dim ** -0.5",
+    ".astype(jnp.float32)",
+    'tests/models/test_modernbert.py -k "match_transformers or packed or loads_back"',
+  ),
+  (
     "DeBERTa's log buckets rounded down",
     'rose_jax/models/deberta.py',
     'log_pos = jnp.ceil(',

@@ -4,6 +4,8 @@ ROSE-Ensemble on packed rows killed mid-epoch and resumed to the same
 parameters and files; the baselines that perturb embeddings or mask by
 Fisher information; a sweep."""
 
+import copy
+import functools
 from pathlib import Path
 
 import chex
@@ -19,6 +21,7 @@ from rose_jax.models import (
 )
 from tests import helpers
 from tests.helpers import cli_args, fails
+from tests.helpers.parity import assert_float32_parity, per_example
 from tests.helpers.runs import check_finished_run, read_run, run_killed_at
 
 FAMILIES = {'modernbert': ModernBertForSequenceClassification,
@@ -63,9 +66,15 @@ def test_a_run_resumes_exactly(files, checkpoints, tmp_path, monkeypatch, family
   assert type(reference).__name__ == f'{FAMILIES[family].__name__}'
   ids = np.asarray([[2, 10, 11, 12, 13, 3, 0, 0], [2, 14, 15, 3, 0, 0, 0, 0]])
   mask = (ids != 0).astype(int)
-  with torch.no_grad():
-    want = reference(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits
-  np.testing.assert_allclose(saved(ids, mask), want.numpy(), atol=1e-5, rtol=1e-5)
+  exact = copy.deepcopy(reference).double()
+
+  def logits(model, ids, mask):
+    with torch.no_grad():
+      return model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+
+  assert_float32_parity(saved(ids, mask), logits(reference, ids, mask),
+                        per_example(functools.partial(logits, exact), ids, mask),
+                        layers=saved.config.num_hidden_layers)
   # The analysis commands read it: the loss landscape around it, and the masks.
   analysis.landscape(tmp_path / 'whole', points=3, examples=8, progress=False)
   assert np.isfinite(analysis.flatness(tmp_path / 'whole')['centre_loss'])

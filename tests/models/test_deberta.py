@@ -3,6 +3,8 @@ with padding and token types, relative distances in log buckets, both ways
 of projecting positions, packed rows against each example alone, a saved
 model loaded back by transformers, and what the authors' rule ranks."""
 
+import copy
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +20,7 @@ from rose_jax.models import (
 )
 from rose_jax.models.deberta import log_bucket_position
 from tests.helpers import packed_and_unpacked
+from tests.helpers.parity import assert_float32_parity, per_example
 
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
@@ -60,19 +63,26 @@ def _torch(reference, ids, mask, types):
             reference.deberta(**kwargs).last_hidden_state.numpy())
 
 
+def _references(reference, ids, mask, types):
+  """transformers' logits and hidden states in float32 on the padded batch,
+  and in float64 on each example alone."""
+  want32 = _torch(reference, ids, mask, types)
+  exact = copy.deepcopy(reference).double()
+  return want32, per_example(lambda *a: _torch(exact, *a), ids, mask, types)
+
+
 @pytest.mark.parametrize('version', ['v3', 'v2'])
 def test_hidden_states_and_logits_match_transformers(tmp_path, version):
   reference = _reference(tmp_path, **(V3 if version == 'v3' else V2))
   ours = load_pretrained(tmp_path)
   assert isinstance(ours, DebertaV2ForSequenceClassification)
   ids, mask, types = _inputs(np.random.default_rng(0))
-  want_logits, want_hidden = _torch(reference, ids, mask, types)
+  (logits32, hidden32), (logits64, hidden64) = _references(reference, ids, mask, types)
   types = jnp.asarray(types) if version == 'v2' else None
-  hidden = np.asarray(ours.hidden_states(jnp.asarray(ids), jnp.asarray(mask), types))
-  np.testing.assert_allclose(hidden * mask[..., None], want_hidden * mask[..., None],
-                             atol=1e-5, rtol=1e-5)
-  np.testing.assert_allclose(ours(jnp.asarray(ids), jnp.asarray(mask), types), want_logits,
-                             atol=1e-5, rtol=1e-5)
+  hidden = ours.hidden_states(jnp.asarray(ids), jnp.asarray(mask), types)
+  assert_float32_parity(hidden, hidden32, hidden64, layers=2, where=mask[..., None] == 1)
+  assert_float32_parity(ours(jnp.asarray(ids), jnp.asarray(mask), types), logits32, logits64,
+                        layers=2)
 
 
 def test_log_buckets_are_transformers(tmp_path):
@@ -92,18 +102,21 @@ def test_a_saved_model_loads_back_into_transformers(tmp_path):
   back = transformers.DebertaV2ForSequenceClassification.from_pretrained(
       tmp_path / 'saved').eval()
   ids, mask, types = _inputs(np.random.default_rng(1))
-  np.testing.assert_allclose(_torch(back, ids, mask, types)[0],
-                             ours(jnp.asarray(ids), jnp.asarray(mask)), atol=1e-5, rtol=1e-5)
+  (logits32, _), (logits64, _) = _references(back, ids, mask, types)
+  assert_float32_parity(ours(jnp.asarray(ids), jnp.asarray(mask)), logits32, logits64, layers=2)
   assert load_pretrained(tmp_path / 'saved').config == ours.config
 
 
 @pytest.mark.parametrize('version', ['v3', 'v2'])
 def test_packed_rows_give_each_example_its_logits_alone(tmp_path, version):
-  _reference(tmp_path, **(V3 if version == 'v3' else V2))
+  reference = _reference(tmp_path, **(V3 if version == 'v3' else V2))
   apply_fn, params = as_apply_fn(load_pretrained(tmp_path))
   packed, unpacked = packed_and_unpacked(2, row_length=10, pad=PAD)
-  np.testing.assert_allclose(apply_fn(params, packed), apply_fn(params, unpacked), atol=1e-5,
-                             rtol=1e-5)
+  ids, mask = unpacked['input_ids'], unpacked['attention_mask']
+  (logits32, _), (logits64, _) = _references(reference, ids, mask, np.zeros_like(ids))
+  # The examples fill the rows in their own order, so the logits line up.
+  for batch in (packed, unpacked):
+    assert_float32_parity(apply_fn(params, batch), logits32, logits64, layers=2)
 
 
 def test_the_authors_rule_ranks_every_layers_weights_and_layer_norms(tmp_path):

@@ -1,5 +1,7 @@
 """Parity with transformers' PyTorch models, and loading errors."""
 
+import copy
+import functools
 import json
 
 import jax
@@ -16,6 +18,7 @@ from rose_jax.models import (
     load_pretrained,
     resolve_checkpoint,
 )
+from tests.helpers.parity import assert_float32_parity, per_example
 
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
@@ -57,9 +60,11 @@ def test_logits_match_transformers(tmp_path, kind):
   types = None if kind == 'roberta' else rng.integers(0, 2, size=ids.shape)
   got = ours(jnp.asarray(ids), jnp.asarray(mask),
              None if types is None else jnp.asarray(types))
-  want = _torch_logits(reference, ids, mask, types)
   assert got.shape == (4, 3)
-  np.testing.assert_allclose(np.asarray(got), want, atol=1e-4, rtol=0)
+  exact = copy.deepcopy(reference).double()
+  want64 = per_example(functools.partial(_torch_logits, exact), ids, mask,
+                       *([] if types is None else [types]))
+  assert_float32_parity(got, _torch_logits(reference, ids, mask, types), want64, layers=2)
 
 
 def test_pretrained_minilm_matches_transformers():
@@ -70,16 +75,21 @@ def test_pretrained_minilm_matches_transformers():
   tokenizer = transformers.AutoTokenizer.from_pretrained(str(directory))
   batch = tokenizer(['a charming and often affecting journey.', 'unflinchingly bleak'],
                     padding=True, return_tensors='np')
-  with torch.no_grad():
-    out = reference(**{k: torch.tensor(v) for k, v in batch.items()})
-  hidden = ours.hidden_states(jnp.asarray(batch['input_ids']),
-                              jnp.asarray(batch['attention_mask']),
-                              jnp.asarray(batch['token_type_ids']))
-  valid = batch['attention_mask'].astype(bool)
-  np.testing.assert_allclose(np.asarray(hidden)[valid], out.last_hidden_state.numpy()[valid],
-                             atol=1e-4, rtol=0)
-  pooled = ours.backbone.pooler(hidden[:, 0])
-  np.testing.assert_allclose(np.asarray(pooled), out.pooler_output.numpy(), atol=1e-4)
+  exact = copy.deepcopy(reference).double()
+
+  def run(model, ids, mask, types):
+    with torch.no_grad():
+      out = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                  token_type_ids=torch.tensor(types))
+    return out.pooler_output.numpy(), out.last_hidden_state.numpy()
+
+  arrays = (batch['input_ids'], batch['attention_mask'], batch['token_type_ids'])
+  pooled32, hidden32 = run(reference, *arrays)
+  pooled64, hidden64 = per_example(lambda *a: run(exact, *a), *arrays)
+  hidden = ours.hidden_states(*map(jnp.asarray, arrays))
+  assert_float32_parity(hidden, hidden32, hidden64, layers=6,
+                        where=batch['attention_mask'][..., None] == 1)
+  assert_float32_parity(ours.backbone.pooler(hidden[:, 0]), pooled32, pooled64, layers=6)
   # The new head: BERT's initialiser, zero bias.
   assert float(jnp.abs(ours.classifier.bias[...]).max()) == 0.0
 

@@ -2,6 +2,7 @@
 padding and both attention kinds, packed rows against each example alone, a
 saved model loaded back by transformers, and what the authors' rule ranks."""
 
+import copy
 import json
 
 import jax
@@ -19,6 +20,7 @@ from rose_jax.models import (
     save_pretrained,
 )
 from tests.helpers import packed_and_unpacked
+from tests.helpers.parity import assert_float32_parity, per_example
 
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
@@ -59,6 +61,14 @@ def _torch(reference, ids, mask):
   return out.logits.numpy(), hidden.last_hidden_state.numpy()
 
 
+def _references(reference, ids, mask):
+  """transformers' logits and hidden states in float32 on the padded batch,
+  and in float64 on each example alone (its float64 eager attention turns
+  padding rows into NaN, which then reach the real tokens through the values)."""
+  exact = copy.deepcopy(reference).double()
+  return _torch(reference, ids, mask), per_example(lambda *a: _torch(exact, *a), ids, mask)
+
+
 @pytest.mark.parametrize('pooling, biases', [('cls', False), ('mean', True)])
 def test_hidden_states_and_logits_match_transformers(tmp_path, pooling, biases):
   reference = _reference(tmp_path, classifier_pooling=pooling, norm_bias=biases,
@@ -69,17 +79,15 @@ def test_hidden_states_and_logits_match_transformers(tmp_path, pooling, biases):
   assert isinstance(ours, ModernBertForSequenceClassification)
   assert ours.config.layer_types == tuple(reference.config.layer_types)
   ids, mask = _inputs(np.random.default_rng(0))
-  want_logits, want_hidden = _torch(reference, ids, mask)
-  hidden = np.asarray(ours.hidden_states(jnp.asarray(ids), jnp.asarray(mask)))
+  (logits32, hidden32), (logits64, hidden64) = _references(reference, ids, mask)
+  hidden = ours.hidden_states(jnp.asarray(ids), jnp.asarray(mask))
   # Padding positions differ only in what they attend to; real tokens agree.
-  np.testing.assert_allclose(hidden * mask[..., None], want_hidden * mask[..., None],
-                             atol=1e-5, rtol=1e-5)
-  np.testing.assert_allclose(ours(jnp.asarray(ids), jnp.asarray(mask)), want_logits,
-                             atol=1e-5, rtol=1e-5)
+  assert_float32_parity(hidden, hidden32, hidden64, layers=4, where=mask[..., None] == 1)
+  assert_float32_parity(ours(jnp.asarray(ids), jnp.asarray(mask)), logits32, logits64, layers=4)
   # The sliding window matters here: with it widened, the logits move.
   wide = transformers.ModernBertForSequenceClassification.from_pretrained(
       tmp_path, local_attention=64, attn_implementation='eager').eval()
-  assert np.abs(_torch(wide, ids, mask)[0] - want_logits).max() > 1e-3
+  assert np.abs(_torch(wide, ids, mask)[0] - logits32).max() > 1e-3
 
 
 def test_a_saved_model_loads_back_into_transformers(tmp_path):
@@ -91,23 +99,25 @@ def test_a_saved_model_loads_back_into_transformers(tmp_path):
   back = transformers.ModernBertForSequenceClassification.from_pretrained(
       tmp_path / 'saved', attn_implementation='eager').eval()
   ids, mask = _inputs(np.random.default_rng(1))
-  np.testing.assert_allclose(_torch(back, ids, mask)[0], ours(jnp.asarray(ids), jnp.asarray(mask)),
-                             atol=1e-5, rtol=1e-5)
+  (logits32, _), (logits64, _) = _references(back, ids, mask)
+  assert_float32_parity(ours(jnp.asarray(ids), jnp.asarray(mask)), logits32, logits64, layers=4)
   again = load_pretrained(tmp_path / 'saved')
   assert again.config == ours.config
 
 
 @pytest.mark.parametrize('pooling', ['cls', 'mean'])
 def test_packed_rows_give_each_example_its_logits_alone(tmp_path, pooling):
-  _reference(tmp_path, classifier_pooling=pooling)
+  reference = _reference(tmp_path, classifier_pooling=pooling)
   model = load_pretrained(tmp_path)
   # Rows of 10 tokens: a local layer's window (2 either side) crosses from
   # one example into the next unless the segments stop it.
   packed, unpacked = packed_and_unpacked(2, row_length=10, pad=PAD)
+  (logits32, _), (logits64, _) = _references(reference, unpacked['input_ids'],
+                                             unpacked['attention_mask'])
   apply_fn, params = as_apply_fn(model)
   # The examples fill the rows in their own order, so the logits line up.
-  np.testing.assert_allclose(apply_fn(params, packed), apply_fn(params, unpacked), atol=1e-5,
-                             rtol=1e-5)
+  for batch in (packed, unpacked):
+    assert_float32_parity(apply_fn(params, batch), logits32, logits64, layers=4)
 
 
 def test_the_authors_rule_ranks_every_layers_weights_and_norms(tmp_path):

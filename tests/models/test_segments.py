@@ -2,6 +2,7 @@
 the examples unpacked, for BERT's and RoBERTa's position rules, and against
 transformers' PyTorch models on the examples alone."""
 
+import copy
 import functools
 
 import chex
@@ -23,6 +24,7 @@ from tests.helpers import (
   rows_in_order,
   tiny_model,
 )
+from tests.helpers.parity import assert_float32_parity
 
 PAD = 1  # tiny_model's pad id
 
@@ -101,10 +103,12 @@ def test_packed_logits_match_transformers_on_each_example_alone(tmp_path, kind):
   type_of = (lambda s: 0) if kind == 'roberta' else (lambda s: s % 2)
   packed = {**pack_by_hand(examples, rows, 12, type_of), 'labels': np.zeros(6, np.int32)}
   got = np.asarray(apply_fn(params, packed, dropout_key=None))
+  exact = copy.deepcopy(reference).double()
   for j, (r, members) in enumerate((r, m) for r, ms in enumerate(rows) for m in ms):
     m, segment = members, rows[r].index(members) + 1
     types = torch.full((1, lengths[m]), type_of(segment))
     with torch.no_grad():
-      want = reference(input_ids=torch.tensor(examples[m][None].astype(np.int64)),
-                       token_type_ids=types).logits.numpy()[0]
-    np.testing.assert_allclose(got[j], want, atol=1e-5, rtol=1e-5)
+      want32, want64 = (model(input_ids=torch.tensor(examples[m][None].astype(np.int64)),
+                              token_type_ids=types).logits.numpy()[0]
+                        for model in (reference, exact))
+    assert_float32_parity(got[j], want32, want64, layers=1)
