@@ -84,8 +84,9 @@ def labels_of(batch: Batch) -> jax.Array:
   keys otherwise."""
   if 'labels' not in batch:
     raise ValueError(
-        f'The batch has no "labels" (its keys: {sorted(batch)}); the step needs integer '
-        'class labels of shape [examples] in batch["labels"].')
+        f'The batch has no "labels" (its keys: {sorted(batch)}); the step needs one label '
+        'per example in batch["labels"], shape [examples] (integer classes, or float '
+        'targets for regression).')
   labels = batch['labels']
   if jnp.ndim(labels) != 1:
     raise ValueError(f'batch["labels"] must have shape [examples], got {jnp.shape(labels)}.')
@@ -96,8 +97,13 @@ def check_logits(logits: Any, examples: int) -> jax.Array:
   """``logits`` when they are floating ``[examples, classes]``; at trace time,
   a ValueError naming the shapes otherwise."""
   shape, dtype = jnp.shape(logits), getattr(logits, 'dtype', None)
-  if (len(shape) != 2 or shape[0] != examples or dtype is None
-      or not jnp.issubdtype(dtype, jnp.floating)):
+  if len(shape) == 2 and shape[0] != examples and dtype is not None and \
+      jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(
+        f'apply_fn returned outputs for {shape[0]} examples, but this call needs {examples}: '
+        'one per label in batch["labels"] (for two dropout passes, per pass). Give one label '
+        'per example (with packed rows, one per segment, in row order).')
+  if (len(shape) != 2 or dtype is None or not jnp.issubdtype(dtype, jnp.floating)):
     raise ValueError(
         f'apply_fn must return floating logits of shape [examples, classes] = '
         f'[{examples}, classes] for this call (the examples of the batch it was given), '

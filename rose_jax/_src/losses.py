@@ -1,4 +1,5 @@
-"""The losses of ROSE and R-Drop, as the authors' code defines them."""
+"""The losses of ROSE and R-Drop, as the authors' code defines them, and their
+regression counterparts."""
 
 from __future__ import annotations
 
@@ -30,6 +31,15 @@ def rdrop_kl(logits_p: jax.Array, logits_q: jax.Array) -> jax.Array:
   batch and classes, twice :func:`symmetric_kl`. R-Drop's ``alpha`` weighs
   this, so ``--rdrop-alpha`` means what it means in R-Drop's own code."""
   return 2.0 * symmetric_kl(logits_p, logits_q)
+
+
+def squared_difference(first: jax.Array, second: jax.Array) -> jax.Array:
+  """Half the mean squared difference of two passes' outputs ``[examples, 1]``:
+  the regression counterpart of :func:`symmetric_kl`. R-Drop's regression
+  term (``MSELoss`` between the passes) is twice it, as R-Drop's KL is twice
+  :func:`symmetric_kl`, so one ``alpha`` means R-Drop's for both."""
+  difference = first.astype(jnp.float32) - second.astype(jnp.float32)
+  return jnp.mean(jnp.square(difference)) / 2.0
 
 
 def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:

@@ -245,13 +245,16 @@ class FreeLB:
     return delta
 
   def gradients(self, apply: Apply, params, labels, attention_mask, embedding_shape,
-                dropout_key, noise_key, example_ids: jax.Array | None = None):
-    """``(parameter gradients, (ce, clean_logits))``; ``ce`` is the passes' mean."""
+                dropout_key, noise_key, example_ids: jax.Array | None = None, *,
+                task_loss=losses.cross_entropy):
+    """``(parameter gradients, (loss, clean_logits))``; ``loss`` is the passes'
+    mean of ``task_loss(outputs, labels)`` (cross-entropy; mean squared error
+    for regression)."""
     delta = self.initial_delta(noise_key, embedding_shape, attention_mask, example_ids)
 
     def pass_loss(p, d):
       logits = apply(p, EmbeddingPerturbation(word=d), dropout_key)  # same masks each pass
-      return losses.cross_entropy(logits, labels) / self.steps, logits
+      return task_loss(logits, labels) / self.steps, logits
 
     total, ce, first_logits = None, 0.0, None
     for k in range(self.steps):

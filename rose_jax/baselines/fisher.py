@@ -2,11 +2,12 @@
 
 One pass over the training data before the first update, on the pre-trained
 weights with a fresh head, in train mode (dropout on). For each batch the
-mean cross-entropy's gradient is taken; each included tensor's gradient is
-clipped on its own to L2 norm ``max_grad_norm`` (``clip_grad_norm_`` per
-parameter, 1.0 in the official code), squared and added, divided by the
-number of batches. So F is the mean of squared *mini-batch* gradients, not
-the paper's per-example squared gradients of ``log p(y|x)``.
+mean cross-entropy's gradient (the mean squared error's, for regression) is
+taken; each included tensor's gradient is clipped on its own to L2 norm
+``max_grad_norm`` (``clip_grad_norm_`` per parameter, 1.0 in the official
+code), squared and added, divided by the number of batches. So F is the
+mean of squared *mini-batch* gradients, not the paper's per-example squared
+gradients of ``log p(y|x)``.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import jax
 import jax.numpy as jnp
 
 from rose_jax._src import apply_fn as apply_fn_lib
-from rose_jax._src import losses
 from rose_jax._src.apply_fn import ApplyFn
+from rose_jax._src.objectives import CLASSIFICATION, Objective, get_objective
 
 
 def _clip_like_torch(grad: jax.Array, max_norm: float) -> jax.Array:
@@ -29,7 +30,7 @@ def _clip_like_torch(grad: jax.Array, max_norm: float) -> jax.Array:
 
 def fisher_information(apply: ApplyFn, params, batches: Iterable[Mapping[str, jax.Array]],
                        key: jax.Array, *, included, max_grad_norm: float | None = 1.0,
-                       progress=None):
+                       progress=None, objective: Objective | str = CLASSIFICATION):
   """CHILD-TUNING_D's Fisher estimate over ``batches``.
 
   Args:
@@ -43,6 +44,8 @@ def fisher_information(apply: ApplyFn, params, batches: Iterable[Mapping[str, ja
       clipping (as ``--max-grad-norm 0`` means for the update).
     progress: an optional callable, called once per batch (a progress bar's
       ``update``).
+    objective: whose task loss the gradients are of (the cross-entropy, or
+      for regression the mean squared error: the pass works on either).
 
   Returns:
     A float32 tree like ``params``.
@@ -50,10 +53,11 @@ def fisher_information(apply: ApplyFn, params, batches: Iterable[Mapping[str, ja
   Raises:
     ValueError: if ``batches`` is empty.
   """
+  task_loss = get_objective(objective).task_loss
+
   def batch_gradient(p, batch, batch_key):
     def loss(p):
-      logits = apply_fn_lib.call(apply, p, batch, batch_key)
-      return losses.cross_entropy(logits, batch['labels'])
+      return task_loss(apply_fn_lib.call(apply, p, batch, batch_key), batch['labels'])
     return jax.grad(loss)(p)
 
   clip = (lambda g: _clip_like_torch(g, max_grad_norm)) if max_grad_norm else (lambda g: g)

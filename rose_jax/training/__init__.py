@@ -3,7 +3,14 @@ reuses, for any model given as ``apply_fn(params, batch, *, dropout_key)``
 (:class:`ApplyFn`). Needs jax and optax, not flax."""
 
 from rose_jax._src.apply_fn import ApplyFn, Batch, EmbeddingPerturbation, EmbeddingShape
-from rose_jax._src.losses import accuracy, cross_entropy, rdrop_kl, symmetric_kl
+from rose_jax._src.losses import (
+    accuracy,
+    cross_entropy,
+    rdrop_kl,
+    squared_difference,
+    symmetric_kl,
+)
+from rose_jax._src.objectives import CLASSIFICATION, REGRESSION, Objective, get_objective
 from rose_jax._src.segments import example_ids, first_token_mask, segment_starts
 from rose_jax.training.gradients import Gradients, compute_gradients, metric_names
 from rose_jax.training.methods import METHOD_NAMES, Method, get_method
@@ -22,7 +29,9 @@ from rose_jax.training.step import (
 )
 
 __all__ = [
+    'CLASSIFICATION',
     'METHOD_NAMES',
+    'REGRESSION',
     'ApplyFn',
     'Batch',
     'EmbeddingPerturbation',
@@ -31,6 +40,7 @@ __all__ = [
     'Gradients',
     'Method',
     'NoDropoutWarning',
+    'Objective',
     'accuracy',
     'compute_gradients',
     'cross_entropy',
@@ -39,6 +49,7 @@ __all__ = [
     'find_rose_state',
     'first_token_mask',
     'get_method',
+    'get_objective',
     'make_eval_step',
     'make_train_step',
     'metric_names',
@@ -48,6 +59,7 @@ __all__ = [
     'segment_starts',
     'shard_batch',
     'split_for_pmap',
+    'squared_difference',
     'symmetric_kl',
     'unreplicate',
 ]

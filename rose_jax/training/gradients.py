@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from rose_jax._src import apply_fn, losses, segments
 from rose_jax._src.apply_fn import ApplyFn, Batch, EmbeddingShape
+from rose_jax._src.objectives import CLASSIFICATION, Objective, get_objective
 from rose_jax.baselines import adversarial
 from rose_jax.training.methods import Method
 
@@ -54,12 +55,16 @@ class Gradients(NamedTuple):
 METRIC_NAMES = ('loss', 'ce', 'kl', 'accuracy', 'kept_fraction', 'disagreement')
 
 
-def metric_names(method: Method) -> tuple[str, ...]:
-  """The metrics that the method's step returns: ``disagreement`` (the share of
-  examples whose two dropout passes predict different labels) only for
-  methods with two dropout passes."""
+def metric_names(method: Method, objective: Objective | str = CLASSIFICATION) -> tuple[str, ...]:
+  """The metrics that the method's step returns: ``accuracy`` for classes,
+  and ``disagreement`` (the share of examples whose two dropout passes
+  predict different labels) only for classes and two dropout passes."""
+  classes = get_objective(objective).classes
   two_passes = method.passes == 2 and method.adversary is None
-  return METRIC_NAMES if two_passes else METRIC_NAMES[:-1]
+  skipped = {'accuracy'} if not classes else set()
+  if not (classes and two_passes):
+    skipped.add('disagreement')
+  return tuple(name for name in METRIC_NAMES if name not in skipped)
 
 
 def gradient_rows(method: Method) -> list[tuple[str, tuple[float, float]]]:
@@ -108,22 +113,33 @@ def _mean_over_devices(grad: jax.Array, axis_name: str, devices, tracked: bool):
   return jax.lax.pmean(grad, axis_name)
 
 
+def _checked_outputs(apply: ApplyFn, params, batch: Batch, key, labels, objective: Objective,
+                     perturbation=None, passes: int = 1) -> jax.Array:
+  """``apply``'s outputs for ``passes`` copies of the batch, checked against
+  the labels and the objective at trace time."""
+  outputs = apply_fn.check_logits(apply_fn.call(apply, params, batch, key, perturbation),
+                                  passes * labels.shape[0])
+  objective.check(outputs, labels)
+  return outputs
+
+
 def _two_pass_gradients(apply: ApplyFn, params, batch: Batch, labels, key, method: Method,
-                        devices, cotangents: Cotangents):
+                        devices, cotangents: Cotangents, objective: Objective):
   """The dropout passes' gradients by name, and ``(loss, ce, kl, logits,
   disagreement)``."""
   if method.passes == 2:
     batch = {k: jnp.concatenate([v, v]) for k, v in batch.items()}
-  examples = method.passes * labels.shape[0]
+  # A consistency loss summed over examples grows with the global batch.
+  scale = devices if objective.consistency_sums else 1
 
   def loss_terms(p):
-    logits = apply_fn.check_logits(apply_fn.call(apply, p, batch, key), examples)
+    logits = _checked_outputs(apply, p, batch, key, labels, objective, passes=method.passes)
     if method.passes == 1:
-      return (losses.cross_entropy(logits, labels), jnp.zeros((), jnp.float32)), (logits, None)
+      return (objective.task_loss(logits, labels), jnp.zeros((), jnp.float32)), (logits, None)
     first, second = jnp.split(logits, 2)
-    ce = (losses.cross_entropy(first, labels) + losses.cross_entropy(second, labels)) / 2
-    return ((ce, devices * losses.symmetric_kl(first, second)),
-            (first, losses.disagreement(first, second)))
+    ce = (objective.task_loss(first, labels) + objective.task_loss(second, labels)) / 2
+    disagreement = losses.disagreement(first, second) if objective.classes else None
+    return (ce, scale * objective.consistency(first, second)), (first, disagreement)
 
   (ce, kl), pullback, (logits, disagreement) = jax.vjp(loss_terms, params, has_aux=True)
   cotangent = lambda w: (_typed_like(ce, w[0]), _typed_like(kl, w[1]))
@@ -140,14 +156,13 @@ def _two_pass_gradients(apply: ApplyFn, params, batch: Batch, labels, key, metho
 
 
 def _adversarial_gradients(apply: ApplyFn, params, batch: Batch, labels, key, method: Method,
-                           embedding_shape: EmbeddingShape, teacher):
+                           embedding_shape: EmbeddingShape, teacher, objective: Objective):
   """SMART's or FreeLB's update gradient, and ``(loss, ce, regulariser, logits)``."""
   adversary = method.adversary
   dropout_key, noise_key = jax.random.split(key)
   shape = tuple(embedding_shape(batch))
-  examples = labels.shape[0]
-  perturbed = lambda p, perturbation, k: apply_fn.check_logits(
-      apply_fn.call(apply, p, batch, k, perturbation), examples)
+  perturbed = lambda p, perturbation, k: _checked_outputs(apply, p, batch, k, labels, objective,
+                                                          perturbation)
   if isinstance(adversary, adversarial.Smart):
     grads, (ce, regulariser, logits) = jax.grad(adversary.loss, argnums=1, has_aux=True)(
         perturbed, params, labels, shape, dropout_key, noise_key, teacher)
@@ -159,7 +174,8 @@ def _adversarial_gradients(apply: ApplyFn, params, batch: Batch, labels, key, me
     else:
       mask = batch.get('attention_mask', jnp.ones(shape[:-1], jnp.int32))
     grads, (ce, logits) = adversary.gradients(perturbed, params, labels, mask, shape,
-                                              dropout_key, noise_key, ids)
+                                              dropout_key, noise_key, ids,
+                                              task_loss=objective.task_loss)
     regulariser = jnp.zeros((), jnp.float32)
   loss = ce + getattr(adversary, 'alpha', 0.0) * regulariser
   return {'update': grads}, (loss, ce, regulariser, logits, None)
@@ -176,10 +192,21 @@ def check_embedding_shape(method: Method, embedding_shape: EmbeddingShape | None
         'embeddings, as rose_jax.models.as_apply_fn does for our encoder.')
 
 
+def check_method_fits(method: Method, objective: Objective | str) -> None:
+  """Raises ValueError for a method that ``objective`` cannot train: SMART's
+  regulariser is a divergence between class distributions."""
+  objective = get_objective(objective)
+  if isinstance(method.adversary, adversarial.Smart) and not objective.classes:
+    raise ValueError(f'{method.name} regularises with a KL divergence between class '
+                     f'distributions, which a {objective.name} output has none of; train it '
+                     'with another method (FreeLB, R-Drop and ROSE train regression).')
+
+
 def compute_gradients(apply: ApplyFn, params, batch: Batch, key: jax.Array, *,
                       method: Method, embedding_shape: EmbeddingShape | None = None,
                       teacher: Any = None, axis_name: str | None = None,
-                      cotangents: Cotangents = 'sequential') -> tuple[Gradients, dict]:
+                      cotangents: Cotangents = 'sequential',
+                      objective: Objective | str = CLASSIFICATION) -> tuple[Gradients, dict]:
   """One batch's gradients for ``method``, averaged over devices, and its metrics.
 
   .. code-block:: python
@@ -203,19 +230,27 @@ def compute_gradients(apply: ApplyFn, params, batch: Batch, key: jax.Array, *,
     cotangents: for methods with several gradients, ``"sequential"`` (one
       backward each) or ``"vmap"`` (one batched backward); see
       :func:`rose_jax.training.make_train_step`.
+    objective: :data:`~rose_jax.training.CLASSIFICATION` (integer labels,
+      cross-entropy, symmetric KL) or :data:`~rose_jax.training.REGRESSION`
+      (float labels, one output, squared errors), or its name.
 
   Returns:
-    ``(Gradients, metrics)``; the metrics are ``loss``, ``ce``, ``kl`` (the
-    global batch's summed symmetric KL, or SMART's regulariser),
+    ``(Gradients, metrics)``; the metrics are ``loss``, ``ce`` (the task
+    loss: cross-entropy, or mean squared error), ``kl`` (the consistency
+    loss: the global batch's summed symmetric KL, half the mean squared
+    difference for regression, or SMART's regulariser) and, for classes,
     ``accuracy`` and, for two dropout passes, ``disagreement``.
 
   Raises:
-    ValueError: at trace time, for a batch without labels, logits that are
-      not ``[examples, classes]``, or SMART and FreeLB without an embedding
-      shape.
+    ValueError: at trace time, for a batch without labels, labels of the
+      wrong dtype for the objective, logits that are not ``[examples,
+      classes]`` (``[examples, 1]`` for regression), or SMART and FreeLB
+      without an embedding shape.
   """
   if cotangents not in ('sequential', 'vmap'):
     raise ValueError(f'cotangents must be "sequential" or "vmap", got {cotangents!r}.')
+  objective = get_objective(objective)
+  check_method_fits(method, objective)
   embedding_shape = apply_fn.resolve_embedding_shape(apply, embedding_shape)
   check_embedding_shape(method, embedding_shape)
   labels = apply_fn.labels_of(batch)
@@ -225,14 +260,16 @@ def compute_gradients(apply: ApplyFn, params, batch: Batch, key: jax.Array, *,
     devices = jax.lax.psum(1, axis_name)
   if method.adversary is not None:
     grads, (loss, ce, kl, logits, disagreement) = _adversarial_gradients(
-        apply, params, batch, labels, key, method, embedding_shape, teacher)
+        apply, params, batch, labels, key, method, embedding_shape, teacher, objective)
   else:
     grads, (loss, ce, kl, logits, disagreement) = _two_pass_gradients(
-        apply, params, batch, labels, key, method, devices, cotangents)
+        apply, params, batch, labels, key, method, devices, cotangents, objective)
   if axis_name is not None:
     tracked = axis_name in _varying_axes(labels)
     grads = jax.tree.map(lambda g: _mean_over_devices(g, axis_name, devices, tracked), grads)
-  metrics = {'loss': loss, 'ce': ce, 'kl': kl, 'accuracy': losses.accuracy(logits, labels)}
+  metrics = {'loss': loss, 'ce': ce, 'kl': kl}
+  if objective.classes:
+    metrics['accuracy'] = losses.accuracy(logits, labels)
   if disagreement is not None:
     metrics['disagreement'] = disagreement
   if axis_name is not None:

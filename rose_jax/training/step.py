@@ -34,6 +34,7 @@ from jax.sharding import PartitionSpec as P
 from rose_jax._src import apply_fn as apply_fn_lib
 from rose_jax._src import trees
 from rose_jax._src.apply_fn import ApplyFn, Batch, EmbeddingShape
+from rose_jax._src.objectives import CLASSIFICATION, Objective, get_objective
 from rose_jax.baselines.params_ema import find_params_ema
 from rose_jax.masking import kept_fraction
 from rose_jax.selective import SelectiveState
@@ -41,6 +42,7 @@ from rose_jax.training.gradients import (
   Cotangents,
   Gradients,
   check_embedding_shape,
+  check_method_fits,
   compute_gradients,
   metric_names,
 )
@@ -70,17 +72,20 @@ def local_step(params, opt_state, batch: Batch, key: jax.Array, *, apply: ApplyF
                tx: optax.GradientTransformation, method: Method, axis_name: str | None,
                embedding_shape: EmbeddingShape | None = None,
                cotangents: Cotangents = 'sequential',
-               extra_metrics: ExtraMetrics | None = None):
+               extra_metrics: ExtraMetrics | None = None,
+               objective: Objective | str = CLASSIFICATION):
   """The per-device step: :func:`compute_gradients`, then the optimizer.
 
   ``axis_name`` names the data-parallel axis, if any; ``cotangents`` is how
-  several gradients leave the one forward and ``extra_metrics`` what else
-  the step reports (see :func:`make_train_step`).
+  several gradients leave the one forward, ``extra_metrics`` what else the
+  step reports and ``objective`` what the outputs are trained against (see
+  :func:`make_train_step`).
   """
   ema = find_params_ema(opt_state)
   grads, metrics = compute_gradients(
       apply, params, batch, key, method=method, embedding_shape=embedding_shape,
-      teacher=None if ema is None else ema.ema, axis_name=axis_name, cotangents=cotangents)
+      teacher=None if ema is None else ema.ema, axis_name=axis_name, cotangents=cotangents,
+      objective=objective)
   extra = {} if extra_metrics is None else dict(extra_metrics(params, opt_state, grads))
   clashing = sorted(set(extra) & {*metrics, 'kept_fraction'})
   if clashing:
@@ -93,7 +98,8 @@ def local_step(params, opt_state, batch: Batch, key: jax.Array, *, apply: ApplyF
   if axis_name is not None:
     kept = jax.lax.pmean(kept, axis_name)
   metrics = {**metrics, 'kept_fraction': kept}
-  return params, opt_state, {**{name: metrics[name] for name in metric_names(method)}, **extra}
+  names = metric_names(method, objective)
+  return params, opt_state, {**{name: metrics[name] for name in names}, **extra}
 
 
 class _DropoutCheck:
@@ -143,6 +149,7 @@ def make_train_step(
     donate: bool = True,
     cotangents: Cotangents = 'sequential',
     extra_metrics: ExtraMetrics | None = None,
+    objective: Objective | str = CLASSIFICATION,
 ) -> Step:
   """``step(params, opt_state, batch, key) -> (params, opt_state, metrics)``.
 
@@ -177,18 +184,29 @@ def make_train_step(
       values join the metrics under their names. They are computed from
       values every device shares, so they are not averaged. For example
       :func:`rose_jax.rose_masks`, to record the masks ROSE-Ensemble mixes.
+    objective: what the outputs are trained against:
+      :data:`~rose_jax.training.CLASSIFICATION` (integer labels; the
+      default) or :data:`~rose_jax.training.REGRESSION` (float labels, one
+      output per example), or its name.
+
+  Returns:
+    The jitted (or pmapped) step; its metrics are those of
+    :func:`rose_jax.training.metric_names`, plus ``kept_fraction`` and the
+    ``extra_metrics``.
   """
   if cotangents not in ('sequential', 'vmap'):
     raise ValueError(f'cotangents must be "sequential" or "vmap", got {cotangents!r}.')
   if parallel not in ('none', 'shard_map', 'pmap'):
     raise ValueError(f'Unknown parallel={parallel!r}; choose "none", "shard_map" or "pmap".')
+  objective = get_objective(objective)
+  check_method_fits(method, objective)
   embedding_shape = apply_fn_lib.resolve_embedding_shape(apply, embedding_shape)
   check_embedding_shape(method, embedding_shape)
   donate_argnums = (0, 1) if donate else ()
   body = functools.partial(local_step, apply=apply, tx=tx, method=method,
                            embedding_shape=embedding_shape, cotangents=cotangents,
                            axis_name=None if parallel == 'none' else axis_name,
-                           extra_metrics=extra_metrics)
+                           extra_metrics=extra_metrics, objective=objective)
   if parallel == 'none':
     step = jax.jit(body, donate_argnums=donate_argnums)
   elif parallel == 'pmap':

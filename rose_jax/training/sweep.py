@@ -61,7 +61,8 @@ from jax.sharding import PartitionSpec as P
 
 from rose_jax._src import memory
 from rose_jax._src.apply_fn import ApplyFn, EmbeddingShape, resolve_embedding_shape
-from rose_jax.training.gradients import Cotangents, check_embedding_shape
+from rose_jax._src.objectives import CLASSIFICATION, Objective, get_objective
+from rose_jax.training.gradients import Cotangents, check_embedding_shape, check_method_fits
 from rose_jax.training.methods import Method
 from rose_jax.training.step import ExtraMetrics, check_dropout_once, local_step
 
@@ -169,15 +170,16 @@ def make_sweep_step(apply: ApplyFn, tx: optax.GradientTransformation, method: Me
                     embedding_shape: EmbeddingShape | None = None, donate: bool = True,
                     cotangents: Cotangents = 'sequential',
                     mesh: jax.sharding.Mesh | None = None,
-                    extra_metrics: ExtraMetrics | None = None):
+                    extra_metrics: ExtraMetrics | None = None,
+                    objective: Objective | str = CLASSIFICATION):
   """``step(params, opt_state, batch, key) -> (params, opt_state, metrics)``,
   each with a leading member axis: the train step of
   :func:`rose_jax.training.make_train_step` vmapped over members,
   compiled once for all of them.
 
   Args:
-    apply, tx, method, embedding_shape, donate, cotangents, extra_metrics: as
-      in :func:`rose_jax.training.make_train_step`.
+    apply, tx, method, embedding_shape, donate, cotangents, extra_metrics,
+      objective: as in :func:`rose_jax.training.make_train_step`.
     mesh: None to train every member on one device; else a
       :func:`sweep_mesh`, over whose ``"members"`` axis the members are
       sharded (params, optimizer state and keys ``P("members")``, batches
@@ -189,11 +191,13 @@ def make_sweep_step(apply: ApplyFn, tx: optax.GradientTransformation, method: Me
   """
   embedding_shape = resolve_embedding_shape(apply, embedding_shape)
   check_embedding_shape(method, embedding_shape)
+  objective = get_objective(objective)
+  check_method_fits(method, objective)
   data_parallel = mesh is not None and mesh.shape.get(DATA, 1) > 1
   body = jax.vmap(functools.partial(
       local_step, apply=apply, tx=tx, method=method, embedding_shape=embedding_shape,
       axis_name=DATA if data_parallel else None, cotangents=cotangents,
-      extra_metrics=extra_metrics))
+      extra_metrics=extra_metrics, objective=objective))
   donate_argnums = (0, 1) if donate else ()
   if mesh is None:
     return check_dropout_once(jax.jit(body, donate_argnums=donate_argnums), method)
@@ -253,7 +257,8 @@ def member_on_host(tree, index: int):
 
 def member_memory(apply: ApplyFn, tx: optax.GradientTransformation, method: Method,
                   params, opt_state, batch, *, cotangents: Cotangents = 'sequential',
-                  extra_metrics: ExtraMetrics | None = None) -> tuple[int, int] | None:
+                  extra_metrics: ExtraMetrics | None = None,
+                  objective: Objective | str = CLASSIFICATION) -> tuple[int, int] | None:
   """The sweep step's memory on one device as ``(fixed, per_member)`` bytes.
 
   Compiles (without running) :func:`make_sweep_step` for one and for two
@@ -262,7 +267,8 @@ def member_memory(apply: ApplyFn, tx: optax.GradientTransformation, method: Meth
   device's share of a member's batch (its rows over the ``"data"`` axis):
   the result is then per device. None where the backend gives no estimate.
   """
-  step = make_sweep_step(apply, tx, method, cotangents=cotangents, extra_metrics=extra_metrics)
+  step = make_sweep_step(apply, tx, method, cotangents=cotangents, extra_metrics=extra_metrics,
+                         objective=objective)
   key = jax.random.key(0)
 
   def at(members: int) -> int | None:

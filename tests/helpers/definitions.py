@@ -9,6 +9,9 @@ NumPy in float64 and hand-derived numbers.
 * ROSE's first-order loss: ``(KL(p||q) + KL(q||p)) / 4``, summed over the
   batch and the classes (R-Drop's ``compute_kl_loss`` sums both directions
   and halves; the authors' ROSE code halves once more).
+* Regression (R-Drop's code for ``num_labels == 1``): the mean squared error
+  of the one output, and between the passes R-Drop's ``MSELoss`` weighted
+  by ``alpha``; ROSE's scale is half of it, as for the KL.
 """
 
 from __future__ import annotations
@@ -27,6 +30,14 @@ def rose_kl(logits_p, logits_q):
   p, q = jax.nn.softmax(logits_p.astype(jnp.float32)), jax.nn.softmax(logits_q.astype(jnp.float32))
   log_p, log_q = jnp.log(p), jnp.log(q)
   return (jnp.sum(p * (log_p - log_q)) + jnp.sum(q * (log_q - log_p))) / 4
+
+
+def mean_squared_error(outputs, targets):
+  return jnp.mean((outputs[:, 0] - targets) ** 2)
+
+
+def rose_squared_difference(outputs_p, outputs_q):
+  return jnp.mean((outputs_p - outputs_q) ** 2) / 2
 
 
 def numpy_cross_entropy(logits, labels):

@@ -56,6 +56,20 @@ def function_classifier(seed: int = 0):
   return apply_fn, params
 
 
+def function_regressor(seed: int = 0):
+  """:func:`function_classifier` with one output per example."""
+  apply_fn, params = function_classifier(seed)
+  params['out'] = {'w': params['out']['w'][:, :1], 'b': params['out']['b'][:1]}
+  return apply_fn, params
+
+
+def regression_batch(seed: int = 0, size: int = 16, length: int = 6) -> dict[str, np.ndarray]:
+  """:func:`token_batch` with float targets."""
+  batch = token_batch(seed, size, length)
+  rng = np.random.default_rng(seed + 1)
+  return {'tokens': batch['tokens'], 'labels': rng.normal(size=size).astype(np.float32)}
+
+
 class NnxWithState(nnx.Module):
   """Embedding, BatchNorm, a Dropout that keeps its own RNG stream, Linear."""
 

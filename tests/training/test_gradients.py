@@ -107,7 +107,8 @@ def _run_once(apply_fn, params, batch, name='rose-ensemble'):
 
 @pytest.mark.parametrize('broken, match', [
     (lambda logits: logits[0], r'\[examples, classes\] = \[32, classes\].*got shape \(3,\)'),
-    (lambda logits: logits[:16], r'= \[32, classes\].*got shape \(16, 3\)'),
+    (lambda logits: logits[:16], r'outputs for 16 examples, but this call needs 32: one per '
+                                 r'label in batch\["labels"\] \(for two dropout passes, per'),
     (lambda logits: jnp.argmax(logits, -1)[:, None], r'floating logits.*dtype int32'),
 ])
 def test_logits_of_the_wrong_shape_or_dtype_are_named(broken, match):
