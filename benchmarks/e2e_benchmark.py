@@ -64,8 +64,9 @@ def default_model() -> str | None:
 def load(args):
   from rose_jax.glue import batching
   from rose_jax.glue import data as data_lib
+  from rose_jax.glue.tasks import get_task
   from rose_jax.models import load_pretrained, load_tokenizer
-  task = data_lib.get_task('sst2')
+  task = get_task('sst2')
   full = data_lib.load_local(task, args.train_file)
   order = np.random.default_rng(0).permutation(len(full))[:args.rows]
   split = data_lib.Split([full.texts[i] for i in order], full.labels[order])

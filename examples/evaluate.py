@@ -1,67 +1,93 @@
-"""Evaluate a fine-tuned checkpoint on a GLUE dev set and its AdvGLUE dev set.
+"""Evaluate a fine-tuned checkpoint on a task's evaluation sets with its metrics.
 
   python examples/evaluate.py runs/sst2-rose-ensemble-seed1/best_model --task sst2
+  python examples/evaluate.py runs/custom-rose-ensemble-seed1/best_model --task custom \
+      --text-columns review --eval-file shifted=other.csv
 
 The checkpoint is any directory in the Hugging Face layout (a run's
-``best_model/``, or a hub name). Prints accuracies and, with --output,
-writes them as JSON. Batches are split over all local devices.
+``best_model/``, or a hub name). A custom task's labels default to the
+checkpoint's (its ``id2label``, which fine-tuning writes). Prints each set's
+metrics and, with --output, writes them as JSON. Batches are split over all
+devices.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 
 import jax
 import jax.numpy as jnp
 
 from rose_jax._src import atomic
-from rose_jax.glue import batching
-from rose_jax.glue import config as config_lib
-from rose_jax.glue import data as data_lib
+from rose_jax.glue import batching, options, task_settings
 from rose_jax.glue.cli import one_line_errors, run_as_process
-from rose_jax.glue.evaluation import Evaluator
-from rose_jax.models import as_apply_fn, load_pretrained, load_tokenizer
+from rose_jax.glue.config import TrainConfig
+from rose_jax.glue.evaluation import Evaluator, evaluate
+from rose_jax.glue.options import ConfigError
+from rose_jax.glue.shared import load_eval_set
+from rose_jax.glue.tasks import CUSTOM
+from rose_jax.models import as_apply_fn, load_pretrained, load_tokenizer, resolve_checkpoint
+
+TASK_OPTIONS = ('task', 'dev_file', 'eval_files', 'adv_file', 'no_adv', 'text_columns',
+                'label_column', 'labels', 'metrics')
 
 
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument('model', help='checkpoint directory or hub name')
-  p.add_argument('--task', choices=sorted(data_lib.TASKS), required=True)
-  p.add_argument('--dev-file', help='GLUE dev file (default: hub)')
-  p.add_argument('--adv-file', help='AdvGLUE dev.json (default: hub)')
-  p.add_argument('--no-adv', action='store_true')
+  options.add_arguments(p, TrainConfig, only=TASK_OPTIONS)
   p.add_argument('--max-length', type=int, default=128)
   p.add_argument('--batch-size', type=int, default=64)
   p.add_argument('--dtype', choices=['float32', 'bfloat16'], default='float32')
-  p.add_argument('--output', help='write the accuracies to this JSON file')
+  p.add_argument('--output', help='write the metrics to this JSON file')
   args = p.parse_args(argv)
-  config_lib.at_least_one('batch_size', args.batch_size)
-  config_lib.at_least_one('max_length', args.max_length)
+  options.at_least_one('batch_size', args.batch_size)
+  options.at_least_two('max_length', args.max_length)
   return args
+
+
+def _checkpoint_labels(model: str) -> tuple[str, ...] | None:
+  """The class names a checkpoint was saved with, if they are names."""
+  try:
+    saved = json.loads((resolve_checkpoint(model) / 'config.json').read_text())
+  except (OSError, ValueError):
+    return None
+  if saved.get('problem_type') == 'regression':
+    return ('regression',)
+  names = [name for _, name in sorted(saved.get('id2label', {}).items(), key=lambda i: int(i[0]))]
+  return tuple(names) if names and names != [f'LABEL_{i}' for i in range(len(names))] else None
 
 
 @one_line_errors
 def main(argv=None) -> int:
   args = parse_args(argv)
-  task = data_lib.get_task(args.task)
-  splits = {'glue_dev': data_lib.load_local(task, args.dev_file) if args.dev_file
-            else data_lib.load_hub(task, task.hub_validation_split)}
-  if not args.no_adv:
-    splits['adv_dev'] = (data_lib.load_adv_glue_file(task, args.adv_file) if args.adv_file
-                         else data_lib.load_hub(task, 'validation', adversarial=True))
+  config = options.from_arguments(args, TrainConfig, model=args.model,
+                                  max_length=args.max_length)
+  if config.task == CUSTOM and config.labels is None:
+    config.labels = _checkpoint_labels(args.model)
+  config = task_settings.resolve(config, training=False)
+  task = config.build_task()
   model = load_pretrained(args.model, num_labels=task.num_labels, dtype=jnp.dtype(args.dtype))
+  if args.max_length > model.config.max_sequence_length:
+    raise ConfigError(f'--max-length {args.max_length} exceeds what {args.model}\'s position '
+                      f'table holds ({model.config.max_sequence_length}).')
   tokenizer = load_tokenizer(args.model, model.config)
+  sets = {name: batching.tokenize(tokenizer, load_eval_set(config, task, name, source),
+                                  args.max_length)
+          for name, source in config.eval_sources().items()}
   apply_fn, params = as_apply_fn(model)
   evaluator = Evaluator(apply_fn, args.batch_size, sharded=jax.device_count() > 1,
-                        buckets=batching.default_buckets(args.max_length))
-  params = evaluator.place_params(params)
-  accuracies = {}
-  for name, split in splits.items():
-    encoded = batching.tokenize(tokenizer, split, args.max_length)
-    _, accuracies[f'{name}_accuracy'] = evaluator(params, encoded)
-    print(f'{name}: {100 * accuracies[f"{name}_accuracy"]:.2f}% of {len(split)}')
+                        buckets=batching.default_buckets(args.max_length),
+                        objective=task.objective)
+  results = {}
+  for name, evaluated in evaluate(evaluator, evaluator.place_params(params), task,
+                                  sets).items():
+    for metric, value in evaluated.metrics.items():
+      results[f'{name}_{metric}'] = value
+      print(f'{name} {metric}: {100 * value:.2f} on {len(evaluated.labels)} examples')
   if args.output:
-    atomic.write_json(args.output, accuracies)
+    atomic.write_json(args.output, results)
   return 0
 
 

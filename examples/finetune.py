@@ -1,7 +1,11 @@
-"""Fine-tune a RoBERTa/BERT checkpoint on a GLUE task with ROSE or a baseline,
-evaluating each epoch on the GLUE and AdvGLUE dev sets.
+"""Fine-tune an encoder checkpoint (BERT, RoBERTa, ModernBERT, DeBERTa-v3) on a
+GLUE task, or on your own data, with ROSE or a baseline, evaluating each epoch
+on the task's evaluation sets (GLUE's and AdvGLUE's dev sets) with its metrics.
 
   python examples/finetune.py --task sst2 --method rose-ensemble --seeds 1 2 3
+  python examples/finetune.py --task custom --text-columns review --label-column sentiment \
+      --labels bad,good,mixed --metrics accuracy,f1 --train-file train.csv \
+      --eval-file dev=dev.csv --eval-file shifted=other.csv
 
 Each seed writes to OUTPUT_ROOT/TASK-METHOD-seedN; summarise them with
 examples/report.py. A grid of learning rates, thresholds and seeds trains as
@@ -23,6 +27,7 @@ from rose_jax._src import distributed
 from rose_jax.glue import config as config_lib
 from rose_jax.glue import loop, sweep
 from rose_jax.glue.cli import one_line_errors, run_as_process
+from rose_jax.glue.options import ConfigError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -52,15 +57,15 @@ def configs(args: argparse.Namespace) -> list[config_lib.TrainConfig]:
   seeds = args.seeds or [1]
   repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
   if repeated:
-    raise config_lib.ConfigError(f'--seeds lists {repeated} more than once; each seed is one '
+    raise ConfigError(f'--seeds lists {repeated} more than once; each seed is one '
                                  'run directory.')
   root = Path(args.output_root)
   if args.sweep_chunk is not None and not args.sweep:
-    raise config_lib.ConfigError('--sweep-chunk needs --sweep.')
+    raise ConfigError('--sweep-chunk needs --sweep.')
   if args.sweep:
     grid = sweep.parse_grid(args.sweep)
     if 'seed' in grid.names and args.seeds:
-      raise config_lib.ConfigError('Give the seeds once: in --sweep seed=... or in --seeds.')
+      raise ConfigError('Give the seeds once: in --sweep seed=... or in --seeds.')
     if 'seed' not in grid.names:
       grid = sweep.parse_grid([*args.sweep, 'seed=' + ','.join(map(str, seeds))])
     return sweep.member_configs(config_lib.from_arguments(args, output_dir=str(root)), grid,
@@ -74,7 +79,7 @@ def configs(args: argparse.Namespace) -> list[config_lib.TrainConfig]:
 def main(argv=None) -> int:
   args = parse_args(argv)
   if args.devices_per_member != 1 and not args.sweep:
-    raise config_lib.ConfigError('--devices-per-member sets how a sweep shares out its '
+    raise ConfigError('--devices-per-member sets how a sweep shares out its '
                                  'devices; a run alone uses --parallel. Add --sweep or leave '
                                  'it out.')
   distributed.initialize(distributed=args.distributed,
@@ -84,15 +89,25 @@ def main(argv=None) -> int:
   if args.sweep:
     finished = sweep.run_sweep(runs, chunk=args.sweep_chunk)
   else:
-    for config in runs:  # every run's settings are checked before any trains
-      loop.preflight(config)
-    finished = (loop.run(config) for config in runs)
+    runs = [loop.preflight(config) for config in runs]  # all checked before any trains
+    finished = (loop.train(config) for config in runs)
   for config, results in zip(runs, finished, strict=True):
-    print(f'{config.output_dir}: best epoch {results["best_epoch"]}, GLUE dev '
-          f'{100 * results["glue_dev_accuracy"]:.2f}'
-          + (f', AdvGLUE dev {100 * results["adv_dev_accuracy"]:.2f}'
-             if 'adv_dev_accuracy' in results else ''))
+    print(summary(config, results))
   return 0
+
+
+def summary(config: config_lib.TrainConfig, results: dict) -> str:
+  """``OUT: best epoch E, glue_dev accuracy 91.20, adv_dev accuracy 55.00``."""
+  task = config_lib.TrainConfig.from_saved(results['config']).build_task()
+  numbers = ', '.join(f'{key.replace("_" + metric, " " + metric)} '
+                      f'{_percent(results[key])}'
+                      for s in task.eval_sets for metric in task.metrics
+                      for key in [f'{s.name}_{metric}'] if key in results)
+  return f'{config.output_dir}: best epoch {results.get("best_epoch", "-")}, {numbers}'
+
+
+def _percent(value) -> str:
+  return 'undefined' if value is None else f'{100 * value:.2f}'
 
 
 if __name__ == '__main__':

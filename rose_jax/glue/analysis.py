@@ -4,8 +4,9 @@ Each reads a run's ``best_model/`` and ``results.json`` (task, data files,
 dropout) and writes under ``RUN/analysis/``: the raw numbers (``.npz``),
 the figures (PNG and SVG, :mod:`rose_jax.glue.plots`) and the run's
 flatness numbers (``flatness.json``), which ``report.py`` tabulates per
-method. The loss is the mean cross-entropy over a fixed evaluation subset:
-the first ``examples`` of the GLUE dev set, all padded to one length.
+method. The loss is the task's (the mean cross-entropy, or the mean squared
+error for regression) over a fixed evaluation subset: the first
+``examples`` of the task's first evaluation set, all padded to one length.
 """
 
 from __future__ import annotations
@@ -20,15 +21,18 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from rose_jax._src import atomic
 from rose_jax._src.apply_fn import ApplyFn
+from rose_jax._src.objectives import get_objective
 from rose_jax.analysis import disagreement as disagreement_lib
 from rose_jax.analysis import landscape as landscape_lib
 from rose_jax.baselines.adversarial import Smart
 from rose_jax.glue import batching, packing, plots
-from rose_jax.glue import data as data_lib
+from rose_jax.glue.config import TrainConfig
+from rose_jax.glue.run_dir import RunDirectory
+from rose_jax.glue.shared import load_eval_set
+from rose_jax.glue.tasks import Task
 from rose_jax.models import ModuleApply, as_apply_fn, load_pretrained, load_tokenizer
 from rose_jax.training.methods import get_method
 
@@ -43,6 +47,8 @@ class Run:
   apply_fn: ModuleApply
   params: Any
   tokenizer: Any
+  settings: TrainConfig
+  task: Task
 
   @property
   def label(self) -> str:
@@ -52,25 +58,20 @@ class Run:
 def load_run(path: str | Path) -> Run:
   """The run in ``path``; ValueError if it is no run or has no best model yet."""
   path = Path(path)
-  try:
-    results = json.loads((path / 'results.json').read_text())
-  except FileNotFoundError:
-    raise ValueError(f'{path} is not a run directory (no results.json); give a directory that '
-                     'finetune.py wrote.') from None
+  settings = RunDirectory(path).config()
   if not (path / 'best_model').is_dir():
     raise ValueError(f'{path} has no best_model/: the run has not finished an epoch yet.')
-  config = results['config']
-  task = data_lib.get_task(config['task'])
+  task = settings.build_task()
   model = load_pretrained(path / 'best_model', num_labels=task.num_labels,
-                          hidden_dropout=config['dropout'], attention_dropout=config['dropout'])
+                          hidden_dropout=settings.dropout, attention_dropout=settings.dropout)
   tokenizer = load_tokenizer(str(path / 'best_model'), model.config)
   apply_fn, params = as_apply_fn(model)
-  return Run(path, config, apply_fn, params, tokenizer)
+  return Run(path, dataclasses.asdict(settings), apply_fn, params, tokenizer, settings, task)
 
 
 def evaluation_subset(run: Run, examples: int = 512, batch_size: int | None = None,
                       ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-  """The first ``examples`` GLUE dev examples as ``[batches, ...]`` arrays and
+  """The first ``examples`` of the task's first evaluation set as ``[batches, ...]`` arrays and
   ``[batches, batch_size]`` weights (0 for filler examples).
 
   Each batch is padded to one length for all, or, for a run that trained on
@@ -78,9 +79,8 @@ def evaluation_subset(run: Run, examples: int = 512, batch_size: int | None = No
   packed order). By default one batch holds them all: grid points, not
   examples, are what the evaluation splits into chunks, and XLA's FLOP count
   is exact without a loop."""
-  task = data_lib.get_task(run.config['task'])
-  dev = (data_lib.load_local(task, run.config['dev_file']) if run.config.get('dev_file')
-         else data_lib.load_hub(task, task.hub_validation_split)).take(examples)
+  name, source = next(iter(run.settings.eval_sources().items()))
+  dev = load_eval_set(run.settings, run.task, name, source).take(examples)
   encoded = batching.tokenize(run.tokenizer, dev, run.config['max_length'])
   n = len(encoded)
   batch_size = batch_size or n
@@ -98,19 +98,26 @@ def evaluation_subset(run: Run, examples: int = 512, batch_size: int | None = No
           np.stack([w[p.order] for w, p in zip(weights, packs, strict=True)]))
 
 
-def subset_loss(apply_fn: ApplyFn, batches: dict[str, np.ndarray],
-                weights: np.ndarray) -> Callable[[Any], tuple[jax.Array, jax.Array]]:
-  """``params -> (mean cross-entropy, accuracy)`` over the subset, dropout off."""
+def subset_loss(apply_fn: ApplyFn, batches: dict[str, np.ndarray], weights: np.ndarray,
+                objective: str = 'classification',
+                ) -> Callable[[Any], tuple[jax.Array, jax.Array]]:
+  """``params -> (mean loss, accuracy)`` over the subset, dropout off: the
+  task loss of ``objective`` per example (cross-entropy, or for regression
+  the squared error, whose accuracy is NaN)."""
   batches = jax.tree.map(jnp.asarray, batches)
   weights = jnp.asarray(weights)
+  objective = get_objective(objective)
+  # The batch mean of one example is that example's loss.
+  per_example = jax.vmap(lambda o, y: objective.task_loss(o[None], y[None]))
 
   def loss_fn(params):
     def one(totals, xs):
       batch, w = xs
-      logits = apply_fn(params, batch, dropout_key=None).astype(jnp.float32)
-      ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch['labels'])
-      correct = jnp.argmax(logits, -1) == batch['labels']
-      return (totals[0] + jnp.sum(ce * w), totals[1] + jnp.sum(correct * w)), None
+      outputs = apply_fn(params, batch, dropout_key=None).astype(jnp.float32)
+      loss = per_example(outputs, batch['labels'])
+      correct = objective.predict(outputs) == batch['labels'] if objective.classes else \
+          jnp.full(w.shape, jnp.nan)
+      return (totals[0] + jnp.sum(loss * w), totals[1] + jnp.sum(correct * w)), None
 
     (ce, correct), _ = jax.lax.scan(one, (jnp.zeros(()), jnp.zeros(())), (batches, weights))
     return ce / jnp.sum(weights), correct / jnp.sum(weights)
@@ -148,7 +155,7 @@ def landscape(run_dir: str | Path, *, points: int = 51, low: float = -0.25,
                      f'RISE of the centre), got {rise}.')
   run = load_run(run_dir)
   axis = landscape_lib.grid(low, high, points)
-  loss_fn = subset_loss(run.apply_fn, *evaluation_subset(run, examples))
+  loss_fn = subset_loss(run.apply_fn, *evaluation_subset(run, examples), run.task.objective)
   delta_key, eta_key = jax.random.split(jax.random.key(seed))
   delta = landscape_lib.filter_normalized_direction(delta_key, run.params)
   eta = landscape_lib.filter_normalized_direction(eta_key, run.params)
@@ -190,7 +197,8 @@ def interpolate(first_dir: str | Path, second_dir: str | Path, output_dir: str |
   landscape_lib.check_same_architecture(first.params, second.params,
                                         (str(first.path), str(second.path)))
   alphas = landscape_lib.grid(low, high, points)
-  loss_fn = subset_loss(first.apply_fn, *evaluation_subset(first, examples))
+  loss_fn = subset_loss(first.apply_fn, *evaluation_subset(first, examples),
+                        first.task.objective)
   bar = _bar(points, progress, 'interpolation')
   try:
     result = landscape_lib.interpolation(loss_fn, first.params, second.params, alphas,
@@ -231,6 +239,9 @@ def disagreement(run_dir: str | Path, *, passes: int = 2, examples: int = 512,
   the run's best model disagree; recorded as ``disagreement`` in
   ``analysis/flatness.json``."""
   run = load_run(run_dir)
+  if run.task.regression:
+    raise ValueError(f'{run_dir} is a regression run: dropout disagreement counts examples '
+                     'whose passes predict different classes, and a number has none.')
   batches, weights = evaluation_subset(run, examples)
   pairs = (({k: v[i] for k, v in batches.items()}, weights[i] > 0) for i in range(len(weights)))
   share = disagreement_lib.dropout_disagreement(
@@ -283,10 +294,9 @@ def _label(path: Path, config: dict, taken) -> str:
 
 
 def _read_lines(path: Path) -> tuple[dict, list[dict], list[dict]]:
-  try:
-    results = json.loads((path / 'results.json').read_text())
-  except FileNotFoundError:
-    raise ValueError(f'{path} is not a run directory (no results.json).') from None
+  results = RunDirectory(path).raw_results()
+  if results is None or 'config' not in results:
+    raise ValueError(f'{path} is not a run directory (no results.json).')
   lines = [json.loads(x) for x in (path / 'metrics.jsonl').read_text().splitlines()] \
       if (path / 'metrics.jsonl').exists() else []
   return (results, [x for x in lines if x.get('type') != 'epoch'],
@@ -304,7 +314,7 @@ def mask_map(run_dirs: list[str | Path], stem: str | Path) -> list[Path]:
   ``masks.bin``; a ROSE-Ensemble run that recorded its first- and
   second-order masks gets three panels: those two and the ensemble it
   applied. FileNotFoundError names a run without masks and how to record them."""
-  from rose_jax.glue.metrics_log import mask_parts, read_masks
+  from rose_jax.glue.masks import mask_parts, read_masks
   panels = {}
   for run_dir in map(Path, run_dirs):
     results, _, _ = _read_lines(run_dir)
@@ -338,7 +348,7 @@ def curve_series(run_dirs: list[str | Path]) -> dict[str, dict]:
     for metric in ('loss', 'ce', 'kl', 'kept_fraction'):
       if steps and metric in steps[0] and metric in computed:
         data['steps'][metric] = ([x['step'] for x in steps], [x[metric] for x in steps])
-    for metric in ('glue_dev_accuracy', 'adv_dev_accuracy'):
+    for metric in RunDirectory(run_dir).task().result_keys():
       if epochs and metric in epochs[0]:
         data['epochs'][metric] = ([x['epoch'] for x in epochs], [x[metric] for x in epochs])
     runs[_label(run_dir, results['config'], runs)] = data

@@ -1,5 +1,6 @@
 """What the command-line scripts share: one ``error:`` line for a user's
-mistake, and the settings that belong to a command's whole process."""
+mistake, the settings that belong to a command's whole process, and the
+progress bar."""
 
 from __future__ import annotations
 
@@ -46,3 +47,11 @@ def run_as_process(main: Callable[[], int]) -> NoReturn:
   logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(message)s')
   logging.getLogger('rose_jax').setLevel(logging.INFO)
   sys.exit(main())
+
+
+def progress_bar(total: int, initial: int, enabled: bool):
+  """A tqdm bar of ``total`` steps from ``initial``; nothing shown unless ``enabled``."""
+  from tqdm.auto import tqdm
+  # The default format shows the elapsed time and the estimated time left.
+  return tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=True,
+              desc='train', unit='step')

@@ -1,77 +1,43 @@
-"""One fine-tuning run's settings, their checks, and the command line built from them.
+"""One fine-tuning run's settings and their checks.
 
 Every field of :class:`TrainConfig` is one command-line option
-(``learning_rate`` is ``--learning-rate``; a boolean that defaults to true is
-``--no-...``): :func:`add_arguments` reads the fields, their types and their
-metadata, so the options and the config cannot drift apart. Each field's
-check runs in :meth:`TrainConfig.resolved` and names the option it checks.
+(:mod:`rose_jax.glue.options` builds them). Each field's check runs in
+:meth:`TrainConfig.resolved`, which also fills in the defaults that depend
+on other settings (the task's labels, the preset's learning rate...) and
+names the option at fault.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
-import types
-import typing
-from collections.abc import Callable, Iterable
-from typing import Any
 
 from rose_jax.baselines import adversarial
-from rose_jax.glue import batching
-from rose_jax.glue import data as data_lib
+from rose_jax.glue import batching, options, task_settings
+from rose_jax.glue import metrics as metrics_lib
+from rose_jax.glue import tasks as tasks_lib
+from rose_jax.glue.options import (
+  ConfigError,
+  at_least_one,
+  below_one,
+  comma_list,
+  fraction,
+  kept_share,
+  non_negative,
+  option,
+  positive,
+)
 from rose_jax.glue.presets import PRESETS, preset_values
+from rose_jax.glue.tasks import CUSTOM, Task
+from rose_jax.training.gradients import check_method_fits
 from rose_jax.training.methods import METHOD_NAMES, Method, get_method
-
-
-class ConfigError(ValueError):
-  """A setting that cannot be used, named by its command-line option."""
-
-
-def flag(name: str) -> str:
-  return '--' + name.replace('_', '-')
-
-
-def _check(predicate: Callable[[Any], bool], requirement: str):
-  def check(name: str, value) -> None:
-    if value is None:
-      return
-    if (isinstance(value, float) and not math.isfinite(value)) or not predicate(value):
-      raise ConfigError(f'{flag(name)} must be {requirement}, got {value!r}.')
-  return check
-
-
-positive = _check(lambda v: v > 0, 'positive')
-at_least_one = _check(lambda v: v >= 1, 'at least 1')
-non_negative = _check(lambda v: v >= 0, '0 or more')
-fraction = _check(lambda v: 0 <= v <= 1, 'a fraction in [0, 1] (write 0.6, not 60)')
-below_one = _check(lambda v: 0 <= v < 1, 'in [0, 1)')
-kept_share = _check(lambda v: 0 < v <= 1, 'a fraction in (0, 1]')
-
-
-def option(default, help: str, *, check=None, choices: Iterable[str] | None = None,
-           resume: bool = True, cli: bool = True, absent=None):
-  """A :class:`TrainConfig` field.
-
-  Args:
-    default: the default value.
-    help: the option's help text.
-    check: ``check(name, value)`` raising :class:`ConfigError`.
-    choices: the allowed values, for the parser.
-    resume: whether a resumed run must keep this value (it shapes training).
-    cli: whether the command line sets it.
-    absent: for a setting added after runs were saved without it, what those
-      runs did (a resume compares it with the value now).
-  """
-  metadata = {'help': help, 'check': check, 'choices': choices and tuple(choices),
-              'resume': resume, 'cli': cli, 'absent': absent}
-  return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclasses.dataclass
 class TrainConfig:
   """One fine-tuning run. Defaults follow the paper (section 3.3)."""
-  task: str = option('sst2', 'GLUE task', choices=sorted(data_lib.TASKS))
+  task: str = option('sst2', "a GLUE task, or 'custom' for your own files (--text-columns, "
+                     '--labels...)', choices=[*tasks_lib.GLUE_ORDER, CUSTOM])
   method: str = option('rose-ensemble', 'fine-tuning method', choices=METHOD_NAMES)
   model: str = option('roberta-base', 'hub name or local checkpoint directory '
                       '(config.json, model.safetensors, tokenizer files)')
@@ -80,16 +46,36 @@ class TrainConfig:
   seed: int = option(1, 'seed of every random stream (head, dropout, data, noise)',
                      check=non_negative, cli=False)
   # Data: None reads the dataset hub.
-  train_file: str | None = option(None, 'GLUE TSV, CSV, JSON lines or parquet (default: hub)')
-  dev_file: str | None = option(None, 'GLUE dev set file (default: hub)')
+  train_file: str | None = option(None, 'training data: TSV, CSV, JSON lines or parquet '
+                                  '(default: the hub, for GLUE tasks)')
+  dev_file: str | None = option(None, "the dev set's file: GLUE's glue_dev, or a custom "
+                                "task's set 'dev' (default: hub)")
+  eval_files: tuple[str, ...] = option(
+      (), 'an evaluation set and its file, NAME=FILE: a GLUE task\'s own set (glue_dev, '
+      'glue_dev_mismatched...) or any other name, scored with the task\'s metrics',
+      repeated=True, name='--eval-file', metavar='NAME=FILE', absent=())
   adv_file: str | None = option(None, "AdvGLUE dev.json (default: hub 'adv_glue')")
   no_adv: bool = option(False, 'skip AdvGLUE evaluation')
+  # A task of one's own (--task custom).
+  text_columns: tuple[str, ...] | None = option(
+      None, 'custom task: the column, or two comma-separated columns, that hold the text',
+      parse=comma_list, metavar='A[,B]', absent=None)
+  label_column: str | None = option(None, "custom task: the column that holds the label "
+                                    "[label]", absent=None)
+  labels: tuple[str, ...] | None = option(
+      None, "custom task: the class names in index order, comma-separated, or 'regression' "
+      '(default: read from --train-file: the distinct values, or regression for fractional '
+      'numbers)', parse=comma_list, metavar='A,B,...', absent=None)
+  metrics: tuple[str, ...] | None = option(
+      None, f'the metrics, comma-separated, of {", ".join(metrics_lib.METRICS)}; the first '
+      "picks the best epoch (default: the task's own, GLUE's for GLUE tasks; accuracy, or "
+      'pearson,spearman for regression)', parse=comma_list, metavar='M,...', absent=None)
   max_train_samples: int | None = option(None, 'use the first N training examples',
                                          check=at_least_one)
   max_eval_samples: int | None = option(None, 'use the first N examples of each dev set',
                                         check=at_least_one)
   max_length: int = option(128, 'tokens per example, longer ones are truncated',
-                           check=_check(lambda v: v >= 2, 'at least 2'))
+                           check=options.at_least_two)
   buckets: tuple[int, ...] | None = option(
       None, 'with --no-packing, pad each batch to the smallest of these lengths that holds '
       'its longest example (default: multiples of 16 up to --max-length; --buckets '
@@ -185,29 +171,28 @@ class TrainConfig:
 
     ``device_count`` is the number of devices the step runs over (local
     devices under ``pmap``); it picks the default parallelism and must
-    divide the batch.
+    divide the batch. A custom task without ``labels`` reads them from its
+    training file here, so that the run records them.
     """
     import rose_jax
-    for field in dataclasses.fields(self):
-      if field.metadata['check'] is not None:
-        field.metadata['check'](field.name, getattr(self, field.name))
-      choices = field.metadata['choices']
-      value = getattr(self, field.name)
-      if choices and value is not None and value not in choices:
-        raise ConfigError(f'{flag(field.name)} must be one of {list(choices)}, got {value!r}.')
+    options.check_fields(self)
     if self.resume and self.overwrite:
       raise ConfigError('--resume and --overwrite contradict each other: --resume continues '
                         'the run in the directory, --overwrite replaces it. Pass one.')
-    task = data_lib.get_task(self.task)
-    method = self.build_method()
-    preset = None if self.preset == 'none' else self.preset
+    out = task_settings.resolve(self)
+    task = out.build_task()
+    method = out.build_method()
+    try:
+      check_method_fits(method, task.objective)
+    except ValueError as error:
+      raise ConfigError(f'--method {out.method} cannot train {task.name}: {error}') from None
+    preset = None if out.preset == 'none' else out.preset
     lr, upper = preset_values(preset, method.rose_variant, task.name)
-    parallel = self.parallel or ('shard_map' if device_count > 1 else 'none')
+    parallel = out.parallel or ('shard_map' if device_count > 1 else 'none')
     out = dataclasses.replace(
-        self, task=task.name,
-        learning_rate=lr if self.learning_rate is None else self.learning_rate,
-        upper=upper if self.upper is None else self.upper,
-        batch_size=self.batch_size or (16 if task.name == 'rte' else 32), parallel=parallel)
+        out, learning_rate=lr if out.learning_rate is None else out.learning_rate,
+        upper=upper if out.upper is None else out.upper,
+        batch_size=out.batch_size or (16 if task.name == 'rte' else 32), parallel=parallel)
     if out.packing and out.buckets is not None:
       raise ConfigError(
           f'--buckets {" ".join(map(str, out.buckets))} pads unpacked batches, but batches are '
@@ -234,6 +219,24 @@ class TrainConfig:
                     lower=out.lower, gamma=out.gamma, granularity=out.granularity)
     return out
 
+  @classmethod
+  def from_saved(cls, saved: dict) -> TrainConfig:
+    """The config a run saved in ``results.json`` (settings added since it was
+    saved take their defaults; JSON's lists are tuples again)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{name: tuple(value) if isinstance(value, list) else value
+                  for name, value in saved.items() if name in names})
+
+  def build_task(self) -> Task:
+    """The task, with this run's metrics and evaluation sets
+    (:func:`rose_jax.glue.task_settings.build_task`)."""
+    return task_settings.build_task(self)
+
+  def eval_sources(self) -> dict[str, str | None]:
+    """Each evaluation set's file by name, None for the hub
+    (:func:`rose_jax.glue.task_settings.eval_sources`)."""
+    return task_settings.eval_sources(self)
+
   def build_method(self) -> Method:
     """The method, with its baseline's settings; bad settings raise ConfigError."""
     try:
@@ -252,53 +255,22 @@ class TrainConfig:
   def differences(self, other: dict) -> list[str]:
     """The settings that shape training and differ from ``other`` (a saved config)."""
     found = []
+    as_json = lambda v: list(v) if isinstance(v, tuple) else v
     for field in dataclasses.fields(self):
       if not field.metadata['resume'] or field.name == 'output_dir':
         continue
-      saved = other.get(field.name, field.metadata['absent'])
-      now = getattr(self, field.name)
-      if isinstance(now, tuple):  # as JSON stores it
-        now = list(now)
+      saved = as_json(other.get(field.name, field.metadata['absent']))
+      now = as_json(getattr(self, field.name))
       if saved != now:
-        found.append(f'{flag(field.name)}: {saved!r} when started, {now!r} now')
+        found.append(f'{options.option_name(field)}: {saved!r} when started, {now!r} now')
     return found
 
 
-def _base_type(annotation) -> type:
-  """``int`` for ``int | None`` and the like."""
-  args = [a for a in typing.get_args(annotation) if a is not type(None)]
-  if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-    return args[0]
-  return annotation
-
-
-def add_arguments(parser: argparse.ArgumentParser, cls=TrainConfig) -> None:
-  """One option per command-line field of ``cls``, with its default and help."""
-  hints = typing.get_type_hints(cls)
-  for field in dataclasses.fields(cls):
-    meta = field.metadata
-    if not meta['cli']:
-      continue
-    kind = _base_type(hints[field.name])
-    if kind is bool:
-      name = f'--no-{flag(field.name)[2:]}' if field.default and \
-          not field.name.startswith('no_') else flag(field.name)
-      parser.add_argument(name, dest=field.name, help=meta['help'], default=field.default,
-                          action='store_false' if field.default else 'store_true')
-      continue
-    default = field.default
-    shown = '' if default is None else f' [{default}]'
-    many = typing.get_origin(kind) is tuple
-    parser.add_argument(flag(field.name), dest=field.name,
-                        type=typing.get_args(kind)[0] if many else kind, default=default,
-                        nargs='+' if many else None, choices=meta['choices'],
-                        help=meta['help'] + shown,
-                        metavar=None if meta['choices'] else field.name.upper())
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+  """One option per command-line field of :class:`TrainConfig`."""
+  options.add_arguments(parser, TrainConfig)
 
 
 def from_arguments(args: argparse.Namespace, **fixed) -> TrainConfig:
   """A :class:`TrainConfig` from parsed options, with ``fixed`` fields set."""
-  values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-            if f.metadata['cli']}
-  values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-  return TrainConfig(**values, **fixed)
+  return options.from_arguments(args, TrainConfig, **fixed)

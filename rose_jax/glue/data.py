@@ -1,10 +1,10 @@
-"""GLUE and AdvGLUE data: tasks, loading and validation.
+"""Reading a task's data: local files and the dataset hub, checked row by row.
 
-Sources: the dataset hub (``glue`` / ``adv_glue`` through ``datasets``), or
-local files: GLUE TSV as released, CSV, JSON lines, parquet, and AdvGLUE's
-``dev.json`` (an object keyed by task). Every split is checked before any
-training starts: the task's columns must be there, labels must belong to the
-task's label set and a split must not be empty.
+Sources: the dataset hub (through ``datasets``), or local files: GLUE TSV as
+released, CSV, JSON lines, parquet, and AdvGLUE's ``dev.json`` (an object
+keyed by task). Every split is checked before any training starts: the
+task's columns must be there, labels must belong to the task
+(:mod:`rose_jax.glue.tasks`) and a split must not be empty.
 """
 
 from __future__ import annotations
@@ -12,57 +12,18 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-
-@dataclasses.dataclass(frozen=True)
-class Task:
-  """A GLUE classification task."""
-  name: str
-  text_columns: tuple[str, ...]
-  label_names: tuple[str, ...]
-  hub_validation_split: str = 'validation'
-  adv_key: str | None = None  # key in AdvGLUE's dev.json and the hub config suffix
-  # Other names for columns in the GLUE release TSVs.
-  tsv_aliases: tuple[tuple[str, str], ...] = ()
-
-  @property
-  def num_labels(self) -> int:
-    return len(self.label_names)
-
-
-TASKS = {
-    'sst2': Task('sst2', ('sentence',), ('negative', 'positive'), adv_key='sst2'),
-    'rte': Task('rte', ('sentence1', 'sentence2'), ('entailment', 'not_entailment'),
-                adv_key='rte'),
-    'qnli': Task('qnli', ('question', 'sentence'), ('entailment', 'not_entailment'),
-                 adv_key='qnli'),
-    'qqp': Task('qqp', ('question1', 'question2'), ('not_duplicate', 'duplicate'),
-                adv_key='qqp', tsv_aliases=(('is_duplicate', 'label'),)),
-    'mnli': Task('mnli', ('premise', 'hypothesis'), ('entailment', 'neutral', 'contradiction'),
-                 hub_validation_split='validation_matched', adv_key='mnli',
-                 tsv_aliases=(('sentence1', 'premise'), ('sentence2', 'hypothesis'),
-                              ('gold_label', 'label'))),
-}
-
-
-class DataError(ValueError):
-  """Data that cannot be used for the task, with what to do about it."""
-
-
-def get_task(name: str) -> Task:
-  key = name.lower().replace('-', '')
-  if key not in TASKS:
-    raise DataError(f'Unknown task {name!r}; choose one of {sorted(TASKS)}.')
-  return TASKS[key]
+from rose_jax.glue.tasks import REGRESSION, DataError, EvalSet, Task
 
 
 @dataclasses.dataclass
 class Split:
-  """Texts and integer labels of one split."""
+  """Texts and labels of one split: class indices (int32) or targets (float32)."""
   texts: list[tuple[str, ...]]
   labels: np.ndarray
 
@@ -75,28 +36,69 @@ class Split:
     return Split(self.texts[:n], self.labels[:n])
 
 
-def _label_to_int(task: Task, value, where: str) -> int:
-  if value is None:
-    raise DataError(f'{where}: the label is missing.')
+def _number(value, where: str, task: Task) -> float:
   if isinstance(value, str):
-    text = value.strip()
-    if text in task.label_names:
-      return task.label_names.index(text)
     try:
-      value = float(text)
+      return float(value.strip())
+    except ValueError:
+      raise DataError(f'{where}: label {value.strip()!r} is not a number; {task.name} is a '
+                      'regression task.') from None
+  if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+    raise DataError(f'{where}: label {value!r} is not a number; {task.name} is a regression '
+                    'task.')
+  return float(value)
+
+
+def label_value(task: Task, value, where: str) -> int | float:
+  """A row's label as the task's class index, or its target for regression;
+  DataError naming the row otherwise."""
+  if value is None or (isinstance(value, float) and math.isnan(value)):
+    raise DataError(f'{where}: the label is missing.')
+  if task.regression:
+    number = _number(value, where, task)
+    if not math.isfinite(number):
+      raise DataError(f'{where}: label {value!r} is not a finite number.')
+    return number
+  names = task.label_names
+  text = str(value).strip() if isinstance(value, str | int | np.integer) else None
+  if text in names and not isinstance(value, bool):  # a name, also one written as a number
+    return names.index(text)
+  if task.strict_labels and (text is None or any(_is_integer(n) for n in names)
+                             or not _is_integer(text)):
+    float_hint = (' It is a float: write class indices as integers or give the names; for a '
+                  f'numeric target pass --labels {REGRESSION}.' if _is_number(value) else '')
+    raise DataError(f'{where}: label {value!r} is not among the task\'s labels {list(names)} '
+                    '(from --labels, or read from the training file).' + float_hint)
+  if isinstance(value, str):
+    try:
+      value = int(text) if _is_integer(text) else float(text)
     except ValueError:
       raise DataError(f'{where}: label {text!r} is not in the {task.name} label set '
-                      f'{task.label_names} (or their indices).') from None
+                      f'{names} (or their indices).') from None
   if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
     raise DataError(f'{where}: label {value!r} is not a class index or name of {task.name}.')
   if not float(value).is_integer():
     raise DataError(f'{where}: label {value!r} is not a whole number; {task.name} labels are '
-                    f'class indices 0..{task.num_labels - 1} (or the names {task.label_names}).')
+                    f'class indices 0..{task.num_labels - 1} (or the names {names}).')
   value = int(value)
   if not 0 <= value < task.num_labels:
     raise DataError(f'{where}: label {value} is outside the {task.name} label range '
                     f'0..{task.num_labels - 1}.')
   return value
+
+
+def _is_integer(text: str) -> bool:
+  return text.lstrip('+-').isdigit()
+
+
+def _is_number(value) -> bool:
+  if isinstance(value, bool):
+    return False
+  try:
+    float(value)
+  except (TypeError, ValueError):
+    return False
+  return True
 
 
 def from_records(task: Task, records: Sequence[dict], where: str,
@@ -109,12 +111,12 @@ def from_records(task: Task, records: Sequence[dict], where: str,
   if not records:
     raise DataError(f'{where} is empty: a split needs at least one example.')
   locations = locations or [f'row {i + 1}' for i in range(len(records))]
-  aliases = dict(task.tsv_aliases)
+  aliases = dict(task.aliases)
   if not isinstance(records[0], dict):
     raise DataError(f'{where}, {locations[0]}: expected a record with named fields, got '
                     f'{type(records[0]).__name__}.')
   columns = {aliases.get(k, k) for k in records[0]}
-  missing = [c for c in (*task.text_columns, 'label') if c not in columns]
+  missing = [c for c in (*task.text_columns, task.label_column) if c not in columns]
   if missing:
     raise DataError(f'{where} lacks the column(s) {missing} that {task.name} needs '
                     f'(it has {sorted(columns)}).')
@@ -128,11 +130,13 @@ def from_records(task: Task, records: Sequence[dict], where: str,
     if absent:
       raise DataError(f'{at}: the field(s) {absent} are missing.')
     texts.append(tuple(str(row[c]) for c in task.text_columns))
-    labels.append(_label_to_int(task, row.get('label'), at))
-  return Split(texts, np.asarray(labels, np.int32))
+    labels.append(label_value(task, row.get(task.label_column), at))
+  dtype = np.float32 if task.regression else np.int32
+  return Split(texts, np.asarray(labels, dtype))
 
 
-def _read_delimited(path: Path, delimiter: str) -> tuple[list[dict], list[str]]:
+def _read_delimited(path: Path, delimiter: str,
+                    headerless: Sequence[str] | None) -> tuple[list[dict], list[str]]:
   # utf-8-sig: a byte-order mark (as spreadsheet programs write) is not part
   # of the first column's name.
   with path.open(newline='', encoding='utf-8-sig') as f:
@@ -143,6 +147,11 @@ def _read_delimited(path: Path, delimiter: str) -> tuple[list[dict], list[str]]:
     if header is None:
       return [], []
     rows, locations = [], []
+    if headerless is not None and len(header) == len(headerless) and \
+        not set(header) & set(headerless):  # a data row: CoLA's release has no header
+      rows.append(dict(zip(headerless, header, strict=True)))
+      locations.append(f'line {reader.line_num}')
+      header = list(headerless)
     for fields in reader:
       if not fields:
         continue  # a blank line
@@ -171,8 +180,12 @@ def _read_json_lines(path: Path) -> tuple[list[dict], list[str]]:
   return rows, locations
 
 
-def read_table(path: str | Path) -> tuple[list[dict], list[str]]:
-  """Rows of a TSV, CSV, JSON lines or parquet file, and where each row is."""
+def read_table(path: str | Path,
+               headerless: Sequence[str] | None = None) -> tuple[list[dict], list[str]]:
+  """Rows of a TSV, CSV, JSON lines or parquet file, and where each row is.
+
+  ``headerless`` names the columns of a TSV or CSV whose first line is a row
+  of data (none of its fields is one of these names), as CoLA's release."""
   path = Path(path)
   if not path.exists():
     raise DataError(f'{path} does not exist.')
@@ -181,7 +194,7 @@ def read_table(path: str | Path) -> tuple[list[dict], list[str]]:
   suffix = path.suffix.lower()
   try:
     if suffix in ('.tsv', '.csv'):
-      return _read_delimited(path, '\t' if suffix == '.tsv' else ',')
+      return _read_delimited(path, '\t' if suffix == '.tsv' else ',', headerless)
     if suffix in ('.jsonl', '.json'):
       return _read_json_lines(path)
     if suffix == '.parquet':
@@ -201,12 +214,14 @@ def read_table(path: str | Path) -> tuple[list[dict], list[str]]:
 
 
 def load_local(task: Task, path: str | Path) -> Split:
-  rows, locations = read_table(path)
+  rows, locations = read_table(path, task.headerless)
   return from_records(task, rows, str(path), locations)
 
 
-def load_adv_glue_file(task: Task, path: str | Path) -> Split:
-  """The task's records from AdvGLUE's ``dev.json``."""
+def load_adv_glue_file(task: Task, path: str | Path, eval_set: EvalSet | None = None) -> Split:
+  """An AdvGLUE set's records from ``dev.json`` (by default the task's first)."""
+  eval_set = eval_set or next(s for s in task.eval_sets if s.adversarial)
+  key = eval_set.adv_key
   path = Path(path)
   if not path.is_file():
     raise DataError(f'{path} does not exist or is not a file.')
@@ -217,28 +232,42 @@ def load_adv_glue_file(task: Task, path: str | Path) -> Split:
   except json.JSONDecodeError as error:
     raise DataError(f'{path}, line {error.lineno}: not JSON ({error.msg}); AdvGLUE\'s '
                     'dev.json is one JSON object keyed by task.') from None
-  if not isinstance(data, dict) or task.adv_key not in data:
+  if not isinstance(data, dict) or key not in data:
     keys = sorted(data) if isinstance(data, dict) else type(data).__name__
-    raise DataError(f'{path} has no {task.adv_key!r} entry (found {keys}); AdvGLUE\'s '
+    raise DataError(f'{path} has no {key!r} entry (found {keys}); AdvGLUE\'s '
                     'dev.json is an object keyed by task.')
-  records = data[task.adv_key]
+  records = data[key]
   if not isinstance(records, list):
-    raise DataError(f'{path}[{task.adv_key!r}] is a {type(records).__name__}; expected a '
+    raise DataError(f'{path}[{key!r}] is a {type(records).__name__}; expected a '
                     'list of records.')
-  return from_records(task, records, f'{path}[{task.adv_key!r}]',
+  return from_records(task, records, f'{path}[{key!r}]',
                       [f'record {i + 1}' for i in range(len(records))])
 
 
-def load_hub(task: Task, split: str, adversarial: bool = False) -> Split:
-  """A split from the dataset hub (``glue`` or ``adv_glue``)."""
+def load_hub(task: Task, source: tuple[str, str, str]) -> Split:
+  """A split from the dataset hub: ``(dataset, config, split)``."""
   import datasets
-  name, config = ('adv_glue', f'adv_{task.adv_key}') if adversarial else ('glue', task.name)
+  name, config, split = source
   try:
     dataset = datasets.load_dataset(name, config, split=split)
   except Exception as error:
     raise DataError(
         f'Could not load {name}/{config} ({split}) from the dataset hub '
         f'({type(error).__name__}: {error}). Without network, give local files: '
-        '--train-file and --dev-file (GLUE TSV, CSV, JSON lines or parquet) and '
-        '--adv-file (AdvGLUE dev.json).') from None
+        '--train-file, --dev-file or --eval-file NAME=FILE (TSV, CSV, JSON lines or parquet) '
+        'and --adv-file (AdvGLUE dev.json).') from None
   return from_records(task, dataset.to_list(), f'{name}/{config} {split}')
+
+
+def label_values(path: str | Path, column: str, headerless: Sequence[str] | None = None
+                 ) -> list:
+  """The values of ``column`` in a file, in row order (for a task that reads
+  its labels from its training file); DataError if there is no such column."""
+  rows, _ = read_table(path, headerless)
+  if not rows:
+    raise DataError(f'{path} is empty: a split needs at least one example.')
+  if not isinstance(rows[0], dict) or column not in rows[0]:
+    found = sorted(rows[0]) if isinstance(rows[0], dict) else type(rows[0]).__name__
+    raise DataError(f'{path} has no label column {column!r} (its columns: {found}); name it '
+                    'with --label-column.')
+  return [row.get(column) for row in rows]

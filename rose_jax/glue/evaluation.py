@@ -1,21 +1,25 @@
-"""Accuracy on a dev set, sharded over every device of every process."""
+"""Predictions for whole evaluation sets, sharded over every device of every
+process, and the task's metrics on them."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from rose_jax._src.apply_fn import ApplyFn
+from rose_jax._src.objectives import CLASSIFICATION, Objective, get_objective
 from rose_jax.glue import batching, packing
+from rose_jax.glue import metrics as metrics_lib
+from rose_jax.glue.tasks import Task
 from rose_jax.training import step as step_lib
 
 
 class Evaluator:
-  """Predicts labels for whole splits.
+  """Predicts labels (or, for regression, numbers) for whole splits.
 
   With ``sharded=True`` each global evaluation batch is split over the data
   mesh of all devices (each process feeds its own rows) and the parameters
@@ -30,13 +34,17 @@ class Evaluator:
       by default to its longest example.
     row_length: pack each batch into rows of this many tokens
       (:mod:`rose_jax.glue.packing`) instead of padding it.
+    objective: what the outputs stand for (:mod:`rose_jax.training`): the
+      argmax class, or the one number.
   """
 
   def __init__(self, apply_fn: ApplyFn, batch_size: int, *, sharded: bool = False,
-               buckets: Sequence[int] | None = None, row_length: int | None = None):
+               buckets: Sequence[int] | None = None, row_length: int | None = None,
+               objective: Objective | str = CLASSIFICATION):
     self.buckets = buckets
+    predict = get_objective(objective).predict
     self._predict = jax.jit(
-        lambda params, batch: jnp.argmax(apply_fn(params, batch, dropout_key=None), -1))
+        lambda params, batch: predict(apply_fn(params, batch, dropout_key=None)))
     self.mesh = step_lib.data_mesh() if sharded else None
     devices = jax.device_count() if sharded else 1
     self.batch_size = -(-batch_size // devices) * devices
@@ -61,9 +69,9 @@ class Evaluator:
       yield (packing.packed_batch(data, rows, self.packing, process_index=process_index,
                                   process_count=process_count), real)
 
-  def __call__(self, params, data: batching.Encoded) -> tuple[np.ndarray, float]:
-    """Predictions for every example of ``data`` and their accuracy; ``params``
-    from :meth:`place_params`."""
+  def __call__(self, params, data: batching.Encoded) -> np.ndarray:
+    """Predictions for every example of ``data``; ``params`` from
+    :meth:`place_params`."""
     buckets = self.buckets or (int(data.lengths.max()),)
     process = (jax.process_index(), jax.process_count()) if self.mesh is not None else (0, 1)
     place: Callable = (lambda b: b) if self.mesh is None else \
@@ -81,5 +89,28 @@ class Evaluator:
                                                process_count=process[1]):
         inputs = place({k: v for k, v in batch.items() if k != 'labels'})
         predictions.append(self._gather(self._predict(params, inputs))[:real])
-    predictions = np.concatenate(predictions)
-    return predictions, float(np.mean(predictions == data.labels))
+    return np.concatenate(predictions)
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluated:
+  """One evaluation set's predictions, labels and the task's metrics on them."""
+  predictions: np.ndarray
+  labels: np.ndarray
+  metrics: dict[str, float]
+
+  def columns(self) -> dict[str, np.ndarray]:
+    """One row per example, as the prediction files hold them."""
+    return {'prediction': self.predictions, 'label': self.labels}
+
+
+def evaluate(evaluator: Evaluator, params, task: Task,
+             sets: dict[str, batching.Encoded]) -> dict[str, Evaluated]:
+  """Each set's predictions and the task's metrics on them, by set name;
+  ``params`` from :meth:`Evaluator.place_params`."""
+  out = {}
+  for name, data in sets.items():
+    predictions = evaluator(params, data)
+    out[name] = Evaluated(predictions, data.labels, metrics_lib.compute(
+        task.metrics, predictions, data.labels, task.num_labels))
+  return out

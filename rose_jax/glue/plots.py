@@ -122,26 +122,35 @@ def lines_over_steps(series: dict[str, tuple[np.ndarray, np.ndarray]], stem: Pat
   return save(fig, stem)
 
 
-CURVE_PANELS = (('loss', 'loss', 'steps'), ('ce', 'cross-entropy', 'steps'),
-                ('kl', 'KL (or regulariser)', 'steps'),
-                ('kept_fraction', 'kept fraction', 'steps'),
-                ('glue_dev_accuracy', 'GLUE dev accuracy (%)', 'epochs'),
-                ('adv_dev_accuracy', 'AdvGLUE dev accuracy (%)', 'epochs'))
+STEP_PANELS = (('loss', 'loss', 'steps'), ('ce', 'task loss (CE or MSE)', 'steps'),
+               ('kl', 'KL (or consistency, regulariser)', 'steps'),
+               ('kept_fraction', 'kept fraction', 'steps'))
+# Evaluation sets' names as panel titles.
+_SET_TITLES = {'glue_dev': 'GLUE dev', 'adv_dev': 'AdvGLUE dev'}
+
+
+def _epoch_title(key: str) -> str:
+  """``glue_dev_accuracy`` as ``GLUE dev accuracy (x100)``."""
+  name, _, metric = key.rpartition('_')
+  return f'{_SET_TITLES.get(name, name)} {metric} (x100)'
 
 
 def curve_panels(runs: dict[str, dict]) -> list[tuple[str, str, str]]:
-  """The panels of :func:`curves` that some run has data for."""
-  return [panel for panel in CURVE_PANELS
-          if any(panel[0] in data[panel[2]] for data in runs.values())]
+  """The panels of :func:`curves` that some run has data for: the step
+  metrics, then each evaluation result (``{set}_{metric}``) in first-seen order."""
+  steps = [panel for panel in STEP_PANELS
+           if any(panel[0] in data['steps'] for data in runs.values())]
+  keys = dict.fromkeys(key for data in runs.values() for key in data['epochs'])
+  return steps + [(key, _epoch_title(key), 'epochs') for key in keys]
 
 
 def curves(runs: dict[str, dict], stem: Path) -> list[Path]:
-  """Training curves of several runs: per-step loss, CE, KL and kept fraction,
-  and per-epoch GLUE and AdvGLUE dev accuracy, each panel only where some
-  run logged it. ``runs`` maps a label to ``{"steps": {metric: (steps,
+  """Training curves of several runs: per-step loss, task loss, KL and kept
+  fraction, and each evaluation set's metrics per epoch (x100), each panel
+  only where some run logged it. ``runs`` maps a label to ``{"steps": {metric: (steps,
   values)}, "epochs": {metric: (epochs, values)}}``."""
   plt = _pyplot()
-  panels = curve_panels(runs) or list(CURVE_PANELS[:1])
+  panels = curve_panels(runs) or list(STEP_PANELS[:1])
   from matplotlib.ticker import MaxNLocator
   style = styles(runs)
   columns = min(3, len(panels))

@@ -1,12 +1,11 @@
 """A run's records while it trains: the state its checkpoints hold
-(:class:`RunState`) and what it writes as it goes (:class:`RunRecord`:
-running metric means, metric lines, masks, each epoch's predictions, results
-and best model)."""
+(:class:`RunState`) and what it keeps as it goes (:class:`RunRecord`: running
+metric means, its :class:`~rose_jax.glue.results.Results`, and the writers it
+reports to)."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -19,12 +18,10 @@ from rose_jax._src import atomic, seeds
 from rose_jax.glue import batching
 from rose_jax.glue.checkpoints import Checkpoints
 from rose_jax.glue.config import TrainConfig
-from rose_jax.glue.evaluation import Evaluator
-from rose_jax.glue.metrics_log import MaskLog, MetricsLog
-from rose_jax.glue.run_dir import best_epoch
-from rose_jax.glue.shared import Data
-from rose_jax.glue.trainers import MASK_METRICS
-from rose_jax.models import ModuleApply, save_pretrained
+from rose_jax.glue.evaluation import Evaluated
+from rose_jax.glue.masks import MASK_PARTS
+from rose_jax.glue.results import Epoch, Results
+from rose_jax.glue.writers import EpochReport, Writers
 from rose_jax.training.gradients import METRIC_NAMES
 
 log = logging.getLogger(__name__)
@@ -106,55 +103,58 @@ class RunRecord:
   Attributes:
     config: the run's settings.
     out: its directory.
-    results: what ``results.json`` holds.
+    results: its results so far (replaced, never changed in place).
     checkpoints: its checkpoints.
     started: to be called after the first step (a replaced run is then deleted).
     state: what its next checkpoint will hold.
-    alone: a run alone (a divergence raises) or in a sweep (it stops only this one).
+    stops_all: a divergence raises :class:`TrainingDiverged` (a run alone), or
+      marks this run diverged while the others go on (a sweep).
     is_main: this process writes the files.
     names: the metrics the method's step returns.
+    writers: where it reports (none on a process that writes no files).
   """
   config: TrainConfig
   out: Path
-  results: dict
+  results: Results
   checkpoints: Checkpoints
   started: Callable[[], None]
   state: RunState
-  alone: bool
+  stops_all: bool
   is_main: bool
   names: tuple[str, ...]
-  metrics_log: MetricsLog | None = None
-  mask_log: MaskLog | None = None
+  writers: Writers = dataclasses.field(default_factory=Writers)
   timed_tokens: int = 0
 
   @property
   def diverged(self) -> str | None:
-    return self.results.get('diverged')
+    return self.results.diverged
+
+  def write_results(self) -> None:
+    if self.is_main:
+      atomic.write_json(self.out / 'results.json', self.results.to_json())
 
   def add(self, metrics: dict, step: int) -> None:
     """Adds one step's host metrics to the running sums; a non-finite loss
-    raises TrainingDiverged (alone) or marks the run diverged (in a sweep,
-    the others go on)."""
+    raises TrainingDiverged or marks the run diverged (see ``stops_all``)."""
     if self.diverged:
       return
-    masks = {part: metrics.pop(name) for part, name in MASK_METRICS.items() if name in metrics}
+    masks = {part: metrics.pop(name) for part, name in MASK_PARTS.items() if name in metrics}
     bad = [k for k in ('loss', 'ce', 'kl') if not np.isfinite(metrics[k])]
     if bad:
       message = (f'Training diverged at step {step}: {", ".join(bad)} is {metrics[bad[0]]}. '
                  'Lower --learning-rate or check the data; the checkpoints written before it '
                  f'remain in {self.out / "checkpoints"}.')
-      if self.alone:
+      if self.stops_all:
         raise TrainingDiverged(message)
       log.warning('%s: %s', self.out, message)
-      self.results['diverged'] = message
-      if self.is_main:
-        atomic.write_json(self.out / 'results.json', self.results)
+      self.results = dataclasses.replace(self.results, diverged=message)
+      self.write_results()
       return
     for sums in (self.state.epoch_sums, self.state.window_sums):
       _add(sums, metrics)
-    if masks and self.mask_log is not None:
-      self.mask_log.write(np.asarray([step]),
-                          {part: np.asarray(mask)[None] for part, mask in masks.items()})
+    if masks:
+      self.writers.masks(np.asarray([step]),
+                         {part: np.asarray(mask)[None] for part, mask in masks.items()})
 
   def count_tokens(self, batch: batching.Batch) -> None:
     self.timed_tokens += batch.real_tokens
@@ -166,7 +166,7 @@ class RunRecord:
       return None
     means = _means(self.state.window_sums, self.names)
     self.state.window_sums.update(zero_sums())
-    self.metrics_log.write({'step': step, 'epoch': epoch + 1, **means}, step=step)
+    self.writers.step({'step': step, 'epoch': epoch + 1, **means})
     return means
 
   def save(self, params, opt_state, step: int, epoch: int, batch: int) -> None:
@@ -174,48 +174,41 @@ class RunRecord:
                                      epoch=epoch, batch=batch)
     self.checkpoints.save(step, self.state.tree())
 
-  def end_epoch(self, epoch: int, step: int, seconds: float, params, evaluator: Evaluator,
-                data: Data, apply_fn: ModuleApply, tokenizer) -> None:
-    """Evaluates the epoch's params and writes the epoch's files (not the checkpoint)."""
+  def end_epoch(self, epoch: int, step: int, seconds: float,
+                evaluation: Callable[[], dict[str, Evaluated]],
+                model: Callable[[], Any]) -> None:
+    """Records the epoch: its numbers, ``evaluation()``'s metrics (each set's,
+    called unless the run diverged) and the writers' files (not the
+    checkpoint); ``model()`` gives the epoch's model for the best model."""
     sums = self.state.epoch_sums
-    record = {'epoch': epoch + 1, 'step': step, 'seconds': round(seconds, 2),
-              # Timed from this process's start of the epoch (or of the resume).
-              'tokens_per_second': round(self.timed_tokens / seconds, 1),
-              'padding_efficiency': float(sums['real_tokens'] / sums['padded_tokens'])}
+    timing = dict(epoch=epoch + 1, step=step, seconds=round(seconds, 2),
+                  # Timed from this process's start of the epoch (or of the resume).
+                  tokens_per_second=round(self.timed_tokens / seconds, 1),
+                  padding_efficiency=float(sums['real_tokens'] / sums['padded_tokens']))
     self.timed_tokens = 0
-    diverged = self.diverged
-    if not diverged:
-      record.update({f'train_{k}': v for k, v in _means(sums, self.names).items()})
+    train = {} if self.diverged else {
+        f'train_{k}': v for k, v in _means(sums, self.names).items()}
     sums.update(zero_sums())
     self.state.window_sums.update(zero_sums())
-    if diverged:
+    if self.diverged:
       return
-    out = self.out
-    eval_params = evaluator.place_params(params)
-    if self.is_main:
-      (out / 'predictions').mkdir(exist_ok=True)
-    for split, encoded in data.eval.items():
-      predictions, accuracy = evaluator(eval_params, encoded)
-      record[f'{split}_accuracy'] = accuracy
-      if self.is_main:
-        atomic.write_text(out / 'predictions' / f'epoch{epoch + 1}-{split}.jsonl', ''.join(
-            json.dumps({'idx': i, 'prediction': int(p), 'label': int(y)}) + '\n'
-            for i, (p, y) in enumerate(zip(predictions, encoded.labels, strict=True))))
-    self.metrics_log.write({'type': 'epoch', **record}, step=step, prefix='epoch')
-    self.results['epochs'].append(record)
-    self.results.update(best_epoch(self.results['epochs']))
-    if self.is_main and self.results['best_epoch'] == epoch + 1:
-      # The best epoch's model, loadable by load_pretrained and transformers.
-      model = apply_fn.merge(jax.device_get(params))
-      atomic.write_directory(out / 'best_model', lambda d, m=model: (
-          save_pretrained(m, d), tokenizer.save_pretrained(str(d))))
-    # Results first, then the checkpoint: a resume redoes an epoch whose
-    # checkpoint is missing and trims the results to the checkpoint.
-    if self.is_main:
-      atomic.write_json(out / 'results.json', self.results)
+    evaluated = evaluation()
+    record = Epoch(**timing, train=train, evaluation={
+        f'{name}_{metric}': value for name, result in evaluated.items()
+        for metric, value in result.metrics.items()})
+    self.results = self.results.with_epoch(record)
+    self.writers.epoch(EpochReport(
+        record, is_best=self.results.best().epoch == record.epoch,
+        predictions={name: result.columns() for name, result in evaluated.items()},
+        model=model))
+    # Results after the epoch's files, then the checkpoint: a resume redoes
+    # an epoch whose checkpoint is missing and trims the results to it.
+    self.write_results()
 
   def finish(self) -> None:
     if not self.diverged:
-      self.results['finished'] = True
-    if self.is_main:
-      atomic.write_json(self.out / 'results.json', self.results)
+      self.results = dataclasses.replace(self.results, finished=True)
+    self.write_results()
+
+  def close(self) -> None:
+    self.writers.close()

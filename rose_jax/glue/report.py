@@ -1,19 +1,24 @@
-"""Gathers runs' ``results.json`` into the paper's Table 1 layout.
+"""Gathers runs' ``results.json`` into the paper's Table 1 layout, for any task.
 
-For each method and task: GLUE and AdvGLUE dev accuracy of the best epoch
-(by GLUE dev accuracy), mean +- std over seeds; then the macro average over
-all GLUE and AdvGLUE columns and the average drop GLUE - AdvGLUE. Written as
-Markdown and CSV, with a bar plot of GLUE vs AdvGLUE per method, every
-run's training curves, and a table of the flatness numbers that
-``analyze.py`` measured (:mod:`rose_jax.glue.analysis`). Runs of one
-method and task with other settings (a sweep's members) get a row each,
-labelled with the settings that differ; only seeds are pooled.
+For each method (a row) and each task's evaluation set (a column): the best
+epoch's score (by the task's first metric on its first set), mean +- std
+over seeds, x100. A task with one metric shows it (accuracy for SST-2,
+Matthews correlation for CoLA); one with two shows their mean with both
+beside it (GLUE's convention: F1 and accuracy for MRPC and QQP, Pearson and
+Spearman for STS-B). Then the macro average over all columns and the
+average drop from each GLUE set to its AdvGLUE counterpart. Written as
+Markdown and CSV, with a bar plot per method, every run's training curves,
+and a table of the flatness numbers that ``analyze.py`` measured
+(:mod:`rose_jax.glue.analysis`). Runs of one method and task with other
+settings (a sweep's members) get a row each, labelled with the settings that
+differ; only seeds are pooled.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import json
 from collections import defaultdict
@@ -24,10 +29,17 @@ import numpy as np
 from rose_jax._src import atomic
 from rose_jax.glue import analysis, plots
 from rose_jax.glue.config import TrainConfig
-from rose_jax.glue.data import TASKS
+from rose_jax.glue.run_dir import RunDirectory
+from rose_jax.glue.tasks import GLUE_ORDER, Task
 from rose_jax.training.methods import METHOD_NAMES
 
-TASK_ORDER = ('sst2', 'rte', 'qnli', 'qqp', 'mnli')
+# Table 1's tasks first, then GLUE's others, then any other task.
+TASK_ORDER = ('sst2', 'rte', 'qnli', 'qqp', 'mnli',
+              *(t for t in GLUE_ORDER if t not in ('sst2', 'rte', 'qnli', 'qqp', 'mnli')))
+SET_TITLES = {'glue_dev': 'GLUE', 'adv_dev': 'AdvGLUE', 'glue_dev_mismatched': 'GLUE-mm',
+              'adv_dev_mismatched': 'AdvGLUE-mm'}
+# Each GLUE set and its AdvGLUE counterpart, whose gap is the drop.
+ADVERSARIAL_PAIRS = (('glue_dev', 'adv_dev'), ('glue_dev_mismatched', 'adv_dev_mismatched'))
 
 
 def collect(paths) -> list[dict]:
@@ -40,7 +52,8 @@ def collect(paths) -> list[dict]:
     files = [path] if path.is_file() else sorted(path.rglob('results.json'))
     for file in files:
       try:
-        result = json.loads(file.read_text(encoding='utf-8'))
+        result = RunDirectory(file.parent).raw_results() if file.name == 'results.json' \
+            else json.loads(file.read_text(encoding='utf-8'))
         finished = result.get('finished') and 'config' in result
       except (ValueError, AttributeError, UnicodeDecodeError) as error:
         raise ValueError(f'{file} is not a rose_jax results file ({error}).') from None
@@ -49,6 +62,16 @@ def collect(paths) -> list[dict]:
   if not runs:
     raise ValueError(f'No finished run (results.json with "finished": true) under {paths}.')
   return runs
+
+
+@functools.cache
+def _task(config_json: str) -> Task:
+  return TrainConfig.from_saved(json.loads(config_json)).build_task()
+
+
+def task_of(run: dict) -> Task:
+  """The task a run's saved settings name."""
+  return _task(json.dumps(run['config'], sort_keys=True))
 
 
 # Settings that may differ between runs pooled into one row: the seed, and
@@ -103,17 +126,31 @@ def check_poolable(runs: list[dict], labels: list[str]) -> None:
                        'together.')
 
 
+@dataclasses.dataclass
+class Cell:
+  """One row's runs on one evaluation set: each run's score (the mean of the
+  task's metrics) and each metric, x100."""
+  scores: list[float] = dataclasses.field(default_factory=list)
+  metrics: dict[str, list[float]] = dataclasses.field(default_factory=lambda: defaultdict(list))
+
+
 def summarise(runs: list[dict]) -> dict:
-  """``{row: {task: {'glue': [..], 'adv': [..]}}}`` over seeds, percent; a row
-  is a method, or a method with settings (see :func:`row_labels`)."""
+  """``{row: {task: {set: Cell}}}`` over seeds; a row is a method, or a method
+  with settings (see :func:`row_labels`). A run contributes to a set the
+  best epoch's numbers its results hold."""
   labels = row_labels(runs)
   check_poolable(runs, labels)
-  table: dict = defaultdict(lambda: defaultdict(lambda: {'glue': [], 'adv': []}))
+  table: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(Cell)))
   for run, label in zip(runs, labels, strict=True):
-    cell = table[label][run['config']['task']]
-    cell['glue'].append(100 * run['glue_dev_accuracy'])
-    if 'adv_dev_accuracy' in run:
-      cell['adv'].append(100 * run['adv_dev_accuracy'])
+    task = task_of(run)
+    for eval_set in task.eval_sets:
+      values = [run.get(f'{eval_set.name}_{m}') for m in task.metrics]
+      if any(v is None for v in values):
+        continue  # not evaluated (AdvGLUE left out), or a metric undefined there
+      cell = table[label][task.name][eval_set.name]
+      cell.scores.append(100 * float(np.mean(values)))
+      for metric, value in zip(task.metrics, values, strict=True):
+        cell.metrics[metric].append(100 * value)
   return table
 
 
@@ -130,27 +167,50 @@ def _fmt(values: list[float]) -> str:
       f'{values[0]:.2f}'
 
 
-def rows(table: dict) -> tuple[list[str], list[list[str]]]:
+def _cell_text(cell: Cell | None, metrics: tuple[str, ...]) -> str:
+  if cell is None or not cell.scores:
+    return '-'
+  if len(metrics) == 1:
+    return _fmt(cell.scores)
+  return _fmt(cell.scores) + ' (' + '/'.join(f'{np.mean(cell.metrics[m]):.2f}'
+                                             for m in metrics) + ')'
+
+
+def columns(table: dict, runs: list[dict]) -> list[tuple[Task, str]]:
+  """The table's columns: each task's evaluation sets that some row has, the
+  tasks in :data:`TASK_ORDER`, then others by name."""
+  tasks = {task_of(run).name: task_of(run) for run in runs}
+  order = sorted(tasks, key=lambda t: (TASK_ORDER.index(t) if t in TASK_ORDER
+                                       else len(TASK_ORDER), t))
+  return [(tasks[t], s.name) for t in order for s in tasks[t].eval_sets
+          if any(s.name in by_task.get(t, {}) for by_task in table.values())]
+
+
+def header_of(task: Task, set_name: str) -> str:
+  metrics = f' ({"/".join(task.metrics)})' if len(task.metrics) > 1 else ''
+  return f'{task.name.upper()} {SET_TITLES.get(set_name, set_name)}{metrics}'
+
+
+def rows(table: dict, runs: list[dict]) -> tuple[list[str], list[list[str]]]:
   """The header and one row per method, in the paper's column order."""
-  tasks = [t for t in TASK_ORDER if any(t in by_task for by_task in table.values())]
-  header = ['Method']
-  for task in tasks:
-    header += [f'{TASKS[task].name.upper()} GLUE', f'{TASKS[task].name.upper()} AdvGLUE']
-  header += ['Avg GLUE+AdvGLUE', 'Avg Δ↓']
-  order = _row_order(table)
+  cols = columns(table, runs)
+  header = ['Method', *(header_of(task, name) for task, name in cols),
+            'Avg GLUE+AdvGLUE', 'Avg Δ↓']
   body = []
-  for method in order:
-    row, columns, drops = [method], [], []
-    for task in tasks:
-      cell = table[method].get(task, {'glue': [], 'adv': []})
-      row += [_fmt(cell['glue']), _fmt(cell['adv'])]
-      for key in ('glue', 'adv'):
-        if cell[key]:
-          columns.append(np.mean(cell[key]))
-      if cell['glue'] and cell['adv']:
-        drops.append(np.mean(cell['glue']) - np.mean(cell['adv']))
-    row += [f'{np.mean(columns):.2f}' if columns else '-',
-            f'{np.mean(drops):.2f}' if drops else '-']
+  for method in _row_order(table):
+    cells = table[method]
+    row, means, drops = [method], [], []
+    for task, name in cols:
+      cell = cells.get(task.name, {}).get(name)
+      row.append(_cell_text(cell, task.metrics))
+      if cell is not None and cell.scores:
+        means.append(np.mean(cell.scores))
+    for task in {t.name: t for t, _ in cols}.values():
+      for clean, adversarial in ADVERSARIAL_PAIRS:
+        pair = [cells.get(task.name, {}).get(n) for n in (clean, adversarial)]
+        if all(c is not None and c.scores for c in pair):
+          drops.append(np.mean(pair[0].scores) - np.mean(pair[1].scores))
+    row += [f'{np.mean(means):.2f}' if means else '-', f'{np.mean(drops):.2f}' if drops else '-']
     body.append(row)
   return header, body
 
@@ -169,16 +229,22 @@ def to_csv(header: list[str], body: list[list[str]]) -> str:
   return buffer.getvalue()
 
 
-def bar_plot(table: dict, stem: Path) -> list[Path]:
-  """Mean GLUE and AdvGLUE accuracy (over tasks and seeds) per row, in each
-  method's colour (GLUE solid, AdvGLUE pale)."""
-  rows = _row_order(table)
-  glue = [np.mean([np.mean(c['glue']) for c in table[m].values() if c['glue']]) for m in rows]
-  adv = [np.mean([np.mean(c['adv']) for c in table[m].values() if c['adv']] or [np.nan])
-         for m in rows]
-  return plots.bars(rows, {'GLUE dev': glue, 'AdvGLUE dev': adv}, stem,
-                    ylabel='accuracy (%)', title='Dev accuracy per method (mean over tasks '
-                    'and seeds)')
+def bar_plot(table: dict, cols: list[tuple[Task, str]], stem: Path) -> list[Path]:
+  """Each row's mean score (over tasks and seeds) on the tasks' first
+  evaluation sets (GLUE dev, for GLUE) and on the AdvGLUE sets, in each
+  method's colour (the first solid, AdvGLUE pale)."""
+  order = _row_order(table)
+
+  def mean(row: str, wanted) -> float:
+    scores = [np.mean(cell.scores) for task, name in cols if wanted(task, name)
+              for cell in [table[row].get(task.name, {}).get(name)] if cell and cell.scores]
+    return float(np.mean(scores)) if scores else np.nan
+
+  first = [mean(row, lambda task, name: name == task.eval_sets[0].name) for row in order]
+  adv = [mean(row, lambda task, name: task.eval_set(name).adversarial) for row in order]
+  return plots.bars(order, {'dev (first set)': first, 'AdvGLUE dev': adv}, stem,
+                    ylabel='score (x100)', title='Dev score per method (mean over tasks and '
+                    'seeds)')
 
 
 # Flatness columns: (header, run-level number), each the mean over a row's runs.
@@ -215,7 +281,7 @@ def write_report(paths, output_dir: str | Path) -> dict[str, Path]:
   training curves); returns their paths."""
   runs = collect(paths)
   table = summarise(runs)
-  header, body = rows(table)
+  header, body = rows(table, runs)
   out = Path(output_dir)
   out.mkdir(parents=True, exist_ok=True)
   files = {'markdown': out / 'table.md', 'csv': out / 'table.csv',
@@ -225,7 +291,7 @@ def write_report(paths, output_dir: str | Path) -> dict[str, Path]:
   flat_header, flat_body = flatness_rows(runs)
   atomic.write_bytes(files['flatness'], markdown(flat_header, flat_body).encode())
   atomic.write_bytes(files['flatness_csv'], to_csv(flat_header, flat_body).encode())
-  files['plot'], files['plot_svg'] = bar_plot(table, out / 'accuracy')
+  files['plot'], files['plot_svg'] = bar_plot(table, columns(table, runs), out / 'accuracy')
   files['curves'], files['curves_svg'] = analysis.training_curves(
       [Path(run['path']).parent for run in runs], out / 'curves')
   return files

@@ -1,22 +1,23 @@
-"""A run directory's contract: what it holds, the checks made before anything
-is written, and how a new run takes over, or a resumed run trims, what is
-there.
+"""A run directory's contract: what it holds, its one reader
+(:class:`RunDirectory`, for the loop, the sweep, the report and the
+analyses), the checks made before anything is written (:func:`preflight`),
+and how a new run takes over what is there.
 
 Everything a run writes lives in its output directory:
 
 * ``results.json``: the configuration (written before training starts),
-  per-epoch accuracies, the best epoch and ``finished``; rewritten
-  atomically after each epoch;
+  each epoch's numbers, the best epoch and ``finished``
+  (:mod:`rose_jax.glue.results`); rewritten atomically after each epoch;
 * ``metrics.jsonl``: one JSON line per ``log_every`` steps and per epoch;
 * ``masks.bin`` and ``masks.json``: ROSE's kept mask per ranked tensor at
-  every step (:class:`rose_jax.glue.metrics_log.MaskLog`);
-* ``predictions/epoch{E}-{split}.jsonl``: each dev example's prediction;
+  every step (:mod:`rose_jax.glue.masks`);
+* ``predictions/epoch{E}-{set}.jsonl``: each evaluation example's prediction;
 * ``checkpoints/``: orbax checkpoints every ``save_every`` steps and at each
   epoch's end (:mod:`rose_jax.glue.checkpoints`); ``resume=True`` continues
-  from the newest one to bit-identical final parameters, after trimming
-  ``metrics.jsonl``, the predictions and the results to it;
+  from the newest one to bit-identical final parameters, each file trimmed
+  to it by its writer (:mod:`rose_jax.glue.writers`);
 * ``best_model/``: the best epoch's model and tokenizer in the Hugging Face
-  layout, replaced as a whole directory;
+  layout, with the task's label names, replaced as a whole directory;
 * ``tensorboard/``: with ``tensorboard=True``, the metrics as events.
 
 Nothing is written or deleted before the configuration, the paths, the
@@ -36,17 +37,32 @@ from pathlib import Path
 
 import jax
 
-from rose_jax.glue.config import ConfigError, TrainConfig, flag
-from rose_jax.glue.metrics_log import trim_lines
+from rose_jax.glue.config import TrainConfig
+from rose_jax.glue.options import ConfigError, flag
+from rose_jax.glue.results import Results
+from rose_jax.glue.tasks import Task
 from rose_jax.models.loading import looks_like_a_path, read_config, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
 
 def data_files(config: TrainConfig) -> dict[str, str]:
-  """The run's local data files by option name."""
-  return {name: getattr(config, name) for name in ('train_file', 'dev_file', 'adv_file')
-          if getattr(config, name) and not (name == 'adv_file' and config.no_adv)}
+  """The run's local data files by option: ``train_file``, ``dev_file`` and
+  ``adv_file`` as before, each other evaluation set's as ``eval_file:NAME``."""
+  files = {name: getattr(config, name) for name in ('train_file', 'dev_file', 'adv_file')
+           if getattr(config, name) and not (name == 'adv_file' and config.no_adv)}
+  for item in config.eval_files:
+    name, _, path = item.partition('=')
+    files[f'eval_file:{name.strip()}'] = path.strip()
+  return files
+
+
+def _as_given(name: str, value: str) -> str:
+  """A :func:`data_files` item as the command line gave it."""
+  if ':' in name:
+    return f'--eval-file {name.split(":", 1)[1]}={value}'
+  return f'{flag(name)} {value}'
+
 
 
 def file_digest(path: str | Path) -> str:
@@ -67,11 +83,11 @@ def check_paths(config: TrainConfig) -> None:
   for name, value in data_files(config).items():
     path = Path(value)
     if not path.exists():
-      raise ConfigError(f'{flag(name)} {value} does not exist.')
+      raise ConfigError(f'{_as_given(name, value)} does not exist.')
     if not path.is_file():
-      raise ConfigError(f'{flag(name)} {value} is a directory; give a file.')
+      raise ConfigError(f'{_as_given(name, value)} is a directory; give a file.')
     if not os.access(path, os.R_OK):
-      raise ConfigError(f'{flag(name)} {value} is not readable.')
+      raise ConfigError(f'{_as_given(name, value)} is not readable.')
   out = Path(config.output_dir)
   for parent in (out, *out.parents):
     if parent.exists():
@@ -84,20 +100,66 @@ def check_paths(config: TrainConfig) -> None:
       break
 
 
-def read_results(out: Path) -> dict | None:
-  """The run's ``results.json``, or None where there is none."""
-  try:
-    return json.loads((out / 'results.json').read_text())
-  except FileNotFoundError:
-    return None
-  except (OSError, ValueError) as error:
-    raise ConfigError(f'{out / "results.json"} cannot be read ({error}); pass --overwrite to '
-                      'start the run over, or choose another --output-root.') from None
+class RunDirectory:
+  """A run's directory as the loop, the sweep, the report and the analyses
+  read it.
 
+  Args:
+    path: the run directory.
+  """
 
-def _has_checkpoint(out: Path) -> bool:
-  directory = out / 'checkpoints'
-  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+  def __init__(self, path: str | Path):
+    self.path = Path(path)
+
+  def raw_results(self) -> dict | None:
+    """``results.json`` as saved, or None where there is none; ConfigError for
+    one that cannot be read."""
+    file = self.path / 'results.json'
+    try:
+      data = json.loads(file.read_text(encoding='utf-8'))
+    except FileNotFoundError:
+      return None
+    except (OSError, ValueError) as error:
+      raise ConfigError(f'{file} cannot be read ({error}); pass --overwrite to start the run '
+                        'over, or choose another --output-root.') from None
+    if not isinstance(data, dict) or not isinstance(data.get('config', {}), dict):
+      raise ConfigError(f'{file} is not a rose_jax results file (it holds no run\'s '
+                        'settings); pass --overwrite to replace the run, or choose another '
+                        '--output-root.')
+    return data
+
+  def config(self) -> TrainConfig:
+    """The settings the run saved; ValueError where it has no results."""
+    data = self.raw_results()
+    if data is None or 'config' not in data:
+      raise ConfigError(f'{self.path} is not a run directory (no results.json with a config); '
+                        'give a directory that finetune.py wrote.')
+    return TrainConfig.from_saved(data['config'])
+
+  def task(self) -> Task:
+    """The run's task, as its settings name it."""
+    return self.config().build_task()
+
+  def results(self) -> Results | None:
+    """The run's :class:`~rose_jax.glue.results.Results`, or None."""
+    data = self.raw_results()
+    if data is None:
+      return None
+    return Results.from_json(data, self.task().best_key if 'config' in data else '')
+
+  @property
+  def finished(self) -> bool:
+    data = self.raw_results()
+    return bool(data and data.get('finished'))
+
+  def checkpoint_steps(self) -> set[int]:
+    """The global steps of the checkpoints in ``checkpoints/``."""
+    directory = self.path / 'checkpoints'
+    return {int(p.name) for p in directory.iterdir() if p.name.isdigit()} \
+        if directory.is_dir() else set()
+
+  def holds_files(self) -> bool:
+    return self.path.exists() and any(self.path.iterdir())
 
 
 def check_output_dir(config: TrainConfig, *, finished_ok: bool = False) -> None:
@@ -105,17 +167,18 @@ def check_output_dir(config: TrainConfig, *, finished_ok: bool = False) -> None:
   or a run that ``resume`` cannot continue with this configuration; with
   ``finished_ok``, a finished run counts as one to continue (a sweep's member
   that finished before the others)."""
-  out = Path(config.output_dir)
-  if config.overwrite or not out.exists() or not any(out.iterdir()):
+  run = RunDirectory(config.output_dir)
+  out = run.path
+  if config.overwrite or not run.holds_files():
     return
-  results = read_results(out)
+  results = run.raw_results()
   if results is None:
     raise ConfigError(f'{out} holds files but no rose_jax run (no results.json); choose '
                       'another --output-root, or pass --overwrite to replace it.')
   if results.get('finished') and not finished_ok:
     raise ConfigError(f'{out} already holds a finished run; choose another --output-root or '
                       'pass --overwrite to replace it.')
-  if not _has_checkpoint(out):
+  if not run.checkpoint_steps():
     return  # nothing was trained: a new run may start over in it
   if not config.resume:
     raise ConfigError(f'{out} holds an unfinished run; pass --resume to continue it or '
@@ -124,8 +187,7 @@ def check_output_dir(config: TrainConfig, *, finished_ok: bool = False) -> None:
   saved_digests = results.get('data_digests', {})
   for name, value in data_files(config).items():
     if name in saved_digests and saved_digests[name] != file_digest(value):
-      differences.append(f'{flag(name)}: {value} has changed since the run '
-                         'started')
+      differences.append(f'{_as_given(name, value)} has changed since the run started')
   if differences:
     raise ConfigError(f'Cannot resume {out}: its settings differ from this command\'s: '
                       + '; '.join(differences)
@@ -192,31 +254,3 @@ def output_dir(config: TrainConfig, is_main: bool) -> Iterator[tuple[Path, Calla
       os.replace(aside, out)
       log.info('The new run failed before its first step; %s is as it was.', out)
     raise
-
-
-def best_epoch(epochs: list[dict]) -> dict:
-  """The epoch with the best GLUE dev accuracy (the first of ties), as the
-  results' ``best_epoch`` and accuracies."""
-  best = max(epochs, key=lambda r: (r['glue_dev_accuracy'], -r['epoch']))
-  summary = {'best_epoch': best['epoch'], 'glue_dev_accuracy': best['glue_dev_accuracy']}
-  if 'adv_dev_accuracy' in best:
-    summary['adv_dev_accuracy'] = best['adv_dev_accuracy']
-  return summary
-
-
-def trim_to(out: Path, results: dict, completed_epochs: int, last_step: int) -> None:
-  """Drops what a killed run wrote after its checkpoint."""
-  dropped = trim_lines(out / 'metrics.jsonl', last_step=last_step,
-                       last_epoch=completed_epochs)
-  predictions = out / 'predictions'
-  if predictions.is_dir():
-    for file in predictions.glob('epoch*-*.jsonl'):
-      if int(file.name[5:].split('-')[0]) > completed_epochs:
-        file.unlink()
-  results['epochs'] = results['epochs'][:completed_epochs]
-  for key in ('best_epoch', 'glue_dev_accuracy', 'adv_dev_accuracy'):
-    results.pop(key, None)
-  if results['epochs']:
-    results.update(best_epoch(results['epochs']))
-  if dropped:
-    log.info('Dropped %d metric lines written after the checkpoint.', dropped)

@@ -1,6 +1,6 @@
-"""What the runs of a group share: the method, the tokenizer, the tokenised
-data, the model's graph and the schedule's length; and the one pass over the
-data that CHILD-TUNING_D makes before training."""
+"""What the runs of a group share: the task, the method, the tokenizer, the
+tokenised data, the model's graph and the schedule's length; and the one
+pass over the data that CHILD-TUNING_D makes before training."""
 
 from __future__ import annotations
 
@@ -14,40 +14,56 @@ from rose_jax.baselines import child_tuning
 from rose_jax.baselines import fisher as fisher_lib
 from rose_jax.glue import batching, packing
 from rose_jax.glue import data as data_lib
-from rose_jax.glue.config import ConfigError, TrainConfig
-from rose_jax.glue.metrics_log import progress_bar
+from rose_jax.glue.cli import progress_bar
+from rose_jax.glue.config import TrainConfig
+from rose_jax.glue.options import ConfigError
+from rose_jax.glue.tasks import DataError, Task
 from rose_jax.models import ModuleApply, Pretrained, as_apply_fn, load_tokenizer, read_pretrained
 
 log = logging.getLogger(__name__)
 
 
-class Data:
-  """Tokenised train, GLUE dev and AdvGLUE dev arrays for a run."""
+def load_eval_set(config: TrainConfig, task: Task, name: str,
+                  source: str | None) -> data_lib.Split:
+  """The evaluation set ``name`` from ``source`` (a file, or None for the hub)."""
+  eval_set = task.eval_set(name)
+  if source is None:
+    if eval_set.hub is None:
+      raise DataError(f'The evaluation set {name!r} has no copy on the hub; give its file: '
+                      f'--eval-file {name}=FILE.')
+    return data_lib.load_hub(task, eval_set.hub)
+  try:
+    if eval_set.adversarial and source == config.adv_file:
+      return data_lib.load_adv_glue_file(task, source, eval_set)
+    return data_lib.load_local(task, source)
+  except DataError as error:
+    option = ('--adv-file' if source == config.adv_file else
+              '--dev-file' if source == config.dev_file else f'--eval-file {name}=')
+    raise DataError(f'{option.rstrip("=")} ({name}): {error}') from None
 
-  def __init__(self, config: TrainConfig, tokenizer):
-    task = data_lib.get_task(config.task)
+
+class Data:
+  """A run's tokenised training set and evaluation sets (by name, in the
+  order of the task's)."""
+
+  def __init__(self, config: TrainConfig, task: Task, tokenizer):
     if config.train_file:
-      train = data_lib.load_local(task, config.train_file)
+      try:
+        train = data_lib.load_local(task, config.train_file)
+      except DataError as error:
+        raise DataError(f'--train-file: {error}') from None
     else:
-      train = data_lib.load_hub(task, 'train')
-    if config.dev_file:
-      dev = data_lib.load_local(task, config.dev_file)
-    else:
-      dev = data_lib.load_hub(task, task.hub_validation_split)
-    adv = None
-    if not config.no_adv:
-      adv = (data_lib.load_adv_glue_file(task, config.adv_file) if config.adv_file
-             else data_lib.load_hub(task, 'validation', adversarial=True))
+      train = data_lib.load_hub(task, task.hub_train)
+    splits = {name: load_eval_set(config, task, name, source)
+              for name, source in config.eval_sources().items()}
     train = train.take(config.max_train_samples)
     if len(train) < config.batch_size:
       raise data_lib.DataError(f'{len(train)} training examples make no batch of '
                                f'{config.batch_size}; lower --batch-size.')
     self.train = self._tokenize(tokenizer, train, 'train', config.max_length)
-    self.eval = {'glue_dev': self._tokenize(tokenizer, dev.take(config.max_eval_samples),
-                                            'glue_dev', config.max_length)}
-    if adv is not None:
-      self.eval['adv_dev'] = self._tokenize(tokenizer, adv.take(config.max_eval_samples),
-                                            'adv_dev', config.max_length)
+    self.eval = {name: self._tokenize(tokenizer, split.take(config.max_eval_samples), name,
+                                      config.max_length)
+                 for name, split in splits.items()}
     self.steps_per_epoch = len(train) // config.batch_size
 
   @staticmethod
@@ -74,15 +90,16 @@ class Shared:
   """
 
   def __init__(self, config: TrainConfig, *, runs: int = 1):
+    self.task = config.build_task()
     self.method = config.build_method()
-    self._pretrained: Pretrained | None = _read_checkpoint(config)
+    self._pretrained: Pretrained | None = _read_checkpoint(config, self.task)
     self._runs_left = runs
     model = _build_model(self._pretrained, config)
     if config.max_length > model.config.max_sequence_length:
       raise ConfigError(f'--max-length {config.max_length} exceeds what {config.model}\'s '
                         f'position table holds ({model.config.max_sequence_length}).')
     self.tokenizer = load_tokenizer(config.model, model.config)
-    self.data = Data(config, self.tokenizer)
+    self.data = Data(config, self.task, self.tokenizer)
     self.total_steps = self.data.steps_per_epoch * config.epochs
     self.apply_fn, params = as_apply_fn(model)
     self.param_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
@@ -94,15 +111,15 @@ class Shared:
     if config.seed in self._loaded:
       params = self._loaded.pop(config.seed)
     else:
-      pretrained = self._pretrained or _read_checkpoint(config)
+      pretrained = self._pretrained or _read_checkpoint(config, self.task)
       params = as_apply_fn(_build_model(pretrained, config))[1]
     if self._runs_left <= 0:
       self._pretrained = None  # every run has its params: free the host copy
     return params
 
 
-def _read_checkpoint(config: TrainConfig) -> Pretrained:
-  return read_pretrained(config.model, num_labels=data_lib.get_task(config.task).num_labels,
+def _read_checkpoint(config: TrainConfig, task: Task) -> Pretrained:
+  return read_pretrained(config.model, num_labels=task.num_labels,
                          hidden_dropout=config.dropout, attention_dropout=config.dropout,
                          ignore_mismatched_head=True)
 
@@ -124,7 +141,7 @@ def batch_layout(config: TrainConfig) -> batching.Layout | None:
   return packing.layout(packing.Packing(config.max_length, devices))
 
 
-def fisher_pass(config: TrainConfig, data: Data, apply_fn: ModuleApply, params):
+def fisher_pass(config: TrainConfig, task: Task, data: Data, apply_fn: ModuleApply, params):
   """CHILD-TUNING_D's fixed mask from one shuffled pass over the training data
   (every process reads all of it, so all derive the same mask)."""
   included = child_tuning.included_tensors(params)
@@ -137,7 +154,8 @@ def fisher_pass(config: TrainConfig, data: Data, apply_fn: ModuleApply, params):
   try:
     estimate = fisher_lib.fisher_information(
         apply_fn, params, (b.arrays for b in batches), seeds.stream_key(config.seed, 'noise'),
-        included=included, max_grad_norm=config.max_grad_norm, progress=bar.update)
+        included=included, max_grad_norm=config.max_grad_norm, progress=bar.update,
+        objective=task.objective)
   finally:
     bar.close()
   return child_tuning.fisher_mask(estimate, reserve_p=config.reserve_p, included=included)

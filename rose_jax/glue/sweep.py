@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,8 +45,10 @@ import jax
 
 from rose_jax._src import memory
 from rose_jax.glue import loop, trainers
-from rose_jax.glue.config import ConfigError, TrainConfig, flag
+from rose_jax.glue.config import TrainConfig
 from rose_jax.glue.optimizers import SWEPT_NUMBERS, sweep_optimizer
+from rose_jax.glue.options import ConfigError, flag
+from rose_jax.glue.run_dir import RunDirectory
 from rose_jax.training import sweep as sweep_lib
 from rose_jax.training.methods import Method
 
@@ -191,7 +192,8 @@ def automatic_chunk(configs: Sequence[TrainConfig], shared: loop.Shared,
            for key in shared.data.train.tokens}
   batch['labels'] = jax.ShapeDtypeStruct((rows,), shared.data.train.labels.dtype)
   estimate = sweep_lib.member_memory(shared.apply_fn, tx, shared.method, params, opt_state,
-                                     batch, cotangents=first.cotangents)
+                                     batch, cotangents=first.cotangents,
+                                     objective=shared.task.objective)
   if estimate is None:
     log.warning('This backend gives no memory estimate; the sweep trains all %d members at '
                 'once (set --sweep-chunk to limit it).', len(configs))
@@ -211,17 +213,9 @@ def _device_budget() -> int:
 
 
 def _finished(config: TrainConfig) -> dict | None:
-  try:
-    results = json.loads((Path(config.output_dir) / 'results.json').read_text())
-  except (OSError, ValueError):
-    return None
-  return results if results.get('finished') else None
-
-
-def _checkpoint_steps(config: TrainConfig) -> set[int]:
-  directory = Path(config.output_dir) / 'checkpoints'
-  return {int(p.name) for p in directory.iterdir() if p.name.isdigit()} \
-      if directory.is_dir() else set()
+  """A member's results where it finished before, else None."""
+  run = RunDirectory(config.output_dir)
+  return run.raw_results() if run.finished else None
 
 
 def sweep_layout(configs: Sequence[TrainConfig], shared: loop.Shared, swept: Sequence[str], *,
@@ -266,7 +260,7 @@ def _chunks(configs: Sequence[TrainConfig], todo: list[int], width: int) -> list
   """
   if not configs[0].resume:
     return [todo[i:i + width] for i in range(0, len(todo), width)]
-  steps = {i: _checkpoint_steps(configs[i]) for i in todo}
+  steps = {i: RunDirectory(configs[i].output_dir).checkpoint_steps() for i in todo}
   started = [i for i in todo if steps[i]]
   fresh = [i for i in todo if not steps[i]]
   chunks = [group[i:i + width] for group in (started, fresh) for i in range(0, len(group), width)]

@@ -1,79 +1,59 @@
 """The trainers: one run alone (on one device or data parallel, as its config
 says) or a sweep's runs stacked into one vmapped step (on one device or
 sharded over a mesh, :class:`SweepLayout`), behind one interface
-(:class:`Trainer`); and the optimizer they train with (:class:`Optimizers`)."""
+(:class:`Trainer`). Each owns its optimizer: :class:`Alone` the run's
+(:func:`rose_jax.glue.optimizers.build_optimizer`), :class:`Stacked` the
+sweep's, with the members' settings as traced hyperparameters
+(:func:`rose_jax.glue.optimizers.sweep_optimizer`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import rose_jax
 from rose_jax.glue import batching, packing
 from rose_jax.glue.config import TrainConfig
+from rose_jax.glue.masks import MASK_PARTS
 from rose_jax.glue.optimizers import build_optimizer, rose_settings, sweep_optimizer
-from rose_jax.models import ModuleApply
+from rose_jax.glue.shared import Shared
 from rose_jax.training import step as step_lib
 from rose_jax.training import sweep as sweep_lib
-from rose_jax.training.methods import Method
-
-# The step's metrics that hold mask rows, by the part of masks.bin they fill.
-MASK_METRICS = {'mask': 'mask', 'first': 'first_mask', 'second': 'second_mask'}
-
-
-class Optimizers:
-  """The group's optimizer and each run's state in it.
-
-  Alone, the optimizer is :func:`build_optimizer`'s; in a sweep it is
-  :func:`sweep_optimizer`'s, whose state carries each member's ``swept``
-  settings (``seed`` aside) as traced hyperparameters.
-  """
-
-  def __init__(self, config: TrainConfig, method: Method, total_steps: int, *, alone: bool,
-               swept: tuple[str, ...] = ()):
-    self._config, self._method, self._total_steps = config, method, total_steps
-    self.alone = alone
-    self.numbers = tuple(name for name in swept if name != 'seed')
-
-  def tx(self, fisher_mask=None) -> optax.GradientTransformation:
-    if self.alone:
-      return build_optimizer(self._config, self._method, self._total_steps,
-                             fisher_mask=fisher_mask)
-    return sweep_optimizer(self._config, self._method, self._total_steps, self.numbers,
-                           fisher_mask=fisher_mask)
-
-  def initial_state(self, config: TrainConfig, params, fisher_mask=None):
-    """The optimizer state to train with (a sweep member's carries its settings)."""
-    state = self.tx(fisher_mask).init(params)
-    if self.alone:
-      if config.parallel == 'shard_map':
-        # Replicated over the mesh, as the step returns them; a checkpoint
-        # restores to the target's placement.
-        state = step_lib.replicate_on_mesh(state, step_lib.data_mesh())
-      return state
-    return sweep_lib.with_hyperparams(state, **{n: getattr(config, n) for n in self.numbers})
-
-  def plain(self, state):
-    """``state`` as a run's checkpoint holds it (without a sweep's settings)."""
-    return state if self.alone else state.inner_state
 
 
 class Trainer(Protocol):
   """Trains the runs of a group together, one step at a time.
 
+  :meth:`initial` gives each run's starting params and optimizer state,
+  placed as its checkpoint restores them; :meth:`start` then takes the
+  runs' states, restored or not, and builds the step.
+
   Attributes:
     batch_share: ``(index, count)``: this process feeds share ``index`` of
       ``count`` of each global batch.
+    stops_all: a divergence stops training (a run alone); in a sweep only the
+      diverged member stops.
   """
   batch_share: tuple[int, int]
+  stops_all: bool
+
+  def initial(self, config: TrainConfig, params, fisher_mask=None) -> tuple[Any, Any]:
+    """``config``'s params and fresh optimizer state as its checkpoint holds
+    them (CHILD-TUNING_D's state with ``fisher_mask``)."""
+
+  def start(self, runs: Sequence[tuple[TrainConfig, Any, Any]],
+            extra_metrics: step_lib.ExtraMetrics | None = None) -> None:
+    """Takes each run's ``(config, params, opt_state)`` as :meth:`initial`
+    places them and builds the step, which also reports ``extra_metrics``."""
 
   def step(self, batches: list[batching.Batch], keys: list[jax.Array]) -> dict:
     """One step of every run on its batch and dropout key; the metrics (with
@@ -118,7 +98,7 @@ def ensemble_masks(config: TrainConfig, total_steps: int) -> step_lib.ExtraMetri
     masks = rose_jax.rose_masks(
         grads.update, step_lib.find_rose_state(opt_state), kl_grads=grads.kl_grads,
         ce_grads=grads.ce_grads, **{k: swept.get(k, v) for k, v in settings.items()})
-    return {MASK_METRICS[part]: _stack_mask(masks[part]) for part in ('first', 'second')}
+    return {MASK_PARTS[part]: _stack_mask(masks[part]) for part in ('first', 'second')}
 
   return extra_metrics
 
@@ -133,21 +113,41 @@ class Alone:
   """One run's params and optimizer state, and its step, data parallel as
   ``config.parallel`` says."""
 
-  def __init__(self, config: TrainConfig, apply_fn: ModuleApply, tx, method: Method, params,
-               opt_state, extra_metrics: step_lib.ExtraMetrics | None = None):
-    self._step = step_lib.make_train_step(apply_fn, tx, method, parallel=config.parallel,
-                                          cotangents=config.cotangents,
-                                          extra_metrics=extra_metrics)
+  stops_all = True
+
+  def __init__(self, config: TrainConfig, shared: Shared):
+    self._config, self._shared = config, shared
     self.batch_share = (jax.process_index(), jax.process_count())
-    mesh = step_lib.data_mesh() if config.parallel == 'shard_map' else None
-    self._place = {'none': lambda b: b, 'pmap': step_lib.split_for_pmap,
-                   'shard_map': lambda b: step_lib.shard_batch(b, mesh)}[config.parallel]
-    if config.parallel == 'pmap':
-      params, opt_state = step_lib.replicate(params), step_lib.replicate(opt_state)
-    # One copy of a replicated tree: pmap's carry a leading device axis.
-    self._single = step_lib.unreplicate if config.parallel == 'pmap' else (lambda t: t)
-    self.params, self.opt_state = params, opt_state
+    self._mesh = step_lib.data_mesh() if config.parallel == 'shard_map' else None
     self._pmap = config.parallel == 'pmap'
+    # One copy of a replicated tree: pmap's carry a leading device axis.
+    self._single = step_lib.unreplicate if self._pmap else (lambda t: t)
+
+  def _tx(self, fisher_mask=None):
+    return build_optimizer(self._config, self._shared.method, self._shared.total_steps,
+                           fisher_mask=fisher_mask)
+
+  def initial(self, config: TrainConfig, params, fisher_mask=None) -> tuple[Any, Any]:
+    state = self._tx(fisher_mask).init(params)
+    if self._mesh is None:
+      return params, state
+    # Replicated over the mesh, as the step returns them; a checkpoint
+    # restores to the target's placement.
+    return (step_lib.replicate_on_mesh(params, self._mesh),
+            step_lib.replicate_on_mesh(state, self._mesh))
+
+  def start(self, runs: Sequence[tuple[TrainConfig, Any, Any]],
+            extra_metrics: step_lib.ExtraMetrics | None = None) -> None:
+    (config, params, opt_state), = runs
+    self._step = step_lib.make_train_step(
+        self._shared.apply_fn, self._tx(), self._shared.method, parallel=config.parallel,
+        cotangents=config.cotangents, extra_metrics=extra_metrics,
+        objective=self._shared.task.objective)
+    self._place = {'none': lambda b: b, 'pmap': step_lib.split_for_pmap,
+                   'shard_map': lambda b: step_lib.shard_batch(b, self._mesh)}[config.parallel]
+    if self._pmap:
+      params, opt_state = step_lib.replicate(params), step_lib.replicate(opt_state)
+    self.params, self.opt_state = params, opt_state
 
   def step(self, batches: list[batching.Batch], keys: list[jax.Array]) -> dict:
     self.params, self.opt_state, metrics = self._step(
@@ -196,21 +196,52 @@ class Stacked:
   """A sweep's runs stacked along a leading member axis, one vmapped step for
   all (on one device or sharded over the layout's mesh); each member's batch
   is padded to the longest of the step's batches. Every process feeds whole
-  batches of every member and keeps its devices' shards."""
+  batches of every member and keeps its devices' shards; between steps and
+  checkpoints a member's states live on the host.
 
-  def __init__(self, config: TrainConfig, apply_fn: ModuleApply, tx, method: Method, params: list,
-               opt_states: list, pad_id: int, layout: SweepLayout,
-               extra_metrics: step_lib.ExtraMetrics | None = None):
-    self._layout, self._mesh, self._real = layout, layout.mesh, len(params)
-    if self._real > layout.width:
-      raise ValueError(f'{self._real} members exceed the layout\'s {layout.width}.')
-    self._step = layout.step(lambda: sweep_lib.make_sweep_step(
-        apply_fn, tx, method, cotangents=config.cotangents, mesh=layout.mesh,
-        extra_metrics=extra_metrics))
-    self.params = self._place(self._fill(params))
-    self.opt_state = self._place(self._fill(opt_states))
-    self._pad_id = pad_id
+  Args:
+    config: any member's settings (they differ only in ``swept``).
+    shared: what the members share.
+    layout: where and how many members train at a time.
+    swept: the settings the members differ in (``seed`` and those of
+      :data:`rose_jax.glue.optimizers.SWEPT_NUMBERS`, which the optimizer
+      traces).
+  """
+
+  stops_all = False
+
+  def __init__(self, config: TrainConfig, shared: Shared, layout: SweepLayout,
+               swept: Sequence[str] = ()):
+    self._config, self._shared, self._layout = config, shared, layout
+    self._mesh = layout.mesh
+    self._numbers = tuple(name for name in swept if name != 'seed')
+    self._pad_id = shared.data.train.pad_id
     self.batch_share = (0, 1)
+
+  def _tx(self, fisher_mask=None):
+    return sweep_optimizer(self._config, self._shared.method, self._shared.total_steps,
+                           self._numbers, fisher_mask=fisher_mask)
+
+  def initial(self, config: TrainConfig, params, fisher_mask=None) -> tuple[Any, Any]:
+    # On the host, without the injected hyperparameters: a plain run's checkpoint.
+    state = self._tx(fisher_mask).init(params).inner_state
+    return jax.device_get(params), jax.device_get(state)
+
+  def start(self, runs: Sequence[tuple[TrainConfig, Any, Any]],
+            extra_metrics: step_lib.ExtraMetrics | None = None) -> None:
+    self._real = len(runs)
+    if self._real > self._layout.width:
+      raise ValueError(f'{self._real} members exceed the layout\'s {self._layout.width}.')
+    tx = self._tx()
+    self._step = self._layout.step(lambda: sweep_lib.make_sweep_step(
+        self._shared.apply_fn, tx, self._shared.method, cotangents=self._config.cotangents,
+        mesh=self._mesh, extra_metrics=extra_metrics, objective=self._shared.task.objective))
+    template = tx.init(runs[0][1])
+    states = [sweep_lib.with_hyperparams(template, **{
+        name: getattr(config, name) for name in self._numbers})._replace(inner_state=opt_state)
+        for config, _, opt_state in runs]
+    self.params = self._place(self._fill([params for _, params, _ in runs]))
+    self.opt_state = self._place(self._fill(states))
 
   def _fill(self, members: list) -> list:
     return [*members, *[members[-1]] * (self._layout.width - len(members))]
@@ -245,18 +276,10 @@ class Stacked:
             sweep_lib.member_on_host(self.opt_state, index).inner_state)
 
 
-def make_trainer(optimizers: Optimizers, apply_fn: ModuleApply, method: Method,
-                 runs: list[tuple[TrainConfig, Any, Any]], pad_id: int,
-                 layout: SweepLayout | None = None,
-                 extra_metrics: step_lib.ExtraMetrics | None = None) -> Trainer:
-  """The trainer of ``runs``, each ``(config, params, opt_state)`` with the
-  state as its checkpoint holds it: :class:`Alone` for one run, else
+def make_trainer(configs: Sequence[TrainConfig], shared: Shared, *,
+                 swept: Sequence[str] = (), layout: SweepLayout | None = None) -> Trainer:
+  """The trainer of ``configs``: :class:`Alone` for one run on its own, else
   :class:`Stacked` (``layout``, by default all runs on one device)."""
-  tx = optimizers.tx()
-  if optimizers.alone:
-    config, params, opt_state = runs[0]
-    return Alone(config, apply_fn, tx, method, params, opt_state, extra_metrics)
-  return Stacked(runs[0][0], apply_fn, tx, method, [params for _, params, _ in runs], [
-      optimizers.initial_state(config, params)._replace(inner_state=opt_state)
-      for config, params, opt_state in runs], pad_id, layout or SweepLayout(len(runs)),
-      extra_metrics)
+  if len(configs) == 1 and not swept and layout is None:
+    return Alone(configs[0], shared)
+  return Stacked(configs[0], shared, layout or SweepLayout(len(configs)), swept)

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax
@@ -351,12 +352,21 @@ def check_tokenizer(tokenizer, config: Config) -> None:
         f'{config.pad_token_id}: load the tokenizer from the model\'s checkpoint.')
 
 
-def save_pretrained(model: Model, directory: str | os.PathLike) -> Path:
+def save_pretrained(model: Model, directory: str | os.PathLike, *,
+                    label_names: Sequence[str] | None = None) -> Path:
   """Writes ``config.json`` and ``model.safetensors`` in the Hugging Face layout.
 
   The result loads with :func:`load_pretrained` and with ``transformers``'
   PyTorch classes. Each file is written to a temporary name and renamed, so
   an interruption leaves the old file or the new one, never half of one.
+
+  Args:
+    model: the model.
+    directory: where to write.
+    label_names: the classes' names in index order, for ``id2label`` and
+      ``label2id`` (``pipeline("text-classification")`` prints them);
+      default ``LABEL_0``... A one-output model is saved as regression
+      (``problem_type``).
   """
   from safetensors.numpy import save
   directory = Path(directory)
@@ -370,9 +380,14 @@ def save_pretrained(model: Model, directory: str | os.PathLike) -> Path:
     tensors[hf_name(path)] = np.ascontiguousarray(array.T if leaf == 'kernel' else array)
   fields = config.to_hf() if hasattr(config, 'to_hf') else dataclasses.asdict(config)
   architecture = FAMILIES[config.model_type].architecture
+  names = list(label_names) if label_names else [f'LABEL_{i}' for i in range(config.num_labels)]
+  if len(names) != config.num_labels:
+    raise ValueError(f'{len(names)} label names for a model of {config.num_labels} outputs.')
   hf_config = {**fields, 'architectures': [architecture],
-               'id2label': {str(i): f'LABEL_{i}' for i in range(config.num_labels)},
-               'label2id': {f'LABEL_{i}': i for i in range(config.num_labels)}}
+               'id2label': {str(i): name for i, name in enumerate(names)},
+               'label2id': {name: i for i, name in enumerate(names)},
+               'problem_type': ('regression' if config.num_labels == 1
+                                else 'single_label_classification')}
   atomic.write_bytes(directory / 'config.json', json.dumps(hf_config, indent=2).encode())
   atomic.write_bytes(directory / 'model.safetensors', save(tensors, metadata={'format': 'pt'}))
   return directory

@@ -12,7 +12,8 @@ from examples import analyze
 from examples import report as report_cli
 from rose_jax.glue import analysis, loop, plots
 from rose_jax.glue import data as data_lib
-from rose_jax.glue.metrics_log import read_masks
+from rose_jax.glue.masks import read_masks
+from rose_jax.glue.tasks import get_task
 from rose_jax.models import as_apply_fn, load_pretrained, load_tokenizer
 from tests import helpers
 from tests.helpers import fails
@@ -42,7 +43,7 @@ def _subset_loss(model_dir, run_dir) -> float:
   model = load_pretrained(model_dir, num_labels=2)
   tokenizer = load_tokenizer(str(model_dir), model.config)
   apply_fn, params = as_apply_fn(model)
-  dev = data_lib.load_local(data_lib.get_task('sst2'), config['dev_file']).take(EXAMPLES)
+  dev = data_lib.load_local(get_task('sst2'), config['dev_file']).take(EXAMPLES)
   losses = []
   for (text,), label in zip(dev.texts, dev.labels, strict=True):
     ids = tokenizer(text, truncation=True, max_length=config['max_length'])
@@ -147,7 +148,8 @@ def test_mask_maps_and_curves_are_drawn(runs, tmp_path, monkeypatch):
   # Vanilla computes no KL and masks nothing: alone, it gets no such panels.
   panels = lambda run_dirs: [p[0] for p in plots.curve_panels(analysis.curve_series(run_dirs))]
   assert panels([runs['vanilla']]) == ['loss', 'ce', 'glue_dev_accuracy', 'adv_dev_accuracy']
-  assert panels([runs['a'], runs['vanilla']]) == [p[0] for p in plots.CURVE_PANELS]
+  assert panels([runs['a'], runs['vanilla']]) == [
+      *(p[0] for p in plots.STEP_PANELS), 'glue_dev_accuracy', 'adv_dev_accuracy']
   # An output folder that does not exist yet is made.
   assert analyze.main(['curves', str(runs['a']), str(runs['vanilla']), '--output-dir',
                        str(tmp_path / 'new' / 'folder')]) == 0

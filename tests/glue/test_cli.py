@@ -72,3 +72,12 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(capsys):
   assert capsys.readouterr().err == 'error: [Errno 2] No such file or directory: \'x/y.json\'\n'
   with pytest.raises(KeyError):
     main(KeyError('a bug'))
+
+
+def test_progress_bar_shows_elapsed_and_remaining_time():
+  bar = cli.progress_bar(total=10, initial=4, enabled=True)
+  try:
+    text = str(bar)
+  finally:
+    bar.close()
+  assert '4/10' in text and '<' in text.split('[')[1]  # [elapsed<remaining, rate]

@@ -15,7 +15,10 @@ def test_every_field_is_an_option_with_the_configs_default():
   args = finetune.parse_args([])
   for field in dataclasses.fields(TrainConfig):
     if field.metadata['cli']:
-      assert getattr(args, field.name) == field.default, field.name
+      value = getattr(args, field.name)
+      if field.metadata['repeated']:  # argparse appends to a list it makes
+        value = tuple(value or ())
+      assert value == field.default, field.name
   config = finetune.configs(args)[0]
   assert dataclasses.replace(config, output_dir=TrainConfig.output_dir) == TrainConfig()
   parser = argparse.ArgumentParser()

@@ -11,6 +11,7 @@ from examples import evaluate as evaluate_cli
 from examples import finetune
 from rose_jax.glue import data as data_lib
 from rose_jax.glue import loop, trainers
+from rose_jax.glue.tasks import get_task
 from rose_jax.models import CheckpointError
 from tests import helpers
 from tests.helpers import write
@@ -37,7 +38,7 @@ def test_a_selective_optimizer_logs_its_kept_fraction_and_masks(files, tmp_path,
 
   import rose_jax
   from rose_jax import selection
-  from rose_jax.glue.metrics_log import read_masks
+  from rose_jax.glue.masks import read_masks
   monkeypatch.setattr(trainers, 'build_optimizer', lambda *a, **k: rose_jax.selective(
       optax.adamw(1e-3), upper=0.5, selectable=selection.authors_selectable))
   out = tmp_path / 'run'
@@ -68,12 +69,12 @@ def test_bad_input_fails_before_training(files, tmp_path, capsys):
           files['dev_file'], '--adv-file', files['adv_file'], '--output-root', str(tmp_path),
           '--epochs', '1', '--batch-size', '8', '--max-length', '12', '--no-progress']
   with pytest.raises(SystemExit):
-    finetune.parse_args(['--task', 'cola'])
+    finetune.parse_args(['--task', 'boolq'])
   assert finetune.main([*base, '--upper', '60', '--seeds', '1', '2']) == 2
   assert 'write 0.6' in capsys.readouterr().err
   assert not any(tmp_path.iterdir())
-  with pytest.raises(ValueError, match=r"--task must be one of .* got 'cola'"):
-    loop.TrainConfig(task='cola').resolved()
+  with pytest.raises(ValueError, match=r"--task must be one of .* got 'boolq'"):
+    loop.TrainConfig(task='boolq').resolved()
   with pytest.raises(ValueError, match=r"--method must be one of .* got 'rose-third'"):
     loop.TrainConfig(method='rose-third').resolved()
   with pytest.raises(ValueError, match=r'--upper must be a fraction in \[0, 1\]'):
@@ -86,11 +87,11 @@ def test_bad_input_fails_before_training(files, tmp_path, capsys):
   }
   for name, (text, match) in cases.items():
     bad = write(tmp_path / f'{name}.tsv', text)
-    with pytest.raises(data_lib.DataError, match=match):
+    with pytest.raises(data_lib.DataError, match=f'--train-file: .*{match}'):
       loop.run(_config(files, tmp_path / f'run-{name}', train_file=bad))
     assert not (tmp_path / f'run-{name}').exists()
   adv = write(tmp_path / 'adv.json', json.dumps({'qqp': []}))
-  with pytest.raises(data_lib.DataError, match="no 'sst2' entry"):
+  with pytest.raises(data_lib.DataError, match=r"--adv-file \(adv_dev\): .*no 'sst2' entry"):
     loop.run(_config(files, tmp_path / 'run-adv', adv_file=adv))
   assert not (tmp_path / 'run-adv').exists()
 
@@ -109,7 +110,7 @@ def test_hub_data_without_network_names_the_local_options(monkeypatch):
   monkeypatch.setenv('HF_DATASETS_OFFLINE', '1')
   monkeypatch.setenv('HF_HUB_OFFLINE', '1')
   with pytest.raises(data_lib.DataError, match='--train-file'):
-    data_lib.load_hub(data_lib.get_task('sst2'), 'train')
+    data_lib.load_hub(get_task('sst2'), get_task('sst2').hub_train)
 
 
 def _tensorboard_scalars(directory: Path) -> dict[str, dict[int, float]]:

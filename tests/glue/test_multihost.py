@@ -12,7 +12,7 @@ import chex
 import numpy as np
 
 from rose_jax.glue import loop, sweep
-from rose_jax.glue.metrics_log import read_masks
+from rose_jax.glue.masks import read_masks
 from tests import helpers
 from tests.helpers import free_port
 from tests.helpers.runs import read_run

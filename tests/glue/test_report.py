@@ -72,7 +72,8 @@ def test_one_seed_has_no_spread_and_a_run_without_advglue_has_no_drop(tmp_path):
   results = json.loads((path / 'results.json').read_text())
   del results['adv_dev_accuracy']
   (path / 'results.json').write_text(json.dumps(results))
-  _, body = report.rows(report.summarise(report.collect([tmp_path / 'runs'])))
+  runs = report.collect([tmp_path / 'runs'])
+  _, body = report.rows(report.summarise(runs), runs)
   by_method = {row[0]: row for row in body}
   assert ' ± ' not in by_method['vanilla'][1]
   assert by_method['rose-first'][2] == '-' and by_method['rose-first'][-1] == '-'

@@ -16,7 +16,7 @@ from examples import finetune
 from rose_jax._src import memory
 from rose_jax.glue import loop, report, sweep
 from rose_jax.glue.config import ConfigError
-from rose_jax.glue.metrics_log import read_masks
+from rose_jax.glue.masks import read_masks
 from rose_jax.training import sweep as sweep_lib
 from tests import helpers
 from tests.helpers import cli_args, fails, snapshot
@@ -122,7 +122,7 @@ def test_the_report_reads_a_sweep(swept, tmp_path):
   table = report.summarise(report.collect([root]))
   assert len(table) == 4 and all('learning_rate=0.00' in row and 'upper=0.' in row
                                  for row in table)
-  assert all(len(cell['sst2']['glue']) == 2 for cell in table.values())  # two seeds each
+  assert all(len(cell['sst2']['glue_dev'].scores) == 2 for cell in table.values())  # 2 seeds
 
 
 def test_a_killed_sweep_resumes_on_other_devices_to_the_same_runs(files, tmp_path, monkeypatch,
