@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rose_jax.glue import analysis
-from rose_jax.glue import config as config_lib
+from rose_jax.glue import analysis, figures
+from rose_jax.glue import options as config_lib
 from rose_jax.glue.cli import one_line_errors, run_as_process
 
 
@@ -106,13 +106,13 @@ def main(argv=None) -> int:
                                     seed=args.seed)
       print(f'{run}: {100 * share:.2f}% of examples disagree over {args.passes} passes')
     try:
-      paths = analysis.disagreement_over_steps(args.runs, Path(args.output_dir) /
+      paths = figures.disagreement_over_steps(args.runs, Path(args.output_dir) /
                                                'disagreement')
       print(f'wrote {", ".join(map(str, paths))}')
     except ValueError as error:  # measured, but none logged it during training
       print(f'no plot over training: {error}')
   else:
-    draw = analysis.mask_map if args.command == 'masks' else analysis.training_curves
+    draw = figures.mask_map if args.command == 'masks' else figures.training_curves
     paths = draw(args.runs, Path(args.output_dir) / args.command)
     print(f'wrote {", ".join(map(str, paths))}')
   return 0

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from rose_jax._src import distributed
 from rose_jax.glue import config as config_lib
+from rose_jax.glue import grid as grid_lib
 from rose_jax.glue import loop, sweep
 from rose_jax.glue.cli import one_line_errors, run_as_process
 from rose_jax.glue.options import ConfigError
@@ -38,7 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   group = p.add_argument_group('sweeps (one vmapped program for a grid of runs)')
   group.add_argument('--sweep', nargs='+', metavar='NAME=V1,V2',
                      help='train the product of these values together; NAME is seed or one '
-                     f'of the optimizer settings {", ".join(sweep.SWEPT_NUMBERS)}')
+                     f'of the optimizer settings {", ".join(grid_lib.SWEPT_NUMBERS)}')
   group.add_argument('--sweep-chunk', type=int, metavar='N',
                      help='members trained at once (default: as many as fit 80%% of the free '
                      'device memory, from XLA\'s estimate of the step)')
@@ -63,12 +64,12 @@ def configs(args: argparse.Namespace) -> list[config_lib.TrainConfig]:
   if args.sweep_chunk is not None and not args.sweep:
     raise ConfigError('--sweep-chunk needs --sweep.')
   if args.sweep:
-    grid = sweep.parse_grid(args.sweep)
+    grid = grid_lib.parse_grid(args.sweep)
     if 'seed' in grid.names and args.seeds:
       raise ConfigError('Give the seeds once: in --sweep seed=... or in --seeds.')
     if 'seed' not in grid.names:
-      grid = sweep.parse_grid([*args.sweep, 'seed=' + ','.join(map(str, seeds))])
-    return sweep.member_configs(config_lib.from_arguments(args, output_dir=str(root)), grid,
+      grid = grid_lib.parse_grid([*args.sweep, 'seed=' + ','.join(map(str, seeds))])
+    return grid_lib.member_configs(config_lib.from_arguments(args, output_dir=str(root)), grid,
                                 root)
   return [config_lib.from_arguments(args, seed=seed,
                                     output_dir=str(root / f'{args.task}-{args.method}-seed{seed}'))

@@ -118,8 +118,10 @@ def from_records(task: Task, records: Sequence[dict], where: str,
   columns = {aliases.get(k, k) for k in records[0]}
   missing = [c for c in (*task.text_columns, task.label_column) if c not in columns]
   if missing:
+    hint = (' Name them with --text-columns and --label-column.' if task.strict_labels
+            else '')
     raise DataError(f'{where} lacks the column(s) {missing} that {task.name} needs '
-                    f'(it has {sorted(columns)}).')
+                    f'(it has {sorted(columns)}).{hint}')
   texts, labels = [], []
   for row, location in zip(records, locations, strict=True):
     at = f'{where}, {location}'

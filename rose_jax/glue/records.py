@@ -181,10 +181,10 @@ class RunRecord:
     called unless the run diverged) and the writers' files (not the
     checkpoint); ``model()`` gives the epoch's model for the best model."""
     sums = self.state.epoch_sums
-    timing = dict(epoch=epoch + 1, step=step, seconds=round(seconds, 2),
-                  # Timed from this process's start of the epoch (or of the resume).
-                  tokens_per_second=round(self.timed_tokens / seconds, 1),
-                  padding_efficiency=float(sums['real_tokens'] / sums['padded_tokens']))
+    timing = {'seconds': round(seconds, 2),
+              # Timed from this process's start of the epoch (or of the resume).
+              'tokens_per_second': round(self.timed_tokens / seconds, 1),
+              'padding_efficiency': float(sums['real_tokens'] / sums['padded_tokens'])}
     self.timed_tokens = 0
     train = {} if self.diverged else {
         f'train_{k}': v for k, v in _means(sums, self.names).items()}
@@ -193,7 +193,7 @@ class RunRecord:
     if self.diverged:
       return
     evaluated = evaluation()
-    record = Epoch(**timing, train=train, evaluation={
+    record = Epoch(epoch + 1, step, timing, train, evaluation={
         f'{name}_{metric}': value for name, result in evaluated.items()
         for metric, value in result.metrics.items()})
     self.results = self.results.with_epoch(record)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from rose_jax._src import atomic
-from rose_jax.glue import analysis, plots
+from rose_jax.glue import analysis, figures, plots
 from rose_jax.glue.config import TrainConfig
 from rose_jax.glue.run_dir import RunDirectory
 from rose_jax.glue.tasks import GLUE_ORDER, Task
@@ -292,6 +292,6 @@ def write_report(paths, output_dir: str | Path) -> dict[str, Path]:
   atomic.write_bytes(files['flatness'], markdown(flat_header, flat_body).encode())
   atomic.write_bytes(files['flatness_csv'], to_csv(flat_header, flat_body).encode())
   files['plot'], files['plot_svg'] = bar_plot(table, columns(table, runs), out / 'accuracy')
-  files['curves'], files['curves_svg'] = analysis.training_curves(
+  files['curves'], files['curves_svg'] = figures.training_curves(
       [Path(run['path']).parent for run in runs], out / 'curves')
   return files

@@ -20,7 +20,7 @@ from typing import Any
 
 from rose_jax.glue import metrics as metrics_lib
 
-_TIMING = ('epoch', 'step', 'seconds', 'tokens_per_second', 'padding_efficiency')
+_TIMING = ('seconds', 'tokens_per_second', 'padding_efficiency')
 
 
 def _json_number(value: float | None) -> float | None:
@@ -35,31 +35,31 @@ class Epoch:
   Attributes:
     epoch: the epoch, counting from 1.
     step: the global step at its end.
-    seconds: its training time on this process.
-    tokens_per_second: real tokens trained per second.
-    padding_efficiency: real tokens over the tokens computed.
+    timing: ``seconds`` (its training time on this process),
+      ``tokens_per_second`` (real tokens trained per second) and
+      ``padding_efficiency`` (real tokens over the tokens computed).
     train: the training metrics' means, ``{"train_loss": ...}`` (none for a
       run that diverged).
     evaluation: ``{"{set}_{metric}": value}`` (None where undefined).
   """
   epoch: int
   step: int
-  seconds: float
-  tokens_per_second: float
-  padding_efficiency: float
+  timing: dict[str, float] = dataclasses.field(default_factory=dict)
   train: dict[str, float] = dataclasses.field(default_factory=dict)
   evaluation: dict[str, float | None] = dataclasses.field(default_factory=dict)
 
   def to_json(self) -> dict[str, Any]:
-    return {**{name: getattr(self, name) for name in _TIMING}, **self.train,
+    return {'epoch': self.epoch, 'step': self.step, **self.timing, **self.train,
             **{k: _json_number(v) for k, v in self.evaluation.items()}}
 
   @classmethod
   def from_json(cls, record: dict[str, Any]) -> Epoch:
-    rest = {k: v for k, v in record.items() if k not in _TIMING and k != 'type'}
-    return cls(**{name: record[name] for name in _TIMING},
+    rest = {k: v for k, v in record.items() if k not in ('epoch', 'step', 'type')}
+    return cls(record['epoch'], record.get('step', 0),
+               timing={k: v for k, v in rest.items() if k in _TIMING},
                train={k: v for k, v in rest.items() if k.startswith('train_')},
-               evaluation={k: v for k, v in rest.items() if not k.startswith('train_')})
+               evaluation={k: v for k, v in rest.items()
+                           if k not in _TIMING and not k.startswith('train_')})
 
 
 @dataclasses.dataclass(frozen=True)

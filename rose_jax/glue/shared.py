@@ -37,9 +37,9 @@ def load_eval_set(config: TrainConfig, task: Task, name: str,
       return data_lib.load_adv_glue_file(task, source, eval_set)
     return data_lib.load_local(task, source)
   except DataError as error:
-    option = ('--adv-file' if source == config.adv_file else
-              '--dev-file' if source == config.dev_file else f'--eval-file {name}=')
-    raise DataError(f'{option.rstrip("=")} ({name}): {error}') from None
+    option = (f'--adv-file ({name})' if source == config.adv_file else
+              f'--dev-file ({name})' if source == config.dev_file else f'--eval-file {name}')
+    raise DataError(f'{option}: {error}') from None
 
 
 class Data:

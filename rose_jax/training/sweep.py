@@ -178,8 +178,8 @@ def make_sweep_step(apply: ApplyFn, tx: optax.GradientTransformation, method: Me
   compiled once for all of them.
 
   Args:
-    apply, tx, method, embedding_shape, donate, cotangents, extra_metrics,
-      objective: as in :func:`rose_jax.training.make_train_step`.
+    apply, tx, method, embedding_shape, donate, cotangents, extra_metrics, objective: as
+      in :func:`rose_jax.training.make_train_step`.
     mesh: None to train every member on one device; else a
       :func:`sweep_mesh`, over whose ``"members"`` axis the members are
       sharded (params, optimizer state and keys ``P("members")``, batches

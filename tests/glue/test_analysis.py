@@ -10,7 +10,7 @@ import pytest
 
 from examples import analyze
 from examples import report as report_cli
-from rose_jax.glue import analysis, loop, plots
+from rose_jax.glue import analysis, figures, loop, plots
 from rose_jax.glue import data as data_lib
 from rose_jax.glue.masks import read_masks
 from rose_jax.glue.tasks import get_task
@@ -116,7 +116,7 @@ def test_disagreement_is_zero_without_dropout_and_plotted_over_training(runs, tm
   assert 0 <= analysis.flatness(runs['a'])['disagreement'] <= 1
   _figure(tmp_path / 'disagreement')
   with pytest.raises(ValueError, match='two dropout passes'):
-    analysis.disagreement_over_steps([runs['vanilla']], tmp_path / 'none')
+    figures.disagreement_over_steps([runs['vanilla']], tmp_path / 'none')
 
 
 def test_mask_maps_and_curves_are_drawn(runs, tmp_path, monkeypatch):
@@ -135,7 +135,7 @@ def test_mask_maps_and_curves_are_drawn(runs, tmp_path, monkeypatch):
   gamma = json.loads((runs['a'] / 'results.json').read_text())['config']['gamma']
   np.testing.assert_allclose(gamma * first + (1 - gamma) * second, masks, atol=1e-6)
   assert not np.array_equal(first, second)
-  rows, _, values = analysis.mask_rows(names, masks)
+  rows, _, values = figures.mask_rows(names, masks)
   assert 'L0 query' in rows and values.shape == (len(rows), len(steps))
   # The mask file reproduces the kept fraction that metrics.jsonl logs (every 2 steps).
   logged = [json.loads(x) for x in (runs['a'] / 'metrics.jsonl').read_text().splitlines()]
@@ -146,7 +146,7 @@ def test_mask_maps_and_curves_are_drawn(runs, tmp_path, monkeypatch):
     kept = masks[(steps > line['step'] - every) & (steps <= line['step'])].mean()
     np.testing.assert_allclose(kept, line['kept_fraction'], rtol=1e-6)
   # Vanilla computes no KL and masks nothing: alone, it gets no such panels.
-  panels = lambda run_dirs: [p[0] for p in plots.curve_panels(analysis.curve_series(run_dirs))]
+  panels = lambda run_dirs: [p[0] for p in plots.curve_panels(figures.curve_series(run_dirs))]
   assert panels([runs['vanilla']]) == ['loss', 'ce', 'glue_dev_accuracy', 'adv_dev_accuracy']
   assert panels([runs['a'], runs['vanilla']]) == [
       *(p[0] for p in plots.STEP_PANELS), 'glue_dev_accuracy', 'adv_dev_accuracy']

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from examples import finetune
-from rose_jax.glue import analysis, loop, sweep
+from rose_jax.glue import analysis, figures, grid, loop, sweep
 from rose_jax.models import (
   DebertaV2ForSequenceClassification,
   ModernBertForSequenceClassification,
@@ -78,7 +78,7 @@ def test_a_run_resumes_exactly(files, checkpoints, tmp_path, monkeypatch, family
   # The analysis commands read it: the loss landscape around it, and the masks.
   analysis.landscape(tmp_path / 'whole', points=3, examples=8, progress=False)
   assert np.isfinite(analysis.flatness(tmp_path / 'whole')['centre_loss'])
-  analysis.mask_map([tmp_path / 'whole'], tmp_path / 'masks')
+  figures.mask_map([tmp_path / 'whole'], tmp_path / 'masks')
   assert (tmp_path / 'masks.png').stat().st_size > 5000
 
 
@@ -99,7 +99,7 @@ def test_a_modernbert_sweep_trains_its_members_over_devices(files, modernbert, t
   # A sweep's members equal their runs alone whatever the model
   # (tests/glue/test_sweep.py); here the members are ModernBERTs.
   base = _config(files, modernbert, tmp_path, max_train_samples=16, parallel=None)
-  configs = sweep.member_configs(base, sweep.parse_grid(['learning_rate=1e-3,3e-3']),
+  configs = grid.member_configs(base, grid.parse_grid(['learning_rate=1e-3,3e-3']),
                                  tmp_path / 'sweep')
   together = sweep.run_sweep(configs)
   assert all(member['finished'] for member in together)

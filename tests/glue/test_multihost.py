@@ -11,7 +11,7 @@ from pathlib import Path
 import chex
 import numpy as np
 
-from rose_jax.glue import loop, sweep
+from rose_jax.glue import grid, loop, sweep
 from rose_jax.glue.masks import read_masks
 from tests import helpers
 from tests.helpers import free_port
@@ -73,8 +73,8 @@ def test_killed_two_process_sweep_resumes_to_the_one_process_sweep(tmp_path):
   settings = dict(task='sst2', method='rose-ensemble', model=str(model), epochs=1,
                   batch_size=16, max_length=12, log_every=1, save_every=2,
                   devices_per_member=2, **data)
-  grid = ['learning_rate=1e-3,3e-3', 'seed=1,2']
-  args = ['--no-progress', '--output-root', str(tmp_path / 'two'), '--sweep', *grid,
+  values = ['learning_rate=1e-3,3e-3', 'seed=1,2']
+  args = ['--no-progress', '--output-root', str(tmp_path / 'two'), '--sweep', *values,
           '--sweep-chunk', '4']
   for name, value in settings.items():
     args += [f'--{name.replace("_", "-")}', str(value)]
@@ -86,8 +86,8 @@ def test_killed_two_process_sweep_resumes_to_the_one_process_sweep(tmp_path):
   resumed = _launch([*args, '--resume'])
   assert all(code == 0 for code, _ in resumed), '\n'.join(log for _, log in resumed)
 
-  configs = sweep.member_configs(loop.TrainConfig(**settings, progress=False),
-                                 sweep.parse_grid(grid), tmp_path / 'one')
+  configs = grid.member_configs(loop.TrainConfig(**settings, progress=False),
+                                 grid.parse_grid(values), tmp_path / 'one')
   whole = sweep.run_sweep(configs, chunk=4)
   for config, expected in zip(configs, whole, strict=True):
     two, one = tmp_path / 'two' / Path(config.output_dir).name, Path(config.output_dir)

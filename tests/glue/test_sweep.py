@@ -14,7 +14,7 @@ import pytest
 
 from examples import finetune
 from rose_jax._src import memory
-from rose_jax.glue import loop, report, sweep
+from rose_jax.glue import grid, loop, report, sweep
 from rose_jax.glue.config import ConfigError
 from rose_jax.glue.masks import read_masks
 from rose_jax.training import sweep as sweep_lib
@@ -35,7 +35,7 @@ def _base(files, out, **overrides):
 
 
 def _members(files, root, **overrides):
-  return sweep.member_configs(_base(files, root, **overrides), sweep.parse_grid(GRID), root)
+  return grid.member_configs(_base(files, root, **overrides), grid.parse_grid(GRID), root)
 
 
 def _compiles(monkeypatch):
@@ -193,7 +193,7 @@ def test_the_automatic_chunk_follows_the_memory_estimate(files, tmp_path):
   configs = [loop.preflight(dataclasses.replace(c, parallel='none'))
              for c in _members(files, tmp_path)]
   shared = loop.Shared(configs[0])
-  swept = sweep.swept_names(configs)
+  swept = grid.swept_names(configs)
   assert swept == ('learning_rate', 'seed', 'upper')
   tx = sweep.sweep_optimizer(configs[0], shared.method, shared.total_steps, ['learning_rate'])
   opt_state = jax.eval_shape(tx.init, shared.param_shapes)

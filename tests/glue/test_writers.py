@@ -24,8 +24,9 @@ from rose_jax.glue.writers import (
 
 
 def _report(epoch: int, **predictions) -> EpochReport:
-  return EpochReport(Epoch(epoch, 2 * epoch, 1.0, 10.0, 0.5, {'train_loss': 0.1},
-                           {'dev_accuracy': 0.5}), is_best=False,
+  timing = {'seconds': 1.0, 'tokens_per_second': 10.0, 'padding_efficiency': 0.5}
+  return EpochReport(Epoch(epoch, 2 * epoch, timing, {'train_loss': 0.1}, {'dev_accuracy': 0.5}),
+                     is_best=False,
                      predictions=predictions, model=lambda: None)
 
 

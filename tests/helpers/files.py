@@ -82,6 +82,53 @@ def write_sst2(directory: Path, *, train: int = 48, dev: int = 20, seed: int = 0
           'adv_file': str(directory / 'adv_dev.json')}
 
 
+# Each GLUE task's release TSV: its header (None: CoLA's has none) and a row
+# from a text pair and a label as the release writes it.
+GLUE_RELEASE = {
+    'cola': (None, lambda a, b, y: f'gj04\t{y}\t\t{a}'),
+    'sst2': ('sentence\tlabel', lambda a, b, y: f'{a} \t{y}'),
+    'mrpc': ('Quality\t#1 ID\t#2 ID\t#1 String\t#2 String',
+             lambda a, b, y: f'{y}\t1\t2\t{a}\t{b}'),
+    'stsb': ('index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\t'
+             'sentence2\tscore', lambda a, b, y: f'0\tmain\tx\t2012\t1\tnone\tnone\t{a}\t{b}\t'
+             f'{y:.3f}'),
+    'qqp': ('id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate',
+            lambda a, b, y: f'1\t2\t3\t{a}\t{b}\t{y}'),
+    'mnli': ('index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\t'
+             'sentence1_parse\tsentence2_parse\tsentence1\tsentence2\tlabel1\tgold_label',
+             lambda a, b, y: f'0\t1\t1n\tfiction\t( x )\t( y )\t(ROOT x)\t(ROOT y)\t{a}\t{b}\t'
+             f'{y}\t{y}'),
+    'qnli': ('index\tquestion\tsentence\tlabel', lambda a, b, y: f'0\t{a}\t{b}\t{y}'),
+    'rte': ('index\tsentence1\tsentence2\tlabel', lambda a, b, y: f'0\t{a}\t{b}\t{y}'),
+    'wnli': ('index\tsentence1\tsentence2\tlabel', lambda a, b, y: f'0\t{a}\t{b}\t{y}'),
+}
+
+
+def write_glue_task(directory: Path, task: str, *, train: int = 16, dev: int = 12,
+                    seed: int = 0) -> dict:
+  """``train.tsv`` and ``dev.tsv`` of a GLUE task in its release layout:
+  labels as the release writes them (names for MNLI and RTE, indices or
+  0-5 scores elsewhere); returns the files and the labels as indices or
+  numbers."""
+  from rose_jax.glue.tasks import get_task
+  spec, row = GLUE_RELEASE[task]
+  names = get_task(task).label_names
+  rng = np.random.default_rng(seed)
+  directory.mkdir(parents=True, exist_ok=True)
+  out, labels = {}, {}
+  for name, n in (('train', train), ('dev', dev)):
+    if names is None:
+      values = np.round(rng.uniform(0, 5, n), 3)
+      written = values
+    else:
+      values = np.arange(n) % len(names)  # every class, so that metrics are defined
+      written = [names[v] for v in values] if task in ('mnli', 'rte', 'qnli') else values
+    lines = ([spec] if spec else []) + [row(_sentence(rng), _sentence(rng), y) for y in written]
+    (directory / f'{name}.tsv').write_text('\n'.join(lines) + '\n')
+    out[f'{name}_file'], labels[name] = str(directory / f'{name}.tsv'), values
+  return {**out, 'labels': labels}
+
+
 def run_files(root: Path) -> dict:
   """A tiny checkpoint and SST-2-shaped files for fine-tuning runs."""
   return {'model': str(tiny_checkpoint(root / 'model')), **write_sst2(root / 'data'),
