@@ -21,6 +21,7 @@ from rose_jax.models import (
 )
 from tests import helpers
 from tests.helpers import cli_args, fails
+from tests.helpers.files import write_glue_task
 from tests.helpers.parity import assert_float32_parity, per_example
 from tests.helpers.runs import check_finished_run, read_run, run_killed_at
 
@@ -116,3 +117,19 @@ def test_a_length_beyond_the_model_is_one_line_before_anything_is_written(
   fails(finetune.main, argv, capsys, f"--max-length 100 exceeds what {checkpoints[family]}'s "
         'position table holds (64)')
   assert not (tmp_path / 'runs').exists()
+
+
+@pytest.mark.parametrize('family', sorted(FAMILIES))
+def test_each_family_trains_a_regression_sweep(files, checkpoints, tmp_path, family):
+  # STS-B's one-output head on each family, two members sharded over the devices.
+  stsb = write_glue_task(tmp_path / 'stsb', 'stsb')
+  base = _config(files, checkpoints[family], tmp_path, task='stsb', method='rdrop-rose-ensemble',
+                 train_file=stsb['train_file'], dev_file=stsb['dev_file'], adv_file=None,
+                 max_train_samples=16, parallel=None)
+  configs = grid.member_configs(base, grid.parse_grid(['seed=1,2']), tmp_path / 'sweep')
+  members = sweep.run_sweep(configs)
+  for member in members:
+    assert member['finished'] and member['config']['task'] == 'stsb'
+    assert np.isfinite(member['epochs'][0]['train_kl'])
+    assert {'glue_dev_pearson', 'glue_dev_spearman'} <= set(member['epochs'][0])
+  assert load_pretrained(Path(configs[0].output_dir) / 'best_model').config.num_labels == 1
