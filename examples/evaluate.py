@@ -25,7 +25,7 @@ from rose_jax.glue.cli import one_line_errors, run_as_process
 from rose_jax.glue.config import TrainConfig
 from rose_jax.glue.evaluation import Evaluator, evaluate
 from rose_jax.glue.options import ConfigError
-from rose_jax.glue.shared import load_eval_set
+from rose_jax.glue.shared import check_room_for_text, load_eval_set
 from rose_jax.glue.tasks import CUSTOM
 from rose_jax.models import as_apply_fn, load_pretrained, load_tokenizer, resolve_checkpoint
 
@@ -66,6 +66,10 @@ def main(argv=None) -> int:
                                   max_length=args.max_length)
   if config.task == CUSTOM and config.labels is None:
     config.labels = _checkpoint_labels(args.model)
+    if config.labels is None:
+      raise ConfigError(f'--task {CUSTOM} needs --labels: {args.model} names no labels (its '
+                        'id2label is LABEL_0...); give the class names in index order, or '
+                        "'regression'.")
   config = task_settings.resolve(config, training=False)
   task = config.build_task()
   model = load_pretrained(args.model, num_labels=task.num_labels, dtype=jnp.dtype(args.dtype))
@@ -73,6 +77,7 @@ def main(argv=None) -> int:
     raise ConfigError(f'--max-length {args.max_length} exceeds what {args.model}\'s position '
                       f'table holds ({model.config.max_sequence_length}).')
   tokenizer = load_tokenizer(args.model, model.config)
+  check_room_for_text(tokenizer, task, args.max_length)
   sets = {name: batching.tokenize(tokenizer, load_eval_set(config, task, name, source),
                                   args.max_length)
           for name, source in config.eval_sources().items()}

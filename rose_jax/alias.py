@@ -96,6 +96,8 @@ def hf_adamw(
     ``transformers.AdamW`` (``correct_bias=True``).
   """
   validation.check_weight_decay(weight_decay)
+  validation.check_learning_rate(learning_rate)
+  validation.check_tree_spec('weight_decay_mask', weight_decay_mask)
   inner = scale_by_masked_adam(
       b1=b1, b2=b2, eps=eps,
       mu_dtype=validation.renamed_mu_dtype(mu_dtype, moment_dtype, 'hf_adamw'))
@@ -207,6 +209,8 @@ def rose(
     2022, Algorithm 1; the authors' ``SparseAdamW``.
   """
   validation.check_weight_decay(weight_decay)
+  validation.check_learning_rate(learning_rate)
+  validation.check_tree_spec('weight_decay_mask', weight_decay_mask)
   init_fn, step_rule = rule.rose_rule(
       variant=variant, upper=upper, lower=lower, gamma=gamma,
       granularity=granularity, selectable=selectable, warmup_steps=warmup_steps,

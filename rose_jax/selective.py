@@ -118,9 +118,12 @@ def selective(
     Jiang et al., `ROSE <https://aclanthology.org/2022.emnlp-main.186>`_,
     EMNLP 2022, section 3 (the rule) and Algorithm 1 (its AdamW form).
   """
+  validation.check_optimizer(inner, 'inner')
   validation.check_rose_hyperparams(variant=variant, granularity=granularity, upper=upper,
                                     lower=lower, gamma=gamma, warmup_steps=warmup_steps)
   validation.check_max_grad_norm(max_grad_norm)
+  validation.check_numbers(b1=b1)
+  validation.check_tree_spec('selectable', selectable)
   if momentum is None and variant != 'first':
     raise ValueError(
         f'variant={variant!r} ranks by the departure from momentum, but momentum=None says '

@@ -60,6 +60,7 @@ def scale_by_masked_adam(
   """
   mu_dtype = validation.renamed_mu_dtype(mu_dtype, moment_dtype, 'scale_by_masked_adam')
   validation.check_adam_hyperparams(b1=b1, b2=b2, eps=eps)
+  validation.check_dtype('mu_dtype', mu_dtype)
 
   def init_fn(params):
     return ScaleByMaskedAdamState(jnp.zeros([], jnp.int32), rule.init_moment(params, mu_dtype),

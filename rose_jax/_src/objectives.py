@@ -75,6 +75,22 @@ class Objective:
             '(a head with num_labels=1).')
 
 
+  def check_values(self, outputs: jax.Array, labels: jax.Array) -> None:
+    """Inside ``jax.experimental.checkify``: labels within ``0..classes-1``
+    (classification) or finite (regression). The values are traced, so this
+    is a runtime check: the steps make it with ``debug=True``."""
+    from jax.experimental import checkify
+    if self.classes:
+      classes = jnp.shape(outputs)[-1]
+      checkify.check(jnp.all((labels >= 0) & (labels < classes)),
+                     'batch["labels"] holds {low}..{high}, but the outputs have '
+                     f'{classes} classes: labels must be class indices 0..{classes - 1}.',
+                     low=jnp.min(labels), high=jnp.max(labels))
+    else:
+      checkify.check(jnp.all(jnp.isfinite(labels)),
+                     'batch["labels"] holds a NaN or infinite regression target.')
+
+
 def _mean_squared_error(outputs: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.mean(jnp.square(outputs[:, 0].astype(jnp.float32) - labels.astype(jnp.float32)))
 

@@ -239,6 +239,8 @@ def rose_rule(*, variant, upper, lower, gamma, granularity, selectable, warmup_s
                                     lower=lower, gamma=gamma, warmup_steps=warmup_steps)
   validation.check_adam_hyperparams(b1=b1, b2=b2, eps=eps)
   validation.check_max_grad_norm(max_grad_norm)
+  validation.check_dtype('mu_dtype', mu_dtype)
+  validation.check_tree_spec('selectable', selectable)
 
   def init_fn(params):
     return ScaleByRoseState(jnp.zeros([], jnp.int32), init_moment(params, mu_dtype),

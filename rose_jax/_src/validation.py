@@ -4,18 +4,71 @@ with a message that names it and the fix."""
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rose_jax._src.hparams import concrete_float
 from rose_jax.risks import GRANULARITIES, VARIANTS
 
 
+def check_optimizer(tx, name: str = 'tx') -> None:
+  """TypeError unless ``tx`` is an optax transformation (not its factory)."""
+  if not (hasattr(tx, 'init') and hasattr(tx, 'update')):
+    hint = ': it is a factory; call it, as optax.adamw(1e-3)' if callable(tx) else ''
+    raise TypeError(f'{name} must be an optax.GradientTransformation, got '
+                    f'{getattr(tx, "__name__", type(tx).__name__)}{hint}.')
+
+
+def check_numbers(**values) -> None:
+  """TypeError for a hyperparameter that is no number (a string, a list):
+  Python numbers, NumPy and JAX scalars (traced ones too) pass."""
+  for name, value in values.items():
+    if value is None:
+      continue
+    number = isinstance(value, int | float | np.number) and not isinstance(value, bool)
+    if not number and not (hasattr(value, 'dtype') and jnp.ndim(value) == 0):
+      raise TypeError(f'{name} must be a number, got {type(value).__name__} {value!r}.')
+
+
+def check_learning_rate(learning_rate) -> None:
+  """A schedule (a callable), or a finite number >= 0; TypeError or ValueError
+  naming ``learning_rate`` otherwise."""
+  if callable(learning_rate):
+    return
+  check_numbers(learning_rate=learning_rate)
+  v = concrete_float(learning_rate)
+  if v is not None and not (math.isfinite(v) and v >= 0):
+    raise ValueError(f'learning_rate must be a finite number >= 0 (or an optax schedule), '
+                     f'got {v}.')
+
+
+def check_dtype(name: str, dtype) -> None:
+  """TypeError for a ``dtype`` argument that names no dtype."""
+  if dtype is None:
+    return
+  try:
+    jnp.dtype(dtype)
+  except TypeError:
+    raise TypeError(f'{name} must be a dtype such as jnp.float32 or "bfloat16", got '
+                    f'{dtype!r}.') from None
+
+
+def check_tree_spec(name: str, spec) -> None:
+  """TypeError for a mask argument that is none of None, a callable and a pytree."""
+  if spec is not None and (isinstance(spec, str | bytes | int | float)
+                           and not isinstance(spec, bool)):
+    raise TypeError(f'{name} must be a pytree of bools shaped like the params, a function of '
+                    f'the params returning one, or None, got {type(spec).__name__} {spec!r}.')
+
+
 def check_adam_hyperparams(*, b1, b2, eps) -> None:
   """Raises ValueError for Adam hyperparameters outside their domain."""
+  check_numbers(b1=b1, b2=b2, eps=eps)
   for name, value in (('b1', b1), ('b2', b2)):
     v = concrete_float(value)
     if v is not None and not 0.0 <= v < 1.0:
@@ -34,6 +87,7 @@ def check_rose_hyperparams(*, variant, granularity, upper, lower, gamma,
   """
   if variant not in VARIANTS:
     raise ValueError(f'Unknown variant {variant!r}; choose one of {VARIANTS}.')
+  check_numbers(upper=upper, lower=lower, gamma=gamma, warmup_steps=warmup_steps)
   if granularity not in GRANULARITIES:
     raise ValueError(
         f'Unknown granularity {granularity!r}; choose one of {GRANULARITIES} '
@@ -60,6 +114,7 @@ def check_rose_hyperparams(*, variant, granularity, upper, lower, gamma,
 def check_max_grad_norm(max_grad_norm) -> None:
   if max_grad_norm is None:
     return
+  check_numbers(max_grad_norm=max_grad_norm)
   v = concrete_float(max_grad_norm)
   if v is not None and not v > 0:
     raise ValueError(f'max_grad_norm must be > 0 (or None for no clipping), got {v}.')
@@ -67,6 +122,7 @@ def check_max_grad_norm(max_grad_norm) -> None:
 
 def check_weight_decay(weight_decay) -> float | None:
   """The decay's Python value (None while traced); ValueError if negative."""
+  check_numbers(weight_decay=weight_decay)
   decay = concrete_float(weight_decay)
   if decay is not None and decay < 0:
     raise ValueError(f'weight_decay must be >= 0, got {decay}.')

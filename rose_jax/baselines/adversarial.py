@@ -24,6 +24,10 @@ from rose_jax._src.apply_fn import EmbeddingPerturbation
 Apply = Callable[[object, EmbeddingPerturbation | None, jax.Array], jax.Array]
 
 
+# Ascent steps and passes are unrolled into the compiled step: more would
+# take long to compile and longer to run.
+MAX_STEPS = 32
+
 def _check(name: str, value: float, *, positive: bool = False) -> None:
   if positive and not value > 0:
     raise ValueError(f'{name} must be > 0, got {value}.')
@@ -110,6 +114,9 @@ class Smart:
     _check('SMART bregman_mu', self.bregman_mu)
     if self.steps != int(self.steps):
       raise ValueError(f'SMART steps must be a whole number, got {self.steps}.')
+    if self.steps > MAX_STEPS:
+      raise ValueError(f'SMART steps {self.steps} is more than {MAX_STEPS}: each ascent step is '
+                       'unrolled into the compiled step (mt-dnn and the paper use 1).')
 
   def loss(self, apply: Apply, params, labels, embedding_shape, dropout_key, noise_key,
            teacher=None):
@@ -204,6 +211,9 @@ class FreeLB:
     _check('FreeLB steps', self.steps, positive=True)
     if self.steps != int(self.steps):
       raise ValueError(f'FreeLB steps must be a whole number, got {self.steps}.')
+    if self.steps > MAX_STEPS:
+      raise ValueError(f'FreeLB steps {self.steps} is more than {MAX_STEPS}: each pass is '
+                       'unrolled into the compiled step (FreeLB\'s GLUE scripts use 2 to 6).')
     _check('FreeLB step_size', self.step_size)
     _check('FreeLB init_mag', self.init_mag)
     _check('FreeLB max_norm', self.max_norm)

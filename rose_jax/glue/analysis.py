@@ -12,7 +12,6 @@ error for regression) over a fixed evaluation subset: the first
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rose_jax._src import atomic
+from rose_jax._src import atomic, json_files
 from rose_jax._src.apply_fn import ApplyFn
 from rose_jax._src.objectives import get_objective
 from rose_jax.analysis import disagreement as disagreement_lib
@@ -125,7 +124,7 @@ def subset_loss(apply_fn: ApplyFn, batches: dict[str, np.ndarray], weights: np.n
 def _record_flatness(run_dir: Path, **numbers) -> dict:
   path = run_dir / 'analysis' / FLATNESS
   path.parent.mkdir(exist_ok=True)
-  current = json.loads(path.read_text()) if path.exists() else {}
+  current = _read_flatness(path)
   current.update(numbers)
   atomic.write_json(path, current)
   return current
@@ -250,4 +249,11 @@ def disagreement(run_dir: str | Path, *, passes: int = 2, examples: int = 512,
 def flatness(run_dir: str | Path) -> dict:
   """A run's recorded flatness numbers (empty if none were measured)."""
   path = Path(run_dir) / 'analysis' / FLATNESS
-  return json.loads(path.read_text()) if path.exists() else {}
+  return _read_flatness(path)
+
+
+def _read_flatness(path: Path) -> dict:
+  if not path.exists():
+    return {}
+  return json_files.read_object(path, "the run's flatness numbers (analyze.py writes them; "
+                                'delete the file to measure them again)')

@@ -250,7 +250,14 @@ class TrainConfig:
                                     init_mag=self.freelb_init_mag,
                                     max_norm=self.freelb_max_norm, norm=self.freelb_norm))
     except ValueError as error:
-      raise ConfigError(str(error)) from None
+      message = str(error)
+      for name in ('smart_alpha', 'smart_steps', 'smart_step_size', 'smart_noise_var',
+                   'smart_bregman_mu', 'freelb_steps', 'freelb_step_size', 'freelb_init_mag',
+                   'freelb_max_norm'):
+        method, _, setting = name.partition('_')
+        message = message.replace(f'{"SMART" if method == "smart" else "FreeLB"} {setting}',
+                                  options.flag(name))
+      raise ConfigError(message) from None
 
   def differences(self, other: dict) -> list[str]:
     """The settings that shape training and differ from ``other`` (a saved config)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from rose_jax.glue.tasks import REGRESSION, DataError, EvalSet, Task
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -133,6 +136,14 @@ def from_records(task: Task, records: Sequence[dict], where: str,
       raise DataError(f'{at}: the field(s) {absent} are missing.')
     texts.append(tuple(str(row[c]) for c in task.text_columns))
     labels.append(label_value(task, row.get(task.label_column), at))
+  empty = sum(not any(t.strip() for t in text) for text in texts)
+  if empty == len(texts):
+    raise DataError(f'{where}: every example\'s text is empty (columns '
+                    f'{list(task.text_columns)}); is it the right file, or are the text columns '
+                    'others?')
+  if empty:
+    log.warning('%s: %d of %d examples have no text; they train on their special tokens '
+                'alone.', where, empty, len(texts))
   dtype = np.float32 if task.regression else np.int32
   return Split(texts, np.asarray(labels, dtype))
 

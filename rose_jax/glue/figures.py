@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ from rose_jax.glue import plots
 from rose_jax.glue.masks import mask_parts, read_masks
 from rose_jax.glue.run_dir import RunDirectory
 from rose_jax.training.methods import get_method
+
+log = logging.getLogger(__name__)
 
 TENSOR_KINDS = (('attention/self/query', 'query'), ('attention/self/key', 'key'),
                 ('attention/self/value', 'value'), ('attention/output/dense', 'attn output'),
@@ -57,12 +60,27 @@ def _label(path: Path, config: dict, taken) -> str:
   return f'{config["method"]} ({path.name})' if label in taken else label
 
 
+def _metric_lines(path: Path) -> list[dict]:
+  """A run's metric lines; a line cut short (a killed run writes a line at a
+  time) is left out, with a warning."""
+  if not path.exists():
+    return []
+  lines, cut = [], 0
+  for text in path.read_text(encoding='utf-8').splitlines():
+    try:
+      lines.append(json.loads(text))
+    except json.JSONDecodeError:
+      cut += 1
+  if cut:
+    log.warning('%s: %d line(s) cut short or damaged, left out.', path, cut)
+  return [x for x in lines if isinstance(x, dict)]
+
+
 def _read_lines(path: Path) -> tuple[dict, list[dict], list[dict]]:
   results = RunDirectory(path).raw_results()
   if results is None or 'config' not in results:
     raise ValueError(f'{path} is not a run directory (no results.json).')
-  lines = [json.loads(x) for x in (path / 'metrics.jsonl').read_text().splitlines()] \
-      if (path / 'metrics.jsonl').exists() else []
+  lines = _metric_lines(path / 'metrics.jsonl')
   return (results, [x for x in lines if x.get('type') != 'epoch'],
           [x for x in lines if x.get('type') == 'epoch'])
 

@@ -13,10 +13,11 @@ ROSE-Ensemble's three. :class:`rose_jax.glue.writers.MaskFile` writes it;
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
+
+from rose_jax._src import json_files
 
 MASK_FILE, MASK_HEADER = 'masks.bin', 'masks.json'
 # What a row may hold beside the step, by the name of the train step's metric
@@ -44,9 +45,17 @@ def parts_of(header: dict) -> tuple[str, ...]:
   return tuple(header.get('parts', ['mask']))
 
 
+def _read_header(directory: Path) -> dict:
+  header = json_files.read_object(directory / MASK_HEADER,
+                                  'the names of the ranked tensors and the row layout')
+  if not isinstance(header.get('tensors'), list):
+    raise ValueError(f'{directory / MASK_HEADER} names no ranked tensors ("tensors").')
+  return header
+
+
 def mask_parts(directory: str | Path) -> tuple[str, ...]:
   """What a run's ``masks.bin`` records (see :func:`read_masks`)."""
-  return parts_of(json.loads((Path(directory) / MASK_HEADER).read_text()))
+  return parts_of(_read_header(Path(directory)))
 
 
 def read_masks(directory: str | Path, part: str = 'mask') -> tuple[list[str], np.ndarray,
@@ -64,11 +73,12 @@ def read_masks(directory: str | Path, part: str = 'mask') -> tuple[list[str], np
     raise FileNotFoundError(
         f'{directory} has no {MASK_FILE}: only ROSE methods record masks. Train with a '
         '--method rose-... (masks are recorded unless --no-record-masks is given).')
-  parts = mask_parts(directory)
+  header = _read_header(directory)
+  parts = parts_of(header)
   if part not in parts:
     raise KeyError(f'{directory}/{MASK_FILE} holds {list(parts)}, not {part!r}: only '
                    'ROSE-Ensemble runs record the first- and second-order masks.')
-  tensors = json.loads((directory / MASK_HEADER).read_text())['tensors']
+  tensors = header['tensors']
   dtype = mask_dtype(len(tensors), parts)
   raw = np.fromfile(directory / MASK_FILE, np.uint8)
   rows = raw[:len(raw) // dtype.itemsize * dtype.itemsize].view(dtype)

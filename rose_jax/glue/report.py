@@ -26,10 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rose_jax._src import atomic
+from rose_jax._src import atomic, json_files
 from rose_jax.glue import analysis, figures, plots
 from rose_jax.glue.config import TrainConfig
-from rose_jax.glue.run_dir import RunDirectory
 from rose_jax.glue.tasks import GLUE_ORDER, Task
 from rose_jax.training.methods import METHOD_NAMES
 
@@ -51,13 +50,16 @@ def collect(paths) -> list[dict]:
       raise ValueError(f'{path} does not exist.')
     files = [path] if path.is_file() else sorted(path.rglob('results.json'))
     for file in files:
-      try:
-        result = RunDirectory(file.parent).raw_results() if file.name == 'results.json' \
-            else json.loads(file.read_text(encoding='utf-8'))
-        finished = result.get('finished') and 'config' in result
-      except (ValueError, AttributeError, UnicodeDecodeError) as error:
-        raise ValueError(f'{file} is not a rose_jax results file ({error}).') from None
-      if finished:
+      result = json_files.read_object(file, "a run's settings and results (finetune.py "
+                                      'writes it)')
+      if not isinstance(result.get('config', {}), dict):
+        raise ValueError(f'{file} is not a rose_jax results file: its "config" is no run\'s '
+                         'settings.')
+      if result.get('finished') and 'config' in result:
+        try:
+          task_of(result)
+        except ValueError as error:
+          raise ValueError(f'{file}: {error}') from None
         runs.append({**result, 'path': str(file)})
   if not runs:
     raise ValueError(f'No finished run (results.json with "finished": true) under {paths}.')

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -37,11 +36,13 @@ from pathlib import Path
 
 import jax
 
+from rose_jax._src import json_files
 from rose_jax.glue.config import TrainConfig
 from rose_jax.glue.options import ConfigError, flag
 from rose_jax.glue.results import Results
 from rose_jax.glue.tasks import Task
-from rose_jax.models.loading import looks_like_a_path, read_config, resolve_checkpoint
+from rose_jax.models.files import looks_like_a_path, resolve_checkpoint
+from rose_jax.models.loading import read_config
 
 log = logging.getLogger(__name__)
 
@@ -115,17 +116,12 @@ class RunDirectory:
     """``results.json`` as saved, or None where there is none; ConfigError for
     one that cannot be read."""
     file = self.path / 'results.json'
-    try:
-      data = json.loads(file.read_text(encoding='utf-8'))
-    except FileNotFoundError:
+    if not file.exists():
       return None
-    except (OSError, ValueError) as error:
-      raise ConfigError(f'{file} cannot be read ({error}); pass --overwrite to start the run '
-                        'over, or choose another --output-root.') from None
-    if not isinstance(data, dict) or not isinstance(data.get('config', {}), dict):
-      raise ConfigError(f'{file} is not a rose_jax results file (it holds no run\'s '
-                        'settings); pass --overwrite to replace the run, or choose another '
-                        '--output-root.')
+    data = json_files.read_object(file, "a run's settings and results", ConfigError)
+    if not isinstance(data.get('config', {}), dict):
+      raise ConfigError(f'{file} is not a rose_jax results file: its "config" is no run\'s '
+                        'settings.')
     return data
 
   def config(self) -> TrainConfig:
@@ -171,7 +167,11 @@ def check_output_dir(config: TrainConfig, *, finished_ok: bool = False) -> None:
   out = run.path
   if config.overwrite or not run.holds_files():
     return
-  results = run.raw_results()
+  try:
+    results = run.raw_results()
+  except ConfigError as error:
+    raise ConfigError(f'{error} Pass --overwrite to start the run over, or choose another '
+                      '--output-root.') from None
   if results is None:
     raise ConfigError(f'{out} holds files but no rose_jax run (no results.json); choose '
                       'another --output-root, or pass --overwrite to replace it.')

@@ -77,6 +77,18 @@ class Data:
     return encoded
 
 
+def check_room_for_text(tokenizer, task: Task, max_length: int) -> None:
+  """ConfigError where ``--max-length`` leaves no token of text beside the
+  tokenizer's special tokens ([CLS] and [SEP], say)."""
+  texts = len(task.text_columns)
+  special = tokenizer.num_special_tokens_to_add(pair=texts == 2)
+  if max_length < special + texts:
+    raise ConfigError(f'--max-length {max_length} leaves no room for text: the tokenizer adds '
+                      f'{special} special tokens to each example of {texts} text(s). Use at '
+                      f'least {special + texts}, and more to keep the sentences (128 in the '
+                      'paper).')
+
+
 class Shared:
   """What the runs of one group share: the method, the tokenizer, the data,
   the checkpoint (read once; each seed builds only its own head), the model's
@@ -99,6 +111,7 @@ class Shared:
       raise ConfigError(f'--max-length {config.max_length} exceeds what {config.model}\'s '
                         f'position table holds ({model.config.max_sequence_length}).')
     self.tokenizer = load_tokenizer(config.model, model.config)
+    check_room_for_text(self.tokenizer, self.task, config.max_length)
     self.data = Data(config, self.task, self.tokenizer)
     self.total_steps = self.data.steps_per_epoch * config.epochs
     self.apply_fn, params = as_apply_fn(model)

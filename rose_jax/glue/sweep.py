@@ -44,7 +44,7 @@ from typing import Any
 import jax
 
 from rose_jax._src import memory
-from rose_jax.glue import grid, loop, trainers
+from rose_jax.glue import grid, loop, options, trainers
 from rose_jax.glue.config import TrainConfig
 from rose_jax.glue.optimizers import sweep_optimizer
 from rose_jax.glue.options import ConfigError
@@ -172,6 +172,8 @@ def run_sweep(configs: Sequence[TrainConfig], *, chunk: int | None = None,
   """
   if chunk is not None and chunk < 1:
     raise ConfigError(f'--sweep-chunk must be at least 1, got {chunk}.')
+  for config in configs:  # the layout below divides by them
+    options.check_fields(config)
   if 'pmap' in {c.parallel for c in configs}:
     raise ConfigError('A sweep shards its members over devices with shard_map: leave out '
                       '--parallel pmap (or pass --parallel none to train them on one device).')

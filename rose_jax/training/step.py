@@ -28,11 +28,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import checkify
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from rose_jax._src import apply_fn as apply_fn_lib
-from rose_jax._src import trees
+from rose_jax._src import trees, validation
 from rose_jax._src.apply_fn import ApplyFn, Batch, EmbeddingShape
 from rose_jax._src.objectives import CLASSIFICATION, Objective, get_objective
 from rose_jax.baselines.params_ema import find_params_ema
@@ -41,6 +42,7 @@ from rose_jax.selective import SelectiveState
 from rose_jax.training.gradients import (
   Cotangents,
   Gradients,
+  check_arguments,
   check_embedding_shape,
   check_method_fits,
   compute_gradients,
@@ -73,19 +75,23 @@ def local_step(params, opt_state, batch: Batch, key: jax.Array, *, apply: ApplyF
                embedding_shape: EmbeddingShape | None = None,
                cotangents: Cotangents = 'sequential',
                extra_metrics: ExtraMetrics | None = None,
-               objective: Objective | str = CLASSIFICATION):
+               objective: Objective | str = CLASSIFICATION, debug: bool = False):
   """The per-device step: :func:`compute_gradients`, then the optimizer.
 
   ``axis_name`` names the data-parallel axis, if any; ``cotangents`` is how
   several gradients leave the one forward, ``extra_metrics`` what else the
-  step reports and ``objective`` what the outputs are trained against (see
+  step reports, ``objective`` what the outputs are trained against and
+  ``debug`` whether the step checks values under ``checkify`` (see
   :func:`make_train_step`).
   """
   ema = find_params_ema(opt_state)
   grads, metrics = compute_gradients(
       apply, params, batch, key, method=method, embedding_shape=embedding_shape,
       teacher=None if ema is None else ema.ema, axis_name=axis_name, cotangents=cotangents,
-      objective=objective)
+      objective=objective, debug=debug)
+  if debug:
+    checkify.check(jnp.isfinite(metrics['loss']), 'The loss is {loss}: the step diverged or '
+                   'its inputs hold NaN.', loss=metrics['loss'])
   extra = {} if extra_metrics is None else dict(extra_metrics(params, opt_state, grads))
   clashing = sorted(set(extra) & {*metrics, 'kept_fraction'})
   if clashing:
@@ -150,6 +156,7 @@ def make_train_step(
     cotangents: Cotangents = 'sequential',
     extra_metrics: ExtraMetrics | None = None,
     objective: Objective | str = CLASSIFICATION,
+    debug: bool = False,
 ) -> Step:
   """``step(params, opt_state, batch, key) -> (params, opt_state, metrics)``.
 
@@ -188,6 +195,12 @@ def make_train_step(
       :data:`~rose_jax.training.CLASSIFICATION` (integer labels; the
       default) or :data:`~rose_jax.training.REGRESSION` (float labels, one
       output per example), or its name.
+    debug: check, on every call, what only runs can show: labels outside
+      ``0..classes-1`` (which a cross-entropy turns into a NaN loss, not an
+      error), NaN regression targets and a non-finite loss, each raised
+      with its values (``jax.experimental.checkify``). Shapes and dtypes are
+      checked at the first trace either way. It costs a device-to-host
+      wait per step: use it while setting up a loop, or on its first steps.
 
   Returns:
     The jitted (or pmapped) step; its metrics are those of
@@ -198,6 +211,8 @@ def make_train_step(
     raise ValueError(f'cotangents must be "sequential" or "vmap", got {cotangents!r}.')
   if parallel not in ('none', 'shard_map', 'pmap'):
     raise ValueError(f'Unknown parallel={parallel!r}; choose "none", "shard_map" or "pmap".')
+  check_arguments(apply, method)
+  validation.check_optimizer(tx)
   objective = get_objective(objective)
   check_method_fits(method, objective)
   embedding_shape = apply_fn_lib.resolve_embedding_shape(apply, embedding_shape)
@@ -206,17 +221,33 @@ def make_train_step(
   body = functools.partial(local_step, apply=apply, tx=tx, method=method,
                            embedding_shape=embedding_shape, cotangents=cotangents,
                            axis_name=None if parallel == 'none' else axis_name,
-                           extra_metrics=extra_metrics, objective=objective)
+                           extra_metrics=extra_metrics, objective=objective, debug=debug)
+  checked = (lambda f: checkify.checkify(f, errors=checkify.user_checks)) if debug else \
+      (lambda f: f)
   if parallel == 'none':
-    step = jax.jit(body, donate_argnums=donate_argnums)
+    step = jax.jit(checked(body), donate_argnums=donate_argnums)
   elif parallel == 'pmap':
-    step = jax.pmap(body, axis_name=axis_name, in_axes=(0, 0, 0, None),
+    step = jax.pmap(checked(body), axis_name=axis_name, in_axes=(0, 0, 0, None),
                     donate_argnums=donate_argnums)
   else:
     sharded = jax.shard_map(body, mesh=mesh or data_mesh(axis_name),
                             in_specs=(P(), P(), P(axis_name), P()), out_specs=(P(), P(), P()))
-    step = jax.jit(sharded, donate_argnums=donate_argnums)
+    step = jax.jit(checked(sharded), donate_argnums=donate_argnums)
+  if debug:
+    step = _throwing(step)
   return check_dropout_once(step, method)
+
+
+def _throwing(step):
+  """A checkified step that raises its first failed check, as the plain step's result."""
+
+  @functools.wraps(step)
+  def run(*args):
+    error, out = step(*args)
+    error.throw()
+    return out
+
+  return run
 
 
 def make_eval_step(apply: ApplyFn) -> Callable[[Any, Batch], jax.Array]:
@@ -269,6 +300,8 @@ def replicate(tree, axis_name: str = 'data'):
   compiles once; from host arrays (or another axis name) the first step
   would compile for one layout and the second again for the other.
   """
+  if not jax.tree.leaves(tree):  # an empty state (optax.sgd's): nothing to place
+    return tree
   devices = jax.local_device_count()
   stacked = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (devices, *np.shape(x))), tree)
   return jax.pmap(lambda t: t, axis_name=axis_name)(stacked)

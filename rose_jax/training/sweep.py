@@ -59,10 +59,15 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from rose_jax._src import memory
+from rose_jax._src import memory, validation
 from rose_jax._src.apply_fn import ApplyFn, EmbeddingShape, resolve_embedding_shape
 from rose_jax._src.objectives import CLASSIFICATION, Objective, get_objective
-from rose_jax.training.gradients import Cotangents, check_embedding_shape, check_method_fits
+from rose_jax.training.gradients import (
+  Cotangents,
+  check_arguments,
+  check_embedding_shape,
+  check_method_fits,
+)
 from rose_jax.training.methods import Method
 from rose_jax.training.step import ExtraMetrics, check_dropout_once, local_step
 
@@ -126,6 +131,8 @@ def with_hyperparams(opt_state, **values):
 
 def stack(trees: Sequence[Any]):
   """The members' trees stacked along a new leading axis."""
+  if not trees:
+    raise ValueError('stack needs at least one member\'s tree.')
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
@@ -189,6 +196,8 @@ def make_sweep_step(apply: ApplyFn, tx: optax.GradientTransformation, method: Me
       metrics come back replicated, so that every process reads every
       member's.
   """
+  check_arguments(apply, method)
+  validation.check_optimizer(tx)
   embedding_shape = resolve_embedding_shape(apply, embedding_shape)
   check_embedding_shape(method, embedding_shape)
   objective = get_objective(objective)

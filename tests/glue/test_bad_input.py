@@ -223,7 +223,7 @@ def test_the_evaluate_and_report_commands_fail_in_one_line(files, tmp_path, caps
          '--batch-size must be at least 1')
   bad = write(tmp_path / 'r' / 'results.json', '{not json')
   fails(report_cli.main, [str(Path(bad).parent), '--output-dir', str(tmp_path / 'out')],
-         capsys, 'is not a rose_jax results file')
+         capsys, 'results.json is not valid JSON')
   fails(report_cli.main, [str(tmp_path / 'nowhere')], capsys, 'does not exist')
 
 
