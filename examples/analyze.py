@@ -6,6 +6,7 @@ disagreement, mask maps and training curves (PNG and SVG, with the raw numbers).
   python examples/analyze.py disagreement runs/* --passes 2
   python examples/analyze.py masks runs/sst2-rose-first-seed1 runs/sst2-rose-second-seed1
   python examples/analyze.py curves runs/* --output-dir analysis/
+  python examples/analyze.py probing runs/msgs/ --output-dir analysis/
 
 landscape and disagreement write into each run's analysis/ folder, whose
 flatness numbers report.py tabulates; the others write into --output-dir.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rose_jax.glue import analysis, figures
+from rose_jax.glue import analysis, figures, plots, report
 from rose_jax.glue import options as config_lib
 from rose_jax.glue.cli import one_line_errors, run_as_process
 
@@ -61,6 +62,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
   sub = commands.add_parser('masks', help="heat maps of what ROSE kept, per layer and kind")
   sub.add_argument('runs', nargs='+')
+  sub.add_argument('--output-dir', default='analysis')
+
+  sub = commands.add_parser('probing', help='MSGS probing runs: the Matthews correlation on '
+                            'disambiguating rows, a dot per run (the paper\'s Figure 3)')
+  sub.add_argument('runs', nargs='+', help='run directories, or folders holding them')
   sub.add_argument('--output-dir', default='analysis')
 
   sub = commands.add_parser('curves', help='training curves of several runs')
@@ -111,6 +117,14 @@ def main(argv=None) -> int:
       print(f'wrote {", ".join(map(str, paths))}')
     except ValueError as error:  # measured, but none logged it during training
       print(f'no plot over training: {error}')
+  elif args.command == 'probing':
+    points = report.probing_points(report.collect(args.runs))
+    if not points:
+      raise config_lib.ConfigError('None of these runs is an MSGS probing run (--task msgs).')
+    paths = plots.dots(points, Path(args.output_dir) / 'probing',
+                       ylabel='Matthews correlation on disambiguating rows',
+                       title='Probing: 1 prefers the linguistic feature, -1 the surface one')
+    print(f'wrote {", ".join(map(str, paths))}')
   else:
     draw = figures.mask_map if args.command == 'masks' else figures.training_curves
     paths = draw(args.runs, Path(args.output_dir) / args.command)

@@ -88,9 +88,11 @@ def main(argv=None) -> int:
   results = {}
   for name, evaluated in evaluate(evaluator, evaluator.place_params(params), task,
                                   sets).items():
-    for metric, value in evaluated.metrics.items():
-      results[f'{name}_{metric}'] = value
-      print(f'{name} {metric}: {100 * value:.2f} on {len(evaluated.labels)} examples')
+    for scored, metrics in evaluated.metrics.items():
+      for metric, value in metrics.items():
+        results[f'{scored}_{metric}'] = value
+        print(f'{scored} {metric}: {100 * value:.2f} ({name}: {len(evaluated.labels)} '
+              'examples)')
   if args.output:
     atomic.write_json(args.output, results)
   return 0

@@ -71,8 +71,9 @@ def configs(args: argparse.Namespace) -> list[config_lib.TrainConfig]:
       grid = grid_lib.parse_grid([*args.sweep, 'seed=' + ','.join(map(str, seeds))])
     return grid_lib.member_configs(config_lib.from_arguments(args, output_dir=str(root)), grid,
                                 root)
+  task = args.task_name or args.task
   return [config_lib.from_arguments(args, seed=seed,
-                                    output_dir=str(root / f'{args.task}-{args.method}-seed{seed}'))
+                                    output_dir=str(root / f'{task}-{args.method}-seed{seed}'))
           for seed in seeds]
 
 

@@ -35,15 +35,17 @@ class Encoded:
   Attributes:
     tokens: per input key, every example's tokens concatenated.
     offsets: example ``i`` is ``tokens[k][offsets[i]:offsets[i + 1]]``.
-    labels: integer labels.
+    labels: class indices, or regression targets.
     pad_id: the tokenizer's padding id for ``input_ids``.
     truncated: how many examples were longer than ``max_length`` and cut.
+    groups: each example's group, where the task has them (MSGS's condition).
   """
   tokens: dict[str, np.ndarray]
   offsets: np.ndarray
   labels: np.ndarray
   pad_id: int
   truncated: int = 0
+  groups: np.ndarray | None = None
 
   def __len__(self) -> int:
     return len(self.labels)
@@ -82,7 +84,7 @@ def tokenize(tokenizer, split: Split, max_length: int) -> Encoded:
             for key, values in encoded.items()}
   pad = tokenizer.pad_token_id
   return Encoded(tokens, offsets, np.asarray(split.labels), 0 if pad is None else int(pad),
-                 truncated=len(long_rows))
+                 truncated=len(long_rows), groups=split.groups)
 
 
 def default_buckets(max_length: int, multiple: int = 16) -> tuple[int, ...]:

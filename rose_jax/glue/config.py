@@ -28,7 +28,7 @@ from rose_jax.glue.options import (
   positive,
 )
 from rose_jax.glue.presets import PRESETS, preset_values
-from rose_jax.glue.tasks import CUSTOM, Task
+from rose_jax.glue.tasks import CUSTOM, MSGS, Task
 from rose_jax.training.gradients import check_method_fits
 from rose_jax.training.methods import METHOD_NAMES, Method, get_method
 
@@ -36,8 +36,9 @@ from rose_jax.training.methods import METHOD_NAMES, Method, get_method
 @dataclasses.dataclass
 class TrainConfig:
   """One fine-tuning run. Defaults follow the paper (section 3.3)."""
-  task: str = option('sst2', "a GLUE task, or 'custom' for your own files (--text-columns, "
-                     '--labels...)', choices=[*tasks_lib.GLUE_ORDER, CUSTOM])
+  task: str = option('sst2', "a GLUE task, 'custom' for your own files (--text-columns, "
+                     "--labels...), or 'msgs' for an MSGS probing task",
+                     choices=[*tasks_lib.GLUE_ORDER, CUSTOM, MSGS])
   method: str = option('rose-ensemble', 'fine-tuning method', choices=METHOD_NAMES)
   model: str = option('roberta-base', 'hub name or local checkpoint directory '
                       '(config.json, model.safetensors, tokenizer files)')
@@ -66,6 +67,13 @@ class TrainConfig:
       None, "custom task: the class names in index order, comma-separated, or 'regression' "
       '(default: read from --train-file: the distinct values, or regression for fractional '
       'numbers)', parse=comma_list, metavar='A,B,...', absent=None)
+  task_name: str | None = option(
+      None, "a custom or MSGS task's name, in the report (default: 'custom'; for MSGS the "
+      "training rows' UID, as control_raising_length)", absent=None)
+  inoculation: float = option(
+      0.0, "MSGS: move this share of the training set's size from the first evaluation set's "
+      'disambiguating (test) rows into training (MSGS\'s inoculation)', check=below_one,
+      absent=0.0)
   metrics: tuple[str, ...] | None = option(
       None, f'the metrics, comma-separated, of {", ".join(metrics_lib.METRICS)}; the first '
       "picks the best epoch (default: the task's own, GLUE's for GLUE tasks; accuracy, or "

@@ -26,9 +26,11 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class Split:
-  """Texts and labels of one split: class indices (int32) or targets (float32)."""
+  """Texts and labels of one split: class indices (int32) or targets
+  (float32), and each row's group where the task has them (MSGS's condition)."""
   texts: list[tuple[str, ...]]
   labels: np.ndarray
+  groups: np.ndarray | None = None
 
   def __len__(self) -> int:
     return len(self.labels)
@@ -36,7 +38,18 @@ class Split:
   def take(self, n: int | None) -> Split:
     if n is None or n >= len(self):
       return self
-    return Split(self.texts[:n], self.labels[:n])
+    return self.rows(np.arange(n))
+
+  def rows(self, index: np.ndarray) -> Split:
+    """The rows ``index``, in that order."""
+    return Split([self.texts[i] for i in index], self.labels[index],
+                 None if self.groups is None else self.groups[index])
+
+  @staticmethod
+  def concatenate(first: Split, second: Split) -> Split:
+    groups = None if first.groups is None else np.concatenate([first.groups, second.groups])
+    return Split(first.texts + second.texts, np.concatenate([first.labels, second.labels]),
+                 groups)
 
 
 def _number(value, where: str, task: Task) -> float:
@@ -119,13 +132,14 @@ def from_records(task: Task, records: Sequence[dict], where: str,
     raise DataError(f'{where}, {locations[0]}: expected a record with named fields, got '
                     f'{type(records[0]).__name__}.')
   columns = {aliases.get(k, k) for k in records[0]}
-  missing = [c for c in (*task.text_columns, task.label_column) if c not in columns]
+  needed = (*task.text_columns, task.label_column, *filter(None, [task.group_column]))
+  missing = [c for c in needed if c not in columns]
   if missing:
     hint = (' Name them with --text-columns and --label-column.' if task.strict_labels
             else '')
     raise DataError(f'{where} lacks the column(s) {missing} that {task.name} needs '
                     f'(it has {sorted(columns)}).{hint}')
-  texts, labels = [], []
+  texts, labels, groups = [], [], []
   for row, location in zip(records, locations, strict=True):
     at = f'{where}, {location}'
     if not isinstance(row, dict):
@@ -136,6 +150,11 @@ def from_records(task: Task, records: Sequence[dict], where: str,
       raise DataError(f'{at}: the field(s) {absent} are missing.')
     texts.append(tuple(str(row[c]) for c in task.text_columns))
     labels.append(label_value(task, row.get(task.label_column), at))
+    if task.group_column:
+      group = row.get(task.group_column)
+      if group is None:
+        raise DataError(f'{at}: the field {task.group_column!r} is missing.')
+      groups.append(str(group))
   empty = sum(not any(t.strip() for t in text) for text in texts)
   if empty == len(texts):
     raise DataError(f'{where}: every example\'s text is empty (columns '
@@ -145,7 +164,8 @@ def from_records(task: Task, records: Sequence[dict], where: str,
     log.warning('%s: %d of %d examples have no text; they train on their special tokens '
                 'alone.', where, empty, len(texts))
   dtype = np.float32 if task.regression else np.int32
-  return Split(texts, np.asarray(labels, dtype))
+  return Split(texts, np.asarray(labels, dtype),
+               np.asarray(groups, object) if task.group_column else None)
 
 
 def _read_delimited(path: Path, delimiter: str,

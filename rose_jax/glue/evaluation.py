@@ -94,14 +94,32 @@ class Evaluator:
 
 @dataclasses.dataclass(frozen=True)
 class Evaluated:
-  """One evaluation set's predictions, labels and the task's metrics on them."""
+  """One evaluation set's predictions and labels, and the task's metrics on
+  them by scored set: the set's name, or for a grouped task each group's
+  (``msgs_test``)."""
   predictions: np.ndarray
   labels: np.ndarray
-  metrics: dict[str, float]
+  metrics: dict[str, dict[str, float]]
+  groups: np.ndarray | None = None
+  group_column: str | None = None
 
   def columns(self) -> dict[str, np.ndarray]:
     """One row per example, as the prediction files hold them."""
-    return {'prediction': self.predictions, 'label': self.labels}
+    columns = {'prediction': self.predictions, 'label': self.labels}
+    if self.groups is not None:
+      columns[self.group_column] = self.groups
+    return columns
+
+
+def score(task: Task, name: str, predictions: np.ndarray, labels: np.ndarray,
+          groups: np.ndarray | None = None) -> dict[str, dict[str, float]]:
+  """The task's metrics on a set's predictions: ``{name: metrics}``, or for
+  a grouped task ``{f'{name}_{group}': metrics}`` for each group it holds."""
+  if not task.group_column:
+    return {name: metrics_lib.compute(task.metrics, predictions, labels, task.num_labels)}
+  return {f'{name}_{group}': metrics_lib.compute(task.metrics, predictions[groups == group],
+                                                 labels[groups == group], task.num_labels)
+          for group in task.groups if np.any(groups == group)}
 
 
 def evaluate(evaluator: Evaluator, params, task: Task,
@@ -111,6 +129,7 @@ def evaluate(evaluator: Evaluator, params, task: Task,
   out = {}
   for name, data in sets.items():
     predictions = evaluator(params, data)
-    out[name] = Evaluated(predictions, data.labels, metrics_lib.compute(
-        task.metrics, predictions, data.labels, task.num_labels))
+    out[name] = Evaluated(predictions, data.labels,
+                          score(task, name, predictions, data.labels, data.groups),
+                          data.groups, task.group_column)
   return out

@@ -60,7 +60,7 @@ def _label(path: Path, config: dict, taken) -> str:
   return f'{config["method"]} ({path.name})' if label in taken else label
 
 
-def _metric_lines(path: Path) -> list[dict]:
+def metric_lines(path: Path) -> list[dict]:
   """A run's metric lines; a line cut short (a killed run writes a line at a
   time) is left out, with a warning."""
   if not path.exists():
@@ -80,7 +80,7 @@ def _read_lines(path: Path) -> tuple[dict, list[dict], list[dict]]:
   results = RunDirectory(path).raw_results()
   if results is None or 'config' not in results:
     raise ValueError(f'{path} is not a run directory (no results.json).')
-  lines = _metric_lines(path / 'metrics.jsonl')
+  lines = metric_lines(path / 'metrics.jsonl')
   return (results, [x for x in lines if x.get('type') != 'epoch'],
           [x for x in lines if x.get('type') == 'epoch'])
 

@@ -89,7 +89,7 @@ def run_name(config: TrainConfig, member: dict[str, tuple[str, Any]]) -> str:
   """``TASK-METHOD[-NAMEvalue...]-seedN``: a run's directory name; without swept
   numbers it is a plain run's."""
   numbers = ''.join(f'-{name}{text}' for name, (text, _) in member.items() if name != 'seed')
-  return f'{config.task}-{config.method}{numbers}-seed{config.seed}'
+  return f'{config.task_name or config.task}-{config.method}{numbers}-seed{config.seed}'
 
 
 def _unused_by(method: Method, name: str) -> str | None:

@@ -223,3 +223,28 @@ def bars(labels: list[str], groups: dict[str, list[float]], stem: Path, *, ylabe
   ax.legend()
   fig.tight_layout()
   return save(fig, stem)
+
+
+def dots(panels: dict[str, dict[str, list[float]]], stem: Path, *, ylabel: str,
+         title: str) -> list[Path]:
+  """One panel per key of ``panels``, its rows side by side: a dot per run
+  (jittered sideways) in the row's method colour, and the row's mean as a
+  bar; the paper's Figure 3."""
+  plt = _pyplot()
+  fig, axes = plt.subplots(1, len(panels), squeeze=False,
+                           figsize=(max(4, 1.1 * max(len(r) for r in panels.values()) + 1)
+                                    * len(panels), 4), sharey=True)
+  rng = np.random.default_rng(0)
+  for ax, (panel, rows) in zip(axes[0], panels.items(), strict=True):
+    for x, (label, values) in enumerate(rows.items()):
+      ax.scatter(x + rng.uniform(-0.15, 0.15, len(values)), values, color=color(label), s=18,
+                 zorder=3)
+      ax.hlines(np.mean(values), x - 0.3, x + 0.3, color='black', linewidth=1.5, zorder=4)
+    ax.axhline(0.0, color='#bbbbbb', linewidth=0.8)
+    ax.set_xticks(range(len(rows)), [label.replace(' (', '\n(') for label in rows],
+                  rotation=20, ha='right', fontsize=8)
+    ax.set_title(panel)
+  axes[0, 0].set_ylabel(ylabel)
+  fig.suptitle(title)
+  fig.tight_layout()
+  return save(fig, stem)

@@ -194,8 +194,8 @@ class RunRecord:
       return
     evaluated = evaluation()
     record = Epoch(epoch + 1, step, timing, train, evaluation={
-        f'{name}_{metric}': value for name, result in evaluated.items()
-        for metric, value in result.metrics.items()})
+        f'{scored}_{metric}': value for result in evaluated.values()
+        for scored, metrics in result.metrics.items() for metric, value in metrics.items()})
     self.results = self.results.with_epoch(record)
     self.writers.epoch(EpochReport(
         record, is_best=self.results.best().epoch == record.epoch,

@@ -16,19 +16,19 @@ differ; only seeds are pooled.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import functools
-import io
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from rose_jax._src import atomic, json_files
-from rose_jax.glue import analysis, figures, plots
+from rose_jax.glue import analysis, figures, plots, significance
 from rose_jax.glue.config import TrainConfig
+from rose_jax.glue.tables import markdown, to_csv, with_marks
 from rose_jax.glue.tasks import GLUE_ORDER, Task
 from rose_jax.training.methods import METHOD_NAMES
 
@@ -145,18 +145,18 @@ def summarise(runs: list[dict]) -> dict:
   table: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(Cell)))
   for run, label in zip(runs, labels, strict=True):
     task = task_of(run)
-    for eval_set in task.eval_sets:
-      values = [run.get(f'{eval_set.name}_{m}') for m in task.metrics]
+    for scored in (s for eval_set in task.eval_sets for s in task.scored_sets(eval_set.name)):
+      values = [run.get(f'{scored}_{m}') for m in task.metrics]
       if any(v is None for v in values):
         continue  # not evaluated (AdvGLUE left out), or a metric undefined there
-      cell = table[label][task.name][eval_set.name]
+      cell = table[label][task.name][scored]
       cell.scores.append(100 * float(np.mean(values)))
       for metric, value in zip(task.metrics, values, strict=True):
         cell.metrics[metric].append(100 * value)
   return table
 
 
-def _row_order(table: dict) -> list[str]:
+def row_order(table: dict) -> list[str]:
   """Rows in Table 1's method order, then by label."""
   rank = {m: i for i, m in enumerate(METHOD_NAMES)}
   return sorted(table, key=lambda label: (rank.get(label.split(' ')[0], len(rank)), label))
@@ -179,13 +179,15 @@ def _cell_text(cell: Cell | None, metrics: tuple[str, ...]) -> str:
 
 
 def columns(table: dict, runs: list[dict]) -> list[tuple[Task, str]]:
-  """The table's columns: each task's evaluation sets that some row has, the
-  tasks in :data:`TASK_ORDER`, then others by name."""
+  """The table's columns as ``(task, scored set)``: each task's evaluation
+  sets (or, for MSGS, their conditions) that some row has, the tasks in
+  :data:`TASK_ORDER`, then others by name."""
   tasks = {task_of(run).name: task_of(run) for run in runs}
   order = sorted(tasks, key=lambda t: (TASK_ORDER.index(t) if t in TASK_ORDER
                                        else len(TASK_ORDER), t))
-  return [(tasks[t], s.name) for t in order for s in tasks[t].eval_sets
-          if any(s.name in by_task.get(t, {}) for by_task in table.values())]
+  return [(tasks[t], scored) for t in order for s in tasks[t].eval_sets
+          for scored in tasks[t].scored_sets(s.name)
+          if any(scored in by_task.get(t, {}) for by_task in table.values())]
 
 
 def header_of(task: Task, set_name: str) -> str:
@@ -193,15 +195,23 @@ def header_of(task: Task, set_name: str) -> str:
   return f'{task.name.upper()} {SET_TITLES.get(set_name, set_name)}{metrics}'
 
 
+def _seeds(cells: dict) -> str:
+  counts = sorted({len(cell.scores) for by_set in cells.values() for cell in by_set.values()
+                   if cell.scores})
+  return '-' if not counts else str(counts[0]) if len(counts) == 1 else \
+      f'{counts[0]}-{counts[-1]}'
+
+
 def rows(table: dict, runs: list[dict]) -> tuple[list[str], list[list[str]]]:
-  """The header and one row per method, in the paper's column order."""
+  """The header and one row per method, in the paper's column order, with
+  the number of seeds each row pools."""
   cols = columns(table, runs)
-  header = ['Method', *(header_of(task, name) for task, name in cols),
+  header = ['Method', 'Seeds', *(header_of(task, name) for task, name in cols),
             'Avg GLUE+AdvGLUE', 'Avg Δ↓']
   body = []
-  for method in _row_order(table):
+  for method in row_order(table):
     cells = table[method]
-    row, means, drops = [method], [], []
+    row, means, drops = [method, _seeds(cells)], [], []
     for task, name in cols:
       cell = cells.get(task.name, {}).get(name)
       row.append(_cell_text(cell, task.metrics))
@@ -217,33 +227,27 @@ def rows(table: dict, runs: list[dict]) -> tuple[list[str], list[list[str]]]:
   return header, body
 
 
-def markdown(header: list[str], body: list[list[str]]) -> str:
-  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-  lines += ['| ' + ' | '.join(row) + ' |' for row in body]
-  return '\n'.join(lines) + '\n'
-
-
-def to_csv(header: list[str], body: list[list[str]]) -> str:
-  buffer = io.StringIO()
-  writer = csv.writer(buffer)
-  writer.writerow(header)
-  writer.writerows(body)
-  return buffer.getvalue()
+def score_columns(table: dict, runs: list[dict]) -> dict[str, dict[str, list[float]]]:
+  """Each column's scores over seeds by row, as :mod:`rose_jax.glue.significance` tests them."""
+  return {header_of(task, name): {row: table[row].get(task.name, {}).get(name, Cell()).scores
+                                  for row in row_order(table)}
+          for task, name in columns(table, runs)}
 
 
 def bar_plot(table: dict, cols: list[tuple[Task, str]], stem: Path) -> list[Path]:
   """Each row's mean score (over tasks and seeds) on the tasks' first
   evaluation sets (GLUE dev, for GLUE) and on the AdvGLUE sets, in each
   method's colour (the first solid, AdvGLUE pale)."""
-  order = _row_order(table)
+  order = row_order(table)
 
   def mean(row: str, wanted) -> float:
     scores = [np.mean(cell.scores) for task, name in cols if wanted(task, name)
               for cell in [table[row].get(task.name, {}).get(name)] if cell and cell.scores]
     return float(np.mean(scores)) if scores else np.nan
 
-  first = [mean(row, lambda task, name: name == task.eval_sets[0].name) for row in order]
-  adv = [mean(row, lambda task, name: task.eval_set(name).adversarial) for row in order]
+  first = [mean(row, lambda task, name: name == task.scored_sets(task.eval_sets[0].name)[0])
+           for row in order]
+  adv = [mean(row, lambda task, name: name.startswith('adv_')) for row in order]
   return plots.bars(order, {'dev (first set)': first, 'AdvGLUE dev': adv}, stem,
                     ylabel='score (x100)', title='Dev score per method (mean over tasks and '
                     'seeds)')
@@ -273,27 +277,67 @@ def flatness_rows(runs: list[dict]) -> tuple[list[str], list[list[str]]]:
   header = ['Method', *(h for h, _ in FLATNESS_COLUMNS)]
   body = [[label, *(f'{np.mean(values[label][h]):.4f}' if values[label][h] else '-'
                     for h, _ in FLATNESS_COLUMNS)]
-          for label in _row_order(dict.fromkeys(labels))]
+          for label in row_order(dict.fromkeys(labels))]
   return header, body
 
 
-def write_report(paths, output_dir: str | Path) -> dict[str, Path]:
-  """Writes ``table.md`` and ``.csv`` (Table 1), ``flatness.md`` and ``.csv``,
-  ``accuracy.png`` and ``.svg`` and ``curves.png`` and ``.svg`` (every run's
-  training curves); returns their paths."""
+def probing_points(runs: list[dict]) -> dict[str, dict[str, list[float]]]:
+  """The paper's Figure 3: per probing task, each row's runs' Matthews
+  correlation on the disambiguating rows (the first evaluation set's first
+  group, MSGS's ``test``), at the best epoch."""
+  labels = row_labels(runs)
+  panels: dict = defaultdict(lambda: defaultdict(list))
+  for run, label in zip(runs, labels, strict=True):
+    task = task_of(run)
+    if not task.group_column:
+      continue
+    value = run.get(f'{task.scored_sets(task.eval_sets[0].name)[0]}_{task.metrics[0]}')
+    if value is not None:
+      panels[task.name][label].append(value)
+  return {task: {row: panels[task][row] for row in row_order(panels[task])}
+          for task in sorted(panels)}
+
+
+def write_report(paths, output_dir: str | Path, *,
+                 disagreement_steps: Sequence[int] | None = None) -> dict[str, Path]:
+  """Writes ``table.md`` and ``.csv`` (Table 1, the marks and
+  ``significance.csv``), ``flatness.md`` and ``.csv``, ``accuracy.png`` and
+  ``.svg``, ``curves.png`` and ``.svg`` (every run's training curves), and
+  where the runs hold them ``gamma.md``/``.csv`` (Table 3),
+  ``disagreement.md``/``.csv`` (Table 4, at ``disagreement_steps``, by
+  default the paper's) and ``probing.png``/``.svg`` (Figure 3); returns their
+  paths."""
+  # Tables 3 and 4 are laid out by this module's table: imported here, not above.
+  from rose_jax.glue import paper_tables
   runs = collect(paths)
   table = summarise(runs)
   header, body = rows(table, runs)
+  found = significance.tests(score_columns(table, runs))
   out = Path(output_dir)
   out.mkdir(parents=True, exist_ok=True)
   files = {'markdown': out / 'table.md', 'csv': out / 'table.csv',
+           'significance': out / 'significance.csv',
            'flatness': out / 'flatness.md', 'flatness_csv': out / 'flatness.csv'}
-  atomic.write_bytes(files['markdown'], markdown(header, body).encode())
+  table_md = markdown(header, with_marks(header, body, significance.marked(found)))
+  atomic.write_bytes(files['markdown'], (table_md + significance.notes(found)).encode())
   atomic.write_bytes(files['csv'], to_csv(header, body).encode())
+  atomic.write_bytes(files['significance'], significance.csv_text(found).encode())
   flat_header, flat_body = flatness_rows(runs)
   atomic.write_bytes(files['flatness'], markdown(flat_header, flat_body).encode())
   atomic.write_bytes(files['flatness_csv'], to_csv(flat_header, flat_body).encode())
   files['plot'], files['plot_svg'] = bar_plot(table, columns(table, runs), out / 'accuracy')
   files['curves'], files['curves_svg'] = figures.training_curves(
       [Path(run['path']).parent for run in runs], out / 'curves')
+  steps = paper_tables.PAPER_STEPS if disagreement_steps is None else disagreement_steps
+  for name, made in (('gamma', paper_tables.gamma_table(runs)),
+                     ('disagreement', paper_tables.disagreement_table(runs, steps))):
+    if made is not None:
+      files[name], files[f'{name}_csv'] = out / f'{name}.md', out / f'{name}.csv'
+      atomic.write_bytes(files[name], markdown(*made).encode())
+      atomic.write_bytes(files[f'{name}_csv'], to_csv(*made).encode())
+  points = probing_points(runs)
+  if points:
+    files['probing'], files['probing_svg'] = plots.dots(
+        points, out / 'probing', ylabel="Matthews correlation on disambiguating rows",
+        title='Probing: 1 prefers the linguistic feature, -1 the surface one')
   return files

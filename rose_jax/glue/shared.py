@@ -8,6 +8,7 @@ import logging
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rose_jax._src import seeds
 from rose_jax.baselines import child_tuning
@@ -42,6 +43,38 @@ def load_eval_set(config: TrainConfig, task: Task, name: str,
     raise DataError(f'{option}: {error}') from None
 
 
+def check_groups(task: Task, splits: dict[str, data_lib.Split]) -> None:
+  """Each evaluation set of a grouped task holds its first group (MSGS's
+  disambiguating ``test`` rows), and the first set the group that picks the
+  best epoch; DataError naming the set otherwise."""
+  for index, (name, split) in enumerate(splits.items()):
+    found = sorted(set(split.groups.tolist()))
+    needed = [task.groups[0]] + ([task.select_group] if index == 0 and task.select_group
+                                 else [])
+    missing = [g for g in dict.fromkeys(needed) if g not in found]
+    if missing:
+      raise DataError(f'--eval-file {name}: no rows whose {task.group_column} is '
+                      f'{" or ".join(map(repr, missing))} (it has {found}); an MSGS task\'s '
+                      'test.jsonl holds its disambiguating "test" rows and "training" rows.')
+
+
+def inoculate(train: data_lib.Split, evaluation: data_lib.Split, fraction: float, task: Task,
+              name: str) -> tuple[data_lib.Split, data_lib.Split]:
+  """MSGS's inoculation: ``fraction`` of the training set's size in
+  disambiguating rows (the first group's), drawn from ``evaluation`` the same
+  way for every seed, moved into training; the rows left are evaluated."""
+  candidates = np.flatnonzero(evaluation.groups == task.groups[0])
+  count = max(1, round(fraction * len(train)))
+  if count > len(candidates):
+    raise DataError(f'--inoculation {fraction} asks for {count} of the {len(candidates)} '
+                    f'{task.groups[0]!r} rows of --eval-file {name}; lower it.')
+  moved = np.sort(np.random.default_rng(0).choice(candidates, count, replace=False))
+  kept = np.setdiff1d(np.arange(len(evaluation)), moved)
+  log.info('Inoculation: %d %r rows of %s train, %d rows stay to evaluate.', count,
+           task.groups[0], name, len(kept))
+  return (data_lib.Split.concatenate(train, evaluation.rows(moved)), evaluation.rows(kept))
+
+
 class Data:
   """A run's tokenised training set and evaluation sets (by name, in the
   order of the task's)."""
@@ -56,7 +89,12 @@ class Data:
       train = data_lib.load_hub(task, task.hub_train)
     splits = {name: load_eval_set(config, task, name, source)
               for name, source in config.eval_sources().items()}
+    if task.group_column:
+      check_groups(task, splits)
     train = train.take(config.max_train_samples)
+    if config.inoculation:
+      first = next(iter(splits))
+      train, splits[first] = inoculate(train, splits[first], config.inoculation, task, first)
     if len(train) < config.batch_size:
       raise data_lib.DataError(f'{len(train)} training examples make no batch of '
                                f'{config.batch_size}; lower --batch-size.')

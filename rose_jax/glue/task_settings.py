@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from rose_jax.glue import data as data_lib
 from rose_jax.glue import tasks as tasks_lib
 from rose_jax.glue.options import ConfigError, flag
-from rose_jax.glue.tasks import CUSTOM, REGRESSION, EvalSet, Task
+from rose_jax.glue.tasks import CUSTOM, MSGS, REGRESSION, EvalSet, Task
 
 if TYPE_CHECKING:
   from rose_jax.glue.config import TrainConfig
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 _SET_NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9_\-]*$')
 _CUSTOM_ONLY = ('text_columns', 'label_column', 'labels')
+_OWN_FILES = (CUSTOM, MSGS)  # tasks with no copy on the hub
 
 
 def resolve(config: TrainConfig, *, training: bool = True) -> TrainConfig:
@@ -34,13 +35,25 @@ def resolve(config: TrainConfig, *, training: bool = True) -> TrainConfig:
   where not given); ConfigError for settings that do not fit the task.
   ``training=False`` (an evaluation) asks no training file of a custom task
   that names its labels."""
+  if config.inoculation and config.task != MSGS:
+    raise ConfigError(f'--inoculation mixes MSGS\'s disambiguating rows into training; it is '
+                      f'for --task {MSGS}. Leave it out.')
   if config.task != CUSTOM:
-    task = tasks_lib.get_task(config.task)
-    for name in _CUSTOM_ONLY:
+    own = config.task if config.task == MSGS else tasks_lib.get_task(config.task).name
+    for name in _CUSTOM_ONLY + (('task_name',) if own != MSGS else ()):
       if getattr(config, name) is not None:
         raise ConfigError(f'{flag(name)} describes a custom task (--task {CUSTOM}); '
-                          f'{task.name} has its own. Leave it out.')
-    out = dataclasses.replace(config, task=task.name)
+                          f'{own} has its own. Leave it out.')
+    out = dataclasses.replace(config, task=own)
+    if own == MSGS:
+      if not config.train_file:
+        raise ConfigError(f'--task {MSGS} needs --train-file: an MSGS task folder\'s '
+                          'train.jsonl, and --eval-file NAME=FILE its test.jsonl.')
+      if config.adv_file or config.dev_file:
+        raise ConfigError(f'--task {MSGS} takes its evaluation sets as --eval-file NAME=FILE '
+                          '(test.jsonl), not --dev-file or --adv-file.')
+      if config.task_name is None:
+        out = dataclasses.replace(out, task_name=_msgs_name(config.train_file))
   else:
     needed = ('text_columns', 'train_file') if training or config.labels is None else \
         ('text_columns',)
@@ -67,15 +80,26 @@ def resolve(config: TrainConfig, *, training: bool = True) -> TrainConfig:
   return out
 
 
+def _msgs_name(train_file: str) -> str:
+  """An MSGS task's name: its rows' ``UID`` (``control_raising_length``)."""
+  rows, _ = data_lib.read_table(train_file)
+  uid = rows[0].get('UID') if rows and isinstance(rows[0], dict) else None
+  return str(uid) if uid else MSGS
+
+
 def build_task(config: TrainConfig) -> Task:
   """The task, with ``config``'s metrics and evaluation sets; ConfigError for a
   metric that does not exist or does not fit."""
   sources = eval_sources(config)
   try:
     if config.task == CUSTOM:
-      return tasks_lib.custom_task(
+      task = tasks_lib.custom_task(
           text_columns=config.text_columns, label_column=config.label_column or 'label',
           labels=config.labels, metrics=config.metrics, eval_sets=list(sources))
+      return dataclasses.replace(task, name=config.task_name or CUSTOM)
+    if config.task == MSGS:
+      return tasks_lib.msgs_task(name=config.task_name or MSGS,
+                                 eval_sets=list(sources)).with_metrics(config.metrics)
     task = tasks_lib.get_task(config.task)
     own = {s.name for s in task.eval_sets}
     extra = tuple(EvalSet(name) for name in sources if name not in own)
@@ -89,7 +113,7 @@ def build_task(config: TrainConfig) -> Task:
 def _given(config: TrainConfig) -> dict[str, str]:
   """The ``--eval-file`` items (and a custom task's ``--dev-file``, its set
   ``dev``) by name; ConfigError for a malformed item or a name given twice."""
-  items = [f'dev={config.dev_file}'] if config.task == CUSTOM and config.dev_file else []
+  items = [f'dev={config.dev_file}'] if config.task in _OWN_FILES and config.dev_file else []
   given: dict[str, str] = {}
   for item in (*items, *config.eval_files):
     name, sep, path = item.partition('=')
@@ -110,10 +134,10 @@ def eval_sources(config: TrainConfig) -> dict[str, str | None]:
   given a file), then the other ``--eval-file`` sets. ``--dev-file`` is
   GLUE's ``glue_dev``, ``--adv-file`` every AdvGLUE set of the task."""
   given = _given(config)
-  if config.task == CUSTOM:
+  if config.task in _OWN_FILES:
     if not given:
-      raise ConfigError(f'--task {CUSTOM} needs an evaluation set: --eval-file NAME=FILE (or '
-                        '--dev-file FILE for the set "dev").')
+      raise ConfigError(f'--task {config.task} needs an evaluation set: --eval-file NAME=FILE '
+                        '(or --dev-file FILE for the set "dev").')
     return given
   sources: dict[str, str | None] = {}
   for eval_set in tasks_lib.get_task(config.task).eval_sets:

@@ -65,6 +65,11 @@ class Task:
     strict_labels: a label must be one of ``label_names`` or, where no name is
       a number, an integer index; GLUE's files may also write an index as a
       whole float (``1.0``), which a strict task refuses.
+    group_column: a column that splits each evaluation set into groups
+      scored apart (MSGS's ``condition``); its rows are then scored per group
+      only, as the sets ``{set}_{group}``.
+    groups: the groups scored, in order (the first must be in every set).
+    select_group: the group whose first metric picks the best epoch.
   """
   name: str
   text_columns: tuple[str, ...]
@@ -76,6 +81,9 @@ class Task:
   headerless: tuple[str, ...] | None = None
   hub_train: tuple[str, str, str] | None = None
   strict_labels: bool = False
+  group_column: str | None = None
+  groups: tuple[str, ...] = ()
+  select_group: str | None = None
 
   def __post_init__(self):
     metrics_lib.check(self.metrics, regression=self.regression)
@@ -101,13 +109,22 @@ class Task:
 
   @property
   def best_key(self) -> str:
-    """The result that picks the best epoch: the first metric on the first set."""
-    return f'{self.eval_sets[0].name}_{self.metrics[0]}'
+    """The result that picks the best epoch: the first metric on the first set
+    (on its ``select_group``, for a grouped task)."""
+    first = self.eval_sets[0].name
+    return f'{first}_{self.select_group}_{self.metrics[0]}' if self.select_group else \
+        f'{first}_{self.metrics[0]}'
+
+  def scored_sets(self, eval_set: str) -> list[str]:
+    """The names an evaluation set's scores go under: the set, or for a
+    grouped task each of its groups (``msgs_test``)."""
+    return [f'{eval_set}_{g}' for g in self.groups] if self.group_column else [eval_set]
 
   def result_keys(self, sets: Sequence[str] | None = None) -> list[str]:
-    """``{set}_{metric}`` for each metric of each set (default: every set)."""
+    """``{scored set}_{metric}`` for each metric of each set (default: every set)."""
     sets = [s.name for s in self.eval_sets] if sets is None else sets
-    return [f'{s}_{m}' for s in sets for m in self.metrics]
+    return [f'{scored}_{m}' for s in sets for scored in self.scored_sets(s)
+            for m in self.metrics]
 
   def eval_set(self, name: str) -> EvalSet:
     for candidate in self.eval_sets:
@@ -157,6 +174,10 @@ TASKS = {task.name: task for task in (
 )}
 GLUE_ORDER = tuple(TASKS)
 CUSTOM = 'custom'
+MSGS = 'msgs'
+# MSGS's conditions: disambiguating rows (where the linguistic and the surface
+# feature disagree), rows like the training rows, and control rows.
+MSGS_CONDITIONS = ('test', 'training', 'control')
 
 
 def get_task(name: str) -> Task:
@@ -180,6 +201,18 @@ def custom_task(*, text_columns: Sequence[str], label_column: str,
   return Task(CUSTOM, tuple(text_columns), label_names, tuple(metrics or default),
               tuple(EvalSet(name) for name in eval_sets), label_column=label_column,
               strict_labels=True)
+
+
+def msgs_task(*, name: str, eval_sets: Sequence[str]) -> Task:
+  """A probing task of MSGS (Warstadt et al., 2020): train on the ambiguous
+  rows' linguistic label (``linguistic_feature_label``), score each
+  evaluation set's conditions apart by Matthews correlation, and pick the
+  best epoch by the ``training`` condition, which holds no disambiguating
+  row: the ``test`` condition's score says which feature the model learnt
+  (1: the linguistic one, -1: the surface one)."""
+  return Task(name, ('sentence',), ('0', '1'), ('mcc',),
+              tuple(EvalSet(n) for n in eval_sets), label_column='linguistic_feature_label',
+              group_column='condition', groups=MSGS_CONDITIONS, select_group='training')
 
 
 def infer_labels(values: Sequence) -> tuple[str, ...]:

@@ -77,7 +77,7 @@ def test_a_three_label_csv_trains_end_to_end(files, data, tmp_path, capsys):
   # The report's columns follow the task's sets and metrics.
   assert report_cli.main([str(tmp_path), '--output-dir', str(tmp_path / 'report')]) == 0
   header = (tmp_path / 'report' / 'table.csv').read_text().splitlines()[0].split(',')
-  assert header[1:3] == ['CUSTOM dev (accuracy/f1)', 'CUSTOM shifted (accuracy/f1)']
+  assert header[2:4] == ['CUSTOM dev (accuracy/f1)', 'CUSTOM shifted (accuracy/f1)']
 
 
 def test_labels_read_from_the_training_file_are_recorded_and_kept_on_resume(files, data,

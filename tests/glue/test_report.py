@@ -41,12 +41,13 @@ def test_the_table_is_the_mean_and_spread_of_the_best_epochs(tmp_path):
   assert report_cli.main([str(tmp_path / 'runs'), '--output-dir', str(tmp_path / 'out')]) == 0
   lines = (tmp_path / 'out' / 'table.csv').read_text().splitlines()
   header, body = lines[0].split(','), [r.split(',') for r in lines[1:]]
-  assert header == ['Method', 'SST2 GLUE', 'SST2 AdvGLUE', 'RTE GLUE', 'RTE AdvGLUE',
+  assert header == ['Method', 'Seeds', 'SST2 GLUE', 'SST2 AdvGLUE', 'RTE GLUE', 'RTE AdvGLUE',
                     'Avg GLUE+AdvGLUE', 'Avg Δ↓']
   assert [r[0] for r in body] == ['vanilla', 'rose-second']  # Table 1's order
   for row, method in zip(body, ('vanilla', 'rose-second'), strict=True):
     means, drops = [], []
-    for column, task in ((1, 'sst2'), (3, 'rte')):
+    assert row[1] == '3'  # seeds
+    for column, task in ((2, 'sst2'), (4, 'rte')):
       best = {split: [100 * r['epochs'][r['best_epoch'] - 1][f'{split}_accuracy']
                       for r in runs.values() if r['config']['method'] == method
                       and r['config']['task'] == task] for split in ('glue_dev', 'adv_dev')}
@@ -59,7 +60,7 @@ def test_the_table_is_the_mean_and_spread_of_the_best_epochs(tmp_path):
       assert row[column + 1] == f'{np.mean(adv):.2f} ± {np.std(adv):.2f}'
       means += [np.mean(glue), np.mean(adv)]
       drops.append(np.mean(glue) - np.mean(adv))
-    assert row[5] == f'{np.mean(means):.2f}' and row[6] == f'{np.mean(drops):.2f}'
+    assert row[6] == f'{np.mean(means):.2f}' and row[7] == f'{np.mean(drops):.2f}'
   assert '| vanilla |' in (tmp_path / 'out' / 'table.md').read_text()
   for name in ('accuracy', 'curves'):
     assert (tmp_path / 'out' / f'{name}.png').read_bytes()[:4] == b'\x89PNG'
@@ -75,8 +76,8 @@ def test_one_seed_has_no_spread_and_a_run_without_advglue_has_no_drop(tmp_path):
   runs = report.collect([tmp_path / 'runs'])
   _, body = report.rows(report.summarise(runs), runs)
   by_method = {row[0]: row for row in body}
-  assert ' ± ' not in by_method['vanilla'][1]
-  assert by_method['rose-first'][2] == '-' and by_method['rose-first'][-1] == '-'
+  assert ' ± ' not in by_method['vanilla'][2]
+  assert by_method['rose-first'][3] == '-' and by_method['rose-first'][-1] == '-'
 
 
 def test_runs_with_other_settings_are_rows_of_their_own(tmp_path, capsys):

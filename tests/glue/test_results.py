@@ -66,7 +66,7 @@ def test_a_run_saved_before_tasks_had_metrics_is_reported(tmp_path):
     _as_saved_before(out)
   assert report_cli.main([str(tmp_path / 'runs'), '--output-dir', str(tmp_path / 'out')]) == 0
   header = (tmp_path / 'out' / 'table.csv').read_text().splitlines()[0]
-  assert header.startswith('Method,SST2 GLUE,SST2 AdvGLUE,')
+  assert header.startswith('Method,Seeds,SST2 GLUE,SST2 AdvGLUE,')
   assert analyze.main(['curves', str(tmp_path / 'runs' / 'sst2-vanilla-seed1'), '--output-dir',
                        str(tmp_path / 'analysis')]) == 0
   assert (tmp_path / 'analysis' / 'curves.png').stat().st_size > 5000
