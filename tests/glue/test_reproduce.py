@@ -1,0 +1,63 @@
+"""The reproduction command on a tiny model: the plan and its estimate, a
+kill in the middle, a second invocation that finishes, and the report equal
+to an uninterrupted reproduction's; runs with other settings refused."""
+
+import pytest
+
+from examples import reproduce
+from rose_jax.training import sweep as sweep_lib
+from tests.helpers import fails, write_sst2
+from tests.helpers.runs import Killed, kill_at_step
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+  root = tmp_path_factory.mktemp('data')
+  write_sst2(root / 'sst2', train=16, dev=8)
+  return root
+
+
+def _args(files, data, root, *extra):
+  return ['--tasks', 'sst2', '--methods', 'vanilla', 'rose-ensemble', '--seeds', '1', '2',
+          '--data-dir', str(data), '--model', files['model'], '--epochs', '2', '--batch-size',
+          '8', '--max-length', '12', '--no-progress', '--learning-rate', '1e-3',
+          '--output-root', str(root), *extra]
+
+
+def test_a_killed_reproduction_finishes_on_a_second_invocation(files, data, tmp_path,
+                                                               monkeypatch, capsys):
+  root = tmp_path / 'runs'
+  assert reproduce.main(_args(files, data, root, '--dry-run', '--measured-steps', '1')) == 0
+  plan = capsys.readouterr().out
+  assert '| sst2 | vanilla | 1 2 | 2 new | 4 |' in plan
+  assert '| sst2 | rose-ensemble | 1 2 | 2 new | 4 |' in plan
+  assert '4 runs, 4 to train; about' in plan and 'an estimate' in plan
+  assert not root.exists()  # a plan writes nothing
+  # Killed at the third step of the first sweep: after its first epoch's checkpoint.
+  restore = kill_at_step(monkeypatch, 3, module=sweep_lib, name='make_sweep_step')
+  with pytest.raises(Killed):
+    reproduce.main(_args(files, data, root))
+  restore()
+  capsys.readouterr()
+  assert reproduce.main(_args(files, data, root, '--dry-run', '--measured-steps', '1')) == 0
+  assert '| sst2 | vanilla | 1 2 | 2 started | 4 |' in capsys.readouterr().out
+  assert reproduce.main(_args(files, data, root)) == 0
+  assert reproduce.main(_args(files, data, tmp_path / 'whole')) == 0
+  tables = [(r / 'report' / 'table.csv').read_text() for r in (root, tmp_path / 'whole')]
+  assert tables[0] == tables[1] and 'rose-ensemble,2,' in tables[0]
+  # A third invocation finds everything finished and only writes the report again.
+  capsys.readouterr()
+  assert reproduce.main(_args(files, data, root)) == 0
+  assert '4 runs, 0 to train' in capsys.readouterr().out
+
+
+def test_runs_with_other_settings_are_refused_with_how_to_keep_both(files, data, tmp_path,
+                                                                    capsys):
+  root = tmp_path / 'runs'
+  assert reproduce.main([*_args(files, data, root), '--methods', 'vanilla']) == 0
+  fails(reproduce.main, [*_args(files, data, root), '--methods', 'vanilla', '--epochs', '1'],
+        capsys, '--epochs: 2 when started, 1 now')
+  fails(reproduce.main, [*_args(files, data, root), '--methods', 'vanilla', '--epochs', '1'],
+        capsys, 'To keep both, give this plan another --output-root.')
+  fails(reproduce.main, [*_args(files, data, root), '--tasks', 'boolq'], capsys,
+        '--tasks boolq: not a GLUE task')
