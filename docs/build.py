@@ -1,5 +1,7 @@
-"""Builds the documentation: runs every example as a doctest, then the HTML,
-with warnings (a broken cross-reference, a public name left out) as errors.
+"""Builds the documentation: runs every code block of the README and the
+guides (docs/run_blocks.py), every docstring example as a doctest, then the
+HTML, with warnings (a broken cross-reference, a public name left out) as
+errors.
 
   python docs/build.py            # HTML in docs/_build/html
 """
@@ -10,9 +12,14 @@ from pathlib import Path
 from sphinx.cmd.build import build_main
 
 DOCS = Path(__file__).resolve().parent
+sys.path.insert(0, str(DOCS))
+
+import run_blocks  # noqa: E402
 
 
 def main() -> int:
+  if run_blocks.main([]):
+    return 1
   for builder in ('doctest', 'html'):
     status = build_main(['-E', '-W', '-n', '--keep-going', '-q', '-b', builder, str(DOCS),
                          str(DOCS / '_build' / builder)])

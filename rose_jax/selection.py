@@ -28,9 +28,13 @@ def hf_name(path) -> str:
   """The Hugging Face (PyTorch) tensor name of a pytree key path.
 
   ``('roberta', 'encoder', 'layer', 0, 'attention', 'self', 'query', 'kernel')``
-  becomes ``'roberta.encoder.layer.0.attention.self.query.weight'``.
+  becomes ``'roberta.encoder.layer.0.attention.self.query.weight'``. A Flax
+  NNX state's path ends in its variable's ``value`` (``nnx.Optimizer``
+  hands the optimizer such a state), which is not part of the name.
   """
   names = [_key_name(k) for k in path]
+  if len(names) > 1 and names[-1] == 'value':
+    names = names[:-1]
   if names:
     names[-1] = _FLAX_TO_TORCH_LEAF.get(names[-1], names[-1])
   return '.'.join(names)

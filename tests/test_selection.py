@@ -1,5 +1,6 @@
 """The authors' ranking and decay rules on Flax-style parameter paths."""
 
+import jax
 import jax.numpy as jnp
 
 from rose_jax import selection
@@ -41,3 +42,18 @@ def test_authors_rule_ranks_layer_weights_only():
 def test_rules_accept_arrays_as_leaves():
   tree = {'encoder': {'layer': [{'dense': {'kernel': jnp.ones((2, 2))}}]}}
   assert selection.authors_selectable(tree) == {'encoder': {'layer': [{'dense': {'kernel': True}}]}}
+
+
+def test_an_nnx_states_paths_are_read_as_their_variables_names():
+  from flax import nnx
+
+  class Tiny(nnx.Module):
+    def __init__(self, rngs):
+      self.layers = nnx.List([nnx.Linear(2, 2, rngs=rngs)])
+      self.head = nnx.Linear(2, 2, rngs=rngs)
+
+  state = nnx.state(Tiny(nnx.Rngs(0)), nnx.Param)  # what nnx.Optimizer hands tx.init
+  names = {selection.hf_name(path) for path, _ in jax.tree.flatten_with_path(state)[0]}
+  assert names == {'layers.0.weight', 'layers.0.bias', 'head.weight', 'head.bias'}
+  ranked = jax.tree.leaves(selection.authors_selectable(state))
+  assert sorted(ranked) == [False, False, False, True]

@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from examples import analyze
-from examples import report as report_cli
 from rose_jax.glue import analysis, figures, loop, plots
 from rose_jax.glue import data as data_lib
+from rose_jax.glue.commands import analyze
+from rose_jax.glue.commands import report as report_cli
 from rose_jax.glue.masks import read_masks
 from rose_jax.glue.tasks import get_task
 from rose_jax.models import as_apply_fn, load_pretrained, load_tokenizer

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from examples import evaluate as evaluate_cli
-from examples import finetune
-from examples import report as report_cli
+from rose_jax.glue.commands import evaluate as evaluate_cli
+from rose_jax.glue.commands import finetune
+from rose_jax.glue.commands import report as report_cli
 from rose_jax.training import step as step_lib
 from tests import helpers
 from tests.helpers import cli_args, fails, snapshot, write

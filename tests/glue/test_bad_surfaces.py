@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from examples import analyze, evaluate, finetune
-from examples import report as report_cli
+from rose_jax.glue.commands import analyze, evaluate, finetune
+from rose_jax.glue.commands import report as report_cli
 from tests.helpers import cli_args, fails, snapshot, write
 
 # -- Checkpoints and tokenizers on disk ------------------------------------------

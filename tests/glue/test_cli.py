@@ -4,8 +4,11 @@ command's ``main(argv)`` from Python (as the tests do) leaves the caller's
 process as it was."""
 
 import errno
+import importlib
+import importlib.metadata
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,15 +16,18 @@ from pathlib import Path
 import pytest
 
 from benchmarks import e2e_benchmark, step_benchmark
-from examples import analyze, evaluate, finetune, report
 from rose_jax._src import cpu_malloc
 from rose_jax.glue import cli
+from rose_jax.glue.commands import analyze, evaluate, finetune, report, reproduce
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = {'examples/finetune.py': finetune, 'examples/evaluate.py': evaluate,
             'examples/analyze.py': analyze, 'examples/report.py': report,
+            'examples/reproduce.py': reproduce,
+            'rose_jax/glue/commands/finetune.py': finetune,
             'benchmarks/step_benchmark.py': step_benchmark,
             'benchmarks/e2e_benchmark.py': e2e_benchmark}
+CONSOLE = ('rose-finetune', 'rose-evaluate', 'rose-analyze', 'rose-report', 'rose-reproduce')
 
 
 @pytest.mark.parametrize('path', sorted(COMMANDS))
@@ -59,6 +65,19 @@ def test_the_script_entry_sets_malloc_before_main():
     marker, usage, exit_line = (out.find(s) for s in ('MALLOC SET', 'usage:', f'{path} exited 0'))
     assert 0 <= marker < usage < exit_line, (path, out)
     out = out[exit_line:].split('\n', 1)[1]
+
+
+def test_the_console_commands_are_installed_and_run():
+  entry_points = {e.name: e for e in importlib.metadata.entry_points(group='console_scripts')
+                  if e.name.startswith('rose-')}
+  assert sorted(entry_points) == sorted(CONSOLE)
+  for name, entry in entry_points.items():
+    module = importlib.import_module(entry.module)
+    assert entry.attr == 'cli' and module.__name__.endswith(name[len('rose-'):])
+  script = shutil.which('rose-report', path=str(Path(sys.executable).parent))
+  assert script, 'rose-report is not beside this Python: install the package'
+  done = subprocess.run([script, '--help'], capture_output=True, text=True)
+  assert done.returncode == 0 and done.stdout.startswith('usage: rose-report')
 
 
 def test_user_errors_are_one_line_and_bugs_keep_their_traceback(capsys):

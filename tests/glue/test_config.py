@@ -5,9 +5,9 @@ import dataclasses
 
 import pytest
 
-from examples import finetune
 from rose_jax._src import distributed
 from rose_jax.glue import config as config_lib
+from rose_jax.glue.commands import finetune
 from rose_jax.glue.config import ConfigError, TrainConfig
 
 

@@ -10,8 +10,8 @@ import json
 import numpy as np
 import pytest
 
-from examples import finetune
-from examples import report as report_cli
+from rose_jax.glue.commands import finetune
+from rose_jax.glue.commands import report as report_cli
 from rose_jax.glue.tasks import REGRESSION
 from tests.helpers import WORDS, fails, snapshot
 

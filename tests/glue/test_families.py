@@ -12,8 +12,8 @@ import chex
 import numpy as np
 import pytest
 
-from examples import finetune
 from rose_jax.glue import analysis, figures, grid, loop, sweep
+from rose_jax.glue.commands import finetune
 from rose_jax.models import (
   DebertaV2ForSequenceClassification,
   ModernBertForSequenceClassification,

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from examples import evaluate as evaluate_cli
-from examples import finetune
 from rose_jax.glue import data as data_lib
 from rose_jax.glue import loop, trainers
+from rose_jax.glue.commands import evaluate as evaluate_cli
+from rose_jax.glue.commands import finetune
 from rose_jax.glue.tasks import get_task
 from rose_jax.models import CheckpointError
 from tests import helpers

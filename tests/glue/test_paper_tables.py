@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from examples import report as report_cli
 from rose_jax.glue import paper_tables
+from rose_jax.glue.commands import report as report_cli
 from tests.helpers.runs import write_finished_run
 
 

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from examples import finetune
 from rose_jax.glue import data as data_lib
 from rose_jax.glue import evaluation, tasks
+from rose_jax.glue.commands import finetune
 from tests.helpers import WORDS, fails
 
 TASK = tasks.msgs_task(name='control_raising_length', eval_sets=['msgs'])
@@ -136,7 +136,7 @@ def test_msgs_files_and_settings_that_cannot_work(files, msgs, tmp_path, capsys,
 
 
 def test_the_probing_figure_draws_each_run(files, msgs, tmp_path, capsys):
-  from examples import analyze
+  from rose_jax.glue.commands import analyze
   for seed in ('1', '2'):
     assert finetune.main(_args(files, msgs, tmp_path / 'runs', '--epochs', '1', '--seeds',
                                seed)) == 0

@@ -9,8 +9,8 @@ import chex
 import numpy as np
 import pytest
 
-from examples import finetune
 from rose_jax.glue import loop
+from rose_jax.glue.commands import finetune
 from rose_jax.models import load_pretrained
 from tests.helpers import fails
 from tests.helpers.files import write_glue_task

@@ -7,8 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-from examples import report as report_cli
 from rose_jax.glue import report
+from rose_jax.glue.commands import report as report_cli
 from tests.helpers import fails, snapshot
 from tests.helpers.runs import write_finished_run
 

@@ -4,7 +4,7 @@ to an uninterrupted reproduction's; runs with other settings refused."""
 
 import pytest
 
-from examples import reproduce
+from rose_jax.glue.commands import reproduce
 from rose_jax.training import sweep as sweep_lib
 from tests.helpers import fails, write_sst2
 from tests.helpers.runs import Killed, kill_at_step

@@ -9,9 +9,9 @@ import math
 import chex
 import numpy as np
 
-from examples import analyze
-from examples import report as report_cli
 from rose_jax.glue import loop
+from rose_jax.glue.commands import analyze
+from rose_jax.glue.commands import report as report_cli
 from rose_jax.glue.results import Epoch, Results
 from rose_jax.glue.run_dir import RunDirectory
 from tests import helpers

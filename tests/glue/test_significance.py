@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from examples import report as report_cli
 from rose_jax.glue import significance
+from rose_jax.glue.commands import report as report_cli
 from tests.helpers.runs import write_finished_run
 
 # Each run's GLUE dev accuracy by method: ROSE-Ensemble clearly above vanilla,

@@ -12,9 +12,9 @@ import jax
 import numpy as np
 import pytest
 
-from examples import finetune
 from rose_jax._src import memory
 from rose_jax.glue import grid, loop, report, sweep
+from rose_jax.glue.commands import finetune
 from rose_jax.glue.config import ConfigError
 from rose_jax.glue.masks import read_masks
 from rose_jax.training import sweep as sweep_lib

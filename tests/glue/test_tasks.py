@@ -9,9 +9,9 @@ import pytest
 import scipy.stats
 import sklearn.metrics
 
-from examples import report as report_cli
 from rose_jax.glue import data as data_lib
 from rose_jax.glue import loop, tasks
+from rose_jax.glue.commands import report as report_cli
 from rose_jax.glue.tasks import REGRESSION, DataError, get_task, infer_labels
 from tests.helpers.files import write_glue_task
 

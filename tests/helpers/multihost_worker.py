@@ -55,7 +55,7 @@ def steps(process_id: int, num_processes: int, port: int, out_file: str) -> None
 
 
 def finetune(kill_at: int, argv: list[str]) -> int:
-  from examples import finetune as cli
+  from rose_jax.glue.commands import finetune as cli
   from rose_jax.training import step as step_lib
   from rose_jax.training import sweep as sweep_lib
   from tests.helpers.runs import killing

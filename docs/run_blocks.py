@@ -1,0 +1,139 @@
+"""Runs the code blocks of the guides and the README, as the docs build does.
+
+Each page's fenced ``python`` and ``bash`` blocks run in order, as a notebook
+runs its cells: the python blocks in one namespace, the bash blocks in one
+scratch directory (the python blocks' working directory too), each page in a
+process of its own. A block whose first line is ``# needs: WHAT`` is not run
+and is listed instead; ``WHAT`` is one of :data:`NEEDS`. A block that fails
+fails the build, with the page, the block's line and the end of its output.
+
+  python docs/run_blocks.py                   # every page
+  python docs/run_blocks.py docs/guides/own_loop.md
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = (ROOT / 'README.md', ROOT / 'docs' / 'index.md', *sorted((ROOT / 'docs').glob('guides/*.md')))
+# Why a block may be left out of the build: it reads the Hugging Face Hub, a
+# data set the repository does not ship, an accelerator, or it installs.
+NEEDS = ('hub', 'data', 'accelerator', 'install')
+RUN = ('python', 'bash')
+_FENCE = re.compile(r'^(`{3,})(\w*)\s*$')
+_NEEDS = re.compile(r'^#\s*needs:\s*(\w+)')
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+  page: str
+  line: int
+  language: str
+  code: str
+
+  @property
+  def needs(self) -> str | None:
+    first = self.code.lstrip().splitlines()[0] if self.code.strip() else ''
+    match = _NEEDS.match(first)
+    return match[1] if match else None
+
+
+def blocks(path: Path) -> list[Block]:
+  """The fenced blocks of a Markdown page, with their first line's number."""
+  found, lines, index = [], path.read_text(encoding='utf-8').splitlines(), 0
+  while index < len(lines):
+    opening = _FENCE.match(lines[index])
+    if not opening:
+      index += 1
+      continue
+    fence, language, start = opening[1], opening[2], index + 1
+    index += 1
+    while index < len(lines) and lines[index].strip() != fence:
+      index += 1
+    found.append(Block(str(path.relative_to(ROOT)), start + 1, language,
+                       '\n'.join(lines[start:index]) + '\n'))
+    index += 1
+  return found
+
+
+# The child that runs one page's blocks: python in one namespace, bash through
+# the shell, both in the page's scratch directory.
+_CHILD = r'''
+import json, subprocess, sys, traceback
+blocks = json.loads(sys.stdin.read())
+namespace = {'__name__': '__main__'}
+for number, block in enumerate(blocks):
+  print(f'--- block at line {block["line"]} ({block["language"]})', flush=True)
+  if block['language'] == 'python':
+    try:
+      exec(compile(block['code'], f'{block["page"]}:{block["line"]}', 'exec'), namespace)
+    except BaseException:
+      traceback.print_exc()
+      print(f'FAILED {block["line"]}', flush=True)
+      sys.exit(1)
+  else:
+    done = subprocess.run(['bash', '-euo', 'pipefail', '-c', block['code']])
+    if done.returncode:
+      print(f'FAILED {block["line"]}', flush=True)
+      sys.exit(1)
+'''
+
+
+def run_page(path: Path, *, timeout: float = 900) -> tuple[list[Block], list[Block], str | None]:
+  """Runs a page's blocks; returns those run, those left out (``needs``), and
+  the failure (the page, the block's line and the output's end) or None."""
+  ran = [b for b in blocks(path) if b.language in RUN and b.needs is None]
+  skipped = [b for b in blocks(path) if b.language in RUN and b.needs is not None]
+  unknown = [b for b in skipped if b.needs not in NEEDS]
+  if unknown:
+    return ran, skipped, (f'{unknown[0].page}:{unknown[0].line}: "# needs: {unknown[0].needs}" '
+                          f'is none of {NEEDS}.')
+  if not ran:
+    return ran, skipped, None
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'HF_HUB_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1',
+         'XLA_FLAGS': os.environ.get('XLA_FLAGS', '--xla_force_host_platform_device_count=8'),
+         'PYTHONUNBUFFERED': '1', 'MPLBACKEND': 'Agg'}
+  with tempfile.TemporaryDirectory(prefix='rose_jax-docs-') as scratch:
+    done = subprocess.run([sys.executable, '-c', _CHILD], cwd=scratch, env=env, text=True,
+                          input=json.dumps([dataclasses.asdict(b) for b in ran]),
+                          capture_output=True, timeout=timeout)
+  if done.returncode:
+    output = (done.stdout + done.stderr).strip().splitlines()
+    failed = next((line.split()[1] for line in reversed(output) if line.startswith('FAILED ')),
+                  '?')
+    return ran, skipped, f'{path.relative_to(ROOT)}:{failed}: the block failed:\n' + \
+        '\n'.join(output[-30:])
+  return ran, skipped, None
+
+
+def main(paths: list[str]) -> int:
+  pages = [Path(p).resolve() for p in paths] or list(PAGES)
+  failures, skipped_all = [], []
+  for page in pages:
+    began = time.time()
+    ran, skipped, failure = run_page(page)
+    skipped_all += skipped
+    print(f'{page.relative_to(ROOT)}: {len(ran)} blocks run, {len(skipped)} left out '
+          f'({time.time() - began:.0f} s)', flush=True)
+    if failure:
+      failures.append(failure)
+  if skipped_all:
+    print('Left out of the build:')
+    for block in skipped_all:
+      print(f'  {block.page}:{block.line} ({block.language}) needs {block.needs}')
+  for failure in failures:
+    print(f'\n{failure}', file=sys.stderr)
+  return int(bool(failures))
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv[1:]))
