@@ -2,8 +2,9 @@
 
 Each page's fenced ``python`` and ``bash`` blocks run in order, as a notebook
 runs its cells: the python blocks in one namespace, the bash blocks in one
-scratch directory (the python blocks' working directory too), each page in a
-process of its own. A block whose first line is ``# needs: WHAT`` is not run
+scratch directory (the python blocks' working directory too, where
+``examples/`` and ``benchmarks/`` are the checkout's), each page in a process
+of its own. A block whose first line is ``# needs: WHAT`` is not run
 and is listed instead; ``WHAT`` is one of :data:`NEEDS`. A block that fails
 fails the build, with the page, the block's line and the end of its output.
 
@@ -24,10 +25,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = (ROOT / 'README.md', ROOT / 'docs' / 'index.md', *sorted((ROOT / 'docs').glob('guides/*.md')))
+PAGES = (ROOT / 'README.md', ROOT / 'docs' / 'index.md',
+         *sorted((ROOT / 'docs').glob('guides/*.md')))
 # Why a block may be left out of the build: it reads the Hugging Face Hub, a
-# data set the repository does not ship, an accelerator, or it installs.
-NEEDS = ('hub', 'data', 'accelerator', 'install')
+# data set the repository does not ship or an accelerator, it installs, or
+# CI runs it itself (the test suite).
+NEEDS = ('hub', 'data', 'accelerator', 'install', 'ci')
 RUN = ('python', 'bash')
 _FENCE = re.compile(r'^(`{3,})(\w*)\s*$')
 _NEEDS = re.compile(r'^#\s*needs:\s*(\w+)')
@@ -103,6 +106,8 @@ def run_page(path: Path, *, timeout: float = 900) -> tuple[list[Block], list[Blo
          'XLA_FLAGS': os.environ.get('XLA_FLAGS', '--xla_force_host_platform_device_count=8'),
          'PYTHONUNBUFFERED': '1', 'MPLBACKEND': 'Agg'}
   with tempfile.TemporaryDirectory(prefix='rose_jax-docs-') as scratch:
+    for folder in ('examples', 'benchmarks'):  # as a checkout's commands name them
+      (Path(scratch) / folder).symlink_to(ROOT / folder)
     done = subprocess.run([sys.executable, '-c', _CHILD], cwd=scratch, env=env, text=True,
                           input=json.dumps([dataclasses.asdict(b) for b in ran]),
                           capture_output=True, timeout=timeout)

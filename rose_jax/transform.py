@@ -232,6 +232,11 @@ def rose_masks(
   """
   validation.check_rose_hyperparams(variant='ensemble', granularity=granularity, upper=upper,
                                     lower=lower, gamma=gamma, warmup_steps=warmup_steps)
+  if not isinstance(state, ScaleByRoseState):
+    raise TypeError(
+        f'rose_masks takes the state of rose or scale_by_rose (a ScaleByRoseState), got '
+        f'{type(state).__name__}. rose_jax.selective keeps no momentum of its own (its inner '
+        "optimizer's), so its masks cannot be recomputed from its state.")
   grads, kl_grads, ce_grads = rule.check_and_clip_extras(
       grads, kl_grads, ce_grads, variant='ensemble', max_grad_norm=max_grad_norm)
   # Each risk ranked once, then mixed as the optimizer mixes them.

@@ -429,3 +429,10 @@ def test_rose_masks_give_the_hand_computed_first_and_second_order_masks():
   assert {k: float(v) for k, v in masks['second'].items()} == {'a': 1, 'b': 0, 'c': 0, 'd': 1}
   with pytest.raises(ValueError, match='kl_grads'):
     rose_jax.rose_masks(vector((1, 1, 1, 1)), state, kl_grads=None, upper=0.5)
+
+
+def test_rose_masks_refuses_a_state_that_keeps_no_momentum():
+  params = {'layer': {'weight': jnp.ones((2, 2))}}
+  state = rose_jax.selective(optax.adam(1e-3), upper=0.5).init(params)
+  with pytest.raises(TypeError, match='rose_masks takes the state of rose or scale_by_rose'):
+    rose_jax.rose_masks(params, state, kl_grads=params, upper=0.5)
