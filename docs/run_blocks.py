@@ -28,9 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = (ROOT / 'README.md', ROOT / 'docs' / 'index.md',
          *sorted((ROOT / 'docs').glob('guides/*.md')))
 # Why a block may be left out of the build: it reads the Hugging Face Hub, a
-# data set the repository does not ship or an accelerator, it installs, or
-# CI runs it itself (the test suite).
-NEEDS = ('hub', 'data', 'accelerator', 'install', 'ci')
+# data set the repository does not ship, the run directories of a fine-tuning
+# on them, or an accelerator, it installs, or CI runs it itself (the test
+# suite).
+NEEDS = ('hub', 'data', 'runs', 'accelerator', 'install', 'ci')
 RUN = ('python', 'bash')
 _FENCE = re.compile(r'^(`{3,})(\w*)\s*$')
 _NEEDS = re.compile(r'^#\s*needs:\s*(\w+)')

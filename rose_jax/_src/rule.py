@@ -38,8 +38,7 @@ class ScaleByRoseState(NamedTuple):
       :func:`rose_jax.kept_fraction` summarises it for logging. An element
       mask is recomputed from the risks every step and is not needed again,
       so the state keeps only its per-tensor mean: 4 bytes per tensor rather
-      than per scalar (340 MB at RoBERTa-base, in memory and in every
-      checkpoint).
+      than per scalar, in memory and in every checkpoint.
   """
   count: chex.Array
   mu: optax.Updates

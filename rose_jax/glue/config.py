@@ -167,8 +167,8 @@ class TrainConfig:
                              '(OUTPUT_DIR/tensorboard)', resume=False)
   progress: bool = option(True, 'show a progress bar', resume=False)
   record_masks: bool = option(True, "record ROSE's kept mask of every ranked tensor at every "
-                              'step (OUTPUT_DIR/masks.bin, about 0.8 KB a step for '
-                              'RoBERTa-base)', resume=False)
+                              'step (OUTPUT_DIR/masks.bin; rose_jax.glue.masks.read_masks '
+                              'reads it)', resume=False)
   resume: bool = option(False, 'continue a killed run from its last checkpoint',
                         resume=False)
   overwrite: bool = option(False, 'replace an existing run (moved aside until the new '

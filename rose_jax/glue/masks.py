@@ -5,9 +5,8 @@ and the row layout; ``masks.bin`` holds one row per step: the global step
 and, for each part, each tensor's mask value (with ``granularity="element"``,
 the share of the tensor kept), as :func:`mask_dtype` lays it out. The parts
 are the mask the optimizer applied (``mask``) and, for ROSE-Ensemble, the
-first- and second-order masks it mixed (``first``, ``second``). A
-RoBERTa-base run ranks 96 tensors: 392 bytes a step for one part, 1,160 for
-ROSE-Ensemble's three. :class:`rose_jax.glue.writers.MaskFile` writes it;
+first- and second-order masks it mixed (``first``, ``second``).
+:class:`rose_jax.glue.writers.MaskFile` writes it;
 :func:`read_masks` reads it.
 """
 

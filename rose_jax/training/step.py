@@ -181,8 +181,7 @@ def make_train_step(
       cotangents, both through the shared forward. Under ``vmap`` each
       weight gradient contracts the middle axis of a ``[2, tokens,
       features]`` cotangent, and XLA:CPU transposes it into a fresh buffer
-      first; on our 2-core CPU (RoBERTa-base, batch 8) ROSE-Ensemble steps
-      took 8.2 s sequential and 10.2 s vmapped. Measure both on your
+      first (the performance guide gives both times). Measure both on your
       hardware with ``benchmarks/step_benchmark.py``.
     extra_metrics: ``extra_metrics(params, opt_state, grads) -> {name:
       value}``, called in the step with the params and optimizer state
