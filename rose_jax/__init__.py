@@ -16,8 +16,10 @@ from rose_jax.quantile import sorted_quantile, tree_quantile
 from rose_jax.risks import first_order_risk, second_order_risk
 from rose_jax.selective import SelectiveState, selective
 from rose_jax.transform import (
+    FirstOrderRisk,
     ScaleByMaskedAdamState,
     ScaleByRoseState,
+    first_order_due,
     masked_adam_update,
     rose_masks,
     scale_by_masked_adam,
@@ -27,6 +29,7 @@ from rose_jax.transform import (
 __version__ = '0.1.0'
 
 __all__ = [
+    'FirstOrderRisk',
     'ParamsEmaState',
     'ScaleByMaskedAdamState',
     'ScaleByRoseState',
@@ -34,6 +37,7 @@ __all__ = [
     'child_tuning',
     'child_tuning_d',
     'ensemble_mask',
+    'first_order_due',
     'first_order_risk',
     'hf_adamw',
     'kept_fraction',

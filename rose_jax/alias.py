@@ -129,6 +129,7 @@ def rose(
     max_grad_norm: float | None = None,
     mu_dtype: Any = None,
     moment_dtype: Any = None,
+    first_order_every: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""ROSE (Jiang et al., EMNLP 2022): robust selective fine-tuning with AdamW.
 
@@ -194,6 +195,15 @@ def rose(
     mu_dtype: dtype of Adam's moments (default: each parameter's dtype
       promoted to at least float32).
     moment_dtype: the old name of ``mu_dtype`` (deprecated).
+    first_order_every: refresh the first-order risk on one update in ``k``
+      (None, the default: every update, the authors' recipe). The update
+      reads ``kl_grads`` where its count of updates taken is a multiple of
+      ``k`` and ranks by the risks it computed there on the updates in
+      between, which may leave ``kl_grads`` out
+      (:func:`rose_jax.first_order_due` says which is which). The state then
+      keeps one float32 per ranked tensor (at ``"element"`` granularity, one
+      per ranked scalar: a copy of the ranked weights' size). See "Cheaper
+      first-order risks" in the optimizer guide.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` takes the
@@ -214,7 +224,7 @@ def rose(
   init_fn, step_rule = rule.rose_rule(
       variant=variant, upper=upper, lower=lower, gamma=gamma,
       granularity=granularity, selectable=selectable, warmup_steps=warmup_steps,
-      b1=b1, b2=b2, eps=eps, max_grad_norm=max_grad_norm,
+      b1=b1, b2=b2, eps=eps, max_grad_norm=max_grad_norm, first_order_every=first_order_every,
       mu_dtype=validation.renamed_mu_dtype(mu_dtype, moment_dtype, 'rose'))
 
   def update_fn(updates, state: ScaleByRoseState, params=None, **extra_args):

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import optax
 
 from rose_jax import masking
-from rose_jax._src import rule, validation
+from rose_jax._src import refresh, rule, validation
+from rose_jax._src.refresh import FirstOrderRisk
 from rose_jax.risks import Granularity, Variant
 
 Momentum = str | Callable[[Any], Any] | None
@@ -31,10 +32,13 @@ class SelectiveState(NamedTuple):
     inner_state: the wrapped optimizer's state.
     mask: the last mask, one float32 per ranked tensor, as in
       :class:`rose_jax.ScaleByRoseState`.
+    first_order: with ``first_order_every``, as in
+      :class:`rose_jax.ScaleByRoseState`; None otherwise.
   """
   count: chex.Array
   inner_state: optax.OptState
   mask: optax.Updates
+  first_order: FirstOrderRisk | None = None
 
 
 def _find_momentum(inner_state, momentum: Momentum):
@@ -67,6 +71,7 @@ def selective(
     b1: float = 0.9,
     momentum: Momentum = 'mu',
     max_grad_norm: float | None = None,
+    first_order_every: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """ROSE's risk ranking and masking around any optax optimizer.
 
@@ -107,6 +112,8 @@ def selective(
       ``"trace"`` for sgd with momentum), a callable ``inner_state -> m``,
       or None for an optimizer without one.
     max_grad_norm: clip as :func:`rose_jax.rose` does (None: no clipping).
+    first_order_every: refresh the first-order risk on one update in ``k``,
+      as in :func:`rose_jax.rose` (None: every update).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` takes
@@ -124,6 +131,7 @@ def selective(
   validation.check_max_grad_norm(max_grad_norm)
   validation.check_numbers(b1=b1)
   validation.check_tree_spec('selectable', selectable)
+  refresh.check_every(first_order_every, variant)
   if momentum is None and variant != 'first':
     raise ValueError(
         f'variant={variant!r} ranks by the departure from momentum, but momentum=None says '
@@ -134,16 +142,19 @@ def selective(
     mask = rule.initial_mask(params, selectable)
     inner_state = inner.init(params)
     _find_momentum(inner_state, momentum)  # fails now, not in the first step
-    return SelectiveState(jnp.zeros([], jnp.int32), inner_state, mask)
+    return SelectiveState(jnp.zeros([], jnp.int32), inner_state, mask,
+                          rule.init_first_order(params, mask, granularity, first_order_every))
 
   def update_fn(updates, state, params=None, *, kl_grads=None, ce_grads=None, **extra_args):
     updates, kl_grads, ce_grads = rule.check_and_clip_extras(
-        updates, kl_grads, ce_grads, variant=variant, max_grad_norm=max_grad_norm)
+        updates, kl_grads, ce_grads, variant=variant, max_grad_norm=max_grad_norm,
+        kl_optional=first_order_every is not None)
     mu = _find_momentum(state.inner_state, momentum)
-    mask, extra_finite = rule.risk_mask(
+    mask, extra_finite, first_order = rule.risk_mask(
         updates, kl_grads, ce_grads, mu, state.count, state.mask, variant=variant,
         upper=upper, lower=lower, gamma=gamma, granularity=granularity,
-        warmup_steps=warmup_steps, b1=b1)
+        warmup_steps=warmup_steps, b1=b1, first_order=state.first_order,
+        first_order_every=first_order_every)
     full = masking.fill_mask(mask, updates)
     if mu is None:
       fed = jax.tree.map(lambda g, m: m * g, updates, full)
@@ -153,7 +164,7 @@ def selective(
     inner_updates, inner_state = inner.update(fed, state.inner_state, params, **extra_args)
     new_updates = jax.tree.map(lambda u, m: (m * u).astype(u.dtype), inner_updates, full)
     new_state = SelectiveState(optax.safe_increment(state.count), inner_state,
-                               jax.tree.map(jnp.mean, mask))
+                               jax.tree.map(jnp.mean, mask), first_order)
     return rule.skip_unless_finite(extra_finite, new_updates, new_state, state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import optax
 
 from rose_jax import masking
-from rose_jax._src import rule, validation
+from rose_jax._src import refresh, rule, validation
+from rose_jax._src.refresh import FirstOrderRisk
 from rose_jax._src.rule import ScaleByMaskedAdamState, ScaleByRoseState, masked_adam_update
 from rose_jax.risks import Granularity, Variant
 
@@ -97,6 +98,7 @@ def scale_by_rose(
     max_grad_norm: float | None = None,
     mu_dtype: Any = None,
     moment_dtype: Any = None,
+    first_order_every: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """ROSE's risk ranking and masked Adam, without learning rate or decay.
 
@@ -140,6 +142,15 @@ def scale_by_rose(
       clipping. See "Clipping" below.
     mu_dtype: as in :func:`scale_by_masked_adam`.
     moment_dtype: the old name of ``mu_dtype`` (deprecated).
+    first_order_every: refresh the first-order risk on one update in ``k``
+      (None, the default: every update, the authors' recipe). The update
+      reads ``kl_grads`` where its count of updates taken is a multiple of
+      ``k`` and ranks by the risks it computed there on the updates in
+      between, which may leave ``kl_grads`` out
+      (:func:`rose_jax.first_order_due` says which is which). The state then
+      keeps one float32 per ranked tensor (at ``"element"`` granularity, one
+      per ranked scalar: a copy of the ranked weights' size). See "Cheaper
+      first-order risks" in the optimizer guide.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is a
@@ -171,7 +182,7 @@ def scale_by_rose(
   init_fn, step_rule = rule.rose_rule(
       variant=variant, upper=upper, lower=lower, gamma=gamma, granularity=granularity,
       selectable=selectable, warmup_steps=warmup_steps, b1=b1, b2=b2, eps=eps,
-      max_grad_norm=max_grad_norm,
+      max_grad_norm=max_grad_norm, first_order_every=first_order_every,
       mu_dtype=validation.renamed_mu_dtype(mu_dtype, moment_dtype, 'scale_by_rose'))
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -182,9 +193,37 @@ def scale_by_rose(
 
 
 __all__ = [
-    'ScaleByMaskedAdamState', 'ScaleByRoseState', 'masked_adam_update',
-    'scale_by_masked_adam', 'scale_by_rose',
+    'FirstOrderRisk', 'ScaleByMaskedAdamState', 'ScaleByRoseState', 'first_order_due',
+    'masked_adam_update', 'scale_by_masked_adam', 'scale_by_rose',
 ]
+
+
+def first_order_due(opt_state) -> jax.Array | None:
+  """Whether the next update of the ROSE optimizer in ``opt_state`` reads
+  ``kl_grads``, for an optimizer built with ``first_order_every``.
+
+  A loop of one's own computes the KL gradient only where it is due, for
+  example under ``jax.lax.cond`` as :func:`rose_jax.training.make_train_step`
+  does:
+
+  .. code-block:: python
+
+    due = rose_jax.first_order_due(opt_state)
+    if due is None or due:  # on the host; inside jit, lax.cond on it
+      updates, opt_state = tx.update(grads, opt_state, params, kl_grads=kl_grads)
+    else:
+      updates, opt_state = tx.update(grads, opt_state, params)
+
+  Args:
+    opt_state: an optimizer state holding a :class:`ScaleByRoseState` or
+      :class:`rose_jax.SelectiveState` (a chain, ``inject_hyperparams``...).
+
+  Returns:
+    A bool scalar; None where the optimizer reads ``kl_grads`` on every
+    update (no ``first_order_every``, ROSE-Second, or no ROSE state).
+  """
+  from rose_jax.selective import SelectiveState  # selective imports this module
+  return refresh.due(opt_state, (ScaleByRoseState, SelectiveState))
 
 
 def rose_masks(
@@ -214,7 +253,8 @@ def rose_masks(
     grads: the update gradient.
     state: the :class:`ScaleByRoseState` before the update (see
       :func:`rose_jax.training.find_rose_state`).
-    kl_grads: the KL loss's gradient.
+    kl_grads: the KL loss's gradient (None on an update that a
+      ``first_order_every`` schedule does not refresh).
     ce_grads: R-Drop + ROSE's cross-entropy gradient, or None.
     upper, lower, gamma, granularity, warmup_steps, b1, max_grad_norm: the
       optimizer's, as in :func:`rose_jax.rose`.
@@ -238,11 +278,15 @@ def rose_masks(
         f'{type(state).__name__}. rose_jax.selective keeps no momentum of its own (its inner '
         "optimizer's), so its masks cannot be recomputed from its state.")
   grads, kl_grads, ce_grads = rule.check_and_clip_extras(
-      grads, kl_grads, ce_grads, variant='ensemble', max_grad_norm=max_grad_norm)
-  # Each risk ranked once, then mixed as the optimizer mixes them.
-  masks, _ = rule.component_masks(grads, kl_grads, ce_grads, state.mu, state.count,
-                                  state.mask, variant='ensemble', upper=upper, lower=lower,
-                                  granularity=granularity, b1=b1)
+      grads, kl_grads, ce_grads, variant='ensemble', max_grad_norm=max_grad_norm,
+      kl_optional=state.first_order is not None)
+  # Each risk ranked once, then mixed as the optimizer mixes them. Under a
+  # refresh schedule the interval only decides when the next refresh is due,
+  # which is not computed here.
+  masks, _, _ = rule.component_masks(
+      grads, kl_grads, ce_grads, state.mu, state.count, state.mask, variant='ensemble',
+      upper=upper, lower=lower, granularity=granularity, b1=b1, first_order=state.first_order,
+      first_order_every=None if state.first_order is None else 1)
   masks['ensemble'] = masking.ensemble_mask(masks['first'], masks['second'], gamma=gamma)
   return {name: jax.tree.map(jnp.mean, rule.after_warmup(mask, state.count, warmup_steps))
           for name, mask in masks.items()}

@@ -13,8 +13,9 @@ import jax.numpy as jnp
 import optax
 
 from rose_jax import masking, risks
-from rose_jax._src import validation
+from rose_jax._src import refresh, validation
 from rose_jax._src.hparams import one_minus
+from rose_jax._src.refresh import FirstOrderRisk
 
 
 class ScaleByMaskedAdamState(NamedTuple):
@@ -39,11 +40,15 @@ class ScaleByRoseState(NamedTuple):
       mask is recomputed from the risks every step and is not needed again,
       so the state keeps only its per-tensor mean: 4 bytes per tensor rather
       than per scalar, in memory and in every checkpoint.
+    first_order: with ``first_order_every``, the first-order risks ranked by
+      between refreshes and whether the next update reads ``kl_grads``
+      (:class:`rose_jax.FirstOrderRisk`); None otherwise.
   """
   count: chex.Array
   mu: optax.Updates
   nu: optax.Updates
   mask: optax.Updates
+  first_order: FirstOrderRisk | None = None
 
 
 def init_moment(params, mu_dtype=None):
@@ -126,18 +131,23 @@ def clip_like_global_norm(updates, trees, max_grad_norm):
   return [None if tree is None else jax.tree.map(clip, tree) for tree in (updates, *trees)]
 
 
-def check_and_clip_extras(updates, kl_grads, ce_grads, *, variant, max_grad_norm):
+def check_and_clip_extras(updates, kl_grads, ce_grads, *, variant, max_grad_norm,
+                          kl_optional=False):
   """Checks ``kl_grads`` and ``ce_grads`` against the gradients, then clips all
   three by the update gradient's factor (see "Clipping" in
-  :func:`rose_jax.scale_by_rose`)."""
+  :func:`rose_jax.scale_by_rose`). ``kl_optional``: a refresh schedule lets an
+  update leave ``kl_grads`` out."""
   if variant in ('first', 'ensemble'):
-    if kl_grads is None:
+    if kl_grads is None and kl_optional:
+      pass
+    elif kl_grads is None:
       raise ValueError(
           f'variant={variant!r} ranks parameters by the KL gradient: call '
           'update(grads, state, params, kl_grads=...) with the gradient of '
           'the symmetric KL loss between two dropout passes, or use '
           'variant="second".')
-    validation.check_like(updates, kl_grads, 'kl_grads')
+    else:
+      validation.check_like(updates, kl_grads, 'kl_grads')
   if ce_grads is not None:
     validation.check_like(updates, ce_grads, 'ce_grads')
   if max_grad_norm is None:
@@ -145,12 +155,8 @@ def check_and_clip_extras(updates, kl_grads, ce_grads, *, variant, max_grad_norm
   return tuple(clip_like_global_norm(updates, (kl_grads, ce_grads), max_grad_norm))
 
 
-def _all_finite(tree) -> jax.Array:
-  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
 def component_masks(updates, kl_grads, ce_grads, mu, count, last_mask, *, variant, upper,
-                    lower, granularity, b1):
+                    lower, granularity, b1, first_order=None, first_order_every=None):
   """The first- and/or second-order masks of this step (Eqs. 2-4, all ones
   before momentum), before the ensemble mixes them and before the warm-up.
 
@@ -162,31 +168,40 @@ def component_masks(updates, kl_grads, ce_grads, mu, count, last_mask, *, varian
     count: steps taken before this one.
     last_mask: the state's mask tree; its ``MaskedNode`` leaves are not ranked.
     variant, upper, lower, granularity, b1: as in :func:`rose_jax.scale_by_rose`.
+    first_order: the state's :class:`rose_jax.FirstOrderRisk`, or None.
+    first_order_every: as in :func:`rose_jax.scale_by_rose`.
 
   Returns:
-    ``(masks, finite)``: ``{"first": ..., "second": ...}`` as the variant
-    ranks (mask trees, ``MaskedNode`` where unranked) and a list of
-    booleans, whether the extra gradients used are finite.
+    ``(masks, finite, first_order)``: ``{"first": ..., "second": ...}`` as
+    the variant ranks (mask trees, ``MaskedNode`` where unranked), a list of
+    booleans, whether the extra gradients used are finite, and the state's
+    next :class:`rose_jax.FirstOrderRisk` (None without a schedule).
   """
-  ranked = jax.tree.map(lambda m: not masking.is_masked(m), last_mask,
-                        is_leaf=masking.is_masked)
+  ranked = refresh.ranked(last_mask)
   thresholds = dict(lower=lower, upper=upper, granularity=granularity)
   masks, finite = {}, []
   if variant in ('first', 'ensemble'):
-    finite.append(_all_finite(kl_grads))
-    risk = risks.first_order_risk(masking.select(kl_grads, ranked), granularity=granularity)
+    risk, first_order, kl_finite = refresh.step_risks(
+        kl_grads, last_mask, first_order, count, granularity=granularity,
+        every=first_order_every)
+    finite.append(kl_finite)
     masks['first'] = masking.quantile_mask(risk, **thresholds)
   if variant in ('second', 'ensemble'):
     source = updates if ce_grads is None else ce_grads
     if ce_grads is not None:
-      finite.append(_all_finite(ce_grads))
+      finite.append(refresh.all_finite(ce_grads))
     risk = risks.second_order_risk(
         masking.select(source, ranked), masking.select(mu, ranked), b1=b1,
         granularity=granularity)
     has_momentum = count > 0
     masks['second'] = jax.tree.map(lambda m: jnp.where(has_momentum, m, 1.0),
                                    masking.quantile_mask(risk, **thresholds))
-  return masks, finite
+  return masks, finite, first_order
+
+
+def init_first_order(params, mask, granularity, first_order_every):
+  """The state's first :class:`rose_jax.FirstOrderRisk`, or None without a schedule."""
+  return None if first_order_every is None else refresh.init(params, mask, granularity)
 
 
 def after_warmup(mask, count, warmup_steps):
@@ -196,25 +211,27 @@ def after_warmup(mask, count, warmup_steps):
 
 
 def risk_mask(updates, kl_grads, ce_grads, mu, count, last_mask, *, variant, upper, lower,
-              gamma, granularity, warmup_steps, b1):
+              gamma, granularity, warmup_steps, b1, first_order=None, first_order_every=None):
   """This step's ROSE mask (Eqs. 2-5, warm-up, all ones before momentum).
 
   Args:
-    updates, kl_grads, ce_grads, mu, count, last_mask: as in
+    updates, kl_grads, ce_grads, mu, count, last_mask, first_order: as in
       :func:`component_masks`.
-    variant, upper, lower, gamma, granularity, warmup_steps, b1: as in
-      :func:`rose_jax.scale_by_rose`.
+    variant, upper, lower, gamma, granularity, warmup_steps, b1,
+      first_order_every: as in :func:`rose_jax.scale_by_rose`.
 
   Returns:
-    ``(mask, finite)``: the mask tree (``MaskedNode`` where unranked) and a
-    list of booleans, whether the extra gradients used are finite.
+    ``(mask, finite, first_order)``: the mask tree (``MaskedNode`` where
+    unranked), a list of booleans, whether the extra gradients used are
+    finite, and the state's next :class:`rose_jax.FirstOrderRisk`.
   """
-  masks, finite = component_masks(updates, kl_grads, ce_grads, mu, count, last_mask,
-                                  variant=variant, upper=upper, lower=lower,
-                                  granularity=granularity, b1=b1)
+  masks, finite, first_order = component_masks(
+      updates, kl_grads, ce_grads, mu, count, last_mask, variant=variant, upper=upper,
+      lower=lower, granularity=granularity, b1=b1, first_order=first_order,
+      first_order_every=first_order_every)
   mask = masking.ensemble_mask(masks['first'], masks['second'], gamma=gamma) \
       if variant == 'ensemble' else masks[variant]
-  return after_warmup(mask, count, warmup_steps), finite
+  return after_warmup(mask, count, warmup_steps), finite, first_order
 
 
 def skip_unless_finite(finite: list[jax.Array], updates, new_state, state):
@@ -229,7 +246,7 @@ def skip_unless_finite(finite: list[jax.Array], updates, new_state, state):
 
 
 def rose_rule(*, variant, upper, lower, gamma, granularity, selectable, warmup_steps,
-              b1, b2, eps, max_grad_norm, mu_dtype):
+              b1, b2, eps, max_grad_norm, mu_dtype, first_order_every=None):
   """``(init, rule)`` of :func:`rose_jax.scale_by_rose`; ``rule(updates,
   state, params, **extra)`` returns ``(direction, new_state, mask)`` with
   the full mask of this step (an array per ranked tensor at element
@@ -240,25 +257,30 @@ def rose_rule(*, variant, upper, lower, gamma, granularity, selectable, warmup_s
   validation.check_max_grad_norm(max_grad_norm)
   validation.check_dtype('mu_dtype', mu_dtype)
   validation.check_tree_spec('selectable', selectable)
+  refresh.check_every(first_order_every, variant)
 
   def init_fn(params):
+    mask = initial_mask(params, selectable)
     return ScaleByRoseState(jnp.zeros([], jnp.int32), init_moment(params, mu_dtype),
-                            init_moment(params, mu_dtype), initial_mask(params, selectable))
+                            init_moment(params, mu_dtype), mask,
+                            init_first_order(params, mask, granularity, first_order_every))
 
   def rule(updates, state, params=None, *, kl_grads=None, ce_grads=None, **extra_args):
     del params, extra_args
     validation.check_like_params(state.mu, updates)
     updates, kl_grads, ce_grads = check_and_clip_extras(
-        updates, kl_grads, ce_grads, variant=variant, max_grad_norm=max_grad_norm)
-    mask, extra_finite = risk_mask(
+        updates, kl_grads, ce_grads, variant=variant, max_grad_norm=max_grad_norm,
+        kl_optional=first_order_every is not None)
+    mask, extra_finite, first_order = risk_mask(
         updates, kl_grads, ce_grads, state.mu, state.count, state.mask, variant=variant,
         upper=upper, lower=lower, gamma=gamma, granularity=granularity,
-        warmup_steps=warmup_steps, b1=b1)
+        warmup_steps=warmup_steps, b1=b1, first_order=state.first_order,
+        first_order_every=first_order_every)
     direction, mu, nu = masked_adam_update(
         updates, masking.fill_mask(mask, updates), state.mu, state.nu,
         state.count, b1=b1, b2=b2, eps=eps)
     new_state = ScaleByRoseState(optax.safe_increment(state.count), mu, nu,
-                                 jax.tree.map(jnp.mean, mask))
+                                 jax.tree.map(jnp.mean, mask), first_order)
     direction, new_state = skip_unless_finite(extra_finite, direction, new_state, state)
     return direction, new_state, mask
 

@@ -31,6 +31,7 @@ from rose_jax.glue.presets import PRESETS, preset_values
 from rose_jax.glue.tasks import CUSTOM, MSGS, Task
 from rose_jax.training.gradients import check_method_fits
 from rose_jax.training.methods import METHOD_NAMES, Method, get_method
+from rose_jax.training.sub_batch import kl_examples
 
 
 @dataclasses.dataclass
@@ -105,6 +106,14 @@ class TrainConfig:
   gamma: float = option(0.5, "the ensemble's weight of the first-order mask", check=fraction)
   granularity: str = option('tensor', "ROSE's risk unit: one per tensor (the authors' "
                             'code) or per scalar (the paper)', choices=('tensor', 'element'))
+  first_order_every: int | None = option(
+      None, "refresh ROSE's first-order risk (the KL passes and their backward) on one step "
+      'in K and rank by the last risks in between (default: every step, the authors\' '
+      'recipe)', check=at_least_one, metavar='K', absent=None)
+  kl_fraction: float | None = option(
+      None, "run the KL passes of ROSE's first-order risk on this share of each batch (of "
+      "each device's share; the task loss covers every example) (default: all of it, the "
+      "authors' recipe)", check=kept_share, metavar='F', absent=None)
   epochs: int = option(10, 'training epochs', check=at_least_one)
   batch_size: int | None = option(None, 'global batch size (default: 32, 16 for RTE)',
                                   check=at_least_one)
@@ -215,16 +224,27 @@ class TrainConfig:
       out = dataclasses.replace(out, buckets=buckets)
     if out.lower > out.upper:
       raise ConfigError(f'--lower ({out.lower}) must not exceed --upper ({out.upper}).')
+    for name in ('first_order_every', 'kl_fraction'):
+      if getattr(out, name) is not None and not method.kl_grads:
+        raise ConfigError(f'{options.flag(name)} makes ROSE\'s first-order risk cheaper, and '
+                          f'--method {out.method} has none: leave it out, or use rose-first, '
+                          'rose-ensemble or rdrop-rose-first/-ensemble.')
     devices = device_count if parallel != 'none' else out.devices_per_member
     if out.batch_size % devices:
       raise ConfigError(f'--batch-size {out.batch_size} does not divide over {devices} '
                         f'devices; use a multiple of {devices}.')
+    if out.kl_fraction is not None:
+      try:
+        kl_examples(out.batch_size // devices, out.kl_fraction)
+      except ValueError as error:
+        raise ConfigError(f'--kl-fraction: {error}') from None
     if out.max_train_samples is not None and out.max_train_samples < out.batch_size:
       raise ConfigError(f'--max-train-samples {out.max_train_samples} makes no batch of '
                         f'{out.batch_size}; raise it to at least --batch-size.')
     if method.uses_rose:  # builds the optimizer once to check its settings early
       rose_jax.rose(out.learning_rate, variant=method.rose_variant, upper=out.upper,
-                    lower=out.lower, gamma=out.gamma, granularity=out.granularity)
+                    lower=out.lower, gamma=out.gamma, granularity=out.granularity,
+                    first_order_every=out.first_order_every)
     return out
 
   @classmethod

@@ -22,7 +22,9 @@ _SHAPES = 'it sets the shapes of the compiled step'
 _PROGRAM = 'it chooses the compiled program'
 _REFUSED = {'batch_size': _SHAPES, 'max_length': _SHAPES, 'buckets': _SHAPES,
             'method': _PROGRAM, 'granularity': _PROGRAM, 'dtype': _PROGRAM,
-            'cotangents': _PROGRAM, 'parallel': _PROGRAM}
+            'cotangents': _PROGRAM, 'parallel': _PROGRAM,
+            'first_order_every': 'the members take the KL passes on the same steps',
+            'kl_fraction': _SHAPES}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -57,6 +57,7 @@ def build_optimizer(config: TrainConfig, method: Method, total_steps: int, *,
                          selectable=selection.authors_selectable, b2=config.b2, eps=config.eps,
                          weight_decay=config.weight_decay,
                          weight_decay_mask=selection.authors_decay_mask,
+                         first_order_every=config.first_order_every,
                          **rose_settings(config, total_steps))
   if method.fisher_mask:
     # Official order: clip the unmasked gradient, then mask, then AdamW.

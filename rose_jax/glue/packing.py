@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from rose_jax.glue.batching import Batch, Encoded, process_rows
+from rose_jax.training.sub_batch import SubBatch, kl_examples
 
 ROW_MULTIPLE = 2
 
@@ -33,10 +34,16 @@ class Packing:
     devices: the devices a global batch is split over; each device's share
       is packed on its own, all into the same number of rows.
     row_multiple: the row count is rounded up to a multiple of this.
+    kl_fraction: split each device's share for a cheaper first-order risk:
+      its first ``kl_examples(share, kl_fraction)`` examples (a random draw,
+      the batch being in random order) packed on their own as the
+      :class:`~rose_jax.training.SubBatch`'s ``kl``, the rest as its
+      ``rest``; None: one packed batch.
   """
   row_length: int
   devices: int = 1
   row_multiple: int = ROW_MULTIPLE
+  kl_fraction: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,15 +157,30 @@ def packed_batch(data: Encoded, rows: np.ndarray, packing: Packing, *, process_i
     raise ValueError(f'The batch of {len(rows)} does not divide over {packing.devices} devices.')
   shares = np.split(np.asarray(rows), packing.devices)
   lengths = data.lengths
-  count = common_row_count(data, shares, packing.row_length, packing.row_multiple)
   local = process_rows(np.arange(packing.devices), process_index, process_count)
-  packs = [pack(data, shares[d], packing.row_length, rows=count) for d in local]
-  arrays = {key: np.concatenate([p.arrays[key] for p in packs]) for key in packs[0].arrays}
+  if packing.kl_fraction is not None:  # the order maps eval predictions; training needs none
+    take = kl_examples(len(shares[0]), packing.kl_fraction)
+    parts = [_pack_shares(data, [share[:take] for share in shares], local, packing),
+             _pack_shares(data, [share[take:] for share in shares], local, packing)]
+    padded = sum(packing.devices * part['segment_ids'].shape[0] // len(local)
+                 for part in parts) * packing.row_length
+    return Batch(SubBatch(*parts), int(lengths[rows].sum()), padded)
+  arrays = _pack_shares(data, shares, local, packing)
+  count = arrays['segment_ids'].shape[0] // len(local)
   size = len(rows) // packing.devices
   order = np.concatenate([d * size + packed_order(lengths[share], packing.row_length)
                           for d, share in enumerate(shares)])
   return Batch(arrays, int(lengths[rows].sum()), packing.devices * count * packing.row_length,
                order)
+
+
+def _pack_shares(data: Encoded, shares: Sequence[np.ndarray], local: np.ndarray,
+                 packing: Packing) -> dict[str, np.ndarray]:
+  """The local devices' shares, each packed into the row count the fullest
+  share needs, concatenated."""
+  count = common_row_count(data, shares, packing.row_length, packing.row_multiple)
+  packs = [pack(data, shares[d], packing.row_length, rows=count) for d in local]
+  return {key: np.concatenate([p.arrays[key] for p in packs]) for key in packs[0].arrays}
 
 
 def layout(packing: Packing) -> Callable[[Encoded, np.ndarray, int, int], Batch]:

@@ -33,21 +33,41 @@ class TrainingDiverged(ValueError):
   """A loss became NaN or infinite."""
 
 
-def zero_sums() -> Sums:
+# What a step between refreshes of the first-order risk does not measure
+# (NaN there): their means count only the steps that measure them.
+SOMETIMES_MEASURED = ('kl', 'disagreement')
+
+
+def zero_sums(sometimes_measured: bool = False) -> Sums:
   """Running sums of every metric, the step count and the tokens, all zero
-  (float64 host arrays, so that a checkpoint keeps them exactly)."""
+  (float64 host arrays, so that a checkpoint keeps them exactly); with
+  ``sometimes_measured``, also the count of steps that measured each of
+  :data:`SOMETIMES_MEASURED` (a run with ``first_order_every``)."""
+  counted = tuple(f'{name}_steps' for name in SOMETIMES_MEASURED) if sometimes_measured else ()
   return {name: np.zeros((), np.float64)
-          for name in (*METRIC_NAMES, 'count', 'real_tokens', 'padded_tokens')}
+          for name in (*METRIC_NAMES, 'count', 'real_tokens', 'padded_tokens', *counted)}
+
+
+def _reset(sums: Sums) -> None:
+  sums.update({name: np.zeros((), np.float64) for name in sums})
 
 
 def _add(sums: Sums, metrics: dict) -> None:
   for name in metrics:
-    sums[name] = sums[name] + np.float64(metrics[name])
+    value = np.float64(metrics[name])
+    if f'{name}_steps' in sums:
+      if np.isnan(value):
+        continue
+      sums[f'{name}_steps'] = sums[f'{name}_steps'] + 1
+    sums[name] = sums[name] + value
   sums['count'] = sums['count'] + 1
 
 
 def _means(sums: Sums, names: tuple[str, ...]) -> dict[str, float]:
-  return {name: float(sums[name] / sums['count']) for name in names}
+  def mean(name):
+    steps = sums.get(f'{name}_steps', sums['count'])
+    return float(sums[name] / steps) if steps else float('nan')
+  return {name: mean(name) for name in names}
 
 
 @dataclasses.dataclass
@@ -77,7 +97,9 @@ class RunState:
   def initial(cls, config: TrainConfig, params, opt_state) -> RunState:
     # Host arrays: a process-local device array cannot be saved by several processes.
     key = np.asarray(jax.random.key_data(seeds.stream_key(config.seed, 'dropout')))
-    return cls(params, opt_state, dropout_key=key)
+    scheduled = config.first_order_every is not None
+    return cls(params, opt_state, dropout_key=key, epoch_sums=zero_sums(scheduled),
+               window_sums=zero_sums(scheduled))
 
   def tree(self) -> dict[str, Any]:
     """The checkpoint's pytree (the layout every version has written)."""
@@ -139,7 +161,9 @@ class RunRecord:
     if self.diverged:
       return
     masks = {part: metrics.pop(name) for part, name in MASK_PARTS.items() if name in metrics}
-    bad = [k for k in ('loss', 'ce', 'kl') if not np.isfinite(metrics[k])]
+    # A KL that a step did not measure is NaN; one it measured is checked.
+    bad = [k for k in ('loss', 'ce', 'kl') if not np.isfinite(metrics[k]) and not (
+        f'{k}_steps' in self.state.window_sums and np.isnan(metrics[k]))]
     if bad:
       message = (f'Training diverged at step {step}: {", ".join(bad)} is {metrics[bad[0]]}. '
                  'Lower --learning-rate or check the data; the checkpoints written before it '
@@ -165,7 +189,7 @@ class RunRecord:
     if self.diverged:
       return None
     means = _means(self.state.window_sums, self.names)
-    self.state.window_sums.update(zero_sums())
+    _reset(self.state.window_sums)
     self.writers.step({'step': step, 'epoch': epoch + 1, **means})
     return means
 
@@ -188,8 +212,8 @@ class RunRecord:
     self.timed_tokens = 0
     train = {} if self.diverged else {
         f'train_{k}': v for k, v in _means(sums, self.names).items()}
-    sums.update(zero_sums())
-    self.state.window_sums.update(zero_sums())
+    _reset(sums)
+    _reset(self.state.window_sums)
     if self.diverged:
       return
     evaluated = evaluation()

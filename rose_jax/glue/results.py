@@ -49,8 +49,8 @@ class Epoch:
   evaluation: dict[str, float | None] = dataclasses.field(default_factory=dict)
 
   def to_json(self) -> dict[str, Any]:
-    return {'epoch': self.epoch, 'step': self.step, **self.timing, **self.train,
-            **{k: _json_number(v) for k, v in self.evaluation.items()}}
+    return {'epoch': self.epoch, 'step': self.step, **self.timing,
+            **{k: _json_number(v) for k, v in {**self.train, **self.evaluation}.items()}}
 
   @classmethod
   def from_json(cls, record: dict[str, Any]) -> Epoch:

@@ -189,7 +189,8 @@ def batch_layout(config: TrainConfig) -> batching.Layout | None:
   if not config.packing:
     return None
   devices = config.devices_per_member if config.parallel == 'none' else jax.device_count()
-  return packing.layout(packing.Packing(config.max_length, devices))
+  return packing.layout(packing.Packing(config.max_length, devices,
+                                        kl_fraction=config.kl_fraction))
 
 
 def fisher_pass(config: TrainConfig, task: Task, data: Data, apply_fn: ModuleApply, params):

@@ -28,6 +28,7 @@ from rose_jax.glue.optimizers import build_optimizer, rose_settings, sweep_optim
 from rose_jax.glue.shared import Shared
 from rose_jax.training import step as step_lib
 from rose_jax.training import sweep as sweep_lib
+from rose_jax.training.sub_batch import SubBatch
 
 
 class Trainer(Protocol):
@@ -142,7 +143,7 @@ class Alone:
     self._step = step_lib.make_train_step(
         self._shared.apply_fn, self._tx(), self._shared.method, parallel=config.parallel,
         cotangents=config.cotangents, extra_metrics=extra_metrics,
-        objective=self._shared.task.objective)
+        objective=self._shared.task.objective, kl_fraction=config.kl_fraction)
     self._place = {'none': lambda b: b, 'pmap': step_lib.split_for_pmap,
                    'shard_map': lambda b: step_lib.shard_batch(b, self._mesh)}[config.parallel]
     if self._pmap:
@@ -235,7 +236,8 @@ class Stacked:
     tx = self._tx()
     self._step = self._layout.step(lambda: sweep_lib.make_sweep_step(
         self._shared.apply_fn, tx, self._shared.method, cotangents=self._config.cotangents,
-        mesh=self._mesh, extra_metrics=extra_metrics, objective=self._shared.task.objective))
+        mesh=self._mesh, extra_metrics=extra_metrics, objective=self._shared.task.objective,
+        kl_fraction=self._config.kl_fraction))
     template = tx.init(runs[0][1])
     states = [sweep_lib.with_hyperparams(template, **{
         name: getattr(config, name) for name in self._numbers})._replace(inner_state=opt_state)
@@ -251,13 +253,22 @@ class Stacked:
       return sweep_lib.stack(trees)
     return sweep_lib.shard_members(_stack_on_host(trees), self._mesh, batch=batch)
 
+  def _padded(self, parts: list[dict]) -> list[dict]:
+    """The members' batches (or one part of each) padded to one shape."""
+    if 'segment_ids' in parts[0]:  # packed: the members' row counts may differ
+      rows = max(part['segment_ids'].shape[0] for part in parts)
+      return [packing.pad_rows(part, rows, self._pad_id) for part in parts]
+    length = max(part['input_ids'].shape[1] for part in parts)
+    return [batching.pad_to(part, length, self._pad_id) for part in parts]
+
   def step(self, batches: list[batching.Batch], keys: list[jax.Array]) -> dict:
-    if 'segment_ids' in batches[0].arrays:  # packed: the members' row counts may differ
-      rows = max(b.arrays['segment_ids'].shape[0] for b in batches)
-      padded = [packing.pad_rows(b.arrays, rows, self._pad_id) for b in batches]
+    members = [b.arrays for b in batches]
+    if isinstance(members[0], SubBatch):
+      padded = [SubBatch(*parts) for parts in zip(
+          self._padded([m.kl for m in members]), self._padded([m.rest for m in members]),
+          strict=True)]
     else:
-      length = max(b.arrays['input_ids'].shape[1] for b in batches)
-      padded = [batching.pad_to(b.arrays, length, self._pad_id) for b in batches]
+      padded = self._padded(members)
     arrays = self._place(self._fill(padded), batch=True)
     keys = jnp.stack(self._fill(keys))  # typed keys, which _place's host stack cannot hold
     if self._mesh is not None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,9 @@ class MetricLines(Writer):
     self._file.flush()
 
   def step(self, record: dict[str, Any]) -> None:
-    self._write(record)
+    # A mean of no measurement (the KL over steps between refreshes) is null.
+    self._write({name: None if isinstance(value, float) and math.isnan(value) else value
+                 for name, value in record.items()})
 
   def epoch(self, report: EpochReport) -> None:
     self._write({'type': 'epoch', **report.epoch.to_json()})

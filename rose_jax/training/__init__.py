@@ -27,6 +27,7 @@ from rose_jax.training.step import (
     split_for_pmap,
     unreplicate,
 )
+from rose_jax.training.sub_batch import SubBatch, split_batch
 
 __all__ = [
     'CLASSIFICATION',
@@ -41,6 +42,7 @@ __all__ = [
     'Method',
     'NoDropoutWarning',
     'Objective',
+    'SubBatch',
     'accuracy',
     'compute_gradients',
     'cross_entropy',
@@ -58,6 +60,7 @@ __all__ = [
     'replicate_on_mesh',
     'segment_starts',
     'shard_batch',
+    'split_batch',
     'split_for_pmap',
     'squared_difference',
     'symmetric_kl',

@@ -25,7 +25,9 @@ from rose_jax._src import apply_fn, losses, segments
 from rose_jax._src.apply_fn import ApplyFn, Batch, EmbeddingShape
 from rose_jax._src.objectives import CLASSIFICATION, Objective, get_objective
 from rose_jax.baselines import adversarial
+from rose_jax.training import sub_batch
 from rose_jax.training.methods import Method
+from rose_jax.training.sub_batch import SubBatch, kl_examples
 
 Cotangents = Literal['sequential', 'vmap']
 
@@ -127,9 +129,12 @@ def _checked_outputs(apply: ApplyFn, params, batch: Batch, key, labels, objectiv
 
 
 def _two_pass_gradients(apply: ApplyFn, params, batch: Batch, labels, key, method: Method,
-                        devices, cotangents: Cotangents, objective: Objective, debug: bool):
+                        devices, cotangents: Cotangents, objective: Objective, debug: bool,
+                        ce_weight: float = 1.0, kl_scale: float = 1.0):
   """The dropout passes' gradients by name, and ``(loss, ce, kl, logits,
-  disagreement)``."""
+  disagreement)``; the gradients weigh the task loss by ``ce_weight`` and the
+  consistency loss by ``kl_scale`` (a sub-batch's share of the batch), the
+  losses returned are the batch's own."""
   if method.passes == 2:
     batch = {k: jnp.concatenate([v, v]) for k, v in batch.items()}
   # A consistency loss summed over examples grows with the global batch.
@@ -146,7 +151,7 @@ def _two_pass_gradients(apply: ApplyFn, params, batch: Batch, labels, key, metho
     return (ce, scale * objective.consistency(first, second)), (first, disagreement)
 
   (ce, kl), pullback, (logits, disagreement) = jax.vjp(loss_terms, params, has_aux=True)
-  cotangent = lambda w: (_typed_like(ce, w[0]), _typed_like(kl, w[1]))
+  cotangent = lambda w: (_typed_like(ce, w[0] * ce_weight), _typed_like(kl, w[1] * kl_scale))
   rows = gradient_rows(method)
   if len(rows) > 1 and cotangents == 'vmap':
     weights = jnp.asarray([w for _, w in rows], jnp.float32)
@@ -156,6 +161,45 @@ def _two_pass_gradients(apply: ApplyFn, params, batch: Batch, labels, key, metho
     grads = {name: pullback(cotangent(jnp.asarray(w, jnp.float32)))[0] for name, w in rows}
   if method.ce_grads and 'ce_grads' not in grads:
     grads['ce_grads'] = grads['update']
+  return grads, (ce + method.rose_kl_weight * kl, ce, kl, logits, disagreement)
+
+
+def _sub_batch_gradients(apply: ApplyFn, params, batch: SubBatch, key, method: Method, devices,
+                         cotangents: Cotangents, objective: Objective, debug: bool):
+  """The gradients of a :class:`SubBatch`: the method's two passes on
+  ``batch.kl``, one pass on ``batch.rest``, the task loss over both.
+
+  Each part's forward has its own pullback, so the KL's backward runs through
+  the ``kl`` examples alone. The consistency loss, where it sums over
+  examples, is scaled to the whole batch's."""
+  labels_kl, labels_rest = apply_fn.labels_of(batch.kl), apply_fn.labels_of(batch.rest)
+  n_kl, n_rest = labels_kl.shape[0], labels_rest.shape[0]
+  if n_kl == 0:
+    raise ValueError('The SubBatch has no examples in kl: the KL passes need at least one.')
+  if n_rest == 0:  # every example runs both passes: the method's own step
+    return _two_pass_gradients(apply, params, batch.kl, labels_kl, key, method, devices,
+                               cotangents, objective, debug)
+  weight = n_kl / (n_kl + n_rest)
+  kl_scale = (n_kl + n_rest) / n_kl if objective.consistency_sums else 1.0
+  grads, (_, ce_kl, kl, logits_kl, disagreement) = _two_pass_gradients(
+      apply, params, batch.kl, labels_kl, key, method, devices, cotangents, objective, debug,
+      ce_weight=weight, kl_scale=kl_scale)
+
+  def rest_loss(p):
+    logits = _checked_outputs(apply, p, batch.rest, jax.random.fold_in(key, 1), labels_rest,
+                              objective, debug=debug)
+    return objective.task_loss(logits, labels_rest), logits
+
+  ce_rest, pullback, logits_rest = jax.vjp(rest_loss, params, has_aux=True)
+  rest_grads = pullback(_typed_like(ce_rest, jnp.asarray(1 - weight, jnp.float32)))[0]
+  for name in ('update', 'ce_grads'):  # the gradients with a task-loss term
+    if name in grads and (name == 'update' or method.kl_weight):
+      grads[name] = jax.tree.map(jnp.add, grads[name], rest_grads)
+  if method.ce_grads and not method.kl_weight:
+    grads['ce_grads'] = grads['update']
+  ce = weight * ce_kl + (1 - weight) * ce_rest
+  kl = kl_scale * kl
+  logits = jnp.concatenate([logits_kl, logits_rest])
   return grads, (ce + method.rose_kl_weight * kl, ce, kl, logits, disagreement)
 
 
@@ -221,12 +265,41 @@ def check_method_fits(method: Method, objective: Objective | str) -> None:
                      'with another method (FreeLB, R-Drop and ROSE train regression).')
 
 
-def compute_gradients(apply: ApplyFn, params, batch: Batch, key: jax.Array, *,
+def check_kl_fraction(method: Method, kl_fraction: float | None) -> None:
+  """ValueError, naming the option, for a fraction outside (0, 1] or a method
+  that computes no KL gradient."""
+  sub_batch.check_fraction(kl_fraction)
+  if kl_fraction is not None and not method.kl_grads:
+    raise ValueError(f'kl_fraction runs the KL passes that rank by the first-order risk on '
+                     f'part of the batch, and {method.name} has no first-order risk: leave '
+                     'it out, or use rose-first, rose-ensemble or their R-Drop forms.')
+
+
+def _split(batch: Batch | SubBatch, method: Method, kl_fraction: float | None):
+  """The batch as this device computes it: a flat batch split by
+  ``kl_fraction`` (the first examples run the KL), or merged into one for a
+  method of one pass."""
+  if isinstance(batch, SubBatch):
+    if method.passes == 1 or method.adversary is not None:
+      return {name: jnp.concatenate([batch.kl[name], batch.rest[name]]) for name in batch.kl}
+    return batch
+  if kl_fraction is None or not method.kl_grads:
+    return batch
+  if 'segment_ids' in batch:
+    raise ValueError('kl_fraction splits a batch by example, but a packed batch holds several '
+                     'examples a row: split the examples before packing and pass a '
+                     'rose_jax.training.SubBatch(kl=..., rest=...).')
+  take = kl_examples(apply_fn.labels_of(batch).shape[0], kl_fraction)
+  return SubBatch({k: v[:take] for k, v in batch.items()}, {k: v[take:] for k, v in batch.items()})
+
+
+def compute_gradients(apply: ApplyFn, params, batch: Batch | SubBatch, key: jax.Array, *,
                       method: Method, embedding_shape: EmbeddingShape | None = None,
                       teacher: Any = None, axis_name: str | None = None,
                       cotangents: Cotangents = 'sequential',
                       objective: Objective | str = CLASSIFICATION,
-                      debug: bool = False) -> tuple[Gradients, dict]:
+                      debug: bool = False,
+                      kl_fraction: float | None = None) -> tuple[Gradients, dict]:
   """One batch's gradients for ``method``, averaged over devices, and its metrics.
 
   .. code-block:: python
@@ -238,7 +311,9 @@ def compute_gradients(apply: ApplyFn, params, batch: Batch, key: jax.Array, *,
     apply: ``apply_fn(params, batch, *, dropout_key) -> logits`` (see
       :class:`rose_jax.training.ApplyFn`).
     params: the trained parameters.
-    batch: arrays with a leading example axis, labels in ``batch['labels']``.
+    batch: arrays with a leading example axis, labels in ``batch['labels']``;
+      or a :class:`~rose_jax.training.SubBatch` whose ``kl`` part alone runs
+      the KL passes.
     key: this step's randomness (dropout, and SMART's and FreeLB's noise).
     method: what to compute (:func:`rose_jax.training.get_method`).
     embedding_shape: ``embedding_shape(batch) -> shape`` of the perturbation
@@ -256,6 +331,12 @@ def compute_gradients(apply: ApplyFn, params, batch: Batch, key: jax.Array, *,
     debug: also check the labels' values under ``jax.experimental.checkify``
       (class indices within the outputs' classes, finite targets): call it
       inside ``checkify.checkify``, as ``make_train_step(debug=True)`` does.
+    kl_fraction: run the second dropout pass and the KL on this share of
+      the batch (of each device's share): its first
+      ``floor(kl_fraction * examples)`` examples, a random draw where the
+      batch's order is random. The task loss covers every example. None (the
+      default): the whole batch, the authors' recipe. See
+      :mod:`rose_jax.training.sub_batch`.
 
   Returns:
     ``(Gradients, metrics)``; the metrics are ``loss``, ``ce`` (the task
@@ -275,9 +356,15 @@ def compute_gradients(apply: ApplyFn, params, batch: Batch, key: jax.Array, *,
   check_arguments(apply, method)
   objective = get_objective(objective)
   check_method_fits(method, objective)
+  sub_batch.check_fraction(kl_fraction)
+  if kl_fraction is not None and (method.passes != 2 or method.adversary is not None):
+    raise ValueError(f'kl_fraction splits the batch for the two dropout passes of the KL, and '
+                     f'{method.name} runs one pass: leave it out.')
   embedding_shape = apply_fn.resolve_embedding_shape(apply, embedding_shape)
   check_embedding_shape(method, embedding_shape)
-  labels = apply_fn.labels_of(batch)
+  batch = _split(batch, method, kl_fraction)
+  labels = (jnp.concatenate([apply_fn.labels_of(batch.kl), apply_fn.labels_of(batch.rest)])
+            if isinstance(batch, SubBatch) else apply_fn.labels_of(batch))
   devices = 1
   if axis_name is not None:
     key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
@@ -285,6 +372,9 @@ def compute_gradients(apply: ApplyFn, params, batch: Batch, key: jax.Array, *,
   if method.adversary is not None:
     grads, (loss, ce, kl, logits, disagreement) = _adversarial_gradients(
         apply, params, batch, labels, key, method, embedding_shape, teacher, objective, debug)
+  elif isinstance(batch, SubBatch):
+    grads, (loss, ce, kl, logits, disagreement) = _sub_batch_gradients(
+        apply, params, batch, key, method, devices, cotangents, objective, debug)
   else:
     grads, (loss, ce, kl, logits, disagreement) = _two_pass_gradients(
         apply, params, batch, labels, key, method, devices, cotangents, objective, debug)

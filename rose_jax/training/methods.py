@@ -72,6 +72,15 @@ class Method:
   def uses_rose(self) -> bool:
     return self.rose_variant is not None
 
+  def without_first_order(self) -> Method:
+    """This method on a step that computes no KL gradient (an optimizer's
+    ``first_order_every`` step between refreshes): one pass and the task
+    loss, or for R-Drop + ROSE both passes for the update's KL."""
+    if not self.kl_grads:
+      return self
+    return dataclasses.replace(self, kl_grads=False, passes=2 if self.kl_weight else 1,
+                               rose_variant=None)
+
 
 # The paper's Table 1 order: baselines, then ROSE, then R-Drop + ROSE.
 METHOD_NAMES = ('vanilla', 'rdrop', 'child-tuning-d', 'smart', 'freelb',

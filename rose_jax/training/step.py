@@ -44,12 +44,14 @@ from rose_jax.training.gradients import (
   Gradients,
   check_arguments,
   check_embedding_shape,
+  check_kl_fraction,
   check_method_fits,
   compute_gradients,
   metric_names,
 )
 from rose_jax.training.methods import Method
-from rose_jax.transform import ScaleByRoseState
+from rose_jax.training.sub_batch import SubBatch, map_parts
+from rose_jax.transform import ScaleByRoseState, first_order_due
 
 Parallel = Literal['none', 'pmap', 'shard_map']
 Step = Callable[[Any, Any, Batch, jax.Array], tuple[Any, Any, dict]]
@@ -70,25 +72,55 @@ def find_rose_state(opt_state) -> ScaleByRoseState | SelectiveState | None:
   return trees.find_state(opt_state, ScaleByRoseState, SelectiveState)
 
 
-def local_step(params, opt_state, batch: Batch, key: jax.Array, *, apply: ApplyFn,
-               tx: optax.GradientTransformation, method: Method, axis_name: str | None,
-               embedding_shape: EmbeddingShape | None = None,
+def local_step(params, opt_state, batch: Batch | SubBatch, key: jax.Array, due=None, *,
+               apply: ApplyFn, tx: optax.GradientTransformation, method: Method,
+               axis_name: str | None, embedding_shape: EmbeddingShape | None = None,
                cotangents: Cotangents = 'sequential',
                extra_metrics: ExtraMetrics | None = None,
-               objective: Objective | str = CLASSIFICATION, debug: bool = False):
+               objective: Objective | str = CLASSIFICATION, debug: bool = False,
+               kl_fraction: float | None = None):
   """The per-device step: :func:`compute_gradients`, then the optimizer.
 
   ``axis_name`` names the data-parallel axis, if any; ``cotangents`` is how
   several gradients leave the one forward, ``extra_metrics`` what else the
-  step reports, ``objective`` what the outputs are trained against and
-  ``debug`` whether the step checks values under ``checkify`` (see
+  step reports, ``objective`` what the outputs are trained against,
+  ``debug`` whether the step checks values under ``checkify`` and
+  ``kl_fraction`` which share of the batch runs the KL passes (see
   :func:`make_train_step`).
+
+  Where the optimizer refreshes its first-order risk every ``k`` steps
+  (:func:`rose_jax.first_order_due`), the step is a ``lax.cond`` between the
+  method's step and one without the KL passes, on ``due`` (default: the
+  optimizer's own; a sweep passes one for all of its members, so that the
+  branch is taken, not both computed).
   """
+  scheduled = first_order_due(opt_state)
+  run = functools.partial(_gradient_step, apply=apply, tx=tx, axis_name=axis_name,
+                          embedding_shape=embedding_shape, cotangents=cotangents,
+                          extra_metrics=extra_metrics, objective=objective, debug=debug,
+                          kl_fraction=kl_fraction)
+  if scheduled is None or not method.kl_grads:
+    return run(params, opt_state, batch, key, method=method, names=None)
+  names = metric_names(method, objective)
+  return jax.lax.cond(
+      scheduled if due is None else due,
+      functools.partial(run, method=method, names=names),
+      functools.partial(run, method=method.without_first_order(), names=names),
+      params, opt_state, batch, key)
+
+
+def _gradient_step(params, opt_state, batch, key, *, method: Method, names, apply, tx,
+                   axis_name, embedding_shape, cotangents, extra_metrics, objective, debug,
+                   kl_fraction):
+  """One step of ``method``, reporting the metrics ``names`` (default: the
+  method's own): NaN for those it does not measure, the KL and the
+  disagreement on a step without the KL passes."""
   ema = find_params_ema(opt_state)
   grads, metrics = compute_gradients(
       apply, params, batch, key, method=method, embedding_shape=embedding_shape,
       teacher=None if ema is None else ema.ema, axis_name=axis_name, cotangents=cotangents,
-      objective=objective, debug=debug)
+      objective=objective, debug=debug,
+      kl_fraction=kl_fraction if method.passes == 2 else None)
   if debug:
     checkify.check(jnp.isfinite(metrics['loss']), 'The loss is {loss}: the step diverged or '
                    'its inputs hold NaN.', loss=metrics['loss'])
@@ -103,9 +135,12 @@ def local_step(params, opt_state, batch: Batch, key: jax.Array, *, apply: ApplyF
   kept = jnp.ones((), jnp.float32) if rose_state is None else kept_fraction(rose_state.mask)
   if axis_name is not None:
     kept = jax.lax.pmean(kept, axis_name)
+  if method.passes == 1:
+    metrics['kl'] = metrics['kl'] if names is None else jnp.full((), jnp.nan, jnp.float32)
   metrics = {**metrics, 'kept_fraction': kept}
-  names = metric_names(method, objective)
-  return params, opt_state, {**{name: metrics[name] for name in names}, **extra}
+  names = metric_names(method, objective) if names is None else names
+  unmeasured = jnp.full((), jnp.nan, jnp.float32)
+  return params, opt_state, {**{name: metrics.get(name, unmeasured) for name in names}, **extra}
 
 
 class _DropoutCheck:
@@ -157,6 +192,7 @@ def make_train_step(
     extra_metrics: ExtraMetrics | None = None,
     objective: Objective | str = CLASSIFICATION,
     debug: bool = False,
+    kl_fraction: float | None = None,
 ) -> Step:
   """``step(params, opt_state, batch, key) -> (params, opt_state, metrics)``.
 
@@ -200,6 +236,19 @@ def make_train_step(
       with its values (``jax.experimental.checkify``). Shapes and dtypes are
       checked at the first trace either way. It costs a device-to-host
       wait per step: use it while setting up a loop, or on its first steps.
+    kl_fraction: run the second dropout pass and the KL on this share of
+      each device's examples (:func:`rose_jax.training.compute_gradients`),
+      for methods that rank by the KL gradient; a batch may also come as a
+      :class:`~rose_jax.training.SubBatch` split by the caller (packed rows).
+      None: the whole batch.
+
+  An optimizer built with ``first_order_every=k`` makes the step a
+  ``lax.cond``: on the steps where the optimizer reads ``kl_grads``
+  (:func:`rose_jax.first_order_due`), the method's step; on the others, the
+  step without the KL passes (one pass and its task loss, as vanilla; for
+  R-Drop + ROSE both passes, without the KL's backward). One program serves
+  both, and only the branch taken runs. Its metrics ``kl`` and
+  ``disagreement`` are NaN on the steps that do not measure them.
 
   Returns:
     The jitted (or pmapped) step; its metrics are those of
@@ -214,13 +263,15 @@ def make_train_step(
   validation.check_optimizer(tx)
   objective = get_objective(objective)
   check_method_fits(method, objective)
+  check_kl_fraction(method, kl_fraction)
   embedding_shape = apply_fn_lib.resolve_embedding_shape(apply, embedding_shape)
   check_embedding_shape(method, embedding_shape)
   donate_argnums = (0, 1) if donate else ()
   body = functools.partial(local_step, apply=apply, tx=tx, method=method,
                            embedding_shape=embedding_shape, cotangents=cotangents,
                            axis_name=None if parallel == 'none' else axis_name,
-                           extra_metrics=extra_metrics, objective=objective, debug=debug)
+                           extra_metrics=extra_metrics, objective=objective, debug=debug,
+                           kl_fraction=kl_fraction)
   checked = (lambda f: checkify.checkify(f, errors=checkify.user_checks)) if debug else \
       (lambda f: f)
   if parallel == 'none':
@@ -271,24 +322,33 @@ def _check_divisible(batch: Mapping[str, Any], devices: int) -> None:
           f'use a batch size that is a multiple of {devices} (per process).')
 
 
-def shard_batch(batch: Mapping[str, Any], mesh: jax.sharding.Mesh,
-                axis_name: str = 'data') -> dict[str, jax.Array]:
-  """Global arrays sharded along ``axis_name`` from this process's examples.
+def shard_batch(batch: Mapping[str, Any] | SubBatch, mesh: jax.sharding.Mesh,
+                axis_name: str = 'data') -> dict[str, jax.Array] | SubBatch:
+  """Global arrays sharded along ``axis_name`` from this process's examples
+  (each part of a :class:`~rose_jax.training.SubBatch` on its own).
 
   Each process passes its own share of the global batch; with one process
   that is the whole batch.
   """
-  _check_divisible(batch, len(mesh.local_devices))
-  sharding = NamedSharding(mesh, P(axis_name))
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in batch.items()}
+  def place(part):
+    _check_divisible(part, len(mesh.local_devices))
+    sharding = NamedSharding(mesh, P(axis_name))
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+            for k, v in part.items()}
+
+  return map_parts(place, batch)
 
 
-def split_for_pmap(batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
-  """Reshapes ``[batch, ...]`` to ``[local_devices, batch / devices, ...]``."""
+def split_for_pmap(batch: Mapping[str, Any] | SubBatch) -> dict[str, np.ndarray] | SubBatch:
+  """Reshapes ``[batch, ...]`` to ``[local_devices, batch / devices, ...]``
+  (each part of a :class:`~rose_jax.training.SubBatch` on its own)."""
   devices = jax.local_device_count()
-  _check_divisible(batch, devices)
-  return {k: np.asarray(v).reshape(devices, -1, *np.shape(v)[1:]) for k, v in batch.items()}
+
+  def split(part):
+    _check_divisible(part, devices)
+    return {k: np.asarray(v).reshape(devices, -1, *np.shape(v)[1:]) for k, v in part.items()}
+
+  return map_parts(split, batch)
 
 
 def replicate(tree, axis_name: str = 'data'):

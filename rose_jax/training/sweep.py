@@ -66,16 +66,18 @@ from rose_jax.training.gradients import (
   Cotangents,
   check_arguments,
   check_embedding_shape,
+  check_kl_fraction,
   check_method_fits,
 )
 from rose_jax.training.methods import Method
 from rose_jax.training.step import ExtraMetrics, check_dropout_once, local_step
+from rose_jax.transform import first_order_due
 
 MEMBERS, DATA = 'members', 'data'
 
 # Arguments of rose_jax.rose that are not numbers to sweep.
 ROSE_STATIC = ('schedule', 'variant', 'granularity', 'selectable', 'weight_decay_mask',
-               'warmup_steps', 'mu_dtype', 'moment_dtype', 'max_grad_norm')
+               'warmup_steps', 'mu_dtype', 'moment_dtype', 'max_grad_norm', 'first_order_every')
 
 
 def with_peak_learning_rate(factory: Callable[..., optax.GradientTransformation]):
@@ -178,15 +180,19 @@ def make_sweep_step(apply: ApplyFn, tx: optax.GradientTransformation, method: Me
                     cotangents: Cotangents = 'sequential',
                     mesh: jax.sharding.Mesh | None = None,
                     extra_metrics: ExtraMetrics | None = None,
-                    objective: Objective | str = CLASSIFICATION):
+                    objective: Objective | str = CLASSIFICATION,
+                    kl_fraction: float | None = None):
   """``step(params, opt_state, batch, key) -> (params, opt_state, metrics)``,
   each with a leading member axis: the train step of
   :func:`rose_jax.training.make_train_step` vmapped over members,
   compiled once for all of them.
 
   Args:
-    apply, tx, method, embedding_shape, donate, cotangents, extra_metrics, objective: as
-      in :func:`rose_jax.training.make_train_step`.
+    apply, tx, method, embedding_shape, donate, cotangents, extra_metrics, objective,
+      kl_fraction: as in :func:`rose_jax.training.make_train_step`. Under an
+      optimizer's ``first_order_every``, the members take the step with the
+      KL passes together, where any of them is due: members that share the
+      interval (and the step count) run one branch, not both.
     mesh: None to train every member on one device; else a
       :func:`sweep_mesh`, over whose ``"members"`` axis the members are
       sharded (params, optimizer state and keys ``P("members")``, batches
@@ -202,11 +208,20 @@ def make_sweep_step(apply: ApplyFn, tx: optax.GradientTransformation, method: Me
   check_embedding_shape(method, embedding_shape)
   objective = get_objective(objective)
   check_method_fits(method, objective)
+  check_kl_fraction(method, kl_fraction)
   data_parallel = mesh is not None and mesh.shape.get(DATA, 1) > 1
-  body = jax.vmap(functools.partial(
+  members_step = jax.vmap(functools.partial(
       local_step, apply=apply, tx=tx, method=method, embedding_shape=embedding_shape,
       axis_name=DATA if data_parallel else None, cotangents=cotangents,
-      extra_metrics=extra_metrics, objective=objective))
+      extra_metrics=extra_metrics, objective=objective, kl_fraction=kl_fraction),
+      in_axes=(0, 0, 0, 0, None))
+
+  def body(params, opt_state, batch, keys):
+    # One decision for the members: a cond whose predicate is vmapped would
+    # run both branches.
+    due = first_order_due(opt_state)
+    return members_step(params, opt_state, batch, keys, None if due is None else jnp.any(due))
+
   donate_argnums = (0, 1) if donate else ()
   if mesh is None:
     return check_dropout_once(jax.jit(body, donate_argnums=donate_argnums), method)
@@ -267,7 +282,8 @@ def member_on_host(tree, index: int):
 def member_memory(apply: ApplyFn, tx: optax.GradientTransformation, method: Method,
                   params, opt_state, batch, *, cotangents: Cotangents = 'sequential',
                   extra_metrics: ExtraMetrics | None = None,
-                  objective: Objective | str = CLASSIFICATION) -> tuple[int, int] | None:
+                  objective: Objective | str = CLASSIFICATION,
+                  kl_fraction: float | None = None) -> tuple[int, int] | None:
   """The sweep step's memory on one device as ``(fixed, per_member)`` bytes.
 
   Compiles (without running) :func:`make_sweep_step` for one and for two
@@ -277,7 +293,7 @@ def member_memory(apply: ApplyFn, tx: optax.GradientTransformation, method: Meth
   the result is then per device. None where the backend gives no estimate.
   """
   step = make_sweep_step(apply, tx, method, cotangents=cotangents, extra_metrics=extra_metrics,
-                         objective=objective)
+                         objective=objective, kl_fraction=kl_fraction)
   key = jax.random.key(0)
 
   def at(members: int) -> int | None:

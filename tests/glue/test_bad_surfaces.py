@@ -166,3 +166,25 @@ def test_a_metric_line_cut_short_is_left_out_of_the_curves(finished, tmp_path):
       (run / 'metrics.jsonl').read_text() + '{"step": 9, "lo'))
   assert analyze.main(['curves', str(run), '--output-dir', str(tmp_path / 'out')]) == 0
   assert (tmp_path / 'out' / 'curves.png').stat().st_size > 5000
+
+
+# -- Cheaper first-order risks ---------------------------------------------------
+
+@pytest.mark.parametrize(('options', 'match'), [
+    (['--first-order-every', '0'], '--first-order-every must be at least 1, got 0'),
+    (['--kl-fraction', '0'], '--kl-fraction must be a fraction in (0, 1], got 0.0'),
+    (['--kl-fraction', '1.5'], '--kl-fraction must be a fraction in (0, 1], got 1.5'),
+    (['--kl-fraction', '0.1'], '--kl-fraction: kl_fraction=0.1 of 8 examples (per device) '
+                               'leaves none'),
+    (['--method', 'vanilla', '--first-order-every', '4'],
+     "--first-order-every makes ROSE's first-order risk cheaper, and --method vanilla has none"),
+    (['--method', 'rose-second', '--kl-fraction', '0.5'],
+     "--kl-fraction makes ROSE's first-order risk cheaper, and --method rose-second has none"),
+    (['--sweep', 'first_order_every=2,4'],
+     '--sweep cannot vary first_order_every: the members take the KL passes on the same steps'),
+    (['--sweep', 'kl_fraction=0.25,0.5'],
+     '--sweep cannot vary kl_fraction: it sets the shapes of the compiled step'),
+])
+def test_cheaper_first_order_risks_name_a_bad_setting(files, tmp_path, capsys, options, match):
+  fails(finetune.main, [*cli_args(files, tmp_path / 'runs'), *options], capsys, match)
+  assert not (tmp_path / 'runs').exists()

@@ -106,6 +106,32 @@ def test_packed_steps_hold_the_examples_of_the_unpacked_steps(lengths, group, de
     assert b.arrays['segment_ids'].shape[0] % (2 * devices) == 0
 
 
+@hypothesis.settings(max_examples=25, deadline=None)
+@hypothesis.given(lengths=st.lists(st.integers(1, 12), min_size=16, max_size=40),
+                  devices=st.sampled_from([1, 2, 4]), fraction=st.sampled_from([0.25, 0.5, 1.0]),
+                  seed=st.integers(0, 9))
+def test_a_sub_batch_packs_the_first_of_each_devices_share_on_its_own(lengths, devices,
+                                                                      fraction, seed):
+  hypothesis.assume(fraction * 8 // devices >= 1)
+  data = _encoded(lengths, seed)
+  data.tokens['input_ids'][data.offsets[:-1]] = np.arange(len(lengths)) + 3
+  plain = batching.train_batches(data, 8, seed, 1, buckets=(12,))
+  split = batching.train_batches(data, 8, seed, 1, buckets=(12,), layout=packing.layout(
+      packing.Packing(12, devices=devices, kl_fraction=fraction)))
+  share, take = 8 // devices, int(fraction * 8 // devices)
+  for a, b in zip(plain, split, strict=True):
+    want = a.arrays['input_ids'][:, 0] - 3
+    drawn, rest = _firsts(b.arrays.kl), _firsts(b.arrays.rest)
+    for d in range(devices):  # each device's rows hold its own drawn examples
+      mine = want[d * share:(d + 1) * share]
+      assert sorted(drawn[d * take:(d + 1) * take]) == sorted(mine[:take])
+      assert sorted(rest[d * (share - take):(d + 1) * (share - take)]) == sorted(mine[take:])
+    for part in b.arrays:
+      assert part['segment_ids'].shape[0] % (2 * devices) == 0
+      np.testing.assert_array_equal(part['labels'], data.labels[_firsts(part)])
+    assert b.real_tokens == a.real_tokens
+
+
 def _firsts(arrays):
   """The example index at each segment's first token, in packed order."""
   ids, segment_ids = arrays['input_ids'], arrays['segment_ids']

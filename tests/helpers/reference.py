@@ -32,11 +32,14 @@ def frobenius(x) -> np.float32:
 
 class SparseAdamW:
   """Per-tensor ROSE with AdamW over a flat dict of named float32 arrays;
-  ``variant=None`` keeps every tensor (Hugging Face's AdamW)."""
+  ``variant=None`` keeps every tensor (Hugging Face's AdamW).
+
+  ``first_order_every=k`` keeps the KL risks of steps 1, k + 1, 2k + 1, ...
+  and ranks by them on the steps in between, which pass no ``kl_grads``."""
 
   def __init__(self, params, *, lr, variant, upper, lower=0.0, gamma=0.5,
                warmup_steps=0, b1=0.9, b2=0.98, eps=1e-8, weight_decay=0.01,
-               ranked=None, decayed=None):
+               ranked=None, decayed=None, first_order_every=None):
     self.params = {k: np.array(v, np.float32) for k, v in params.items()}
     self.lr, self.variant = lr, variant
     self.upper, self.lower, self.gamma = upper, lower, gamma
@@ -48,6 +51,8 @@ class SparseAdamW:
     self.exp_avg_sq = {}
     self.step_count = 0
     self.last_mask = {}
+    self.first_order_every = first_order_every
+    self.kl_risks = None
 
   def _mask(self, risks):
     values = np.array([risks[k] for k in self.ranked], np.float32)
@@ -62,7 +67,10 @@ class SparseAdamW:
     ce_grads = grads if ce_grads is None else ce_grads
     masks = []
     if self.variant in ('first', 'ensemble'):
-      masks.append(self._mask({k: frobenius(kl_grads[k]) for k in self.ranked}))
+      every = self.first_order_every or 1
+      if (t - 1) % every == 0:
+        self.kl_risks = {k: frobenius(kl_grads[k]) for k in self.ranked}
+      masks.append(self._mask(self.kl_risks))
     if self.variant in ('second', 'ensemble'):
       if not self.exp_avg:  # no momentum yet
         masks.append({k: np.float32(1) for k in self.ranked})

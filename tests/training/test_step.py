@@ -10,9 +10,11 @@ import optax
 import pytest
 from flax import nnx
 
+import rose_jax
+from rose_jax import selection
 from rose_jax._src import losses
 from rose_jax.models import EncoderForSequenceClassification, as_apply_fn
-from rose_jax.training import methods
+from rose_jax.training import compute_gradients, methods, sweep
 from rose_jax.training import step as step_lib
 from tests.helpers import (
   CountingOptimizer,
@@ -23,6 +25,7 @@ from tests.helpers import (
   tiny_batch,
   tiny_model,
 )
+from tests.helpers.own_models import function_classifier, token_batch
 
 # Methods whose gradients come from dropout passes; SMART's and FreeLB's are
 # tested in test_adversarial.py.
@@ -269,3 +272,85 @@ def test_bf16_compute_step():
   params, opt_state, metrics = step(params, opt_state, tiny_batch(), jax.random.key(0))
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
   assert np.isfinite(float(metrics['loss']))
+
+
+def _refreshed_rose(every, variant='ensemble'):
+  return rose_jax.rose(3e-3, variant=variant, upper=0.5, first_order_every=every,
+                       selectable=selection.authors_selectable, max_grad_norm=1.0)
+
+
+@pytest.mark.parametrize('name', ['rose-ensemble', 'rdrop-rose-ensemble'])
+def test_between_refreshes_the_step_runs_without_the_kl_passes(name):
+  # Against compute_gradients and the optimizer called by hand: the method's
+  # gradients where the optimizer is due, the method's without the KL passes
+  # (and no kl_grads) where it is not.
+  apply_fn, params = function_classifier()
+  method = methods.get_method(name, rdrop_alpha=0.5)
+  tx = rose_jax.rose(3e-3, upper=0.5, first_order_every=3, max_grad_norm=1.0,
+                     selectable={'embedding': True, 'out': {'w': True, 'b': False}})
+  step = step_lib.make_train_step(apply_fn, tx, method, donate=False)
+  # One pass and the CE; for R-Drop + ROSE both passes, CE + alpha KL, and the CE gradient.
+  cheap = (methods.Method('rdrop-ce', passes=2, kl_weight=0.5, ce_grads=True)
+           if method.kl_weight else methods.get_method('vanilla'))
+  mine, theirs = (params, tx.init(params)), (params, tx.init(params))
+  update = jax.jit(tx.update)
+  for i in range(7):
+    batch, key = token_batch(i), jax.random.key(i)
+    *mine, metrics = step(*mine, batch, key)
+    p, s = theirs
+    due = bool(rose_jax.first_order_due(s))
+    assert due == (i % 3 == 0)
+    grads, _ = compute_gradients(apply_fn, p, batch, key,
+                                 method=method if due else cheap)
+    updates, s = update(grads.update, s, p, **grads.extra_args())
+    theirs = (optax.apply_updates(p, updates), s)
+    chex.assert_trees_all_close(mine[0], theirs[0], rtol=1e-6, atol=1e-7)
+    # The KL is measured where the KL passes ran: R-Drop + ROSE runs both always.
+    assert np.isnan(float(metrics['kl'])) == (not due and not method.kl_weight)
+    assert np.isnan(float(metrics['disagreement'])) == (not due and not method.kl_weight)
+
+
+@pytest.mark.parametrize('parallel', ['none', 'shard_map', 'pmap'])
+def test_refreshing_every_step_is_the_authors_recipe_bit_for_bit(parallel):
+  apply_fn, params = as_apply_fn(tiny_model())
+  method = methods.get_method('rose-ensemble')
+  batches = [tiny_batch(i) for i in range(3)]
+  exact, _ = runner(parallel, _refreshed_rose(None), apply_fn, method)(params, batches)
+  every, _ = runner(parallel, _refreshed_rose(1), apply_fn, method)(params, batches)
+  chex.assert_trees_all_equal(exact, every)
+
+
+def test_a_refresh_interval_compiles_no_second_step():
+  apply_fn, params = function_classifier()
+  method = methods.get_method('rose-ensemble')
+  sizes = []
+  for every in (None, 2):
+    tx = rose_jax.rose(3e-3, upper=0.5, first_order_every=every)
+    step = step_lib.make_train_step(apply_fn, tx, method, donate=False)
+    state = (params, tx.init(params))
+    for i in range(6):  # two batch shapes, three steps each
+      *state, _ = step(*state, token_batch(i, length=6 + 2 * (i % 2)), jax.random.key(i))
+    sizes.append(step._cache_size())
+  assert sizes == [2, 2]
+
+
+def test_a_sweep_with_cheap_risks_equals_its_members_alone():
+  apply_fn, params = function_classifier()
+  method = methods.get_method('rose-ensemble')
+  factory = sweep.with_peak_learning_rate(rose_jax.rose)
+  tx = optax.inject_hyperparams(factory, static_args=sweep.ROSE_STATIC)(
+      learning_rate=3e-3, schedule=optax.constant_schedule(1.0), upper=0.5,
+      first_order_every=2)
+  rates = (1e-3, 3e-3, 1e-2)
+  states = [sweep.with_hyperparams(tx.init(params), learning_rate=r) for r in rates]
+  one = step_lib.make_train_step(apply_fn, tx, method, donate=False, kl_fraction=0.5)
+  together = sweep.make_sweep_step(apply_fn, tx, method, donate=False, kl_fraction=0.5)
+  alone = [(params, s) for s in states]
+  stacked = (sweep.stack([params] * 3), sweep.stack(states))
+  for i in range(4):
+    batch, keys = token_batch(i), [jax.random.fold_in(jax.random.key(i), m) for m in range(3)]
+    alone = [one(*member, batch, key)[:2] for member, key in zip(alone, keys, strict=True)]
+    *stacked, metrics = together(*stacked, sweep.stack([batch] * 3), jnp.stack(keys))
+    assert np.isnan(np.asarray(metrics['kl'])).all() == (i % 2 == 1)
+  for m, (expected, _) in enumerate(alone):
+    chex.assert_trees_all_close(sweep.member(stacked[0], m), expected, rtol=1e-5, atol=1e-7)
