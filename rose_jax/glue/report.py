@@ -206,8 +206,11 @@ def rows(table: dict, runs: list[dict]) -> tuple[list[str], list[list[str]]]:
   """The header and one row per method, in the paper's column order, with
   the number of seeds each row pools."""
   cols = columns(table, runs)
+  # The averages are the paper's, over GLUE and AdvGLUE sets alone: a probing
+  # condition or a set of the user's own is no part of them.
+  averaged = any(name in SET_TITLES for _, name in cols)
   header = ['Method', 'Seeds', *(header_of(task, name) for task, name in cols),
-            'Avg GLUE+AdvGLUE', 'Avg Δ↓']
+            *(['Avg GLUE+AdvGLUE', 'Avg Δ↓'] if averaged else [])]
   body = []
   for method in row_order(table):
     cells = table[method]
@@ -215,14 +218,16 @@ def rows(table: dict, runs: list[dict]) -> tuple[list[str], list[list[str]]]:
     for task, name in cols:
       cell = cells.get(task.name, {}).get(name)
       row.append(_cell_text(cell, task.metrics))
-      if cell is not None and cell.scores:
+      if cell is not None and cell.scores and name in SET_TITLES:
         means.append(np.mean(cell.scores))
     for task in {t.name: t for t, _ in cols}.values():
       for clean, adversarial in ADVERSARIAL_PAIRS:
         pair = [cells.get(task.name, {}).get(n) for n in (clean, adversarial)]
         if all(c is not None and c.scores for c in pair):
           drops.append(np.mean(pair[0].scores) - np.mean(pair[1].scores))
-    row += [f'{np.mean(means):.2f}' if means else '-', f'{np.mean(drops):.2f}' if drops else '-']
+    if averaged:
+      row += [f'{np.mean(means):.2f}' if means else '-',
+              f'{np.mean(drops):.2f}' if drops else '-']
     body.append(row)
   return header, body
 

@@ -143,5 +143,21 @@ def test_the_probing_figure_draws_each_run(files, msgs, tmp_path, capsys):
   assert analyze.main(['probing', str(tmp_path / 'runs'), '--output-dir',
                        str(tmp_path / 'out')]) == 0
   assert (tmp_path / 'out' / 'probing.png').stat().st_size > 5000
+  # Beside a GLUE run, the table's averages are the GLUE and AdvGLUE sets' alone;
+  # probing alone has none.
+  from rose_jax.glue import report
+  from tests.helpers.runs import write_finished_run
+  glue = write_finished_run(tmp_path / 'glue' / 'sst2-rose-ensemble-seed1', method='rose-ensemble',
+                            task='sst2', predictions={'glue_dev': [[(1, 1), (0, 1)]],
+                                                      'adv_dev': [[(0, 1), (0, 1), (1, 1)]]})
+  for paths, averages in (([tmp_path / 'runs'], None),
+                          ([tmp_path / 'runs', tmp_path / 'glue'],
+                           100 * (glue['glue_dev_accuracy'] + glue['adv_dev_accuracy']) / 2)):
+    runs = report.collect(paths)
+    header, (row,) = report.rows(report.summarise(runs), runs)
+    assert any(h.startswith('CONTROL_RAISING_LENGTH msgs_test') for h in header)
+    assert ('Avg GLUE+AdvGLUE' in header) == (averages is not None)
+    if averages is not None:
+      assert row[header.index('Avg GLUE+AdvGLUE')] == f'{averages:.2f}'
   fails(analyze.main, ['probing', str(tmp_path / 'runs' / 'msgs-rose-ensemble-seed1' /
                                        'predictions')], capsys, 'No finished run')
