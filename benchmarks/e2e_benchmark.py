@@ -15,6 +15,11 @@ gathered and laid out on the host, then the jitted step) four ways:
 * ``packed``: the random batches packed into rows of ``--max-length``
   (the default of ``finetune.py``: the same examples in every step).
 
+For the methods with a first-order risk, two more rows time the cheaper
+risks on packed batches: ``packed, k=4`` (``--first-order-every 4``: the
+dropout passes and their KL every fourth step) and ``packed, f=0.25``
+(``--kl-fraction 0.25``: both passes on a quarter of each batch).
+
 Each mode first runs one step per batch shape it will meet, so the timed
 steps include no compilation (the compile time is reported beside them).
 With ``--torch`` it then times each method's PyTorch recipe (the authors'
@@ -46,7 +51,11 @@ from rose_jax.glue.cli import run_as_process
 ROOT = Path(__file__).resolve().parent.parent
 SST2 = ROOT.parent / 'shared' / 'data' / 'glue-sst2' / 'train.tsv'
 MODES = ('fixed', 'buckets', 'grouped', 'packed')
-TARGETS = [('rose-ensemble', 'buckets', 'fixed', 0.75), ('rose-ensemble', 'grouped', 'fixed', 0.45),
+# The cheaper first-order risks, on packed batches, for methods that have one.
+CHEAP = {'packed, k=4': {'first_order_every': 4}, 'packed, f=0.25': {'kl_fraction': 0.25}}
+TARGETS = [('rose-ensemble', 'packed, k=4', 'packed', 0.55),
+           ('rose-ensemble', 'packed, f=0.25', 'packed', 0.6),
+           ('rose-ensemble', 'buckets', 'fixed', 0.75), ('rose-ensemble', 'grouped', 'fixed', 0.45),
            ('vanilla', 'buckets', 'fixed', 0.75), ('vanilla', 'grouped', 'fixed', 0.45),
            ('rose-ensemble', 'buckets', 'torch', 0.8), ('rose-ensemble', 'grouped', 'torch', 0.5),
            ('rose-ensemble', 'packed', 'buckets', 0.5), ('vanilla', 'packed', 'buckets', 0.5),
@@ -84,20 +93,22 @@ def bench_jax(model, encoded, method_name: str, mode: str, args) -> dict:
   from rose_jax.glue.config import TrainConfig
   from rose_jax.glue.optimizers import build_optimizer
   from rose_jax.models import as_apply_fn
-  from rose_jax.training import methods
+  from rose_jax.training import SubBatch, methods
   from rose_jax.training import step as step_lib
   method = methods.get_method(method_name)
+  cheaper = CHEAP.get(mode, {})
+  packed = mode.startswith('packed')
   config = TrainConfig(method=method_name, learning_rate=2e-5, upper=0.4, parallel='none',
                        max_length=args.max_length, batch_size=args.batch_size,
-                       packing=mode == 'packed').resolved()
+                       packing=packed, **cheaper).resolved()
   tx = build_optimizer(config, method, total_steps=args.steps)
   apply_fn, params = as_apply_fn(model)
   params = jax.tree.map(jnp.array, params)  # the step donates its inputs
   opt_state = tx.init(params)
-  step = step_lib.make_train_step(apply_fn, tx, method)
+  step = step_lib.make_train_step(apply_fn, tx, method, kl_fraction=config.kl_fraction)
   buckets = (args.max_length,) if mode == 'fixed' else config.buckets
-  layout = (packing.layout(packing.Packing(args.max_length)) if mode == 'packed'
-            else None)
+  layout = (packing.layout(packing.Packing(args.max_length, kl_fraction=config.kl_fraction))
+            if packed else None)
 
   def batches():
     return itertools.islice(batching.train_batches(
@@ -107,7 +118,9 @@ def bench_jax(model, encoded, method_name: str, mode: str, args) -> dict:
   key = jax.random.key(0)
   started, seen = time.perf_counter(), set()
   for batch in batches():  # compile each shape the timed steps will meet
-    shape = batch.arrays['input_ids'].shape
+    # A sub-batch's two parts each have their shape.
+    parts = batch.arrays if isinstance(batch.arrays, SubBatch) else (batch.arrays,)
+    shape = tuple(part['input_ids'].shape for part in parts)
     if shape not in seen:
       seen.add(shape)
       params, opt_state, metrics = step(params, opt_state, batch.arrays, key)
@@ -124,8 +137,8 @@ def bench_jax(model, encoded, method_name: str, mode: str, args) -> dict:
   return {'method': method_name, 'padding': mode, 'steps': args.steps, 'wall_s': wall,
           'step_s': wall / args.steps, 'padding_efficiency': real / padded,
           'tokens_per_s': real / wall, 'compile_and_warmup_s': compile_s,
-          'widths': sorted({width for _, width in seen}),
-          'shapes': [list(shape) for shape in sorted(seen)]}
+          **cheaper, 'widths': sorted({width for shapes in seen for _, width in shapes}),
+          'shapes': [list(shape) for shape in sorted({s for shapes in seen for s in shapes})]}
 
 
 def torch_vanilla_step(model, *, lr: float = 2e-5):
@@ -227,9 +240,11 @@ def main(argv=None) -> int:
   import jax
   model, tokenizer, split, encoded = load(args)
   rows = []
-  for method, mode in itertools.product(args.methods, MODES):
-    rows.append(bench_jax(model, encoded, method, mode, args))
-    print(f'{method} {mode}: {rows[-1]["step_s"]:.3f} s/step', file=sys.stderr, flush=True)
+  from rose_jax.training import methods
+  for method in args.methods:
+    for mode in (*MODES, *(CHEAP if methods.get_method(method).kl_grads else ())):
+      rows.append(bench_jax(model, encoded, method, mode, args))
+      print(f'{method} {mode}: {rows[-1]["step_s"]:.3f} s/step', file=sys.stderr, flush=True)
   if args.torch:
     for method in args.methods:
       torch_row = bench_torch(tokenizer, split, encoded, method, args)

@@ -67,20 +67,42 @@ from benchmarks.step_setup import (
   timing,
 )
 
-ROWS = [*((name, name, 'tensor') for name in methods.METHOD_NAMES),
-        ('rose-ensemble (vmap cotangents)', 'rose-ensemble', 'tensor'),
-        ('rose-ensemble (element)', 'rose-ensemble', 'element')]
+# (label, method, granularity, cheaper first-order risk: first_order_every, kl_fraction)
+ROWS = [*((name, name, 'tensor', {}) for name in methods.METHOD_NAMES),
+        ('rose-ensemble (vmap cotangents)', 'rose-ensemble', 'tensor', {}),
+        ('rose-ensemble (element)', 'rose-ensemble', 'element', {}),
+        *((f'{name} (k={k})', name, 'tensor', {'first_order_every': k})
+          for name in ('rose-ensemble', 'rose-first') for k in (2, 4)),
+        *((f'{name} (f={f})', name, 'tensor', {'kl_fraction': f})
+          for name in ('rose-ensemble', 'rose-first') for f in (0.25, 0.5)),
+        ('rose-ensemble (k=4, f=0.5)', 'rose-ensemble', 'tensor',
+         {'first_order_every': 4, 'kl_fraction': 0.5})]
 # Dense bf16 peak FLOP/s per device kind, for model FLOP utilisation.
 PEAK_FLOPS = {'H100': 989e12, 'H200': 989e12, 'A100': 312e12, 'TPU v4': 275e12,
               'TPU v5e': 197e12, 'TPU v5p': 459e12}
 
 
-def flop_floor(method_name: str) -> float:
+def flop_floor(method_name: str, first_order_every: int | None = None,
+               kl_fraction: float | None = None) -> float:
   """A step's FLOPs in forward passes: every dropout pass costs a forward, and
   every gradient taken from it a backward of two forwards (one for the input
   gradients, one for the weights'). SMART's ascent steps need only input
-  gradients; FreeLB's passes each need both."""
+  gradients; FreeLB's passes each need both. A sub-batch of a fraction ``f``
+  runs the method's passes on ``f`` of the batch and one pass with one
+  backward on the rest; a refresh every ``k`` steps averages one such step
+  with ``k - 1`` steps of the method without the KL passes."""
   method = methods.get_method(method_name)
+  if first_order_every or kl_fraction:
+    f = kl_fraction or 1.0
+    full = f * flop_floor(method_name) + (1 - f) * 3
+    cheap = flop_floor_of(method.without_first_order())
+    k = first_order_every or 1
+    return (full + (k - 1) * cheap) / k
+  return flop_floor_of(method)
+
+
+def flop_floor_of(method: methods.Method) -> float:
+  """:func:`flop_floor` of a :class:`~rose_jax.training.Method`."""
   if isinstance(method.adversary, adversarial.Smart):
     # clean and final adversarial forwards and their backward, plus per
     # ascent step a forward and an input-only backward
@@ -88,6 +110,10 @@ def flop_floor(method_name: str) -> float:
   if isinstance(method.adversary, adversarial.FreeLB):
     return method.adversary.steps * 3
   return method.passes * (1 + 2 * len(gradients.gradient_rows(method)))
+
+
+def row_of(label: str) -> tuple[str, str, str, dict]:
+  return next(r for r in ROWS if r[0] == label)
 
 
 def cotangents_of(label: str) -> str:
@@ -114,9 +140,9 @@ def bench_families(name: str, steps: int, warmup: int) -> list[dict]:
 
 def profile_method(name: str, label: str, log_dir: Path, warmup: int) -> dict:
   """One step of the row ``label`` under jax.profiler, summed by kind of op."""
-  _, method_name, granularity = next(r for r in ROWS if r[0] == label)
+  _, method_name, granularity, cheaper = row_of(label)
   compiled, run = compile_method(*model_and_batch(name), method_name, granularity,
-                                 cotangents_of(label))
+                                 cotangents_of(label), **cheaper)
   # Two warm-up steps at least: a caching allocator grows its heap in the first.
   for _ in range(max(warmup, 2)):
     jax.block_until_ready(run())
@@ -134,15 +160,16 @@ def profile_method(name: str, label: str, log_dir: Path, warmup: int) -> dict:
 def bench_steps(name: str, steps: int, warmup: int) -> list[dict]:
   _, batch_size, length = encoder_config(name)
   apply_fn, params, batch = model_and_batch(name)
-  rows = [{'method': label, **time_method(apply_fn, params, batch, method_name, granularity,
-                                           steps, warmup, cotangents_of(label))}
-          for label, method_name, granularity in ROWS]
+  rows = [{'method': label, **cheaper,
+           **time_method(apply_fn, params, batch, method_name, granularity, steps, warmup,
+                         cotangents_of(label), **cheaper)}
+          for label, method_name, granularity, cheaper in ROWS]
   for row in rows:
     row['tokens_per_s'] = batch_size * length / row['median_s']
   base = rows[0]
-  for row, (_, method_name, _) in zip(rows, ROWS, strict=True):
+  for row, (_, method_name, _, cheaper) in zip(rows, ROWS, strict=True):
     row['ratio'] = row['median_s'] / base['median_s']
-    row['floor'] = flop_floor(method_name) / flop_floor('vanilla')
+    row['floor'] = flop_floor(method_name, **cheaper) / flop_floor('vanilla')
     if row['xla_flops'] and base['xla_flops']:
       row['flops_ratio'] = row['xla_flops'] / base['xla_flops']
     if row['compiled_bytes'] and base['compiled_bytes']:

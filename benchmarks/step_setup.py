@@ -55,7 +55,7 @@ def make_batch(config: EncoderConfig, batch: int, length: int, seed: int = 0):
           'labels': rng.integers(0, 2, batch).astype(np.int32)}
 
 
-def optimizer(method: methods.Method, granularity: str):
+def optimizer(method: methods.Method, granularity: str, first_order_every: int | None = None):
   """The method's optimizer, as the fine-tuning command builds it (without
   the schedule and clipping): Hugging Face's AdamW, masked by ROSE or by
   CHILD-TUNING_D's fixed mask (all ones here: the cost is the same)."""
@@ -63,7 +63,7 @@ def optimizer(method: methods.Method, granularity: str):
   if method.uses_rose:
     return rose_jax.rose(1e-5, variant=method.rose_variant, upper=0.6,
                          granularity=granularity, selectable=selection.authors_selectable,
-                         **adam)
+                         first_order_every=first_order_every, **adam)
   if method.fisher_mask:
     return rose_jax.child_tuning_d(1e-5, **adam)
   return rose_jax.hf_adamw(1e-5, **adam)
@@ -103,11 +103,13 @@ def allocator(malloc_setting: str = '') -> str:
 
 
 def compile_method(apply_fn, params, batch, method_name: str, granularity: str,
-                   cotangents: str):
+                   cotangents: str, first_order_every: int | None = None,
+                   kl_fraction: float | None = None):
   """One method's compiled step, and a function that runs it once on fresh carry."""
   method = methods.get_method(method_name)
-  tx = optimizer(method, granularity)
-  step = step_lib.make_train_step(apply_fn, tx, method, cotangents=cotangents)
+  tx = optimizer(method, granularity, first_order_every)
+  step = step_lib.make_train_step(apply_fn, tx, method, cotangents=cotangents,
+                                  kl_fraction=kl_fraction)
   params = jax.tree.map(jnp.array, params)  # the step donates its inputs
   carry = [params, tx.init(params)]
   key = jax.random.key(0)
@@ -121,15 +123,27 @@ def compile_method(apply_fn, params, batch, method_name: str, granularity: str,
 
 
 def time_method(apply_fn, params, batch, method_name: str, granularity: str, steps: int,
-                warmup: int, cotangents: str) -> dict:
-  """One method's compiled step: median time, page faults, memory, XLA's FLOPs."""
-  compiled, run = compile_method(apply_fn, params, batch, method_name, granularity, cotangents)
+                warmup: int, cotangents: str, first_order_every: int | None = None,
+                kl_fraction: float | None = None) -> dict:
+  """One method's compiled step: median time, page faults, memory, XLA's FLOPs.
+
+  With ``first_order_every=k`` the steps differ (one in k runs the KL
+  passes): whole cycles of k steps are timed and the step time is their
+  mean; XLA counts both branches of the step's ``cond``, so no FLOPs."""
+  compiled, run = compile_method(apply_fn, params, batch, method_name, granularity, cotangents,
+                                 first_order_every, kl_fraction)
   cost = compiled.cost_analysis()
   flops = (cost[0] if isinstance(cost, list) else cost or {}).get('flops')
   device = jax.devices()[0]
   stats = device.memory_stats() if hasattr(device, 'memory_stats') else None
-  return {**timing(*time_calls(run, steps, warmup)),
-          'compiled_bytes': memory.compiled_bytes(compiled), 'xla_flops': flops,
+  every = first_order_every or 1
+  # Whole cycles, the first beginning at a refresh (warm-up in cycles too).
+  times, faults = time_calls(run, every * max(-(-steps // every), 1), every * max(warmup, 0))
+  timed = timing(times, faults)
+  if every > 1:
+    timed['median_s'] = statistics.fmean(times)
+    flops = None
+  return {**timed, 'compiled_bytes': memory.compiled_bytes(compiled), 'xla_flops': flops,
           'peak_bytes': (stats or {}).get('peak_bytes_in_use')}
 
 

@@ -29,9 +29,10 @@ PAGES = (ROOT / 'README.md', ROOT / 'docs' / 'index.md',
          *sorted((ROOT / 'docs').glob('guides/*.md')))
 # Why a block may be left out of the build: it reads the Hugging Face Hub, a
 # data set the repository does not ship, the run directories of a fine-tuning
-# on them, or an accelerator, it installs, or CI runs it itself (the test
-# suite).
-NEEDS = ('hub', 'data', 'runs', 'accelerator', 'install', 'ci')
+# on them, or an accelerator, it installs, CI runs it itself (the test
+# suite), or it takes longer than a build may (a benchmark at full size,
+# whose code tests/benchmarks runs at the smallest shapes).
+NEEDS = ('hub', 'data', 'runs', 'accelerator', 'install', 'ci', 'time')
 RUN = ('python', 'bash')
 _FENCE = re.compile(r'^(`{3,})(\w*)\s*$')
 _NEEDS = re.compile(r'^#\s*needs:\s*(\w+)')

@@ -37,6 +37,17 @@ def test_every_method_and_padding_is_timed_and_the_ratios_follow(tmp_path, capsy
     assert mode['packed']['widths'] == [32]
     assert all(rows_ % 2 == 0 for rows_, _ in mode['packed']['shapes'])
     assert mode['packed']['padding_efficiency'] > mode['grouped']['padding_efficiency']
+    if method == 'rose-ensemble':
+      # The cheaper first-order risks, packed: a refresh every 4 steps packs as
+      # packed does; a quarter of each batch packed apart from the rest.
+      cheap = {m: rows[(method, m)] for m in e2e_benchmark.CHEAP}
+      assert cheap['packed, k=4']['first_order_every'] == 4
+      assert cheap['packed, k=4']['shapes'] == mode['packed']['shapes']
+      assert cheap['packed, f=0.25']['kl_fraction'] == 0.25
+      assert cheap['packed, f=0.25']['widths'] == [32]
+      assert all(rows_ % 2 == 0 for rows_, _ in cheap['packed, f=0.25']['shapes'])
+    else:
+      assert (method, 'packed, k=4') not in rows
     torch_row = rows[(method, 'torch (per-batch longest)')]
     # The same random batches, each padded to exactly its longest sentence.
     assert torch_row['wall_s'] > 0

@@ -36,6 +36,23 @@ def test_benchmark_runs_one_step_of_everything(tmp_path, capsys):
     # (Embedding gathers and the optimizer keep the tiny model a little under.)
     assert 0.75 * rows[name]['floor'] <= rows[name]['flops_ratio'] <= 1.05 * rows[name]['floor'], \
         (name, rows[name]['flops_ratio'], rows[name]['floor'])
+  # The cheaper first-order risks: a sub-batch of f runs the method's passes on f
+  # of the batch and one pass with its backward on the rest; a refresh every k
+  # steps averages one such step with k - 1 steps of one pass (ROSE-First and
+  # -Ensemble need no KL passes between refreshes).
+  cheap = {'rose-ensemble (k=2)': (10 + 3) / 2, 'rose-ensemble (k=4)': (10 + 3 * 3) / 4,
+           'rose-first (k=4)': (10 + 3 * 3) / 4, 'rose-ensemble (f=0.25)': 0.25 * 10 + 0.75 * 3,
+           'rose-first (f=0.5)': 0.5 * 10 + 0.5 * 3,
+           'rose-ensemble (k=4, f=0.5)': (0.5 * 10 + 0.5 * 3 + 3 * 3) / 4}
+  for name, expected in cheap.items():
+    assert rows[name]['floor'] == pytest.approx(expected / 3), name
+    assert len(rows[name]['times_s']) % rows[name].get('first_order_every', 1) == 0, \
+        'not whole refresh cycles'
+  for name in ('rose-ensemble (f=0.25)', 'rose-first (f=0.5)'):
+    # XLA's count: the KL's backward runs through the drawn examples alone (through
+    # the whole first pass it would be (5 + 3 f) / 3, a third more at f = 0.25).
+    assert 0.75 * rows[name]['floor'] <= rows[name]['flops_ratio'] <= 1.05 * rows[name]['floor'], \
+        (name, rows[name]['flops_ratio'], rows[name]['floor'])
   modes = {r['mode']: r for r in result['sweep']}
   assert modes['vmapped sweep']['members'] == 2 and modes['sequential']['median_s'] > 0
   assert modes['vmapped sweep']['per_member_mb'] > 0 and modes['vmapped sweep']['fits'] >= 1
