@@ -40,14 +40,16 @@ def gamma_table(runs: list[dict]) -> tuple[list[str], list[list[str]]] | None:
 
 
 def disagreement_at(run_dir: Path, steps: Sequence[int]) -> list[float | None]:
-  """A run's logged disagreement at each of ``steps`` (None before its first
-  line, or where it logged none)."""
-  lines = [x for x in figures.metric_lines(run_dir / 'metrics.jsonl')
-           if x.get('type') != 'epoch' and 'disagreement' in x]
+  """A run's logged disagreement at each of ``steps``: None before its first
+  line, after the run's last step (a shorter run has no value there, as RTE
+  has none at step 4000 in the paper), or where it logged none."""
+  every = figures.metric_lines(run_dir / 'metrics.jsonl')
+  last = max((x['step'] for x in every), default=0)
+  lines = [x for x in every if x.get('type') != 'epoch' and x.get('disagreement') is not None]
   values = []
   for step in steps:
     before = [x for x in lines if x['step'] <= step]
-    values.append(before[-1]['disagreement'] if before else None)
+    values.append(before[-1]['disagreement'] if before and step <= last else None)
   return values
 
 

@@ -41,7 +41,8 @@ def test_table_3_is_the_average_and_drop_per_gamma(tmp_path):
 
 def test_table_4_is_the_disagreement_logged_at_each_step(tmp_path):
   root = tmp_path / 'runs'
-  logged = {'rdrop': [(100, 0.4), (200, 0.3), (400, 0.2), (600, 0.1)],
+  # None: a window of steps that measured no disagreement (a refresh schedule's).
+  logged = {'rdrop': [(100, 0.4), (200, 0.3), (400, 0.2), (450, None), (600, 0.1)],
             'rose-first': [(200, 0.2), (600, 0.05)]}
   for method, lines in logged.items():
     for seed in (1, 2):
@@ -49,12 +50,13 @@ def test_table_4_is_the_disagreement_logged_at_each_step(tmp_path):
       write_finished_run(out, method=method, seed=seed, predictions={'glue_dev': [_pairs(0.5)]})
       scale = 1.0 if seed == 1 else 0.5
       (out / 'metrics.jsonl').write_text(''.join(
-          json.dumps({'step': s, 'epoch': 1, 'loss': 0.1, 'disagreement': scale * d}) + '\n'
+          json.dumps({'step': s, 'epoch': 1, 'loss': 0.1,
+                      'disagreement': None if d is None else scale * d}) + '\n'
           for s, d in lines) + json.dumps({'type': 'epoch', 'epoch': 1, 'step': 600}) + '\n')
   write_finished_run(root / 'sst2-vanilla-seed1', method='vanilla',
                      predictions={'glue_dev': [_pairs(0.5)]})  # one pass: nothing logged
   assert report_cli.main([str(root), '--output-dir', str(tmp_path / 'out'),
-                          '--disagreement-steps', '50', '200', '500']) == 0
+                          '--disagreement-steps', '50', '200', '500', '700']) == 0
   with open(tmp_path / 'out' / 'disagreement.csv') as f:
     rows = {r['Method']: r for r in csv.DictReader(f)}
   assert set(rows) == {'rdrop', 'rose-first'}
@@ -63,6 +65,8 @@ def test_table_4_is_the_disagreement_logged_at_each_step(tmp_path):
   assert rows['rdrop']['step 200'] == f'{100 * 0.3 * 0.75:.2f}'
   assert rows['rdrop']['step 500'] == f'{100 * 0.2 * 0.75:.2f}'
   assert rows['rose-first']['step 500'] == f'{100 * 0.2 * 0.75:.2f}'
+  # After the runs' last step (600) there is nothing to report.
+  assert rows['rdrop']['step 700'] == rows['rose-first']['step 700'] == '-'
 
 
 def test_figure_3_has_a_dot_per_probing_run(tmp_path):
