@@ -20,8 +20,9 @@ import platform
 import sys
 
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX, M_ARENA_MAX = -1, -2, -4, -8
-_SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1),
-             (M_TOP_PAD, 64 << 20))
+# A trim threshold of -1 turns trimming off (mallopt(3)); the largest positive
+# one, 2 GiB, would still give back every step a model's temporaries over it.
+_SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1), (M_TOP_PAD, 64 << 20))
 OPT_OUT = 'ROSE_JAX_SYSTEM_MALLOC'
 _NOT_CALLED = 'left as it is (not set in this process)'
 _done = _NOT_CALLED

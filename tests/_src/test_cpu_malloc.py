@@ -46,6 +46,30 @@ def test_freed_blocks_are_reused_without_page_faults():
   assert _faults('keep', ROSE_JAX_SYSTEM_MALLOC='1')[0] > system / 2
 
 
+LARGE = '''
+import resource, sys
+import numpy as np
+from rose_jax._src import cpu_malloc
+cpu_malloc.keep_freed_memory()
+faults = []
+for _ in range(3):
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  block = np.ones((2304 << 20) // 8)  # 2.25 GiB: over the largest positive trim threshold
+  faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+  del block
+print(faults[0], max(faults[1:]))
+'''
+
+
+@pytest.mark.skipif(sys.platform != 'linux', reason='glibc only')
+def test_a_block_of_more_than_2_gib_is_kept_too():
+  # A base-sized ROSE step frees more than 2 GiB of temporaries at once.
+  done = subprocess.run([sys.executable, '-c', LARGE], capture_output=True, text=True,
+                        check=True)
+  first, later = map(int, done.stdout.split())
+  assert first > 1000 and later < first / 20
+
+
 def test_opting_out_and_preloaded_allocators_are_respected(monkeypatch):
   monkeypatch.setenv('ROSE_JAX_SYSTEM_MALLOC', '1')
   assert 'left as it is' in cpu_malloc.keep_freed_memory()
