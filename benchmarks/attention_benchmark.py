@@ -20,8 +20,7 @@ lengths. Median of ``--repeats`` timed calls after a warm-up.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
+import json
 import statistics
 import sys
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 if not __package__:  # run as a script: the package is found from the repository root
   sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import provenance
 from rose_jax._src import cpu_malloc
 from rose_jax.glue.cli import run_as_process
 
@@ -85,29 +85,54 @@ def time_one(fn, mask, repeats: int) -> float:
   return statistics.median(times)
 
 
+def report(result: dict) -> str:
+  """The Markdown table of a result (what the script prints, and what the
+  performance guide shows of its JSON)."""
+  lines = ['| layout | rows | einsum (ms) | dot_product_attention (ms) | attention FLOPs / layer |',
+           '|---|---|---|---|---|']
+  for row in result['rows']:
+    lines.append(f'| {row["layout"]} | {row["rows"]} | {row["einsum_ms"]:.2f} | '
+                 f'{row["library_ms"]:.2f} | {row["attention_share"]:.1%} |')
+  return '\n'.join(lines)
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--length', type=int, default=64)
   parser.add_argument('--rows', type=int, default=8, help='packed rows (at least those needed)')
   parser.add_argument('--repeats', type=int, default=20)
+  parser.add_argument('--output', help='JSON file [benchmarks/results/attention-TIME.json]')
   args = parser.parse_args(argv)
   import jax
   import numpy as np
+
+  from rose_jax._src import atomic
   masks, lengths = layouts(np.random.default_rng(0), args.rows, args.length)
   hidden = HEADS * HEAD_SIZE
   layer_per_token = 2 * (4 * hidden * hidden + 2 * hidden * INTERMEDIATE)
-  print(f'# attention forward + backward, {HEADS} heads of {HEAD_SIZE}, 32 sentences of mean '
-        f'{lengths.mean():.1f} tokens, length {args.length}; {jax.devices()[0].device_kind}, '
-        f'{os.cpu_count()} CPUs, {platform.machine()}, malloc: {cpu_malloc.setting()}\n')
-  print('| layout | rows | einsum (ms) | dot_product_attention (ms) | attention FLOPs / layer |')
-  print('|---|---|---|---|---|')
+  meta = {**provenance.provenance('attention_benchmark.py', argv),
+          'device_kind': jax.devices()[0].device_kind, 'malloc': cpu_malloc.setting(),
+          'heads': HEADS, 'head_size': HEAD_SIZE, 'length': args.length,
+          'mean_tokens': float(lengths.mean()), 'repeats': args.repeats}
+  rows = []
   for name, mask in masks.items():
-    rows = mask.shape[0]
-    attention = 4 * rows * args.length * args.length * hidden
-    layer = rows * args.length * layer_per_token + attention
-    ours = time_one(einsum_attention, mask, args.repeats) * 1e3
-    library = time_one(library_attention, mask, args.repeats) * 1e3
-    print(f'| {name} | {rows} | {ours:.2f} | {library:.2f} | {attention / layer:.1%} |')
+    count = mask.shape[0]
+    attention = 4 * count * args.length * args.length * hidden
+    layer = count * args.length * layer_per_token + attention
+    rows.append({'layout': name, 'rows': count,
+                 'einsum_ms': time_one(einsum_attention, mask, args.repeats) * 1e3,
+                 'library_ms': time_one(library_attention, mask, args.repeats) * 1e3,
+                 'attention_share': attention / layer})
+  result = {'meta': meta, 'rows': rows}
+  print(f'# attention forward + backward, {HEADS} heads of {HEAD_SIZE}, 32 sentences of mean '
+        f'{lengths.mean():.1f} tokens, length {args.length}; {meta["device_kind"]}, '
+        f'{meta["cpu_count"]} CPUs, malloc: {meta["malloc"]}\n')
+  print(report(result))
+  output = Path(args.output or Path(__file__).resolve().parent / 'results' /
+                f'attention-{time.strftime("%Y%m%d-%H%M%S")}.json')
+  output.parent.mkdir(parents=True, exist_ok=True)
+  atomic.write_text(output, json.dumps(result, indent=2))
+  print(f'\nwrote {output}')
   return 0
 
 

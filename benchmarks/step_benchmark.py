@@ -1,24 +1,27 @@
 """Times the real train step of every method, side by side, and the ROSE mask.
 
-  python benchmarks/step_benchmark.py --config small       # ~1-2 minutes on 2 CPU cores
+  python benchmarks/step_benchmark.py --config small       # 4 layers of 256, batch 8, length 64
   python benchmarks/step_benchmark.py --config base        # roberta-base, batch 8, length 128
   python benchmarks/step_benchmark.py --config base --torch  # adds the authors' recipe in PyTorch
   python benchmarks/step_benchmark.py --config base --profile rose-ensemble  # where time goes
+  python benchmarks/step_benchmark.py --rows rose-first 'rose-first (k=4)'   # some rows only
 
 With several devices (on a CPU: ``XLA_FLAGS=--xla_force_host_platform_device_count=8``)
 the sweep table adds the members sharded over all of them.
 
-Prints Markdown tables and writes a JSON file with the machine, the JAX
-version and the device kind. Step time is the median over repeated steps
+Prints Markdown tables and writes a JSON file with the command, the date,
+the CPU, the versions, the allocator and the device kind (what the
+performance guide renders its tables from). Step time is the median over repeated steps
 after compilation (``block_until_ready``); memory is XLA's compiled estimate
 (arguments + outputs + temporaries, less donated aliases) and, on GPUs, the
 device's peak. Each ratio is to vanilla measured in the same run, next to
 its floor from counting FLOPs (forward = 1, backward = 2 per cotangent).
+The rows of the cheaper first-order risks (``k=``: ``first_order_every``,
+``f=``: ``kl_fraction``) time whole refresh cycles and report their mean.
 
 On CPUs, page faults are counted per step: XLA:CPU allocates each step's
 temporaries afresh, and glibc's default malloc gives large blocks back to
-the system, so every step would fault its working set in again (1.6 GB for
-vanilla at base shapes, 3.6 GB for ROSE). The script first sets glibc's
+the system, so every step would fault its working set in again. The script first sets glibc's
 malloc to keep freed memory (:mod:`rose_jax._src.cpu_malloc`), as the
 fine-tuning command does; ``ROSE_JAX_SYSTEM_MALLOC=1`` leaves it as it is,
 and a preloaded allocator (``LD_PRELOAD=libtcmalloc_minimal.so.4``) is
@@ -29,8 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 from pathlib import Path
@@ -52,7 +53,7 @@ from rose_jax.training import step as step_lib
 
 if not __package__:  # run as a script: its sibling module is found from the repository root
   sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import hlo_profile
+from benchmarks import hlo_profile, provenance
 from benchmarks.step_setup import (
   CONFIGS,
   allocator,
@@ -60,6 +61,7 @@ from benchmarks.step_setup import (
   encoder_config,
   make_batch,
   markdown,
+  matmul_gflops,
   model_and_batch,
   optimizer,
   time_calls,
@@ -153,21 +155,30 @@ def profile_method(name: str, label: str, log_dir: Path, warmup: int) -> dict:
   total = sum(seconds.values())
   rows = [{'kind': kind, 'op_s': seconds[kind], 'share': seconds[kind] / total}
           for kind in hlo_profile.KINDS if kind in seconds]
+  cost = compiled.cost_analysis()
+  flops = (cost[0] if isinstance(cost, list) else cost or {}).get('flops')
+  # The step's FLOPs are nearly all its matmuls': their rate, to hold against
+  # the rate of one matmul alone (matmul_gflops).
+  matmul_s = seconds.get('matmul')
   return {'method': label, 'wall_s': wall, 'page_faults': faults, 'op_s': total,
-          'trace': str(trace), 'kinds': rows}
+          'trace': str(trace), 'kinds': rows, 'xla_flops': flops,
+          'matmul_gflops': flops / matmul_s / 1e9 if flops and matmul_s else None}
 
 
-def bench_steps(name: str, steps: int, warmup: int) -> list[dict]:
+def bench_steps(name: str, steps: int, warmup: int, labels: list[str] | None = None
+                ) -> list[dict]:
+  """Each row of :data:`ROWS` (or of ``labels``, vanilla first always) timed."""
   _, batch_size, length = encoder_config(name)
   apply_fn, params, batch = model_and_batch(name)
+  chosen = [r for r in ROWS if labels is None or r[0] in labels or r[0] == 'vanilla']
   rows = [{'method': label, **cheaper,
            **time_method(apply_fn, params, batch, method_name, granularity, steps, warmup,
                          cotangents_of(label), **cheaper)}
-          for label, method_name, granularity, cheaper in ROWS]
+          for label, method_name, granularity, cheaper in chosen]
   for row in rows:
     row['tokens_per_s'] = batch_size * length / row['median_s']
   base = rows[0]
-  for row, (_, method_name, _, cheaper) in zip(rows, ROWS, strict=True):
+  for row, (_, method_name, _, cheaper) in zip(rows, chosen, strict=True):
     row['ratio'] = row['median_s'] / base['median_s']
     row['floor'] = flop_floor(method_name, **cheaper) / flop_floor('vanilla')
     if row['xla_flops'] and base['xla_flops']:
@@ -355,6 +366,65 @@ def bench_torch(name: str, steps: int, warmup: int) -> dict | None:
           'torch_version': torch.__version__, 'threads': torch.get_num_threads()}
 
 
+SECTIONS = ('matmul', 'steps', 'state', 'sweep', 'families', 'masks', 'torch', 'profile')
+
+
+def report(result: dict, sections: tuple[str, ...] = SECTIONS) -> str:
+  """The Markdown tables of a result, those of ``sections`` (of
+  :data:`SECTIONS`) that it holds: what the script prints, and what the
+  performance guide shows of its JSON."""
+  meta, parts = result['meta'], {}
+  if meta.get('matmul_gflops'):
+    parts['matmul'] = (f'One float32 matmul at the feed-forward shape runs at '
+                       f'{meta["matmul_gflops"]:.0f} GFLOP/s.')
+  parts['steps'] = markdown(result['steps'], [
+      ('method', 'method', 's'), ('median_s', 'step (s)', '.3f'), ('ratio', 'x vanilla', '.2f'),
+      ('floor', 'FLOP floor', '.2f'), ('flops_ratio', 'XLA FLOPs x vanilla', '.2f'),
+      ('memory_ratio', 'memory x vanilla', '.2f'), ('page_faults', 'page faults', '.0f'),
+      ('tokens_per_s', 'tokens/s', '.0f'), ('mfu', 'MFU', '.1%')])
+  parts['state'] = markdown(result['state'], [
+      ('granularity', 'granularity', 's'), ('params_mb', 'params (MB)', '.1f'),
+      ('state_mb', 'ROSE state (MB)', '.1f'), ('mask_mb', 'of which mask (MB)', '.4f'),
+      ('element_mask_mb', 'a mask per scalar would add (MB)', '.1f')])
+  if 'sweep' in result:
+    members = next(r['members'] for r in result['sweep'] if 'members' in r)
+    parts['sweep'] = markdown(result['sweep'], [
+        ('mode', f'ROSE-Ensemble, {members} settings', 's'), ('padded_to', 'padded to', 'd'),
+        ('median_s', 'time per step of all (s)', '.3f'),
+        ('config_steps_per_s', 'configurations x steps / s', '.2f'),
+        ('speedup', 'x sequential', '.2f'), ('device_mb', 'memory per device (MB)', '.1f'),
+        ('fixed_mb', 'step memory (MB)', '.1f'), ('per_member_mb', '+ per member (MB)', '.1f'),
+        ('fits', 'members in 80% of free memory', 'd')])
+  if 'families' in result:
+    parts['families'] = markdown(result['families'], [
+        ('family', 'family', 's'), ('method', 'method', 's'), ('params_m', 'params (M)', '.1f'),
+        ('median_s', 'step (s)', '.3f'), ('ratio', "x RoBERTa's vanilla", '.2f')])
+  if 'masks' in result:
+    parts['masks'] = markdown(result['masks'], [('mask', 'mask', 's'),
+                                                ('elements', 'ranked elements', 'd'),
+                                                ('median_s', 'time (s)', '.3f')])
+  if 'torch' in result:
+    torch_row = result['torch']
+    parts['torch'] = (f'PyTorch {torch_row["torch_version"]} recipe (ROSE-Ensemble): '
+                      f'{torch_row["median_s"]:.3f} s/step; JAX/PyTorch = '
+                      f'{torch_row["jax_over_torch"]:.2f}')
+  if 'profile' in result:
+    profile = result['profile']
+    rate = profile.get('matmul_gflops')
+    parts['profile'] = (
+        f'One {profile["method"]} step under jax.profiler: {profile["wall_s"]:.3f} s wall, '
+        f'{profile["page_faults"]} page faults, {profile["op_s"]:.3f} s of op time (ops that '
+        'overlap count in full)' +
+        (f"; its matmuls ran at {rate:.0f} GFLOP/s (XLA's FLOPs of the step over their op "
+         'time)' if rate else '') + '.\n\n' +
+        markdown(profile['kinds'], [('kind', 'kind of op', 's'), ('op_s', 'op time (s)', '.3f'),
+                                    ('share', 'share', '.1%')]))
+  unknown = set(sections) - set(SECTIONS)
+  if unknown:
+    raise ValueError(f'No sections {sorted(unknown)} in a step benchmark result: {SECTIONS}.')
+  return '\n\n'.join(parts[name] for name in sections if name in parts)
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument('--config', choices=sorted(CONFIGS), default='small')
@@ -370,6 +440,8 @@ def main(argv=None) -> int:
   p.add_argument('--profile', choices=[r[0] for r in ROWS], metavar='METHOD',
                  help='trace one step of METHOD (a row of the table) with jax.profiler and '
                       'sum its op time by kind; the trace is kept beside the results')
+  p.add_argument('--rows', nargs='+', choices=[r[0] for r in ROWS], metavar='ROW',
+                 help='time these rows of the step table (and vanilla) [all]')
   p.add_argument('--output', default='benchmarks/results')
   args = p.parse_args(argv)
 
@@ -377,68 +449,34 @@ def main(argv=None) -> int:
   meta = {'config': args.config, 'shape': dict(zip(
       ('layers', 'hidden', 'heads', 'intermediate', 'vocab', 'batch', 'length'),
       CONFIGS[args.config], strict=True)),
-      'jax': jax.__version__, 'backend': jax.default_backend(), 'device_kind': device.device_kind,
-      'devices': jax.device_count(), 'cpu_count': os.cpu_count(), 'machine': platform.platform(),
-      'processor': platform.processor() or platform.machine(),
-      'allocator': allocator(cpu_malloc.setting()),
-      'steps': args.steps}
-  print(f'# rose_jax step benchmark: {args.config} on {meta["device_kind"]} '
-        f'({meta["backend"]}), JAX {meta["jax"]}, {meta["allocator"]}\n')
-  rows = bench_steps(args.config, args.steps, args.warmup)
-  print(markdown(rows, [('method', 'method', 's'), ('median_s', 'step (s)', '.3f'),
-                        ('ratio', 'x vanilla', '.2f'), ('floor', 'FLOP floor', '.2f'),
-                        ('flops_ratio', 'XLA FLOPs x vanilla', '.2f'),
-                        ('memory_ratio', 'memory x vanilla', '.2f'),
-                        ('page_faults', 'page faults', '.0f'),
-                        ('tokens_per_s', 'tokens/s', '.0f'), ('mfu', 'MFU', '.1%')]))
-  result = {'meta': meta, 'steps': rows, 'state': bench_state(args.config)}
-  print('\n' + markdown(result['state'], [
-      ('granularity', 'granularity', 's'), ('params_mb', 'params (MB)', '.1f'),
-      ('state_mb', 'ROSE state (MB)', '.1f'), ('mask_mb', 'of which mask (MB)', '.4f'),
-      ('element_mask_mb', 'a mask per scalar would add (MB)', '.1f')]))
+      **provenance.provenance('step_benchmark.py', argv),
+      'backend': jax.default_backend(), 'device_kind': device.device_kind,
+      'devices': jax.device_count(), 'allocator': allocator(cpu_malloc.setting()),
+      'steps': args.steps, 'matmul_gflops': matmul_gflops(args.config)}
+  result = {'meta': meta, 'steps': bench_steps(args.config, args.steps, args.warmup, args.rows),
+            'state': bench_state(args.config)}
   if args.sweep:
     result['sweep'] = bench_sweep(args.config, args.sweep, args.steps, args.warmup)
-    print('\n' + markdown(result['sweep'], [
-        ('mode', f'ROSE-Ensemble, {args.sweep} settings', 's'), ('padded_to', 'padded to', 'd'),
-        ('median_s', 'time per step of all (s)', '.3f'),
-        ('config_steps_per_s', 'configurations x steps / s', '.2f'),
-        ('speedup', 'x sequential', '.2f'), ('device_mb', 'memory per device (MB)', '.1f'),
-        ('fixed_mb', 'step memory (MB)', '.1f'),
-        ('per_member_mb', '+ per member (MB)', '.1f'),
-        ('fits', 'members in 80% of free memory', 'd')]))
   if args.families:
     result['families'] = bench_families(args.config, args.steps, args.warmup)
-    print('\n' + markdown(result['families'], [
-        ('family', 'family', 's'), ('method', 'method', 's'), ('params_m', 'params (M)', '.1f'),
-        ('median_s', 'step (s)', '.3f'), ('ratio', "x RoBERTa's vanilla", '.2f')]))
   if not args.skip_masks:
-    masks = bench_masks(args.config, args.steps, args.warmup)
-    print('\n' + markdown(masks, [('mask', 'mask', 's'), ('elements', 'ranked elements', 'd'),
-                                  ('median_s', 'time (s)', '.3f')]))
-    result['masks'] = masks
+    result['masks'] = bench_masks(args.config, args.steps, args.warmup)
   if args.torch:
     torch_row = bench_torch(args.config, args.steps, args.warmup)
-    if torch_row is None:
-      print('\n(torch is not installed: no PyTorch comparison)')
-    else:
-      jax_row = next(r for r in rows if r['method'] == 'rose-ensemble')
+    if torch_row is not None:
+      jax_row = next(r for r in result['steps'] if r['method'] == 'rose-ensemble')
       torch_row['jax_over_torch'] = jax_row['median_s'] / torch_row['median_s']
-      print(f'\nPyTorch {torch_row["torch_version"]} recipe (ROSE-Ensemble): '
-            f'{torch_row["median_s"]:.3f} s/step; JAX/PyTorch = '
-            f'{torch_row["jax_over_torch"]:.2f}')
       result['torch'] = torch_row
   out = Path(args.output)
   out.mkdir(parents=True, exist_ok=True)
   if args.profile:
-    profile = profile_method(args.config, args.profile,
-                             out / f'profile-{args.config}-{meta["backend"]}', args.warmup)
-    print(f'\nOne {profile["method"]} step under jax.profiler: {profile["wall_s"]:.3f} s wall, '
-          f'{profile["page_faults"]} page faults, {profile["op_s"]:.3f} s of op time '
-          '(ops that overlap count in full)\n')
-    print(markdown(profile['kinds'], [('kind', 'kind of op', 's'), ('op_s', 'op time (s)', '.3f'),
-                                      ('share', 'share', '.1%')]))
-    print(f'trace: {profile["trace"]}')
-    result['profile'] = profile
+    result['profile'] = profile_method(
+        args.config, args.profile, out / f'profile-{args.config}-{meta["backend"]}', args.warmup)
+  print(f'# rose_jax step benchmark: {args.config} on {meta["device_kind"]} '
+        f'({meta["backend"]}), JAX {meta["jax"]}, {meta["allocator"]}\n')
+  print(report(result))
+  if args.torch and 'torch' not in result:
+    print('\n(torch is not installed: no PyTorch comparison)')
   file = out / f'step-{args.config}-{meta["backend"]}.json'
   tmp = file.with_suffix('.tmp')
   tmp.write_text(json.dumps(result, indent=2))

@@ -83,6 +83,18 @@ def time_calls(fn, steps: int, warmup: int) -> tuple[list[float], list[int]]:
   return times, faults
 
 
+def matmul_gflops(name: str, repeats: int = 5) -> float:
+  """This machine's float32 matmul rate in GFLOP/s, at the feed-forward
+  block's shape of config ``name`` (tokens x hidden by hidden x
+  intermediate), the median of ``repeats`` timed calls: the rate to hold
+  a step's matmuls against."""
+  _, hidden, _, inter, _, batch, length = CONFIGS[name]
+  a = jnp.ones((batch * length, hidden), jnp.float32)
+  b = jnp.ones((hidden, inter), jnp.float32)
+  times, _ = time_calls(lambda: jnp.dot(a, b), repeats, warmup=2)
+  return 2 * batch * length * hidden * inter / statistics.median(times) / 1e9
+
+
 def timing(times: list[float], faults: list[int]) -> dict:
   """The result fields of repeated calls: median and every call's time and faults."""
   return {'median_s': statistics.median(times), 'times_s': times,

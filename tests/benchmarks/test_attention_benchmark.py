@@ -1,6 +1,8 @@
 """The attention benchmark runs, and its two implementations compute the same
 attention on unpacked and on packed masks (timings are not asserted)."""
 
+import json
+
 import jax
 import numpy as np
 
@@ -19,7 +21,14 @@ def test_both_implementations_agree_on_both_layouts():
     np.testing.assert_allclose(np.where(real, ours, 0), np.where(real, theirs, 0), atol=1e-5)
 
 
-def test_the_table_has_both_layouts(capsys):
-  assert attention_benchmark.main(['--length', '16', '--rows', '4', '--repeats', '1']) == 0
+def test_the_table_has_both_layouts_and_is_its_json(tmp_path, capsys):
+  output = tmp_path / 'attention.json'
+  assert attention_benchmark.main(['--length', '16', '--rows', '4', '--repeats', '1',
+                                   '--output', str(output)]) == 0
   out = capsys.readouterr().out
   assert '| unpacked | 32 |' in out and '| packed |' in out
+  result = json.loads(output.read_text())
+  assert attention_benchmark.report(result) in out
+  # The command that made it, less where its result went.
+  assert result['meta']['command'] == ('python benchmarks/attention_benchmark.py --length 16 '
+                                       '--rows 4 --repeats 1')

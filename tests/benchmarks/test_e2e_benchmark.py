@@ -55,10 +55,14 @@ def test_every_method_and_padding_is_timed_and_the_ratios_follow(tmp_path, capsy
   measured = {(r['method'], r['padding'], r['against']): r for r in result['ratios']}
   assert len(measured) == len(e2e_benchmark.TARGETS)
   for (method, mode, against), r in measured.items():
-    base = rows[(method, 'torch (per-batch longest)' if against == 'torch' else against)]
+    if against == 'vanilla packed':
+      base = rows[('vanilla', 'packed')]
+    else:
+      base = rows[(method, 'torch (per-batch longest)' if against == 'torch' else against)]
     assert r['ratio'] == pytest.approx(rows[(method, mode)]['wall_s'] / base['wall_s'])
   out = capsys.readouterr().out
   assert '| method | padding | s/step | padding efficiency |' in out
   assert '| rose-ensemble grouped / PyTorch recipe |' in out
   assert '| vanilla packed / PyTorch recipe |' in out
+  assert '| rose-ensemble packed, k=4 / vanilla packed |' in out
   assert result['meta']['malloc']

@@ -12,12 +12,16 @@ from rose_jax.training import methods
 
 
 def test_benchmark_runs_one_step_of_everything(tmp_path, capsys):
+  # Every method's row (XLA's FLOPs checked below), and of the cheaper risks'
+  # rows one a refresh schedule and the two sub-batches whose FLOPs are checked.
+  timed = [*methods.METHOD_NAMES, 'rose-ensemble (k=2)', 'rose-ensemble (f=0.25)',
+           'rose-first (f=0.5)']
   assert step_benchmark.main(['--config', 'tiny', '--steps', '1', '--warmup', '1', '--torch',
                               '--profile', 'rose-ensemble', '--sweep', '2', '--families',
-                              '--output', str(tmp_path)]) == 0
+                              '--rows', *timed, '--output', str(tmp_path)]) == 0
   result = json.loads(next(tmp_path.glob('step-tiny-*.json')).read_text())
   rows = {r['method']: r for r in result['steps']}
-  assert set(methods.METHOD_NAMES) <= set(rows), 'a method has no row'
+  assert set(rows) == set(timed), 'a row missing, or one not asked for'
   assert all(r['median_s'] > 0 and r['times_s'] and min(r['times_s']) > 0 for r in rows.values())
   # The FLOP floor in forward passes, counted by hand: each dropout pass is a
   # forward, each gradient taken from it a backward of two forwards.
@@ -45,7 +49,11 @@ def test_benchmark_runs_one_step_of_everything(tmp_path, capsys):
            'rose-first (f=0.5)': 0.5 * 10 + 0.5 * 3,
            'rose-ensemble (k=4, f=0.5)': (0.5 * 10 + 0.5 * 3 + 3 * 3) / 4}
   for name, expected in cheap.items():
-    assert rows[name]['floor'] == pytest.approx(expected / 3), name
+    _, method, _, options = step_benchmark.row_of(name)
+    floor = step_benchmark.flop_floor(method, **options) / step_benchmark.flop_floor('vanilla')
+    assert floor == pytest.approx(expected / 3), name
+  for name in ('rose-ensemble (k=2)', 'rose-ensemble (f=0.25)', 'rose-first (f=0.5)'):
+    assert rows[name]['floor'] == pytest.approx(cheap[name] / 3), name
     assert len(rows[name]['times_s']) % rows[name].get('first_order_every', 1) == 0, \
         'not whole refresh cycles'
   for name in ('rose-ensemble (f=0.25)', 'rose-first (f=0.5)'):
@@ -75,9 +83,16 @@ def test_benchmark_runs_one_step_of_everything(tmp_path, capsys):
   assert result['torch']['median_s'] > 0
   out = capsys.readouterr().out
   assert '| method | step (s) | x vanilla | FLOP floor |' in out
+  # What it printed is its JSON's report, whose sections the performance guide picks.
+  assert step_benchmark.report(result) in out
+  sweep_only = step_benchmark.report(result, ('sweep',))
+  assert '| ROSE-Ensemble, 2 settings |' in sweep_only and '| method |' not in sweep_only
+  with pytest.raises(ValueError, match='No sections'):
+    step_benchmark.report(result, ('steps', 'speed'))
   assert result['meta']['jax'] and result['meta']['device_kind'] and result['meta']['allocator']
   profile = result['profile']
   kinds = {r['kind']: r['share'] for r in profile['kinds']}
+  assert profile['matmul_gflops'] > 0 and result['meta']['matmul_gflops'] > 0
   assert kinds['matmul'] > 0 and abs(sum(kinds.values()) - 1) < 1e-6
   assert profile['op_s'] > 0 and (tmp_path / profile['trace']).exists()
   assert '| kind of op | op time (s) | share |' in out
