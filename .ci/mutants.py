@@ -319,6 +319,41 @@ MUTANTS = [
     'pass',
     'tests/analysis/test_disagreement.py',
   ),
+  (
+    'the refreshed risks kept one update too long',
+    'rose_jax/_src/refresh.py',
+    'due_next = optax.safe_increment(count) % every == 0',
+    'due_next = count % every == 0',
+    'tests/_src/test_refresh.py',
+  ),
+  (
+    "a sub-batch's KL not scaled to the whole batch's",
+    'rose_jax/training/gradients.py',
+    'kl_scale = (n_kl + n_rest) / n_kl if objective.consistency_sums else 1.0',
+    'kl_scale = 1.0',
+    'tests/training/test_sub_batch.py',
+  ),
+  (
+    "a sub-batch's rest drawing the kl part's dropout",
+    'rose_jax/training/gradients.py',
+    'batch.rest, jax.random.fold_in(key, 1), labels_rest',
+    'batch.rest, key, labels_rest',
+    'tests/training/test_sub_batch.py',
+  ),
+  (
+    "the report's average taking in probing conditions",
+    'rose_jax/glue/report.py',
+    'if cell is not None and cell.scores and name in SET_TITLES:',
+    'if cell is not None and cell.scores:',
+    'tests/glue/test_probing.py -k figure',
+  ),
+  (
+    "Table 4 reporting a step after a run's last",
+    'rose_jax/glue/paper_tables.py',
+    "before[-1]['disagreement'] if before and step <= last else None",
+    "before[-1]['disagreement'] if before else None",
+    'tests/glue/test_paper_tables.py -k table_4',
+  ),
 ]
 
 
