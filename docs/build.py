@@ -1,7 +1,8 @@
-"""Builds the documentation: runs every code block of the README and the
-guides (docs/run_blocks.py), every docstring example as a doctest, then the
-HTML, with warnings (a broken cross-reference, a public name left out) as
-errors.
+"""Builds the documentation: checks that the performance guide's tables are
+its benchmark results' (docs/benchmark_tables.py), runs every code block of
+the README and the guides (docs/run_blocks.py), every docstring example as
+a doctest, then the HTML, with warnings (a broken cross-reference, a public
+name left out) as errors.
 
   python docs/build.py            # HTML in docs/_build/html
 """
@@ -14,11 +15,12 @@ from sphinx.cmd.build import build_main
 DOCS = Path(__file__).resolve().parent
 sys.path.insert(0, str(DOCS))
 
+import benchmark_tables  # noqa: E402
 import run_blocks  # noqa: E402
 
 
 def main() -> int:
-  if run_blocks.main([]):
+  if benchmark_tables.main(['--check']) or run_blocks.main([]):
     return 1
   for builder in ('doctest', 'html'):
     status = build_main(['-E', '-W', '-n', '--keep-going', '-q', '-b', builder, str(DOCS),

@@ -336,7 +336,7 @@ def compute_gradients(apply: ApplyFn, params, batch: Batch | SubBatch, key: jax.
       ``floor(kl_fraction * examples)`` examples, a random draw where the
       batch's order is random. The task loss covers every example. None (the
       default): the whole batch, the authors' recipe. See
-      :mod:`rose_jax.training.sub_batch`.
+      :class:`rose_jax.training.SubBatch`.
 
   Returns:
     ``(Gradients, metrics)``; the metrics are ``loss``, ``ce`` (the task

@@ -188,8 +188,9 @@ def make_sweep_step(apply: ApplyFn, tx: optax.GradientTransformation, method: Me
   compiled once for all of them.
 
   Args:
-    apply, tx, method, embedding_shape, donate, cotangents, extra_metrics, objective,
-      kl_fraction: as in :func:`rose_jax.training.make_train_step`. Under an
+    apply, tx, method, embedding_shape, donate, cotangents: as in
+      :func:`rose_jax.training.make_train_step`.
+    extra_metrics, objective, kl_fraction: as there too. Under an
       optimizer's ``first_order_every``, the members take the step with the
       KL passes together, where any of them is due: members that share the
       interval (and the step count) run one branch, not both.
