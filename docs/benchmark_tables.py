@@ -7,7 +7,7 @@ Each table of ``docs/guides/performance.md`` sits between
 
 where ``FILE`` is a result in ``docs/benchmarks/`` as a benchmark wrote it
 and the sections, where given, are those of its tables to show (the step
-benchmark's :data:`~benchmarks.step_benchmark.SECTIONS`).
+benchmark's :data:`~benchmarks.step_report.SECTIONS`).
 Between the two lines goes the command that made it, its date, CPU,
 versions and allocator, then the tables that the benchmark itself prints
 (its ``report`` function), so that a table and its command cannot drift
