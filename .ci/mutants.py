@@ -70,8 +70,8 @@ MUTANTS = [
   (
     'rose_masks ignores the clipping',
     'rose_jax/transform.py',
-    "variant='ensemble', max_grad_norm=max_grad_norm)",
-    "variant='ensemble', max_grad_norm=None)",
+    "variant='ensemble', max_grad_norm=max_grad_norm,",
+    "variant='ensemble', max_grad_norm=None,",
     'tests/test_transform.py -k rose_masks',
   ),
   (
@@ -161,8 +161,8 @@ MUTANTS = [
   (
     'FreeLB without /K',
     'rose_jax/baselines/adversarial.py',
-    'return losses.cross_entropy(logits, labels) / self.steps, logits',
-    'return losses.cross_entropy(logits, labels), logits',
+    'return task_loss(logits, labels) / self.steps, logits',
+    'return task_loss(logits, labels), logits',
     'tests/baselines/test_adversarial.py -k freelb',
   ),
   (
@@ -244,17 +244,17 @@ MUTANTS = [
   ),
   (
     'mask file keeps rows after the checkpoint',
-    'rose_jax/glue/metrics_log.py',
-    "kept = kept[kept['step'] <= start_step]",
+    'rose_jax/glue/writers.py',
+    "kept = kept[kept['step'] <= step]",
     'kept = kept',
-    'tests/glue/test_metrics_log.py',
+    'tests/glue/test_writers.py',
   ),
   (
     'metrics trim keeps later epochs',
-    'rose_jax/glue/metrics_log.py',
+    'rose_jax/glue/writers.py',
     "(record.get('epoch', 0), last_epoch) if record.get('type') == 'epoch'",
     "(0, last_epoch) if record.get('type') == 'epoch'",
-    'tests/glue/test_metrics_log.py',
+    'tests/glue/test_writers.py',
   ),
   (
     'data: fractional labels truncated',
@@ -287,8 +287,9 @@ MUTANTS = [
   (
     'mt-dnn double embedding (LayerNorm twice when perturbed)',
     'rose_jax/models/encoder.py',
-    'return _add(_dropout(c.hidden_dropout_prob, self.LayerNorm(x), rngs), perturbation.output)',
-    'return _add(_dropout(c.hidden_dropout_prob, self.LayerNorm(self.LayerNorm(x) if perturbation.output is not None else x), rngs), perturbation.output)',
+    'return layers.add(layers.dropout(c.hidden_dropout_prob, self.LayerNorm(x), rngs),',
+    'return layers.add(layers.dropout(c.hidden_dropout_prob, self.LayerNorm(self.LayerNorm(x) '
+    'if perturbation.output is not None else x), rngs),',
     'tests/baselines/test_adversarial.py',
   ),
   (
@@ -363,9 +364,9 @@ def main(only: list[str]) -> int:
     if only and not any(word in name for word in only):
       continue
     file = ROOT / path
-    text = file.read_text()
+    text = file.read_text() if file.exists() else ''
     if old not in text:
-      print(f'NOT FOUND  {name}: {path} has changed; update the mutant', flush=True)
+      print(f'NOT FOUND  {name}: {path} has changed or gone; update the mutant', flush=True)
       missed += 1
       continue
     file.write_text(text.replace(old, new, 1))
