@@ -10,6 +10,7 @@ Test modules import from here, never from each other.
 """
 
 from tests.helpers.commands import cli_args, fails, free_port, snapshot, write
+from tests.helpers.compiler import assert_same_results
 from tests.helpers.files import SPECIAL, WORDS, run_files, run_settings, tiny_checkpoint, write_sst2
 from tests.helpers.models import (
   pack_by_hand,
@@ -23,6 +24,7 @@ from tests.helpers.optimizers import CountingOptimizer, Recorded, recording_opti
 from tests.helpers.steps import runner
 
 __all__ = [
+    'assert_same_results',
     'SPECIAL',
     'WORDS',
     'CountingOptimizer',

