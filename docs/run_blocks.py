@@ -4,9 +4,10 @@ Each page's fenced ``python`` and ``bash`` blocks run in order, as a notebook
 runs its cells: the python blocks in one namespace, the bash blocks in one
 scratch directory (the python blocks' working directory too, where
 ``examples/`` and ``benchmarks/`` are the checkout's), each page in a process
-of its own. A block whose first line is ``# needs: WHAT`` is not run
-and is listed instead; ``WHAT`` is one of :data:`NEEDS`. A block that fails
-fails the build, with the page, the block's line and the end of its output.
+of its own, as many pages at once as there are cores. A block whose first
+line is ``# needs: WHAT`` is not run and is listed instead; ``WHAT`` is one
+of :data:`NEEDS`. A block that fails fails the build, with the page, the
+block's line and the end of its output.
 
   python docs/run_blocks.py                   # every page
   python docs/run_blocks.py docs/guides/own_loop.md
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent import futures
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +36,10 @@ PAGES = (ROOT / 'README.md', ROOT / 'docs' / 'index.md',
 # whose code tests/benchmarks runs at the smallest shapes).
 NEEDS = ('hub', 'data', 'runs', 'accelerator', 'install', 'ci', 'time')
 RUN = ('python', 'bash')
+# The blocks are checked to run, not timed: XLA:CPU compiles them with the
+# test suite's settings (tests/conftest.py), a third of the default's time.
+XLA_FLAGS = ('--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 '
+             '--xla_cpu_use_fusion_emitters=false')
 _FENCE = re.compile(r'^(`{3,})(\w*)\s*$')
 _NEEDS = re.compile(r'^#\s*needs:\s*(\w+)')
 
@@ -93,9 +99,11 @@ for number, block in enumerate(blocks):
 '''
 
 
-def run_page(path: Path, *, timeout: float = 900) -> tuple[list[Block], list[Block], str | None]:
+def run_page(path: Path, *, timeout: float = 900, cache: str | None = None
+             ) -> tuple[list[Block], list[Block], str | None]:
   """Runs a page's blocks; returns those run, those left out (``needs``), and
-  the failure (the page, the block's line and the output's end) or None."""
+  the failure (the page, the block's line and the output's end) or None.
+  ``cache``: an XLA compilation cache folder that the pages share."""
   ran = [b for b in blocks(path) if b.language in RUN and b.needs is None]
   skipped = [b for b in blocks(path) if b.language in RUN and b.needs is not None]
   unknown = [b for b in skipped if b.needs not in NEEDS]
@@ -105,8 +113,11 @@ def run_page(path: Path, *, timeout: float = 900) -> tuple[list[Block], list[Blo
   if not ran:
     return ran, skipped, None
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'HF_HUB_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1',
-         'XLA_FLAGS': os.environ.get('XLA_FLAGS', '--xla_force_host_platform_device_count=8'),
-         'PYTHONUNBUFFERED': '1', 'MPLBACKEND': 'Agg'}
+         'XLA_FLAGS': os.environ.get('XLA_FLAGS', XLA_FLAGS), 'PYTHONUNBUFFERED': '1',
+         'MPLBACKEND': 'Agg'}
+  if cache:
+    env.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
   with tempfile.TemporaryDirectory(prefix='rose_jax-docs-') as scratch:
     for folder in ('examples', 'benchmarks'):  # as a checkout's commands name them
       (Path(scratch) / folder).symlink_to(ROOT / folder)
@@ -125,14 +136,21 @@ def run_page(path: Path, *, timeout: float = 900) -> tuple[list[Block], list[Blo
 def main(paths: list[str]) -> int:
   pages = [Path(p).resolve() for p in paths] or list(PAGES)
   failures, skipped_all = [], []
-  for page in pages:
+
+  def timed(page: Path, cache: str):
     began = time.time()
-    ran, skipped, failure = run_page(page)
-    skipped_all += skipped
-    print(f'{page.relative_to(ROOT)}: {len(ran)} blocks run, {len(skipped)} left out '
-          f'({time.time() - began:.0f} s)', flush=True)
-    if failure:
-      failures.append(failure)
+    return *run_page(page, cache=cache), time.time() - began
+
+  # Pages are independent processes: as many at once as there are cores.
+  with tempfile.TemporaryDirectory(prefix='rose_jax-docs-xla-cache-') as cache, \
+       futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+    for page, (ran, skipped, failure, seconds) in zip(
+        pages, pool.map(timed, pages, [cache] * len(pages)), strict=True):
+      skipped_all += skipped
+      print(f'{page.relative_to(ROOT)}: {len(ran)} blocks run, {len(skipped)} left out '
+            f'({seconds:.0f} s)', flush=True)
+      if failure:
+        failures.append(failure)
   if skipped_all:
     print('Left out of the build:')
     for block in skipped_all:
