@@ -9,14 +9,12 @@ fixtures that many modules share.
   moves a few fusions, so XLA's FLOP count and float rounding differ from
   users' in the last digits (the tests' tolerances hold either way). Set
   ``ROSE_JAX_TEST_FULL_OPT=1`` to test with users' compiler settings.
-* Python's garbage collector run less often (see below).
 * One XLA compilation cache for the whole session: the tests compile the
   same tiny steps many times over, and pytest-xdist's workers and the
   commands the tests start share it through the environment.
 """
 
 import atexit
-import gc
 import os
 import shutil
 import tempfile
@@ -34,15 +32,6 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   os.environ['JAX_COMPILATION_CACHE_DIR'] = cache
   os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
   os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
-# Tracing makes millions of short-lived objects; at Python's default
-# thresholds (a collection every 700) the collector took about a seventh of
-# a training test's time (tests/glue/test_resume.py, test_loop.py).
-gc.set_threshold(100_000, 50, 1000)
-
-
-def pytest_collection_finish(session):
-  # What collecting imported (JAX, Flax, the package) is never garbage.
-  gc.freeze()
 
 
 @pytest.fixture(scope='session')
