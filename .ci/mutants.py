@@ -105,8 +105,8 @@ MUTANTS = [
   (
     'KL without device scaling',
     'rose_jax/training/gradients.py',
-    'devices * losses.symmetric_kl(first, second)',
-    'losses.symmetric_kl(first, second)',
+    'scale = devices if objective.consistency_sums else 1',
+    'scale = 1',
     'tests/training/test_step.py -k global',
   ),
   (
