@@ -24,11 +24,11 @@ from tests.helpers.optimizers import CountingOptimizer, Recorded, recording_opti
 from tests.helpers.steps import runner
 
 __all__ = [
-    'assert_same_results',
     'SPECIAL',
     'WORDS',
     'CountingOptimizer',
     'Recorded',
+    'assert_same_results',
     'cli_args',
     'fails',
     'free_port',
