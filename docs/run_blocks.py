@@ -136,15 +136,16 @@ def main(paths: list[str]) -> int:
   pages = [Path(p).resolve() for p in paths] or list(PAGES)
   failures, skipped_all = [], []
 
-  def timed(page: Path, cache: str):
-    began = time.time()
-    return *run_page(page, cache=cache), time.time() - began
-
   # Pages are independent processes: as many at once as there are cores.
   with tempfile.TemporaryDirectory(prefix='rose_jax-docs-xla-cache-') as cache, \
        futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-    for page, (ran, skipped, failure, seconds) in zip(
-        pages, pool.map(timed, pages, [cache] * len(pages)), strict=True):
+
+    def timed(page: Path):
+      began = time.time()
+      return *run_page(page, cache=cache), time.time() - began
+
+    for page, (ran, skipped, failure, seconds) in zip(pages, pool.map(timed, pages),
+                                                       strict=True):
       skipped_all += skipped
       print(f'{page.relative_to(ROOT)}: {len(ran)} blocks run, {len(skipped)} left out '
             f'({seconds:.0f} s)', flush=True)
