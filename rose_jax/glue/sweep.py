@@ -101,8 +101,9 @@ def sweep_layout(configs: Sequence[TrainConfig], shared: loop.Shared, swept: Seq
                  one_device: bool) -> trainers.SweepLayout:
   """Where the members train: one device, or their member axis over all
   devices of all processes (``devices_per_member`` to each member), and how
-  many at a time: ``chunk``, or as many as fit each device's memory, rounded
-  up to fill every member device."""
+  many at a time: ``chunk``, or as many as fit each device's memory (no
+  estimate where every member has devices of its own), rounded up to fill
+  every member device."""
   data_devices = configs[0].devices_per_member
   mesh = None
   if not one_device and (jax.device_count() > 1 or jax.process_count() > 1):
@@ -110,7 +111,10 @@ def sweep_layout(configs: Sequence[TrainConfig], shared: loop.Shared, swept: Seq
   member_devices = 1 if mesh is None else mesh.shape[sweep_lib.MEMBERS]
   filled = (lambda n: n) if mesh is None else (lambda n: sweep_lib.padded_count(n, mesh))
   if chunk is None:
-    width = automatic_chunk(configs, shared, swept, memory_budget) * member_devices
+    # No more members than member devices: each has its own, whatever it needs.
+    fits = 1 if len(configs) <= member_devices else automatic_chunk(configs, shared, swept,
+                                                                      memory_budget)
+    width = fits * member_devices
   else:
     width = filled(chunk)
     if width != chunk:

@@ -39,8 +39,12 @@ def test_a_killed_reproduction_finishes_on_a_second_invocation(files, data, tmp_
     reproduce.main(_args(files, data, root))
   restore()
   capsys.readouterr()
-  assert reproduce.main(_args(files, data, root, '--dry-run', '--measured-steps', '1')) == 0
-  assert '| sst2 | vanilla | 1 2 | 2 started | 4 |' in capsys.readouterr().out
+  # The plan alone, without measuring: what was started and what is new.
+  assert reproduce.main(_args(files, data, root, '--dry-run', '--measured-steps', '0')) == 0
+  plan = capsys.readouterr().out
+  assert '| sst2 | vanilla | 1 2 | 2 started | 4 | - |' in plan
+  assert '| sst2 | rose-ensemble | 1 2 | 2 new | 4 | - |' in plan
+  assert '4 runs, 4 to train.' in plan and 'estimate' not in plan
   assert reproduce.main(_args(files, data, root)) == 0
   assert reproduce.main(_args(files, data, tmp_path / 'whole')) == 0
   tables = [(r / 'report' / 'table.csv').read_text() for r in (root, tmp_path / 'whole')]
@@ -61,3 +65,5 @@ def test_runs_with_other_settings_are_refused_with_how_to_keep_both(files, data,
         capsys, 'To keep both, give this plan another --output-root.')
   fails(reproduce.main, [*_args(files, data, root), '--tasks', 'boolq'], capsys,
         '--tasks boolq: not a GLUE task')
+  fails(reproduce.main, [*_args(files, data, root), '--dry-run', '--measured-steps', '-1'],
+        capsys, '--measured-steps must be 0 (no estimate) or more, got -1.')

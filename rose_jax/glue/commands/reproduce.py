@@ -49,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--dry-run', action='store_true',
                  help='print the plan and an estimate of its time, and train nothing')
   p.add_argument('--measured-steps', type=int, default=3,
-                 help='steps timed per method for the estimate [3]')
+                 help='steps timed per method for the estimate; 0: the plan alone [3]')
   p.add_argument('--distributed', action='store_true',
                  help='call jax.distributed.initialize() first (as rose-finetune)')
   group = p.add_argument_group('fine-tuning options, for every run')
@@ -66,13 +66,17 @@ def main(argv=None) -> int:
     raise ConfigError(f'--methods {" ".join(unknown)}: choose from {", ".join(METHOD_NAMES)}.')
   if len(set(args.seeds)) < len(args.seeds):
     raise ConfigError('--seeds lists a seed more than once.')
+  if args.measured_steps < 0:
+    raise ConfigError(f'--measured-steps must be 0 (no estimate) or more, got '
+                      f'{args.measured_steps}.')
   distributed.initialize(distributed=args.distributed)
   base = options.from_arguments(args, TrainConfig)
   groups = reproduce.plan(base, args.tasks, args.methods, args.seeds, args.output_root,
                           data_dir=args.data_dir, adv_file=args.adv_file, sweeps=args.sweeps)
   if args.dry_run:
-    print(reproduce.describe(groups, reproduce.estimate(groups,
-                                                        measured_steps=args.measured_steps)))
+    seconds = (reproduce.estimate(groups, measured_steps=args.measured_steps)
+               if args.measured_steps else None)
+    print(reproduce.describe(groups, seconds))
     return 0
   print(reproduce.describe(groups))
   reproduce.execute(groups, sweeps=args.sweeps)
