@@ -114,18 +114,28 @@ def allocator(malloc_setting: str = '') -> str:
   return (f'{libc} {version} malloc'.strip() if libc else 'system malloc') + settings
 
 
-def compile_method(apply_fn, params, batch, method_name: str, granularity: str,
-                   cotangents: str, first_order_every: int | None = None,
-                   kl_fraction: float | None = None):
-  """One method's compiled step, and a function that runs it once on fresh carry."""
+def lower_method(apply_fn, params, batch, method_name: str, granularity: str = 'tensor',
+                 cotangents: str = 'sequential', first_order_every: int | None = None,
+                 kl_fraction: float | None = None):
+  """One method's step lowered (traced, not compiled) for these shapes, and
+  fresh carry for it: the parameters and the optimizer state."""
   method = methods.get_method(method_name)
   tx = optimizer(method, granularity, first_order_every)
   step = step_lib.make_train_step(apply_fn, tx, method, cotangents=cotangents,
                                   kl_fraction=kl_fraction)
   params = jax.tree.map(jnp.array, params)  # the step donates its inputs
   carry = [params, tx.init(params)]
+  return step.lower(carry[0], carry[1], batch, jax.random.key(0)), carry
+
+
+def compile_method(apply_fn, params, batch, method_name: str, granularity: str,
+                   cotangents: str, first_order_every: int | None = None,
+                   kl_fraction: float | None = None):
+  """One method's compiled step, and a function that runs it once on fresh carry."""
+  lowered, carry = lower_method(apply_fn, params, batch, method_name, granularity, cotangents,
+                                first_order_every, kl_fraction)
+  compiled = lowered.compile()
   key = jax.random.key(0)
-  compiled = step.lower(carry[0], carry[1], batch, key).compile()
 
   def run():
     carry[0], carry[1], metrics = compiled(carry[0], carry[1], batch, key)

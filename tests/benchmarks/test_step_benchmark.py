@@ -7,22 +7,16 @@ import json
 
 import pytest
 
-from benchmarks import step_benchmark
+from benchmarks import step_benchmark, step_setup
 from rose_jax.training import methods
 
 
-def test_benchmark_runs_one_step_of_everything(tmp_path, capsys):
-  # Every method's row (XLA's FLOPs checked below), and of the cheaper risks'
-  # rows one a refresh schedule and the two sub-batches whose FLOPs are checked.
-  timed = [*methods.METHOD_NAMES, 'rose-ensemble (k=2)', 'rose-ensemble (f=0.25)',
-           'rose-first (f=0.5)']
-  assert step_benchmark.main(['--config', 'tiny', '--steps', '1', '--warmup', '1', '--torch',
-                              '--profile', 'rose-ensemble', '--sweep', '2', '--families',
-                              '--rows', *timed, '--output', str(tmp_path)]) == 0
-  result = json.loads(next(tmp_path.glob('step-tiny-*.json')).read_text())
-  rows = {r['method']: r for r in result['steps']}
-  assert set(rows) == set(timed), 'a row missing, or one not asked for'
-  assert all(r['median_s'] > 0 and r['times_s'] and min(r['times_s']) > 0 for r in rows.values())
+def _floor(label: str) -> float:
+  _, method, _, options = step_benchmark.row_of(label)
+  return step_benchmark.flop_floor(method, **options) / step_benchmark.flop_floor('vanilla')
+
+
+def test_each_methods_flop_floor_is_what_xla_counts_in_its_step():
   # The FLOP floor in forward passes, counted by hand: each dropout pass is a
   # forward, each gradient taken from it a backward of two forwards.
   # R-Drop + ROSE-First needs no CE gradient (only the second-order risk uses one).
@@ -33,13 +27,6 @@ def test_benchmark_runs_one_step_of_everything(tmp_path, capsys):
               'freelb': 3 * 3, 'rose-second': 1 * 3, 'rose-first': 2 * 5,
               'rose-ensemble': 2 * 5, 'rdrop-rose-first': 2 * 5, 'rdrop-rose-second': 2 * 5,
               'rdrop-rose-ensemble': 2 * 7}
-  for name, expected in forwards.items():
-    assert rows[name]['floor'] == expected / 3, name
-    # XLA's own FLOP count of the compiled step agrees with the floor: a step
-    # that ran a backward too many or too few would be off by a third or more.
-    # (Embedding gathers and the optimizer keep the tiny model a little under.)
-    assert 0.75 * rows[name]['floor'] <= rows[name]['flops_ratio'] <= 1.05 * rows[name]['floor'], \
-        (name, rows[name]['flops_ratio'], rows[name]['floor'])
   # The cheaper first-order risks: a sub-batch of f runs the method's passes on f
   # of the batch and one pass with its backward on the rest; a refresh every k
   # steps averages one such step with k - 1 steps of one pass (ROSE-First and
@@ -48,19 +35,48 @@ def test_benchmark_runs_one_step_of_everything(tmp_path, capsys):
            'rose-first (k=4)': (10 + 3 * 3) / 4, 'rose-ensemble (f=0.25)': 0.25 * 10 + 0.75 * 3,
            'rose-first (f=0.5)': 0.5 * 10 + 0.5 * 3,
            'rose-ensemble (k=4, f=0.5)': (0.5 * 10 + 0.5 * 3 + 3 * 3) / 4}
-  for name, expected in cheap.items():
-    _, method, _, options = step_benchmark.row_of(name)
-    floor = step_benchmark.flop_floor(method, **options) / step_benchmark.flop_floor('vanilla')
-    assert floor == pytest.approx(expected / 3), name
-  for name in ('rose-ensemble (k=2)', 'rose-ensemble (f=0.25)', 'rose-first (f=0.5)'):
-    assert rows[name]['floor'] == pytest.approx(cheap[name] / 3), name
+  assert set(forwards) == set(methods.METHOD_NAMES)
+  for name, expected in {**forwards, **cheap}.items():
+    assert _floor(name) == pytest.approx(expected / 3), name
+  # XLA's own FLOP count of each step (traced, not compiled) agrees with the
+  # floor: a step that ran a backward too many or too few would be off by a
+  # third or more. (Embedding gathers and the optimizer keep the tiny model a
+  # little under.) A sub-batch's KL backward runs through the drawn examples
+  # alone: through the whole first pass it would be (5 + 3 f) / 3, a third
+  # more at f = 0.25. A refresh schedule's step holds both branches, so no row.
+  apply_fn, params, batch = step_setup.model_and_batch('tiny')
+  flops = {label: step_setup.lower_method(apply_fn, params, batch, method, **options)[0]
+           .cost_analysis()['flops']
+           for label, method, _, options in step_benchmark.ROWS
+           if label in forwards or label in ('rose-ensemble (f=0.25)', 'rose-first (f=0.5)')}
+  for name, count in flops.items():
+    ratio = count / flops['vanilla']
+    assert 0.75 * _floor(name) <= ratio <= 1.05 * _floor(name), (name, ratio, _floor(name))
+
+
+def test_benchmark_runs_one_step_of_everything(tmp_path, capsys):
+  # Timed: vanilla, the exact recipe, and of the cheaper risks a refresh
+  # schedule and the two sub-batches (each method's FLOPs are checked above).
+  timed = ['vanilla', 'rose-ensemble', 'rose-ensemble (k=2)', 'rose-ensemble (f=0.25)',
+           'rose-first (f=0.5)']
+  assert step_benchmark.main(['--config', 'tiny', '--steps', '1', '--warmup', '1', '--torch',
+                              '--profile', 'rose-ensemble', '--sweep', '2', '--families',
+                              '--rows', *timed, '--output', str(tmp_path)]) == 0
+  result = json.loads(next(tmp_path.glob('step-tiny-*.json')).read_text())
+  rows = {r['method']: r for r in result['steps']}
+  assert set(rows) == set(timed), 'a row missing, or one not asked for'
+  assert all(r['median_s'] > 0 and r['times_s'] and min(r['times_s']) > 0 for r in rows.values())
+  for name in timed:
+    assert rows[name]['floor'] == pytest.approx(_floor(name)), name
+    assert rows[name]['ratio'] == pytest.approx(
+        rows[name]['median_s'] / rows['vanilla']['median_s'])
     assert len(rows[name]['times_s']) % rows[name].get('first_order_every', 1) == 0, \
         'not whole refresh cycles'
-  for name in ('rose-ensemble (f=0.25)', 'rose-first (f=0.5)'):
-    # XLA's count: the KL's backward runs through the drawn examples alone (through
-    # the whole first pass it would be (5 + 3 f) / 3, a third more at f = 0.25).
+  # The compiled step's FLOPs in the table: as the floor, where the step has one program.
+  for name in ('rose-ensemble', 'rose-ensemble (f=0.25)', 'rose-first (f=0.5)'):
     assert 0.75 * rows[name]['floor'] <= rows[name]['flops_ratio'] <= 1.05 * rows[name]['floor'], \
         (name, rows[name]['flops_ratio'], rows[name]['floor'])
+  assert 'flops_ratio' not in rows['rose-ensemble (k=2)']
   modes = {r['mode']: r for r in result['sweep']}
   assert modes['vmapped sweep']['members'] == 2 and modes['sequential']['median_s'] > 0
   assert modes['vmapped sweep']['per_member_mb'] > 0 and modes['vmapped sweep']['fits'] >= 1
