@@ -204,6 +204,13 @@ def bench_torch(tokenizer, split, encoded, method_name: str, args) -> dict | Non
           'threads': torch.get_num_threads()}
 
 
+def modes_of(method_name: str) -> tuple[str, ...]:
+  """The padding modes a method is timed in: the cheaper first-order risks'
+  too where it has a first-order risk."""
+  from rose_jax.training import methods
+  return (*MODES, *(CHEAP if methods.get_method(method_name).kl_grads else ()))
+
+
 def ratios(rows: list[dict]) -> list[dict]:
   """Each target's measured ratio of wall times, from rows of one run."""
   by = {(r['method'], r['padding']): r['wall_s'] for r in rows}
@@ -257,9 +264,8 @@ def main(argv=None) -> int:
   import jax
   model, tokenizer, split, encoded = load(args)
   rows = []
-  from rose_jax.training import methods
   for method in args.methods:
-    for mode in (*MODES, *(CHEAP if methods.get_method(method).kl_grads else ())):
+    for mode in modes_of(method):
       rows.append(bench_jax(model, encoded, method, mode, args))
       print(f'{method} {mode}: {rows[-1]["step_s"]:.3f} s/step', file=sys.stderr, flush=True)
   if args.torch:

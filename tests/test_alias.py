@@ -12,31 +12,7 @@ from hypothesis import strategies as st
 import rose_jax
 from rose_jax import selection
 from tests.helpers import reference
-
-# Names laid out like a small Hugging Face encoder: ranked are those with
-# 'layer' and 'weight'; biases and LayerNorms do not decay.
-SHAPES = {
-    'embeddings.word_embeddings.weight': (11, 4),
-    'embeddings.LayerNorm.weight': (4,),
-    'encoder.layer.0.attention.self.query.weight': (4, 4),
-    'encoder.layer.0.attention.self.query.bias': (4,),
-    'encoder.layer.0.attention.output.LayerNorm.weight': (4,),
-    'encoder.layer.0.intermediate.dense.weight': (4, 6),
-    'encoder.layer.1.attention.self.key.weight': (4, 4),
-    'encoder.layer.1.output.dense.weight': (6, 4),
-    'encoder.layer.1.output.LayerNorm.weight': (4,),
-    'encoder.layer.1.output.LayerNorm.bias': (4,),
-    'classifier.weight': (4, 2),
-}
-
-
-def _trees(rng, scale=1.0):
-  return {k: (scale * rng.normal(size=s)).astype(np.float32) for k, s in SHAPES.items()}
-
-
-def _by_name(predicate):
-  return {k: predicate(k) for k in SHAPES}
-
+from tests.helpers.reference import SHAPES, by_name, named_tree
 
 settings = st.fixed_dictionaries({
     'variant': st.sampled_from(['first', 'second', 'ensemble']),
@@ -54,7 +30,7 @@ settings = st.fixed_dictionaries({
 @hypothesis.given(settings)
 def test_trajectory_equals_authors_sparse_adamw(config):
   rng = np.random.default_rng(config['seed'])
-  params = _trees(rng)
+  params = named_tree(rng)
   ranked = [k for k in SHAPES if selection.is_authors_ranked(k)]
   decayed = [k for k in SHAPES if selection.is_decayed(k)]
   schedule = optax.linear_schedule(config['lr'], 0.0, 40)
@@ -67,13 +43,13 @@ def test_trajectory_equals_authors_sparse_adamw(config):
       schedule, variant=config['variant'], upper=config['upper'],
       lower=config['lower'], gamma=config['gamma'],
       warmup_steps=config['warmup_steps'], weight_decay=config['weight_decay'],
-      selectable=_by_name(selection.is_authors_ranked),
-      weight_decay_mask=_by_name(selection.is_decayed))
+      selectable=by_name(selection.is_authors_ranked),
+      weight_decay_mask=by_name(selection.is_decayed))
   jax_params = jax.tree.map(jnp.asarray, params)
   state = tx.init(jax_params)
   update = jax.jit(tx.update)
   for _ in range(12):
-    grads, kl_grads = _trees(rng), _trees(rng, scale=rng.uniform(0.1, 2))
+    grads, kl_grads = named_tree(rng), named_tree(rng, scale=rng.uniform(0.1, 2))
     ref.step(grads, kl_grads)
     updates, state = update(grads, state, jax_params, kl_grads=kl_grads)
     jax_params = optax.apply_updates(jax_params, updates)
@@ -84,17 +60,17 @@ def test_trajectory_equals_authors_sparse_adamw(config):
 
 def test_r_drop_plus_rose_uses_ce_grads_for_second_order_risk():
   rng = np.random.default_rng(0)
-  params = _trees(rng)
+  params = named_tree(rng)
   ranked = [k for k in SHAPES if selection.is_authors_ranked(k)]
   ref = reference.SparseAdamW(params, lr=1e-2, variant='ensemble', upper=0.5,
                               ranked=ranked)
   tx = rose_jax.rose(1e-2, variant='ensemble', upper=0.5,
-                     selectable=_by_name(selection.is_authors_ranked))
+                     selectable=by_name(selection.is_authors_ranked))
   jax_params = jax.tree.map(jnp.asarray, params)
   state = tx.init(jax_params)
   differs = False
   for _ in range(8):
-    ce, kl = _trees(rng), _trees(rng)
+    ce, kl = named_tree(rng), named_tree(rng)
     combined = jax.tree.map(lambda c, k: c + 1.7 * k, ce, kl)
     ref.step(combined, kl, ce_grads=ce)
     updates, state = tx.update(combined, state, jax_params, kl_grads=kl, ce_grads=ce)
@@ -110,13 +86,13 @@ def test_all_ones_mask_is_adamw_in_hugging_face_form():
   # With lower=0 and upper=1 every risk passes; with eps=0 and no decay the
   # Hugging Face form equals optax.adamw's.
   rng = np.random.default_rng(1)
-  params = jax.tree.map(jnp.asarray, _trees(rng))
+  params = jax.tree.map(jnp.asarray, named_tree(rng))
   rose_tx = rose_jax.rose(1e-2, upper=1.0, eps=0.0, weight_decay=0.0)
   adamw = optax.adamw(1e-2, b1=0.9, b2=0.98, eps=0.0, weight_decay=0.0)
   p1, p2 = params, params
   s1, s2 = rose_tx.init(params), adamw.init(params)
   for _ in range(6):
-    grads, kl = _trees(rng), _trees(rng)
+    grads, kl = named_tree(rng), named_tree(rng)
     u1, s1 = rose_tx.update(grads, s1, p1, kl_grads=kl)
     u2, s2 = adamw.update(grads, s2, p2)
     p1, p2 = optax.apply_updates(p1, u1), optax.apply_updates(p2, u2)
@@ -125,8 +101,8 @@ def test_all_ones_mask_is_adamw_in_hugging_face_form():
 
 def test_inject_hyperparams_learning_rate_upper_gamma():
   rng = np.random.default_rng(2)
-  params = jax.tree.map(jnp.asarray, _trees(rng))
-  selectable = _by_name(selection.is_authors_ranked)
+  params = jax.tree.map(jnp.asarray, named_tree(rng))
+  selectable = by_name(selection.is_authors_ranked)
   tx = optax.inject_hyperparams(rose_jax.rose)(
       learning_rate=1e-2, upper=0.5, gamma=0.3, selectable=selectable)
   fixed = rose_jax.rose(1e-2, upper=0.5, gamma=0.3, selectable=selectable)
@@ -134,7 +110,7 @@ def test_inject_hyperparams_learning_rate_upper_gamma():
   step1, step2 = jax.jit(tx.update), jax.jit(fixed.update)
   p1 = p2 = params
   for i in range(4):
-    grads, kl = _trees(rng), _trees(rng)
+    grads, kl = named_tree(rng), named_tree(rng)
     if i == 2:  # change all three mid-run, in both
       s1.hyperparams['learning_rate'] = jnp.asarray(5e-3)
       s1.hyperparams['upper'] = jnp.asarray(0.8)
@@ -153,11 +129,11 @@ def test_inject_hyperparams_learning_rate_upper_gamma():
 
 def test_composes_in_chain_after_clipping():
   rng = np.random.default_rng(3)
-  params = jax.tree.map(jnp.asarray, _trees(rng))
+  params = jax.tree.map(jnp.asarray, named_tree(rng))
   chained = optax.chain(optax.clip_by_global_norm(0.5), rose_jax.rose(1e-2, upper=0.6))
   alone = rose_jax.rose(1e-2, upper=0.6)
   s1, s2 = chained.init(params), alone.init(params)
-  grads, kl = _trees(rng, 3.0), _trees(rng)
+  grads, kl = named_tree(rng, 3.0), named_tree(rng)
   u1, s1 = chained.update(grads, s1, params, kl_grads=kl)
   clipped, _ = optax.clip_by_global_norm(0.5).update(grads, optax.EmptyState())
   u2, s2 = alone.update(clipped, s2, params, kl_grads=kl)
@@ -166,10 +142,10 @@ def test_composes_in_chain_after_clipping():
 
 def test_apply_if_finite_skips_non_finite_steps():
   rng = np.random.default_rng(4)
-  params = jax.tree.map(jnp.asarray, _trees(rng))
+  params = jax.tree.map(jnp.asarray, named_tree(rng))
   tx = optax.apply_if_finite(rose_jax.rose(1e-2, upper=0.6), max_consecutive_errors=3)
   state = tx.init(params)
-  grads, kl = _trees(rng), _trees(rng)
+  grads, kl = named_tree(rng), named_tree(rng)
   grads['classifier.weight'][0, 0] = np.nan
   updates, new_state = tx.update(grads, state, params, kl_grads=kl)
   chex.assert_trees_all_close(updates, jax.tree.map(jnp.zeros_like, params))
@@ -179,12 +155,12 @@ def test_apply_if_finite_skips_non_finite_steps():
 
 def test_bf16_params_with_float32_moments():
   rng = np.random.default_rng(5)
-  params = jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16), _trees(rng))
+  params = jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16), named_tree(rng))
   tx = rose_jax.rose(1e-2, upper=0.6)
   state = tx.init(params)
   assert all(m.dtype == jnp.float32 for m in jax.tree.leaves(state.mu))
-  grads = jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16), _trees(rng))
-  kl = jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16), _trees(rng))
+  grads = jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16), named_tree(rng))
+  kl = jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16), named_tree(rng))
   updates, state = jax.jit(tx.update)(grads, state, params, kl_grads=kl)
   new = optax.apply_updates(params, updates)
   assert all(p.dtype == jnp.bfloat16 for p in jax.tree.leaves(new))
@@ -210,7 +186,7 @@ MU_DTYPE_TAKERS = {
 @pytest.mark.parametrize('dtype', [jnp.bfloat16, jnp.float32])
 def test_mu_dtype_sets_both_moments_and_its_old_name_still_works_with_a_warning(name, dtype):
   make = MU_DTYPE_TAKERS[name]
-  params = _trees(np.random.default_rng(0))
+  params = named_tree(np.random.default_rng(0))
   state = make(mu_dtype=dtype).init(params)
   assert all(m.dtype == dtype for m in jax.tree.leaves((state.mu, state.nu)))
   with pytest.warns(DeprecationWarning, match='renamed mu_dtype'):
@@ -240,15 +216,15 @@ def test_clipping_scales_every_gradient_of_the_step_by_the_same_factor(variant):
   # second-order risk ranks the CE gradient. With max_grad_norm, all three
   # are scaled by the update gradient's clipping factor, computed here in NumPy.
   rng = np.random.default_rng(9)
-  params = jax.tree.map(jnp.asarray, _trees(rng))
-  ranked = _by_name(selection.is_authors_ranked)
+  params = jax.tree.map(jnp.asarray, named_tree(rng))
+  ranked = by_name(selection.is_authors_ranked)
   common = dict(variant=variant, upper=0.5, selectable=ranked)
   clipped = rose_jax.rose(1e-2, max_grad_norm=0.5, **common)
   plain = rose_jax.rose(1e-2, **common)
   s1, s2 = clipped.init(params), plain.init(params)
   mask_changed = False
   for _ in range(4):
-    grads, kl, ce = _trees(rng, 3.0), _trees(rng), _trees(rng, 2.0)
+    grads, kl, ce = named_tree(rng, 3.0), named_tree(rng), named_tree(rng, 2.0)
     norm = np.sqrt(sum(np.sum(np.square(g.astype(np.float64))) for g in grads.values()))
     factor = min(1.0, 0.5 / norm)
     assert factor < 0.1
@@ -269,13 +245,13 @@ def test_clipping_scales_every_gradient_of_the_step_by_the_same_factor(variant):
 
 def test_clipping_inside_rose_equals_clipping_before_it_without_extra_gradients():
   rng = np.random.default_rng(10)
-  params = jax.tree.map(jnp.asarray, _trees(rng))
+  params = jax.tree.map(jnp.asarray, named_tree(rng))
   inside = rose_jax.rose(1e-2, variant='second', upper=0.6, max_grad_norm=0.5)
   before = optax.chain(optax.clip_by_global_norm(0.5),
                        rose_jax.rose(1e-2, variant='second', upper=0.6))
   s1, s2 = inside.init(params), before.init(params)
   for scale in (3.0, 0.01, 3.0):  # clipped, within the norm, clipped
-    grads = _trees(rng, scale)
+    grads = named_tree(rng, scale)
     u1, s1 = inside.update(grads, s1, params)
     u2, s2 = before.update(grads, s2, params)
     chex.assert_trees_all_close(u1, u2, rtol=1e-6, atol=1e-9)
@@ -295,18 +271,18 @@ def test_hf_adamw_is_the_authors_optimizer_with_every_tensor_kept(seed, weight_d
   # SparseAdamW with lower=0, upper=1 keeps every tensor: Hugging Face's AdamW.
   # Gradients of 1e-7 put sqrt(v) near eps, where eps's placement shows.
   rng = np.random.default_rng(seed)
-  params = _trees(rng)
+  params = named_tree(rng)
   decayed = [k for k in SHAPES if selection.is_decayed(k)]
   schedule = optax.linear_schedule(1e-2, 0.0, 20)
   ref = reference.SparseAdamW(params, lr=schedule, variant='first', upper=1.0, b2=0.999,
                               weight_decay=weight_decay, decayed=decayed)
   tx = rose_jax.hf_adamw(schedule, b2=0.999, weight_decay=weight_decay,
-                         weight_decay_mask=_by_name(selection.is_decayed))
+                         weight_decay_mask=by_name(selection.is_decayed))
   jax_params = jax.tree.map(jnp.asarray, params)
   state = tx.init(jax_params)
   for _ in range(5):
-    grads = _trees(rng, grad_scale)
-    ref.step(grads, kl_grads=_trees(rng))
+    grads = named_tree(rng, grad_scale)
+    ref.step(grads, kl_grads=named_tree(rng))
     updates, state = tx.update(grads, state, jax_params)
     jax_params = optax.apply_updates(jax_params, updates)
   chex.assert_trees_all_close(jax_params, ref.params, rtol=2e-5, atol=2e-6)

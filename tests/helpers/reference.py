@@ -103,3 +103,30 @@ class SparseAdamW:
         p = p - lr * self.weight_decay * p * keep
       self.params[name] = p.astype(np.float32)
     return self.params
+
+
+# Names laid out like a small Hugging Face encoder: ranked are those with
+# 'layer' and 'weight'; biases and LayerNorms do not decay.
+SHAPES = {
+    'embeddings.word_embeddings.weight': (11, 4),
+    'embeddings.LayerNorm.weight': (4,),
+    'encoder.layer.0.attention.self.query.weight': (4, 4),
+    'encoder.layer.0.attention.self.query.bias': (4,),
+    'encoder.layer.0.attention.output.LayerNorm.weight': (4,),
+    'encoder.layer.0.intermediate.dense.weight': (4, 6),
+    'encoder.layer.1.attention.self.key.weight': (4, 4),
+    'encoder.layer.1.output.dense.weight': (6, 4),
+    'encoder.layer.1.output.LayerNorm.weight': (4,),
+    'encoder.layer.1.output.LayerNorm.bias': (4,),
+    'classifier.weight': (4, 2),
+}
+
+
+def named_tree(rng, scale: float = 1.0) -> dict[str, np.ndarray]:
+  """Random float32 tensors of :data:`SHAPES`."""
+  return {k: (scale * rng.normal(size=s)).astype(np.float32) for k, s in SHAPES.items()}
+
+
+def by_name(predicate) -> dict[str, bool]:
+  """``predicate`` of each name of :data:`SHAPES`, as a mask tree."""
+  return {k: predicate(k) for k in SHAPES}
