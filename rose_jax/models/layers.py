@@ -39,8 +39,22 @@ def dropout(rate: float, x: jax.Array, rngs: Rngs) -> jax.Array:
   """Inverted dropout drawn from ``rngs.dropout``; off without ``rngs``."""
   if rngs is None or rate == 0.0:
     return x
-  keep = jax.random.bernoulli(rngs.dropout(), 1.0 - rate, x.shape)
+  keep = jax.random.bernoulli(next_key(rngs.dropout), 1.0 - rate, x.shape)
   return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def next_key(stream: nnx.RngStream) -> jax.Array:
+  """``stream()``: its key folded in with its count, the count then stepped.
+
+  The same keys as calling the stream, drawn without its ``count[...] += 1``,
+  which under tracing has flax compare the new count's sharding, and a
+  tracer builds an error message to say it has none: a seventh of tracing
+  a train step of our encoders.
+  """
+  count = stream.count[...]
+  key = jax.random.fold_in(stream.key[...], count)
+  stream.count.set_value(count + 1)
+  return key
 
 
 def add(x: jax.Array, delta: jax.Array | None) -> jax.Array:
