@@ -355,6 +355,20 @@ MUTANTS = [
     "before[-1]['disagreement'] if before else None",
     'tests/glue/test_paper_tables.py -k table_4',
   ),
+  (
+    'dropout draws the same key twice',
+    'rose_jax/models/layers.py',
+    'stream.count.set_value(count + 1)',
+    'stream.count.set_value(count)',
+    'tests/models/test_layers.py',
+  ),
+  (
+    "a ratio against another method's row taken against the method's own",
+    'benchmarks/e2e_benchmark.py',
+    "base = by.get(tuple(against.split(' ', 1)))",
+    "base = by.get((method, against.split(' ', 1)[1]))",
+    'tests/benchmarks/test_e2e_benchmark.py -k rows_ratio',
+  ),
 ]
 
 
