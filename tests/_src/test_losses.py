@@ -41,6 +41,13 @@ def test_kl_grows_with_the_batch_rather_than_averaging():
   np.testing.assert_allclose(two, 2 * one, rtol=1e-6)
 
 
+# Jitted, as the step calls them: a program per shape, not an op-by-op dispatch
+# (and compilation) of every primitive per shape.
+_KL, _CE = jax.jit(losses.symmetric_kl), jax.jit(losses.cross_entropy)
+_KL_GRADS = jax.jit(jax.grad(losses.symmetric_kl, argnums=(0, 1)))
+_CE_GRAD = jax.jit(jax.grad(losses.cross_entropy))
+
+
 @hypothesis.settings(max_examples=20, deadline=None)
 @hypothesis.given(seed=st.integers(0, 2**16), batch=st.integers(1, 4), classes=st.integers(2, 4))
 def test_losses_and_their_gradients_equal_numpy_in_float64(seed, batch, classes):
@@ -50,11 +57,11 @@ def test_losses_and_their_gradients_equal_numpy_in_float64(seed, batch, classes)
   labels = rng.integers(0, classes, size=batch).astype(np.int32)
 
   kl = lambda x, y: definitions.numpy_kl_sum(x, y) / 4
-  np.testing.assert_allclose(float(losses.symmetric_kl(a, b)), kl(a, b), rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(float(losses.cross_entropy(a, labels)),
+  np.testing.assert_allclose(float(_KL(a, b)), kl(a, b), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(float(_CE(a, labels)),
                              definitions.numpy_cross_entropy(a, labels), rtol=1e-5, atol=1e-6)
 
-  grad_a, grad_b = jax.grad(losses.symmetric_kl, argnums=(0, 1))(a, b)
+  grad_a, grad_b = _KL_GRADS(a, b)
   np.testing.assert_allclose(grad_a, definitions.numerical_gradient(lambda x: kl(x, b), a),
                              rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(grad_b, definitions.numerical_gradient(lambda y: kl(a, y), b),
@@ -64,7 +71,7 @@ def test_losses_and_their_gradients_equal_numpy_in_float64(seed, batch, classes)
   softmax = np.exp(z - z.max(1, keepdims=True))
   softmax /= softmax.sum(1, keepdims=True)
   expected = (softmax - np.eye(classes)[labels]) / batch
-  np.testing.assert_allclose(jax.grad(losses.cross_entropy)(a, labels), expected,
+  np.testing.assert_allclose(_CE_GRAD(a, labels), expected,
                              rtol=1e-4, atol=1e-6)
 
 
