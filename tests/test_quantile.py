@@ -34,14 +34,14 @@ def _order_statistic_quantile(values, q):
                   st.floats(0, 1, width=32, allow_subnormal=False))
 def test_tree_quantile_is_the_exact_linear_quantile(leaves, q):
   hypothesis.assume(sum(np.size(v) for v in leaves) > 0)
-  got = quantile.tree_quantile(list(leaves), [q])[0]
+  got = jax.jit(lambda leaves, q: quantile.tree_quantile(leaves, [q])[0])(list(leaves), q)
   flat = np.concatenate([np.ravel(v) for v in leaves])
   # Exactly the torch/NumPy rule: float32 rank, lerp between order statistics.
   assert float(got) == float(_order_statistic_quantile(leaves, q))
   # And jnp.quantile up to its differently rounded interpolation, whose
   # rounding error scales with the interpolated values, not with the result
   # (lerp(2.5, -3, 0.1) cancels).
-  expected = jnp.quantile(jnp.asarray(flat), jnp.float32(q))
+  expected = jax.jit(jnp.quantile)(jnp.asarray(flat), jnp.float32(q))
   scale = float(np.max(np.abs(flat)))
   np.testing.assert_allclose(float(got), float(expected), rtol=2e-7,
                              atol=max(2 * float(np.finfo(np.float32).eps) * scale, 1e-37))
