@@ -161,8 +161,11 @@ def _step_seconds(config: TrainConfig, measured_steps: int) -> float:
 def estimate(groups: list[Group], *, measured_steps: int = 3) -> dict[str, float]:
   """Seconds per step of each method, measured on the first group's task
   with a run alone (a sweep of N seeds costs about N of them per step on one
-  device, less over several)."""
+  device, less over several); none, and nothing compiled, for
+  ``measured_steps=0``."""
   measured: dict[str, float] = {}
+  if measured_steps < 1:
+    return measured
   for group in groups:
     if group.method not in measured:
       measured[group.method] = _step_seconds(group.configs[0], measured_steps)

@@ -74,9 +74,8 @@ def main(argv=None) -> int:
   groups = reproduce.plan(base, args.tasks, args.methods, args.seeds, args.output_root,
                           data_dir=args.data_dir, adv_file=args.adv_file, sweeps=args.sweeps)
   if args.dry_run:
-    seconds = (reproduce.estimate(groups, measured_steps=args.measured_steps)
-               if args.measured_steps else None)
-    print(reproduce.describe(groups, seconds))
+    print(reproduce.describe(groups, reproduce.estimate(groups,
+                                                        measured_steps=args.measured_steps)))
     return 0
   print(reproduce.describe(groups))
   reproduce.execute(groups, sweeps=args.sweeps)
