@@ -76,10 +76,10 @@ def test_a_sweep_over_devices_equals_its_runs_alone(files, tmp_path, swept):
   # Trained alone: half of the grid, each learning rate, threshold and seed
   # twice and no two members alike in more than one (the grid's order is
   # learning rate, upper, seed: member 5 is 3e-3, 0.4, seed 2).
-  alone = (0, 3, 5, 6)
-  assert {(configs[i].learning_rate, configs[i].upper, configs[i].seed) for i in alone} == {
+  checked = (0, 3, 5, 6)
+  assert {(configs[i].learning_rate, configs[i].upper, configs[i].seed) for i in checked} == {
       (1e-3, 0.4, 1), (1e-3, 0.6, 2), (3e-3, 0.4, 2), (3e-3, 0.6, 1)}
-  for config, member in ((configs[i], together[i]) for i in alone):
+  for config, member in ((configs[i], together[i]) for i in checked):
     out = tmp_path / Path(config.output_dir).name
     alone = loop.run(dataclasses.replace(config, output_dir=str(out), parallel='none'))
     chex.assert_trees_all_close(member['final_params'], alone['final_params'], rtol=1e-5,
