@@ -27,6 +27,12 @@ def _order_statistic_quantile(values, q):
   return reference.torch_quantile(np.concatenate([np.ravel(v) for v in values]), q)
 
 
+# Jitted, as the optimizer calls them (a program per example's shapes, not
+# every primitive dispatched eagerly).
+_TREE_QUANTILE = jax.jit(lambda leaves, q: quantile.tree_quantile(leaves, [q])[0])
+_JNP_QUANTILE = jax.jit(jnp.quantile)
+
+
 @hypothesis.settings(max_examples=30, deadline=None)
 # No subnormal q: XLA:CPU flushes subnormal results to zero (q = 5e-40 between
 # 0 and 1 gives 0.0), which NumPy does not; that is the platform, not the rule.
@@ -34,14 +40,14 @@ def _order_statistic_quantile(values, q):
                   st.floats(0, 1, width=32, allow_subnormal=False))
 def test_tree_quantile_is_the_exact_linear_quantile(leaves, q):
   hypothesis.assume(sum(np.size(v) for v in leaves) > 0)
-  got = jax.jit(lambda leaves, q: quantile.tree_quantile(leaves, [q])[0])(list(leaves), q)
+  got = _TREE_QUANTILE(list(leaves), q)
   flat = np.concatenate([np.ravel(v) for v in leaves])
   # Exactly the torch/NumPy rule: float32 rank, lerp between order statistics.
   assert float(got) == float(_order_statistic_quantile(leaves, q))
   # And jnp.quantile up to its differently rounded interpolation, whose
   # rounding error scales with the interpolated values, not with the result
   # (lerp(2.5, -3, 0.1) cancels).
-  expected = jax.jit(jnp.quantile)(jnp.asarray(flat), jnp.float32(q))
+  expected = _JNP_QUANTILE(jnp.asarray(flat), jnp.float32(q))
   scale = float(np.max(np.abs(flat)))
   np.testing.assert_allclose(float(got), float(expected), rtol=2e-7,
                              atol=max(2 * float(np.finfo(np.float32).eps) * scale, 1e-37))
