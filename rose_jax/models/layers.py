@@ -46,10 +46,10 @@ def dropout(rate: float, x: jax.Array, rngs: Rngs) -> jax.Array:
 def next_key(stream: nnx.RngStream) -> jax.Array:
   """``stream()``: its key folded in with its count, the count then stepped.
 
-  The same keys as calling the stream, drawn without its ``count[...] += 1``,
-  which under tracing has flax compare the new count's sharding, and a
-  tracer builds an error message to say it has none: a seventh of tracing
-  a train step of our encoders.
+  The same keys as calling the stream, drawn without its ``count[...] += 1``:
+  under tracing, flax then compares the new count's sharding, and a tracer
+  builds a whole error message to say it has none, a cost paid for every
+  dropout layer each time a step is traced.
   """
   count = stream.count[...]
   key = jax.random.fold_in(stream.key[...], count)
