@@ -96,6 +96,13 @@ MUTANTS = [
     'tests/glue/test_records.py',
   ),
   (
+    "a resumed run's dropout key not the checkpoint's",
+    'rose_jax/glue/records.py',
+    "dropout_key=np.asarray(tree['dropout_key'])",
+    "dropout_key=np.asarray(tree['dropout_key']) + 1",
+    'tests/glue/test_resume.py tests/glue/test_families.py -k "bit_identical or resumes_exactly"',
+  ),
+  (
     'KL halved',
     'rose_jax/_src/losses.py',
     'jnp.sum(q * (log_q - log_p))) / 4.0',

@@ -23,7 +23,7 @@ from tests import helpers
 from tests.helpers import cli_args, fails
 from tests.helpers.files import write_glue_task
 from tests.helpers.parity import assert_float32_parity, per_example
-from tests.helpers.runs import check_finished_run, read_run, run_killed_at
+from tests.helpers.runs import check_finished_run, read_run, run_copied_at
 
 FAMILIES = {'modernbert': ModernBertForSequenceClassification,
             'deberta-v2': DebertaV2ForSequenceClassification}
@@ -45,9 +45,10 @@ def test_a_run_resumes_exactly(files, checkpoints, tmp_path, monkeypatch, family
   assert isinstance(load_pretrained(model), FAMILIES[family])
   # 6 steps, a checkpoint at step 2, killed at 5: resumed mid-epoch.
   settings = dict(save_every=2, method='rose-ensemble')
-  expected = loop.run(_config(files, model, tmp_path / 'whole', **settings))
+  expected = run_copied_at(
+      monkeypatch, 5, lambda: loop.run(_config(files, model, tmp_path / 'whole', **settings)),
+      {tmp_path / 'whole': tmp_path / 'run'})
   check_finished_run(tmp_path / 'whole', 'rose-ensemble', epochs=1)
-  run_killed_at(monkeypatch, 5, _config(files, model, tmp_path / 'run', **settings))
   resumed = loop.run(_config(files, model, tmp_path / 'run', resume=True, **settings))
   chex.assert_trees_all_equal(resumed['final_params'], expected['final_params'])
   assert read_run(tmp_path / 'run') == read_run(tmp_path / 'whole')

@@ -14,7 +14,7 @@ from rose_jax.glue.commands import finetune
 from rose_jax.models import load_pretrained
 from tests.helpers import fails
 from tests.helpers.files import write_glue_task
-from tests.helpers.runs import read_run, run_killed_at
+from tests.helpers.runs import read_run, run_copied_at
 
 METHODS = ('vanilla', 'rdrop', 'child-tuning-d', 'freelb', 'rose-first', 'rose-second',
            'rose-ensemble', 'rdrop-rose-first', 'rdrop-rose-second', 'rdrop-rose-ensemble')
@@ -62,8 +62,9 @@ def test_smart_is_refused_before_anything_is_written(files, stsb, tmp_path, caps
 
 def test_a_killed_regression_run_resumes_exactly(files, stsb, tmp_path, monkeypatch):
   settings = dict(method='rose-ensemble', save_every=1)
-  expected = loop.run(_config(files, stsb, tmp_path / 'whole', **settings))
-  run_killed_at(monkeypatch, 2, _config(files, stsb, tmp_path / 'run', **settings))
+  expected = run_copied_at(
+      monkeypatch, 2, lambda: loop.run(_config(files, stsb, tmp_path / 'whole', **settings)),
+      {tmp_path / 'whole': tmp_path / 'run'})
   resumed = loop.run(_config(files, stsb, tmp_path / 'run', resume=True, **settings))
   chex.assert_trees_all_equal(resumed['final_params'], expected['final_params'])
   assert read_run(tmp_path / 'run') == read_run(tmp_path / 'whole')

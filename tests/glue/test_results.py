@@ -15,7 +15,7 @@ from rose_jax.glue.commands import report as report_cli
 from rose_jax.glue.results import Epoch, Results
 from rose_jax.glue.run_dir import RunDirectory
 from tests import helpers
-from tests.helpers.runs import read_run, run_killed_at, write_finished_run
+from tests.helpers.runs import read_run, run_copied_at, write_finished_run
 
 # Settings that runs saved before tasks were data did not have.
 NEW_SETTINGS = ('eval_files', 'text_columns', 'label_column', 'labels', 'metrics')
@@ -76,8 +76,8 @@ def test_a_run_killed_before_tasks_had_metrics_resumes_exactly(files, tmp_path, 
   settings = dict(save_every=2, log_every=1, max_train_samples=40)
   config = lambda out, **more: loop.TrainConfig(**helpers.run_settings(files, out, **settings,
                                                                        **more))
-  expected = loop.run(config(tmp_path / 'whole'))
-  run_killed_at(monkeypatch, 4, config(tmp_path / 'run'))
+  expected = run_copied_at(monkeypatch, 4, lambda: loop.run(config(tmp_path / 'whole')),
+                           {tmp_path / 'whole': tmp_path / 'run'})
   _as_saved_before(tmp_path / 'run')
   resumed = loop.run(config(tmp_path / 'run', resume=True))
   chex.assert_trees_all_equal(resumed['final_params'], expected['final_params'])

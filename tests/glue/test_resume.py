@@ -1,5 +1,6 @@
 """Runs killed anywhere resume to the same parameters, logs and files."""
 
+import functools
 import json
 import shutil
 
@@ -13,7 +14,13 @@ from rose_jax.glue import checkpoints, loop
 from rose_jax.glue.config import ConfigError
 from rose_jax.training import step as step_lib
 from tests import helpers
-from tests.helpers.runs import Killed, check_finished_run, read_run, run_killed_at
+from tests.helpers.runs import (
+  Killed,
+  check_finished_run,
+  read_run,
+  run_copied_at,
+  run_killed_at,
+)
 
 # 48 training rows in batches of 8: 6 steps an epoch. With save_every=4 the
 # checkpoints are at steps 4, 6 (epoch end), 8 (epoch 2, batch 2), 12, ...
@@ -34,23 +41,33 @@ MODES = {'none': {'parallel': 'none'}, 'shard_map': {'parallel': 'shard_map'},
 
 
 @pytest.fixture(scope='module')
-def whole(files, tmp_path_factory):
-  """Uninterrupted runs, one per mode."""
-  out = tmp_path_factory.mktemp('whole')
-  return {mode: (loop.run(_config(files, out / mode, **settings)), out / mode)
-          for mode, settings in MODES.items()}
+def runs(files, tmp_path_factory):
+  """Per mode, the uninterrupted run and the directory it had when step 11
+  was called, as a run killed there leaves it: the newest checkpoint is step
+  8 (epoch 2, batch 2), and the metric line of step 10 was written after it.
+  Copy a killed directory before resuming it."""
+  out = tmp_path_factory.mktemp('runs')
+  made = {}
+  with pytest.MonkeyPatch.context() as monkeypatch:
+    for mode, settings in MODES.items():
+      whole_dir, killed_dir = out / mode, out / f'{mode}-killed'
+      result = run_copied_at(monkeypatch, 11,
+                             functools.partial(loop.run, _config(files, whole_dir, **settings)),
+                             {whole_dir: killed_dir})
+      made[mode] = (result, whole_dir, killed_dir)
+  return made
 
 
 @pytest.fixture(scope='module')
-def killed(files, tmp_path_factory):
-  """Runs killed at step 11, one per parallel mode: the newest checkpoint is
-  step 8 (epoch 2, batch 2), and the metric line of step 10 was written after
-  it. Copy one before resuming it."""
-  out = tmp_path_factory.mktemp('killed')
-  with pytest.MonkeyPatch.context() as monkeypatch:
-    for mode, settings in MODES.items():
-      run_killed_at(monkeypatch, 11, _config(files, out / mode, **settings))
-  return {mode: out / mode for mode in MODES}
+def whole(runs):
+  """Uninterrupted runs, one per mode: (results, directory)."""
+  return {mode: (result, whole_dir) for mode, (result, whole_dir, _) in runs.items()}
+
+
+@pytest.fixture(scope='module')
+def killed(runs):
+  """Runs killed at step 11, one per mode (see ``runs``)."""
+  return {mode: killed_dir for mode, (_, _, killed_dir) in runs.items()}
 
 
 def _copy(run, tmp_path):
@@ -103,9 +120,8 @@ def test_killed_during_evaluation_redoes_the_epoch(files, tmp_path, monkeypatch,
   assert read_run(out) == read_run(whole_dir)
 
 
-def test_resume_refuses_other_settings_and_names_each(files, tmp_path, monkeypatch):
-  out = tmp_path / 'run'
-  run_killed_at(monkeypatch, 5, _config(files, out))
+def test_resume_refuses_other_settings_and_names_each(files, tmp_path, killed):
+  out = _copy(killed['none'], tmp_path)
   before = {p: p.read_bytes() for p in out.rglob('*') if p.is_file()}
   changed = tmp_path / 'train.tsv'
   shutil.copy(files['train_file'], changed)
@@ -206,12 +222,14 @@ def test_each_baseline_runs_and_resumes_exactly(files, tmp_path, monkeypatch, me
 
   monkeypatch.setattr(fisher, 'fisher_information', counted_fisher)
   settings = dict(method=method, epochs=1, save_every=2, smart_step_size=1e-3, **extra)
-  expected = loop.run(_config(files, tmp_path / 'whole', **settings))
+  out = tmp_path / 'run'  # as killed at step 5
+  expected = run_copied_at(monkeypatch, 5,
+                           functools.partial(loop.run, _config(files, tmp_path / 'whole',
+                                                               **settings)),
+                           {tmp_path / 'whole': out})
   check_finished_run(tmp_path / 'whole', method, epochs=1)
-  out = tmp_path / 'run'
-  run_killed_at(monkeypatch, 5, _config(files, out, **settings))
-  assert passes['n'] == 2 * (method == 'child-tuning-d')
+  assert passes['n'] == (method == 'child-tuning-d')
   resumed = loop.run(_config(files, out, resume=True, **settings))
-  assert passes['n'] == 2 * (method == 'child-tuning-d'), 'the resume redid the Fisher pass'
+  assert passes['n'] == (method == 'child-tuning-d'), 'the resume redid the Fisher pass'
   chex.assert_trees_all_equal(resumed['final_params'], expected['final_params'])
   assert read_run(out) == read_run(tmp_path / 'whole')

@@ -3,6 +3,7 @@ same directories, compile once (the last chunk padded), resume after a kill
 (on other devices too), and refuse what cannot vary."""
 
 import dataclasses
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -20,7 +21,7 @@ from rose_jax.glue.masks import read_masks
 from rose_jax.training import sweep as sweep_lib
 from tests import helpers
 from tests.helpers import cli_args, fails, snapshot
-from tests.helpers.runs import Killed, kill_at_step, read_run
+from tests.helpers.runs import read_run, run_copied_at
 
 GRID = ['learning_rate=1e-3,3e-3', 'upper=0.4,0.6', 'seed=1,2']
 
@@ -57,12 +58,17 @@ def _run_files(out: Path) -> dict:
 
 @pytest.fixture(scope='module')
 def swept(files, tmp_path_factory):
-  """The 2 x 2 x 2 grid trained as a sweep over 8 devices, a member on each."""
-  root = tmp_path_factory.mktemp('swept')
-  monkeypatch = pytest.MonkeyPatch()
-  made = _compiles(monkeypatch)
-  results = sweep.run_sweep(_members(files, root))
-  monkeypatch.undo()
+  """The 2 x 2 x 2 grid trained as a sweep over 8 devices, a member on each;
+  its members' directories as a kill at step 9 left them are under
+  ``root.parent / 'killed'``."""
+  root = tmp_path_factory.mktemp('swept') / 'runs'
+  configs = _members(files, root)
+  killed = root.parent / 'killed'
+  with pytest.MonkeyPatch.context() as monkeypatch:
+    made = _compiles(monkeypatch)
+    results = run_copied_at(monkeypatch, 9, functools.partial(sweep.run_sweep, configs),
+                            {Path(c.output_dir): killed / Path(c.output_dir).name
+                             for c in configs}, sweep_lib, 'make_sweep_step')
   return root, results, made
 
 
@@ -135,10 +141,7 @@ def test_a_killed_sweep_resumes_on_other_devices_to_the_same_runs(files, tmp_pat
   whole_root, whole, _ = swept
   root = tmp_path / 'runs'
   configs = _members(files, root)
-  restore = kill_at_step(monkeypatch, 9, sweep_lib, 'make_sweep_step')
-  with pytest.raises(Killed):
-    sweep.run_sweep(configs, chunk=8)
-  restore()
+  shutil.copytree(whole_root.parent / 'killed', root)
   # Killed between two members' checkpoints: the third has lost its newest one.
   third = Path(configs[2].output_dir) / 'checkpoints'
   newest = max(int(p.name) for p in third.iterdir() if p.name.isdigit())

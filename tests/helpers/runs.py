@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,6 +63,25 @@ def run_killed_at(monkeypatch, kill_at: int, config: loop.TrainConfig) -> None:
   with pytest.raises(Killed):
     loop.run(config)
   restore()
+
+
+def run_copied_at(monkeypatch, copy_at: int, run: Callable[[], Any],
+                  copies: dict[Path, Path], module=step_lib, name: str = 'make_train_step'):
+  """``run()`` to its end, where, as the step that ``module.name`` builds is
+  called for step ``copy_at``, each directory of ``copies`` is copied to its
+  value: what a process killed there (SIGKILL) would leave, without training
+  its first steps a second time. Returns what ``run()`` returns."""
+
+  def copy():
+    for source, target in copies.items():
+      shutil.copytree(source, target)
+
+  real = getattr(module, name)
+  monkeypatch.setattr(module, name, killing(real, copy_at, copy))
+  try:
+    return run()
+  finally:
+    monkeypatch.setattr(module, name, real)
 
 
 def without_timing(record: dict) -> dict:
