@@ -1,7 +1,8 @@
 """The fine-tuning command across two processes (4 CPU devices each, gloo
 collectives, jax.distributed started by --distributed): a run and a sweep,
 killed mid-epoch and resumed, end where one process of 8 devices ends
-uninterrupted."""
+uninterrupted. A command also runs under a jax.distributed that an earlier
+command of the same processes started."""
 
 import json
 import subprocess
@@ -20,40 +21,66 @@ from tests.helpers.runs import read_run
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _launch(args: list[str], kill_at: int = 0) -> list[tuple[int, str]]:
+def _launch(*commands: tuple[int, list[str]]) -> list[tuple[int, str]]:
+  """Two processes, each running ``commands`` (``(kill_at, args)``: see
+  tests/helpers/multihost_worker.py) under one jax.distributed."""
   port = free_port()
-  workers = [subprocess.Popen(
-      [sys.executable, '-m', 'tests.helpers.multihost_worker', 'finetune', str(kill_at), '--',
-       *args, '--distributed', '--coordinator-address', f'localhost:{port}',
-       '--num-processes', '2', '--process-id', str(i)],
-      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  workers = []
+  for i in range(2):
+    (kill_at, first), *rest = commands
+    first = [*first, '--distributed', '--coordinator-address', f'localhost:{port}',
+             '--num-processes', '2', '--process-id', str(i)]
+    workers.append(subprocess.Popen(
+        [sys.executable, '-m', 'tests.helpers.multihost_worker', 'finetune',
+         json.dumps([(kill_at, first), *rest])],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
   logs = [w.communicate(timeout=300)[0] for w in workers]
   return [(w.returncode, log) for w, log in zip(workers, logs, strict=True)]
 
 
-def test_killed_two_process_run_resumes_to_the_one_process_result(tmp_path):
-  from safetensors.numpy import load_file
-  model = helpers.tiny_checkpoint(tmp_path / 'model')
-  data = helpers.write_sst2(tmp_path / 'data')
-  settings = dict(task='sst2', method='rose-ensemble', model=str(model), epochs=2,
-                  batch_size=16, max_length=12, log_every=1, save_every=2, **data)
-  args = ['--no-progress', '--output-root', str(tmp_path / 'two'), '--parallel', 'shard_map']
+def _args(root: Path, settings: dict, *more: str) -> list[str]:
+  args = ['--no-progress', '--output-root', str(root), *more]
   for name, value in settings.items():
     args += [f'--{name.replace("_", "-")}', str(value)]
+  return args
 
-  # 48 rows in global batches of 16: 3 steps an epoch; checkpoints at steps
-  # 2, 3 (epoch end) and 4. Both processes die at step 6.
-  killed = _launch(args, kill_at=6)
-  assert all(code == 137 for code, _ in killed), '\n'.join(log for _, log in killed)
+
+def _exit(launched, code: int) -> None:
+  assert all(c == code for c, _ in launched), '\n'.join(log for _, log in launched)
+
+
+def test_killed_two_process_run_and_sweep_resume_to_the_one_process_results(tmp_path):
+  model = helpers.tiny_checkpoint(tmp_path / 'model')
+  data = helpers.write_sst2(tmp_path / 'data')
+  # A run: 48 rows in global batches of 16, 3 steps an epoch; checkpoints at
+  # steps 2, 3 (epoch end) and 4; killed at step 6.
+  run = dict(task='sst2', method='rose-ensemble', model=str(model), epochs=2, batch_size=16,
+             max_length=12, log_every=1, save_every=2, **data)
+  run_args = _args(tmp_path / 'two', run, '--parallel', 'shard_map')
+  # A sweep: four members, each over 2 of the 8 devices, the member axis across
+  # both processes; 3 steps, a checkpoint at step 2; killed at 3, mid-epoch.
+  swept = {**run, 'epochs': 1, 'devices_per_member': 2}
+  values = ['learning_rate=1e-3,3e-3', 'seed=1,2']
+  sweep_args = _args(tmp_path / 'two-sweep', swept, '--sweep', *values, '--sweep-chunk', '4')
+
+  # Three launches: the run killed; the run resumed, then the sweep killed
+  # (under the same jax.distributed); the sweep resumed.
+  _exit(_launch((6, run_args)), 137)
   run_dir = tmp_path / 'two' / 'sst2-rose-ensemble-seed1'
   assert not json.loads((run_dir / 'results.json').read_text())['finished']
-  resumed = _launch([*args, '--resume'])
-  assert all(code == 0 for code, _ in resumed), '\n'.join(log for _, log in resumed)
+  _exit(_launch((0, [*run_args, '--resume']), (3, sweep_args)), 137)
+  _exit(_launch((0, [*sweep_args, '--resume'])), 0)
 
-  loop.run(loop.TrainConfig(**settings, output_dir=str(tmp_path / 'one'), progress=False,
+  _check_run(run, run_dir, tmp_path / 'one')
+  _check_sweep(swept, values, tmp_path / 'two-sweep', tmp_path / 'one-sweep')
+
+
+def _check_run(settings: dict, run_dir: Path, one_dir: Path) -> None:
+  from safetensors.numpy import load_file
+  loop.run(loop.TrainConfig(**settings, output_dir=str(one_dir), progress=False,
                             parallel='shard_map'))
   two = json.loads((run_dir / 'results.json').read_text())
-  one = json.loads((tmp_path / 'one' / 'results.json').read_text())
+  one = json.loads((one_dir / 'results.json').read_text())
   assert two['finished'] and one['finished']
   for key in ('glue_dev_accuracy', 'adv_dev_accuracy', 'best_epoch'):
     assert two[key] == one[key]
@@ -63,34 +90,16 @@ def test_killed_two_process_run_resumes_to_the_one_process_result(tmp_path):
            if '"type"' not in x]
   assert steps == list(range(1, 7))  # each step logged once despite the kill
   chex.assert_trees_all_close(load_file(run_dir / 'best_model' / 'model.safetensors'),
-                              load_file(tmp_path / 'one' / 'best_model' / 'model.safetensors'),
+                              load_file(one_dir / 'best_model' / 'model.safetensors'),
                               rtol=1e-4, atol=1e-6)
 
 
-def test_killed_two_process_sweep_resumes_to_the_one_process_sweep(tmp_path):
-  model = helpers.tiny_checkpoint(tmp_path / 'model')
-  data = helpers.write_sst2(tmp_path / 'data')
-  settings = dict(task='sst2', method='rose-ensemble', model=str(model), epochs=1,
-                  batch_size=16, max_length=12, log_every=1, save_every=2,
-                  devices_per_member=2, **data)
-  values = ['learning_rate=1e-3,3e-3', 'seed=1,2']
-  args = ['--no-progress', '--output-root', str(tmp_path / 'two'), '--sweep', *values,
-          '--sweep-chunk', '4']
-  for name, value in settings.items():
-    args += [f'--{name.replace("_", "-")}', str(value)]
-
-  # Four members, each over 2 of the 8 devices, the member axis across both
-  # processes; 3 steps, a checkpoint at step 2; killed at 3, mid-epoch.
-  killed = _launch(args, kill_at=3)
-  assert all(code == 137 for code, _ in killed), '\n'.join(log for _, log in killed)
-  resumed = _launch([*args, '--resume'])
-  assert all(code == 0 for code, _ in resumed), '\n'.join(log for _, log in resumed)
-
+def _check_sweep(settings: dict, values: list[str], two_root: Path, one_root: Path) -> None:
   configs = grid.member_configs(loop.TrainConfig(**settings, progress=False),
-                                 grid.parse_grid(values), tmp_path / 'one')
+                                grid.parse_grid(values), one_root)
   whole = sweep.run_sweep(configs, chunk=4)
   for config, expected in zip(configs, whole, strict=True):
-    two, one = tmp_path / 'two' / Path(config.output_dir).name, Path(config.output_dir)
+    two, one = two_root / Path(config.output_dir).name, Path(config.output_dir)
     mine, theirs = read_run(two), read_run(one)
     assert mine['predictions'] == theirs['predictions']
     for key in ('glue_dev_accuracy', 'adv_dev_accuracy', 'best_epoch', 'finished'):

@@ -1,13 +1,16 @@
 """One process of a multi-process data-parallel run, for the multi-host tests.
 
   python -m tests.helpers.multihost_worker step PROCESS_ID NUM_PROCESSES PORT OUT
-  python -m tests.helpers.multihost_worker finetune [KILL_AT] -- FINETUNE_ARGS...
+  python -m tests.helpers.multihost_worker finetune COMMANDS_JSON
 
 Each process has 4 CPU devices. ``step`` runs three train steps, each
 process feeding its own share of each global batch, and process 0 writes the
-parameters to OUT (an .npz file). ``finetune`` runs the fine-tuning command
-(which calls jax.distributed.initialize() itself); with KILL_AT > 0 the
-process dies at that train step, as a killed job would.
+parameters to OUT (an .npz file). ``finetune`` runs fine-tuning commands one
+after another, ``COMMANDS_JSON`` a list of ``[KILL_AT, ARGS]``: the first
+command's arguments start jax.distributed (``--distributed``), which the
+later ones run under; with KILL_AT > 0 the process dies at that train step of
+its command, as a killed job would. The exit status is the first nonzero
+command's, or 0.
 """
 
 import os
@@ -54,22 +57,27 @@ def steps(process_id: int, num_processes: int, port: int, out_file: str) -> None
   jax.distributed.shutdown()
 
 
-def finetune(kill_at: int, argv: list[str]) -> int:
+def finetune(commands: list[tuple[int, list[str]]]) -> int:
   from rose_jax.glue.commands import finetune as cli
   from rose_jax.training import step as step_lib
   from rose_jax.training import sweep as sweep_lib
   from tests.helpers.runs import killing
-  if kill_at:
-    die = lambda: os._exit(137)  # as SIGKILL: no clean-up, no shutdown
-    step_lib.make_train_step = killing(step_lib.make_train_step, kill_at, die)
-    sweep_lib.make_sweep_step = killing(sweep_lib.make_sweep_step, kill_at, die)
-  return cli.main(argv)
+  builders = step_lib.make_train_step, sweep_lib.make_sweep_step
+  die = lambda: os._exit(137)  # as SIGKILL: no clean-up, no shutdown
+  for kill_at, argv in commands:
+    step_lib.make_train_step, sweep_lib.make_sweep_step = (
+        [killing(build, kill_at, die) for build in builders] if kill_at else builders)
+    status = cli.main(argv)
+    if status:
+      return status
+  return 0
 
 
 if __name__ == '__main__':
   if sys.argv[1] == 'step':
     steps(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
   else:
+    import json
+
     from rose_jax.glue.cli import run_as_process
-    split = sys.argv.index('--')
-    run_as_process(lambda: finetune(int(sys.argv[2]) if split > 2 else 0, sys.argv[split + 1:]))
+    run_as_process(lambda: finetune(json.loads(sys.argv[2])))
