@@ -2,12 +2,14 @@
 kill in the middle, a second invocation that finishes, and the report equal
 to an uninterrupted reproduction's; runs with other settings refused."""
 
+import functools
+
 import pytest
 
 from rose_jax.glue.commands import reproduce
 from rose_jax.training import sweep as sweep_lib
 from tests.helpers import fails, write_sst2
-from tests.helpers.runs import Killed, kill_at_step
+from tests.helpers.runs import run_copied_at
 
 
 @pytest.fixture(scope='module')
@@ -33,11 +35,11 @@ def test_a_killed_reproduction_finishes_on_a_second_invocation(files, data, tmp_
   assert '| sst2 | rose-ensemble | 1 2 | 2 new | 4 |' in plan
   assert '4 runs, 4 to train; about' in plan and 'an estimate' in plan
   assert not root.exists()  # a plan writes nothing
-  # Killed at the third step of the first sweep: after its first epoch's checkpoint.
-  restore = kill_at_step(monkeypatch, 3, module=sweep_lib, name='make_sweep_step')
-  with pytest.raises(Killed):
-    reproduce.main(_args(files, data, root))
-  restore()
+  # An uninterrupted reproduction, and its directory as a kill at the third step
+  # of the first sweep (after its first epoch's checkpoint) leaves it.
+  whole = tmp_path / 'whole'
+  assert run_copied_at(monkeypatch, 3, functools.partial(reproduce.main, _args(files, data, whole)),
+                       {whole: root}, sweep_lib, 'make_sweep_step') == 0
   capsys.readouterr()
   # The plan alone, without measuring: what was started and what is new.
   assert reproduce.main(_args(files, data, root, '--dry-run', '--measured-steps', '0')) == 0
@@ -46,8 +48,7 @@ def test_a_killed_reproduction_finishes_on_a_second_invocation(files, data, tmp_
   assert '| sst2 | rose-ensemble | 1 2 | 2 new | 4 | - |' in plan
   assert '4 runs, 4 to train.' in plan and 'estimate' not in plan
   assert reproduce.main(_args(files, data, root)) == 0
-  assert reproduce.main(_args(files, data, tmp_path / 'whole')) == 0
-  tables = [(r / 'report' / 'table.csv').read_text() for r in (root, tmp_path / 'whole')]
+  tables = [(r / 'report' / 'table.csv').read_text() for r in (root, whole)]
   assert tables[0] == tables[1] and 'rose-ensemble,2,' in tables[0]
   # A third invocation finds everything finished and only writes the report again.
   capsys.readouterr()

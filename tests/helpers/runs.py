@@ -67,14 +67,17 @@ def run_killed_at(monkeypatch, kill_at: int, config: loop.TrainConfig) -> None:
 
 def run_copied_at(monkeypatch, copy_at: int, run: Callable[[], Any],
                   copies: dict[Path, Path], module=step_lib, name: str = 'make_train_step'):
-  """``run()`` to its end, where, as the step that ``module.name`` builds is
-  called for step ``copy_at``, each directory of ``copies`` is copied to its
-  value: what a process killed there (SIGKILL) would leave, without training
-  its first steps a second time. Returns what ``run()`` returns."""
+  """``run()`` to its end, where, as a step that ``module.name`` builds is
+  first called for step ``copy_at``, each directory of ``copies`` is copied
+  to its value: what a process killed there (SIGKILL) would leave, without
+  training its first steps a second time. Returns what ``run()`` returns."""
+  copied = []
 
   def copy():
-    for source, target in copies.items():
-      shutil.copytree(source, target)
+    if not copied:
+      copied.append(True)
+      for source, target in copies.items():
+        shutil.copytree(source, target)
 
   real = getattr(module, name)
   monkeypatch.setattr(module, name, killing(real, copy_at, copy))
