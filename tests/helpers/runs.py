@@ -1,6 +1,6 @@
-"""Run directories: runs killed at a given step, what the resume and sweep
-tests compare, what every finished run must hold, and finished runs written
-by hand (for the report's tests)."""
+"""Run directories: runs killed at a given step (or copied as a kill there
+leaves them), what the resume and sweep tests compare, what every finished
+run must hold, and finished runs written by hand (for the report's tests)."""
 
 from __future__ import annotations
 
