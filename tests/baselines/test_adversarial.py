@@ -61,29 +61,33 @@ def test_smart_gradient_equals_its_definition():
                                                 perturbation=perturbation)
 
   # The definition, step by step, with every "detached" value a constant.
-  keys = jax.random.split(dropout_key, smart.steps + 2)
-  clean0 = apply(params, None, keys[0])
-  noise = jax.random.normal(noise_key, shape) * 1e-5
-  log_odds = lambda p: -jnp.log(1.0 / (p + 1e-6) - 1.0 + 1e-6)
-  for step in range(2):
-    adv_logits = lambda n, k=keys[1 + step]: apply(params, EmbeddingPerturbation(output=n), k)
-    r_p = log_odds(jax.nn.softmax(adv_logits(noise)))
-    r_q = log_odds(jax.nn.softmax(clean0))
-    g = jax.grad(lambda n, r_p=r_p, r_q=r_q, f=adv_logits: jnp.sum(
-        2 * jax.nn.softmax(f(n)) * (r_p - r_q)))(noise)
-    noise = noise + 1e-3 * g
-    noise = noise / (jnp.max(jnp.abs(noise), axis=-1, keepdims=True) + 1e-6)
-  adv0 = apply(params, EmbeddingPerturbation(output=noise), keys[-1])
+  # Both sides jitted: one program each, not every primitive compiled alone.
+  def definition(params):
+    keys = jax.random.split(dropout_key, smart.steps + 2)
+    clean0 = apply(params, None, keys[0])
+    noise = jax.random.normal(noise_key, shape) * 1e-5
+    log_odds = lambda p: -jnp.log(1.0 / (p + 1e-6) - 1.0 + 1e-6)
+    for step in range(2):
+      adv_logits = lambda n, k=keys[1 + step]: apply(params, EmbeddingPerturbation(output=n), k)
+      r_p = log_odds(jax.nn.softmax(adv_logits(noise)))
+      r_q = log_odds(jax.nn.softmax(clean0))
+      g = jax.grad(lambda n, r_p=r_p, r_q=r_q, f=adv_logits: jnp.sum(
+          2 * jax.nn.softmax(f(n)) * (r_p - r_q)))(noise)
+      noise = noise + 1e-3 * g
+      noise = noise / (jnp.max(jnp.abs(noise), axis=-1, keepdims=True) + 1e-6)
+    adv0 = apply(params, EmbeddingPerturbation(output=noise), keys[-1])
 
-  def loss(p):
-    clean = apply(p, None, keys[0])
-    adv = apply(p, EmbeddingPerturbation(output=noise), keys[-1])
-    regulariser = (_kl(adv0, clean) + _kl(clean0, adv)) / labels.shape[0]
-    return definitions.cross_entropy(clean, labels) + 3.0 * regulariser
+    def loss(p):
+      clean = apply(p, None, keys[0])
+      adv = apply(p, EmbeddingPerturbation(output=noise), keys[-1])
+      regulariser = (_kl(adv0, clean) + _kl(clean0, adv)) / labels.shape[0]
+      return definitions.cross_entropy(clean, labels) + 3.0 * regulariser
 
-  expected = jax.grad(loss)(params)
-  got, (ce, regulariser, _) = jax.grad(smart.loss, argnums=1, has_aux=True)(
-      apply, params, labels, shape, dropout_key, noise_key)
+    return jax.grad(loss)(params), clean0, adv0
+
+  expected, clean0, adv0 = jax.jit(definition)(params)
+  got, (ce, regulariser, _) = jax.jit(lambda p: jax.grad(smart.loss, argnums=1, has_aux=True)(
+      apply, p, labels, shape, dropout_key, noise_key))(params)
   chex.assert_trees_all_close(got, expected, rtol=1e-4, atol=1e-7)
   np.testing.assert_allclose(ce, definitions.cross_entropy(clean0, labels), rtol=1e-6)
   np.testing.assert_allclose(regulariser, (_kl(adv0, clean0) + _kl(clean0, adv0)) / 16,
