@@ -44,17 +44,24 @@ def killing(build, kill_at: int, kill):
   return make
 
 
+def _call_at_step(monkeypatch, at: int, action, module, name: str):
+  """Makes the steps that ``module.name`` builds call ``action()`` when called
+  for step ``at`` (see :func:`killing`); returns a function that puts the
+  real builder back."""
+  real = getattr(module, name)
+  monkeypatch.setattr(module, name, killing(real, at, action))
+  return lambda: monkeypatch.setattr(module, name, real)
+
+
 def kill_at_step(monkeypatch, kill_at: int, module=step_lib, name: str = 'make_train_step'):
   """Makes the steps that ``module.name`` builds raise Killed when called for
   step ``kill_at`` (1-based, counted per built step); returns a function that
   puts the real builder back."""
-  real = getattr(module, name)
 
   def kill():
     raise Killed(f'killed at step {kill_at}')
 
-  monkeypatch.setattr(module, name, killing(real, kill_at, kill))
-  return lambda: monkeypatch.setattr(module, name, real)
+  return _call_at_step(monkeypatch, kill_at, kill, module, name)
 
 
 def run_killed_at(monkeypatch, kill_at: int, config: loop.TrainConfig) -> None:
@@ -79,12 +86,11 @@ def run_copied_at(monkeypatch, copy_at: int, run: Callable[[], Any],
       for source, target in copies.items():
         shutil.copytree(source, target)
 
-  real = getattr(module, name)
-  monkeypatch.setattr(module, name, killing(real, copy_at, copy))
+  restore = _call_at_step(monkeypatch, copy_at, copy, module, name)
   try:
     return run()
   finally:
-    monkeypatch.setattr(module, name, real)
+    restore()
 
 
 def without_timing(record: dict) -> dict:
