@@ -6,11 +6,14 @@
 Each process has 4 CPU devices. ``step`` runs three train steps, each
 process feeding its own share of each global batch, and process 0 writes the
 parameters to OUT (an .npz file). ``finetune`` runs fine-tuning commands one
-after another, ``COMMANDS_JSON`` a list of ``[KILL_AT, ARGS]``: the first
-command's arguments start jax.distributed (``--distributed``), which the
-later ones run under; with KILL_AT > 0 the process dies at that train step of
-its command, as a killed job would. The exit status is the first nonzero
-command's, or 0.
+after another, ``COMMANDS_JSON`` a list of ``[AT, ARGS]`` or ``[AT, ARGS,
+COPIES]``: the first command's arguments start jax.distributed
+(``--distributed``), which the later ones run under. With AT > 0 the process
+dies at that train step of its command, as a killed job would; with COPIES
+(``{source directory: target}``) it runs to the end instead, process 0
+copying each source to its target as step AT is called: what a kill there
+leaves (``tests.helpers.runs.run_copied_at``). The exit status is the first
+nonzero command's, or 0.
 """
 
 import os
@@ -57,16 +60,26 @@ def steps(process_id: int, num_processes: int, port: int, out_file: str) -> None
   jax.distributed.shutdown()
 
 
-def finetune(commands: list[tuple[int, list[str]]]) -> int:
+def finetune(commands: list[list]) -> int:
+  import shutil
+
   from rose_jax.glue.commands import finetune as cli
   from rose_jax.training import step as step_lib
   from rose_jax.training import sweep as sweep_lib
   from tests.helpers.runs import killing
   builders = step_lib.make_train_step, sweep_lib.make_sweep_step
   die = lambda: os._exit(137)  # as SIGKILL: no clean-up, no shutdown
-  for kill_at, argv in commands:
+  for at, argv, *copies in commands:
+
+    def copy(copies=copies[0] if copies else {}):
+      if jax.process_index() == 0:  # the process that writes the run's files
+        for source, target in copies.items():
+          shutil.copytree(source, target)
+        copies.clear()  # once, if the command builds several steps
+
+    action = copy if copies else die
     step_lib.make_train_step, sweep_lib.make_sweep_step = (
-        [killing(build, kill_at, die) for build in builders] if kill_at else builders)
+        [killing(build, at, action) for build in builders] if at else builders)
     status = cli.main(argv)
     if status:
       return status
