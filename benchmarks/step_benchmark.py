@@ -2,6 +2,7 @@
 
   python benchmarks/step_benchmark.py --config small       # 4 layers of 256, batch 8, length 64
   python benchmarks/step_benchmark.py --config base        # roberta-base, batch 8, length 128
+  python benchmarks/step_benchmark.py --config base-32     # the same at the paper's batch of 32
   python benchmarks/step_benchmark.py --config base --torch  # adds the authors' recipe in PyTorch
   python benchmarks/step_benchmark.py --config base --profile rose-ensemble  # where time goes
   python benchmarks/step_benchmark.py --rows rose-first 'rose-first (k=4)'   # some rows only
