@@ -61,23 +61,22 @@ def steps(process_id: int, num_processes: int, port: int, out_file: str) -> None
 
 
 def finetune(commands: list[list]) -> int:
-  import shutil
-
   from rose_jax.glue.commands import finetune as cli
   from rose_jax.training import step as step_lib
   from rose_jax.training import sweep as sweep_lib
-  from tests.helpers.runs import killing
+  from tests.helpers.runs import copy_once, killing
   builders = step_lib.make_train_step, sweep_lib.make_sweep_step
   die = lambda: os._exit(137)  # as SIGKILL: no clean-up, no shutdown
   for at, argv, *copies in commands:
+    action = die
+    if copies:
+      copy = copy_once(copies[0])
 
-    def copy(copies=copies[0] if copies else {}):
-      if jax.process_index() == 0:  # the process that writes the run's files
-        for source, target in copies.items():
-          shutil.copytree(source, target)
-        copies.clear()  # once, if the command builds several steps
+      def action(copy=copy):
+        # Asked when called: jax.distributed starts inside the command.
+        if jax.process_index() == 0:  # the process that writes the run's files
+          copy()
 
-    action = copy if copies else die
     step_lib.make_train_step, sweep_lib.make_sweep_step = (
         [killing(build, at, action) for build in builders] if at else builders)
     status = cli.main(argv)

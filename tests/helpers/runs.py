@@ -44,6 +44,21 @@ def killing(build, kill_at: int, kill):
   return make
 
 
+def copy_once(copies: dict) -> Callable[[], None]:
+  """An action (for :func:`killing`) that copies each directory of ``copies``
+  to its value the first time it is called, and does nothing after: a
+  command may build several steps, each reaching the step number."""
+  copied = []
+
+  def copy():
+    if not copied:
+      copied.append(True)
+      for source, target in copies.items():
+        shutil.copytree(source, target)
+
+  return copy
+
+
 def _call_at_step(monkeypatch, at: int, action, module, name: str):
   """Makes the steps that ``module.name`` builds call ``action()`` when called
   for step ``at`` (see :func:`killing`); returns a function that puts the
@@ -78,15 +93,7 @@ def run_copied_at(monkeypatch, copy_at: int, run: Callable[[], Any],
   first called for step ``copy_at``, each directory of ``copies`` is copied
   to its value: what a process killed there (SIGKILL) would leave, without
   training its first steps a second time. Returns what ``run()`` returns."""
-  copied = []
-
-  def copy():
-    if not copied:
-      copied.append(True)
-      for source, target in copies.items():
-        shutil.copytree(source, target)
-
-  restore = _call_at_step(monkeypatch, copy_at, copy, module, name)
+  restore = _call_at_step(monkeypatch, copy_at, copy_once(copies), module, name)
   try:
     return run()
   finally:
