@@ -151,35 +151,21 @@ def bench_jax(model, encoded, method_name: str, mode: str, args) -> dict:
           'shapes': [list(shape) for shape in sorted({s for shapes in seen for s in shapes})]}
 
 
-def torch_vanilla_step(model, *, lr: float = 2e-5):
-  """Vanilla fine-tuning in PyTorch: one forward, CE backward, AdamW."""
-  import torch
-  optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-
-  def one_step(ids, mask, labels):
-    optimizer.zero_grad()
-    logits = model(input_ids=ids, attention_mask=mask).logits
-    torch.nn.functional.cross_entropy(logits, labels).backward()
-    optimizer.step()
-
-  return one_step
-
-
 def bench_torch(tokenizer, split, encoded, method_name: str, args) -> dict | None:
   try:
     import torch
     import transformers
   except ImportError:
     return None
-  from benchmarks.step_benchmark import torch_rose_ensemble_step
+  from benchmarks import torch_steps
   from rose_jax._src import seeds
   from rose_jax.glue import batching
   torch.manual_seed(0)
   model = transformers.AutoModelForSequenceClassification.from_pretrained(
       args.model, num_labels=2, hidden_dropout_prob=0.1,
       attention_probs_dropout_prob=0.1).train()
-  one_step = (torch_rose_ensemble_step(model, lr=2e-5, upper=0.4)
-              if method_name == 'rose-ensemble' else torch_vanilla_step(model))
+  one_step = (torch_steps.rose_ensemble_step(model, lr=2e-5, upper=0.4)
+              if method_name == 'rose-ensemble' else torch_steps.vanilla_step(model))
   plan = batching.epoch_batches(encoded.lengths, args.batch_size, seeds.stream_seed(1, 'data'),
                                 0)[:args.steps]
   columns = list(zip(*split.texts, strict=True))

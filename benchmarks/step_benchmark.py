@@ -54,7 +54,7 @@ from rose_jax.training import step as step_lib
 
 if not __package__:  # run as a script: its sibling module is found from the repository root
   sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks import hlo_profile, provenance
+from benchmarks import hlo_profile, provenance, torch_steps
 from benchmarks.step_report import SECTIONS, report  # noqa: F401 (the results' tables)
 from benchmarks.step_setup import (
   CONFIGS,
@@ -301,52 +301,9 @@ def bench_sweep(name: str, members: int, steps: int, warmup: int) -> list[dict]:
   return rows
 
 
-def torch_rose_ensemble_step(model, *, lr: float = 1e-5, upper: float = 0.6):
-  """The authors' recipe in PyTorch, ``step(input_ids, attention_mask, labels)``:
-  two forwards, KL backward with a retained graph, per-tensor norms and
-  torch.quantile, CE backward, masked AdamW (Hugging Face form)."""
-  import torch
-  named = [(n, p) for n, p in model.named_parameters()]
-  ranked = [p for n, p in named if 'layer' in n and 'weight' in n]
-  m = {p: torch.zeros_like(p) for _, p in named}
-  v = {p: torch.zeros_like(p) for _, p in named}
-  t = [0]
-
-  def one_step(ids, mask, labels):
-    t[0] += 1
-    logits1 = model(input_ids=ids, attention_mask=mask).logits
-    logits2 = model(input_ids=ids, attention_mask=mask).logits
-    lp, lq = torch.log_softmax(logits1, -1), torch.log_softmax(logits2, -1)
-    kl = ((lp.exp() * (lp - lq)).sum() + (lq.exp() * (lq - lp)).sum()) / 4
-    ce = (torch.nn.functional.cross_entropy(logits1, labels)
-          + torch.nn.functional.cross_entropy(logits2, labels)) / 2
-    model.zero_grad()
-    kl.backward(retain_graph=True)
-    risk_f = torch.stack([p.grad.norm() for p in ranked])
-    model.zero_grad()
-    ce.backward()
-    with torch.no_grad():
-      risk_s = torch.stack([(0.1 * p.grad.norm() / (m[p].norm() + 1e-30) - 1).abs()
-                            for p in ranked])
-      masks = []
-      for risk in (risk_f, risk_s):
-        lo, hi = torch.quantile(risk, torch.tensor([0.0, upper]))
-        masks.append(((risk >= lo) & (risk <= hi)).float())
-      keep = dict(zip(ranked, (0.5 * masks[0] + 0.5 * masks[1]).tolist(), strict=True))
-      for _, p in named:
-        k = keep.get(p, 1.0)
-        g = k * p.grad + (1 - k) * m[p]
-        m[p].mul_(0.9).add_(g, alpha=0.1)
-        v[p].mul_(0.98).addcmul_(g, g, value=0.02)
-        step = lr * (1 - 0.98 ** t[0]) ** 0.5 / (1 - 0.9 ** t[0])
-        p.addcdiv_(m[p] * k, v[p].sqrt().add_(1e-8), value=-step)
-        p.mul_(1 - lr * 0.01 * k)
-
-  return one_step
-
-
 def bench_torch(name: str, steps: int, warmup: int) -> dict | None:
-  """The authors' recipe (:func:`torch_rose_ensemble_step`) on the config's shapes."""
+  """The authors' recipe (:func:`benchmarks.torch_steps.rose_ensemble_step`) on the config's
+  shapes."""
   try:
     import torch
     import transformers
@@ -362,7 +319,7 @@ def bench_torch(name: str, steps: int, warmup: int) -> dict | None:
   data = make_batch(encoder_config(name)[0], batch, length)
   ids, mask = torch.tensor(data['input_ids']).long(), torch.tensor(data['attention_mask'])
   labels = torch.tensor(data['labels']).long()
-  one_step = torch_rose_ensemble_step(model)
+  one_step = torch_steps.rose_ensemble_step(model)
   return {**timing(*time_calls(lambda: one_step(ids, mask, labels), steps, warmup)),
           'torch_version': torch.__version__, 'threads': torch.get_num_threads()}
 
