@@ -376,6 +376,13 @@ MUTANTS = [
     "base = by.get((method, against.split(' ', 1)[1]))",
     'tests/benchmarks/test_e2e_benchmark.py -k rows_ratio',
   ),
+  (
+    "the end-to-end benchmark's cheaper risks timed unpacked",
+    'benchmarks/e2e_benchmark.py',
+    "  packed = mode.startswith('packed')",
+    "  packed = mode == 'packed'",
+    'tests/benchmarks/test_e2e_benchmark.py -k each_padding',
+  ),
 ]
 
 
