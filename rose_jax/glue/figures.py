@@ -13,6 +13,7 @@ import numpy as np
 
 from rose_jax.baselines.adversarial import Smart
 from rose_jax.glue import plots
+from rose_jax.glue.labels import row_labels, run_labels
 from rose_jax.glue.masks import mask_parts, read_masks
 from rose_jax.glue.run_dir import RunDirectory
 from rose_jax.training.methods import get_method
@@ -54,12 +55,6 @@ def mask_rows(names: list[str], masks: np.ndarray, *,
   return [row[2] for row in rows], steps, values
 
 
-def _label(path: Path, config: dict, taken) -> str:
-  """``method (seed N)``, or with the directory's name where that is taken (a sweep)."""
-  label = f'{config["method"]} (seed {config["seed"]})'
-  return f'{config["method"]} ({path.name})' if label in taken else label
-
-
 def metric_lines(path: Path) -> list[dict]:
   """A run's metric lines; a line cut short (a killed run writes a line at a
   time) is left out, with a warning."""
@@ -74,6 +69,18 @@ def metric_lines(path: Path) -> list[dict]:
   if cut:
     log.warning('%s: %d line(s) cut short or damaged, left out.', path, cut)
   return [x for x in lines if isinstance(x, dict)]
+
+
+def _labelled(run_dirs: list[str | Path]) -> list[tuple[str, str, Path]]:
+  """``(label, row, run_dir)`` for each run: its own label and its report
+  row's (:mod:`rose_jax.glue.labels`)."""
+  runs = []
+  for run_dir in map(Path, run_dirs):
+    results = RunDirectory(run_dir).raw_results()
+    if results is None or 'config' not in results:
+      raise ValueError(f'{run_dir} is not a run directory (no results.json).')
+    runs.append({'config': results['config'], 'path': run_dir})
+  return list(zip(run_labels(runs), row_labels(runs), [r['path'] for r in runs], strict=True))
 
 
 def _read_lines(path: Path) -> tuple[dict, list[dict], list[dict]]:
@@ -97,9 +104,7 @@ def mask_map(run_dirs: list[str | Path], stem: str | Path) -> list[Path]:
   second-order masks gets three panels: those two and the ensemble it
   applied. FileNotFoundError names a run without masks and how to record them."""
   panels = {}
-  for run_dir in map(Path, run_dirs):
-    results, _, _ = _read_lines(run_dir)
-    label = _label(run_dir, results['config'], panels)
+  for label, _, run_dir in _labelled(run_dirs):
     names, _, masks = read_masks(run_dir)
     if not len(masks):
       raise ValueError(f'{run_dir}/masks.bin holds no steps yet.')
@@ -115,9 +120,11 @@ def mask_map(run_dirs: list[str | Path], stem: str | Path) -> list[Path]:
 def curve_series(run_dirs: list[str | Path]) -> dict[str, dict]:
   """Each run's logged series for :func:`rose_jax.glue.plots.curves`, by label;
   without the KL of a method that computes none (one dropout pass, not
-  SMART) and the kept fraction of one that masks nothing (not ROSE)."""
+  SMART) and the kept fraction of one that masks nothing (not ROSE). A run
+  whose method's runs differ in settings has ``legend``: its row, whose
+  seeds share one line style."""
   runs = {}
-  for run_dir in map(Path, run_dirs):
+  for label, row, run_dir in _labelled(run_dirs):
     results, steps, epochs = _read_lines(run_dir)
     method = get_method(results['config']['method'])
     computed = {'loss', 'ce'}
@@ -132,7 +139,9 @@ def curve_series(run_dirs: list[str | Path]) -> dict[str, dict]:
     for metric in RunDirectory(run_dir).task().result_keys():
       if epochs and metric in epochs[0]:
         data['epochs'][metric] = ([x['epoch'] for x in epochs], [x[metric] for x in epochs])
-    runs[_label(run_dir, results['config'], runs)] = data
+    if row != results['config']['method']:
+      data['legend'] = row  # a row's seeds share a line style and a legend entry
+    runs[label] = data
   return runs
 
 
@@ -146,10 +155,10 @@ def disagreement_over_steps(run_dirs: list[str | Path], stem: str | Path) -> lis
   """The dropout disagreement that two-pass methods' steps logged, one line
   per run; ValueError if no run logged it."""
   series = {}
-  for run_dir in map(Path, run_dirs):
-    results, steps, _ = _read_lines(run_dir)
+  for label, _, run_dir in _labelled(run_dirs):
+    _, steps, _ = _read_lines(run_dir)
     if steps and 'disagreement' in steps[0]:
-      series[_label(run_dir, results['config'], series)] = (
+      series[label] = (
           np.asarray([x['step'] for x in steps]), np.asarray([x['disagreement'] for x in steps]))
   if not series:
     raise ValueError('None of these runs logged dropout disagreement: only methods with two '

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from rose_jax.glue import figures
+from rose_jax.glue import labels as labels_lib
 from rose_jax.glue import report as report_lib
 
 PAPER_STEPS = (200, 600, 2000, 4000)
@@ -32,7 +33,7 @@ def gamma_table(runs: list[dict]) -> tuple[list[str], list[list[str]]] | None:
     return None
   table = report_lib.summarise(ensemble)
   header, body = report_lib.rows(table, ensemble)
-  labels = report_lib.row_labels(ensemble)
+  labels = labels_lib.row_labels(ensemble)
   gammas = {label: run['config']['gamma'] for label, run in zip(labels, ensemble, strict=True)}
   body = sorted(body, key=lambda row: (row[0].split(' ')[0], gammas[row[0]], row[0]))
   return (['Method', 'gamma', 'Seeds', *header[-2:]],
@@ -57,7 +58,7 @@ def disagreement_table(runs: list[dict], steps: Sequence[int] = PAPER_STEPS,
                        ) -> tuple[list[str], list[list[str]]] | None:
   """Table 4's rows (a method, or a method with settings, per row), or None
   where no run logged the disagreement."""
-  labels = report_lib.row_labels(runs)
+  labels = labels_lib.row_labels(runs)
   by_row: dict[str, list[list[float | None]]] = {}
   for run, label in zip(runs, labels, strict=True):
     values = disagreement_at(Path(run['path']).parent, steps)

@@ -148,11 +148,13 @@ def curves(runs: dict[str, dict], stem: Path) -> list[Path]:
   """Training curves of several runs: per-step loss, task loss, KL and kept
   fraction, and each evaluation set's metrics per epoch (x100), each panel
   only where some run logged it. ``runs`` maps a label to ``{"steps": {metric: (steps,
-  values)}, "epochs": {metric: (epochs, values)}}``."""
+  values)}, "epochs": {metric: (epochs, values)}}``, and optionally ``"legend"``: the
+  legend entry and line style it shares with others (a row's seeds)."""
   plt = _pyplot()
   panels = curve_panels(runs) or list(STEP_PANELS[:1])
   from matplotlib.ticker import MaxNLocator
-  style = styles(runs)
+  legends = {label: data.get('legend', label) for label, data in runs.items()}
+  style = styles(dict.fromkeys(legends.values()))
   columns = min(3, len(panels))
   fig, axes = plt.subplots(-(-len(panels) // columns), columns, squeeze=False,
                            figsize=(14 * columns / 3, 3.75 * -(-len(panels) // columns)))
@@ -164,8 +166,8 @@ def curves(runs: dict[str, dict], stem: Path) -> list[Path]:
         continue
       x, y = data[kind][metric]
       scale = 100 if kind == 'epochs' else 1
-      ax.plot(x, scale * np.asarray(y), label=label, marker='o' if kind == 'epochs' else None,
-              **style[label])
+      ax.plot(x, scale * np.asarray(y), label=legends[label],
+              marker='o' if kind == 'epochs' else None, **style[legends[label]])
     ax.set_xlabel('epoch' if kind == 'epochs' else 'training step')
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(name)

@@ -28,6 +28,7 @@ import numpy as np
 from rose_jax._src import atomic, json_files
 from rose_jax.glue import analysis, figures, plots, significance
 from rose_jax.glue.config import TrainConfig
+from rose_jax.glue.labels import row_labels
 from rose_jax.glue.tables import markdown, to_csv, with_marks
 from rose_jax.glue.tasks import GLUE_ORDER, Task
 from rose_jax.training.methods import METHOD_NAMES
@@ -76,37 +77,6 @@ def task_of(run: dict) -> Task:
   return _task(json.dumps(run['config'], sort_keys=True))
 
 
-# Settings that may differ between runs pooled into one row: the seed, and
-# those that do not shape training (logging, checkpoints, progress).
-_POOLED_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig)
-                       if f.metadata['resume'] and f.name not in ('seed', 'output_dir'))
-
-
-def _settings(run: dict) -> tuple:
-  return tuple(json.dumps(run['config'].get(name)) for name in _POOLED_FIELDS)
-
-
-def row_labels(runs: list[dict]) -> list[str]:
-  """Each run's row: its method, and where runs of one method and task were
-  trained with other settings (a sweep), the settings that tell them apart,
-  as ``rose-ensemble (learning_rate=1e-05, upper=0.4)``."""
-  by_cell: dict = defaultdict(dict)
-  for run in runs:
-    by_cell[(run['config']['method'], run['config']['task'])][_settings(run)] = run['config']
-  varying: dict = defaultdict(set)
-  for (method, _), configs in by_cell.items():
-    for name in _POOLED_FIELDS:
-      if len({json.dumps(c.get(name)) for c in configs.values()}) > 1:
-        varying[method].add(name)
-  labels = []
-  for run in runs:
-    config = run['config']
-    names = [n for n in _POOLED_FIELDS if n in varying[config['method']]]
-    labels.append(config['method'] + (' (' + ', '.join(f'{n}={config.get(n)}' for n in names)
-                                      + ')' if names else ''))
-  return labels
-
-
 def check_poolable(runs: list[dict], labels: list[str]) -> None:
   """Raises ValueError for one seed of one row twice, or for runs of one
   method and task on different data."""
@@ -138,7 +108,7 @@ class Cell:
 
 def summarise(runs: list[dict]) -> dict:
   """``{row: {task: {set: Cell}}}`` over seeds; a row is a method, or a method
-  with settings (see :func:`row_labels`). A run contributes to a set the
+  with settings (see :func:`rose_jax.glue.labels.row_labels`). A run contributes to a set the
   best epoch's numbers its results hold."""
   labels = row_labels(runs)
   check_poolable(runs, labels)
