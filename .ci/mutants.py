@@ -383,6 +383,20 @@ MUTANTS = [
     "  packed = mode == 'packed'",
     'tests/benchmarks/test_e2e_benchmark.py -k each_padding',
   ),
+  (
+    "a run's label told apart by its folder's name, alike in other output roots",
+    'rose_jax/glue/labels.py',
+    "label = f'{label[:-1]}; {Path(run[\"path\"])})'",
+    "label = f'{label[:-1]}; {Path(run[\"path\"]).name})'",
+    'tests/glue/test_labels.py',
+  ),
+  (
+    "a row's seeds drawn as runs of their own in the curves' legend",
+    'rose_jax/glue/plots.py',
+    "  legends = {label: data.get('legend', label) for label, data in runs.items()}",
+    '  legends = {label: label for label in runs}',
+    'tests/glue/test_labels.py',
+  ),
 ]
 
 
