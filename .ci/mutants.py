@@ -244,7 +244,7 @@ MUTANTS = [
   ),
   (
     'report: labels cut to the bare method',
-    'rose_jax/glue/report.py',
+    'rose_jax/glue/labels.py',
     "labels.append(config['method'] + (",
     "labels.append(config['method'] + 0 * (",
     'tests/glue/test_report.py tests/glue/test_sweep.py -k "report or other_settings"',
