@@ -71,24 +71,22 @@ def metric_lines(path: Path) -> list[dict]:
   return [x for x in lines if isinstance(x, dict)]
 
 
-def _labelled(run_dirs: list[str | Path]) -> list[tuple[str, str, Path]]:
-  """``(label, row, run_dir)`` for each run: its own label and its report
-  row's (:mod:`rose_jax.glue.labels`)."""
+def _labelled(run_dirs: list[str | Path]) -> list[tuple[str, str, Path, dict]]:
+  """``(label, row, run_dir, config)`` for each run: its own label, its
+  report row's (:mod:`rose_jax.glue.labels`) and its saved settings."""
   runs = []
   for run_dir in map(Path, run_dirs):
     results = RunDirectory(run_dir).raw_results()
     if results is None or 'config' not in results:
       raise ValueError(f'{run_dir} is not a run directory (no results.json).')
     runs.append({'config': results['config'], 'path': run_dir})
-  return list(zip(run_labels(runs), row_labels(runs), [r['path'] for r in runs], strict=True))
+  return list(zip(run_labels(runs), row_labels(runs), [r['path'] for r in runs],
+                  [r['config'] for r in runs], strict=True))
 
 
-def _read_lines(path: Path) -> tuple[dict, list[dict], list[dict]]:
-  results = RunDirectory(path).raw_results()
-  if results is None or 'config' not in results:
-    raise ValueError(f'{path} is not a run directory (no results.json).')
+def _step_and_epoch_lines(path: Path) -> tuple[list[dict], list[dict]]:
   lines = metric_lines(path / 'metrics.jsonl')
-  return (results, [x for x in lines if x.get('type') != 'epoch'],
+  return ([x for x in lines if x.get('type') != 'epoch'],
           [x for x in lines if x.get('type') == 'epoch'])
 
 
@@ -104,7 +102,7 @@ def mask_map(run_dirs: list[str | Path], stem: str | Path) -> list[Path]:
   second-order masks gets three panels: those two and the ensemble it
   applied. FileNotFoundError names a run without masks and how to record them."""
   panels = {}
-  for label, _, run_dir in _labelled(run_dirs):
+  for label, _, run_dir, _ in _labelled(run_dirs):
     names, _, masks = read_masks(run_dir)
     if not len(masks):
       raise ValueError(f'{run_dir}/masks.bin holds no steps yet.')
@@ -124,9 +122,9 @@ def curve_series(run_dirs: list[str | Path]) -> dict[str, dict]:
   whose method's runs differ in settings has ``legend``: its row, whose
   seeds share one line style."""
   runs = {}
-  for label, row, run_dir in _labelled(run_dirs):
-    results, steps, epochs = _read_lines(run_dir)
-    method = get_method(results['config']['method'])
+  for label, row, run_dir, config in _labelled(run_dirs):
+    steps, epochs = _step_and_epoch_lines(run_dir)
+    method = get_method(config['method'])
     computed = {'loss', 'ce'}
     if method.passes == 2 or isinstance(method.adversary, Smart):
       computed.add('kl')
@@ -139,7 +137,7 @@ def curve_series(run_dirs: list[str | Path]) -> dict[str, dict]:
     for metric in RunDirectory(run_dir).task().result_keys():
       if epochs and metric in epochs[0]:
         data['epochs'][metric] = ([x['epoch'] for x in epochs], [x[metric] for x in epochs])
-    if row != results['config']['method']:
+    if row != config['method']:
       data['legend'] = row  # a row's seeds share a line style and a legend entry
     runs[label] = data
   return runs
@@ -155,8 +153,8 @@ def disagreement_over_steps(run_dirs: list[str | Path], stem: str | Path) -> lis
   """The dropout disagreement that two-pass methods' steps logged, one line
   per run; ValueError if no run logged it."""
   series = {}
-  for label, _, run_dir in _labelled(run_dirs):
-    _, steps, _ = _read_lines(run_dir)
+  for label, _, run_dir, _ in _labelled(run_dirs):
+    steps, _ = _step_and_epoch_lines(run_dir)
     if steps and 'disagreement' in steps[0]:
       series[label] = (
           np.asarray([x['step'] for x in steps]), np.asarray([x['disagreement'] for x in steps]))
